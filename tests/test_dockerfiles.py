@@ -5,6 +5,7 @@ image is the TensorFlow that requirements.txt pins and the tests run with, every
 exists and reaches the build context, and every command it runs while building is one README.md
 tells people to run too.
 """
+import ast
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {"cpu": "Dockerfile.cpu", "gpu": "Dockerfile.gpu"}
+SAMPLERS = ("src/generate_unconditional_samples.py", "src/interactive_conditional_samples.py")
 MODEL_NAMES = {"124M", "355M", "774M", "1558M"}
 # Options that change how the image's pip installs, not what it installs.
 IMAGE_ONLY_OPTIONS = {"--no-cache-dir"}
@@ -143,6 +145,17 @@ def env(name):
     return values
 
 
+def cli_flags(name):
+    """The parameters of the function a script hands to fire.Fire, which are its flags."""
+    tree = ast.parse(read(name))
+    fired = [call.args[0].id for call in ast.walk(tree)
+             if isinstance(call, ast.Call) and ast.unparse(call.func) in ("fire.Fire", "Fire")
+             and call.args and isinstance(call.args[0], ast.Name)]
+    assert len(fired) == 1, f"{name} should hand one function to fire.Fire, found {fired}"
+    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == fired[0])
+    return {arg.arg for arg in function.args.args + function.args.kwonlyargs}
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_base_image_is_the_pinned_tensorflow(variant):
     suffix = "-gpu" if variant == "gpu" else ""
@@ -216,3 +229,9 @@ def test_developers_guide_shows_the_docker_commands():
     guide = read("DEVELOPERS.md")
     for command in ("docker build --tag gpt-2 -f Dockerfile.gpu .", "docker run --gpus all -it gpt-2"):
         assert command in guide, f"DEVELOPERS.md should show `{command}`"
+
+
+@pytest.mark.parametrize("script", SAMPLERS)
+def test_developers_guide_documents_every_sampling_flag(script):
+    documented = set(re.findall(r"^\| `--(\w+)` \|", read("DEVELOPERS.md"), re.MULTILINE))
+    assert documented == cli_flags(script), "DEVELOPERS.md's flag table and the script's flags differ"
