@@ -21,3 +21,17 @@ def vocab_dir():
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """A models/ folder shared by the session's tests; see `tiny_model`."""
+    return str(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(models_dir, vocab_dir):
+    """Name of a tiny GPT-2 (real vocabulary, 2 layers of width 32, window 64) in `models_dir`."""
+    import checkpoints
+    checkpoints.write_checkpoint(os.path.join(models_dir, "tiny"), checkpoints.TINY, vocab_dir)
+    return "tiny"

@@ -1,0 +1,207 @@
+"""model.py: hparams, the checkpoint loader's checks, and logits equal to the NumPy reference."""
+import dataclasses
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import checkpoints
+import model
+import reference
+
+
+def load(path, dtype=tf.float32):
+    hparams = model.load_hparams(path)
+    return hparams, model.load_params(model.find_checkpoint(path), hparams, dtype)
+
+
+def random_tokens(hparams, batch, seq, seed=0):
+    return np.random.RandomState(seed).randint(0, hparams.n_vocab, (batch, seq)).astype(np.int32)
+
+
+def reference_logits(path, tokens):
+    rh, rw = reference.load(path)
+    return np.stack([reference.logits(rh, rw, row) for row in tokens])
+
+
+# --- hparams --------------------------------------------------------------------------------
+
+def test_default_hparams_are_the_originals():
+    assert dataclasses.asdict(model.default_hparams()) == dict(n_vocab=0, n_ctx=1024, n_embd=768, n_head=12, n_layer=12)
+
+
+def test_override_returns_new_frozen_hparams():
+    base = model.default_hparams()
+    hparams = base.override_from_dict({"n_vocab": 50257, "n_head": 25, "n_embd": 1600})
+    assert (hparams.n_vocab, hparams.head_dim, base.n_vocab) == (50257, 64, 0)
+    assert model.default_hparams().override_from_json('{"n_layer": 3}').n_layer == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        hparams.n_layer = 2
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"n_layers": 3}, "unknown key(s) n_layers"),
+    ({"n_head": 5}, "n_embd (768) must be divisible by n_head (5)"),
+    ({"n_ctx": 0}, "n_ctx must be a positive integer. Received: 0"),
+    ({"n_embd": "768"}, "n_embd must be a positive integer. Received: '768'"),
+])
+def test_bad_hparams_are_rejected_by_name(values, message):
+    with pytest.raises(ValueError) as e:
+        model.default_hparams().override_from_dict(values)
+    assert message in str(e.value)
+
+
+# --- loading --------------------------------------------------------------------------------
+
+def test_checkpoint_names_and_shapes_are_openais():
+    shapes = model.checkpoint_shapes(model.default_hparams().override_from_dict(checkpoints.OFFICIAL["124M"]))
+    assert len(shapes) == 2 + 12 * 12 + 2
+    assert shapes["model/wte"] == [50257, 768] and shapes["model/wpe"] == [1024, 768]
+    assert shapes["model/h11/attn/c_attn/w"] == [1, 768, 2304]
+    assert shapes["model/h0/mlp/c_proj/w"] == [1, 3072, 768]
+    assert shapes["model/ln_f/b"] == [768]
+
+
+def test_params_are_keyed_like_the_checkpoint(models_dir, tiny_model):
+    path = os.path.join(models_dir, tiny_model)
+    hparams, params = load(path)
+    reader = tf.train.load_checkpoint(os.path.join(path, "model.ckpt"))
+    np.testing.assert_array_equal(params["h"][1]["attn"]["c_attn"]["w"], reader.get_tensor("model/h1/attn/c_attn/w")[0])
+    np.testing.assert_array_equal(params["ln_f"]["g"], reader.get_tensor("model/ln_f/g"))
+    assert len(params["h"]) == hparams.n_layer
+
+
+def test_missing_model_names_the_download_command(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        model.model_dir("355M", str(tmp_path))
+    assert f"python3 download_model.py 355M --models_dir {tmp_path}" in str(e.value)
+    with pytest.raises(FileNotFoundError, match=r"`python3 download_model.py 774M`$"):
+        model.model_dir("774M", "models")
+
+
+def copy_model(models_dir, name, tmp_path):
+    path = str(tmp_path / name)
+    shutil.copytree(os.path.join(models_dir, name), path)
+    return path
+
+
+def edit_hparams(path, **changes):
+    with open(os.path.join(path, "hparams.json")) as f:
+        values = json.load(f)
+    with open(os.path.join(path, "hparams.json"), "w") as f:
+        json.dump({**values, **changes}, f)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"n_ctx": 32}, "model/wpe has shape [64, 32], expected [32, 32]"),
+    ({"n_layer": 3}, "missing model/h2/ln_1/g [32]"),
+    ({"n_layer": 1}, "unexpected model/h1/"),
+])
+def test_checkpoint_mismatch_names_the_variable_and_shapes(models_dir, tiny_model, tmp_path, changes, message):
+    path = copy_model(models_dir, tiny_model, tmp_path)
+    edit_hparams(path, **changes)
+    hparams = model.load_hparams(path)
+    with pytest.raises(ValueError, match="checkpoint does not match hparams.json") as e:
+        model.load_params(model.find_checkpoint(path), hparams)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_checkpoint_file_is_one_clear_error(models_dir, tiny_model, tmp_path):
+    path = copy_model(models_dir, tiny_model, tmp_path)
+    os.remove(os.path.join(path, "checkpoint"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*download the model again"):
+        model.find_checkpoint(path)
+
+
+def test_corrupt_checkpoint_data_is_one_clear_error(models_dir, tiny_model, tmp_path):
+    path = copy_model(models_dir, tiny_model, tmp_path)
+    with open(os.path.join(path, "model.ckpt.index"), "wb") as f:
+        f.write(b"<?xml version='1.0'?><Error>BlobNotFound</Error>")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        model.load_params(model.find_checkpoint(path), model.load_hparams(path))
+
+
+def test_corrupt_hparams_is_one_clear_error(models_dir, tiny_model, tmp_path):
+    path = copy_model(models_dir, tiny_model, tmp_path)
+    with open(os.path.join(path, "hparams.json"), "w") as f:
+        f.write("<Error>")
+    with pytest.raises(ValueError, match="hparams.json is not valid JSON"):
+        model.load_hparams(path)
+
+
+# --- the forward pass against the NumPy reference ---------------------------------------------
+
+def test_logits_equal_reference(models_dir, tiny_model):
+    path = os.path.join(models_dir, tiny_model)
+    hparams, params = load(path)
+    tokens = random_tokens(hparams, 3, 40)
+    out = model.model(params, hparams, tokens)
+    np.testing.assert_allclose(out["logits"], reference_logits(path, tokens), atol=1e-4, rtol=0)
+    assert out["present"].shape == [3, hparams.n_layer, 2, hparams.n_head, 40, hparams.head_dim]
+
+
+def test_past_gives_the_same_logits_as_the_full_pass(models_dir, tiny_model):
+    path = os.path.join(models_dir, tiny_model)
+    hparams, params = load(path)
+    tokens = random_tokens(hparams, 2, 30, seed=1)
+    forward = model.compile_model(params, hparams)
+    past = tf.zeros(model.past_shape(hparams, 2, 0))
+    logits = []
+    for start, end in [(0, 11), (11, 12), (12, 30)]:
+        out = forward(tokens[:, start:end], past)
+        past = tf.concat([past, out["present"]], axis=4)
+        logits.append(out["logits"])
+    np.testing.assert_allclose(tf.concat(logits, 1), reference_logits(path, tokens), atol=1e-4, rtol=0)
+
+
+def test_compiled_forward_is_traced_once(models_dir, tiny_model):
+    hparams, params = load(os.path.join(models_dir, tiny_model))
+    forward = model.compile_model(params, hparams)
+    for batch, seq, past_len in [(1, 5, 0), (2, 17, 0), (3, 1, 9), (1, 64, 0)]:
+        forward(random_tokens(hparams, batch, seq), tf.zeros(model.past_shape(hparams, batch, past_len)))
+    assert forward.experimental_get_tracing_count() == 1
+
+
+def test_decode_writes_the_cache_in_place_of_concatenating(models_dir, tiny_model):
+    path = os.path.join(models_dir, tiny_model)
+    hparams, params = load(path)
+    tokens = random_tokens(hparams, 2, 20, seed=2)
+    cache = model.empty_cache(hparams, 2, 24)
+    h1, cache = model.decode(params, hparams, tokens[:, :13], cache, 0)
+    h2, cache = model.decode(params, hparams, tokens[:, 13:14], cache, 13)
+    h3, cache = model.decode(params, hparams, tokens[:, 14:], cache, 14)
+    logits = tf.concat([model.unembed(params, h) for h in (h1, h2, h3)], 1)
+    np.testing.assert_allclose(logits, reference_logits(path, tokens), atol=1e-4, rtol=0)
+    full = model.model(params, hparams, tokens)["present"]  # [batch, layer, 2, heads, seq, head_dim]
+    np.testing.assert_allclose(tf.stack(cache, 1)[..., :20, :], full, atol=1e-5, rtol=0)
+
+
+# --- every official shape, and unusual ones ------------------------------------------------
+
+SHAPES = {
+    **{f"{name}-1layer": {**shape, "n_layer": 1} for name, shape in checkpoints.OFFICIAL.items()},
+    "odd-heads": dict(n_vocab=300, n_ctx=96, n_embd=80, n_head=5, n_layer=3),
+    "one-head": dict(n_vocab=77, n_ctx=8, n_embd=12, n_head=1, n_layer=1),
+}
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_every_shape_equals_reference(tmp_path, name):
+    """The real widths and head counts (n_head 25 for 1558M) with one layer, and odd shapes."""
+    path = checkpoints.write_checkpoint(str(tmp_path / name), SHAPES[name])
+    hparams, params = load(path)
+    tokens = random_tokens(hparams, 1, min(hparams.n_ctx, 12))
+    np.testing.assert_allclose(model.model(params, hparams, tokens)["logits"], reference_logits(path, tokens),
+                               atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_full_size_124M_checkpoint_equals_reference(tmp_path):
+    path = checkpoints.write_checkpoint(str(tmp_path / "124M"), checkpoints.OFFICIAL["124M"])
+    hparams, params = load(path)
+    tokens = random_tokens(hparams, 1, 8)
+    np.testing.assert_allclose(model.model(params, hparams, tokens)["logits"], reference_logits(path, tokens),
+                               atol=1e-4, rtol=0)
