@@ -3,7 +3,8 @@
 Each Dockerfile is parsed into its instructions and held to the rest of the project: the base
 image is the TensorFlow that requirements.txt pins and the tests run with, every file it copies
 exists and reaches the build context, and every command it runs while building is one README.md
-tells people to run too.
+tells people to run too. DEVELOPERS.md, which explains the images, is held to the Docker commands
+and to the sampling scripts' flags.
 """
 import ast
 import itertools
