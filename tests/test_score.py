@@ -1,0 +1,111 @@
+"""score.py: windows over long texts, log-probabilities equal to the reference's, the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import checkpoints
+import model
+import reference
+import score
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_windows_known_answer():
+    assert list(score.windows(10, 4, 2)) == [(0, 1, 4), (2, 4, 6), (4, 6, 8), (6, 8, 10)]
+    assert list(score.windows(3, 4, 2)) == [(0, 1, 3)]
+    assert list(score.windows(7, 4, 3)) == [(0, 1, 4), (3, 4, 7)]
+
+
+@pytest.mark.parametrize("n, n_ctx, stride", [(2, 8, 4), (100, 16, 8), (101, 16, 1), (57, 16, 15)])
+def test_windows_score_each_token_once_with_enough_context(n, n_ctx, stride):
+    scored = []
+    for start, first, end in score.windows(n, n_ctx, stride):
+        assert 0 <= start < first < end <= n and end - start <= n_ctx
+        assert first - start >= min(first, n_ctx - stride)  # context of the window's first scored token
+        scored += range(first, end)
+    assert scored == list(range(1, n))
+
+
+def reference_logprobs(path, tokens, n_ctx, stride):
+    rh, rw = reference.load(path)
+    sequence = np.array([score.END_OF_TEXT] + tokens)
+    parts = [reference.logprobs(rh, rw, sequence[start:end])[first - start - 1:]
+             for start, first, end in score.windows(len(sequence), n_ctx, stride)]
+    return np.concatenate(parts)
+
+
+@pytest.fixture(scope="module")
+def odd_model(tmp_path_factory):
+    """An unusual shape: 5 heads of width 16, window 96."""
+    path = str(tmp_path_factory.mktemp("odd") / "odd")
+    return checkpoints.write_checkpoint(path, dict(n_vocab=50257, n_ctx=96, n_embd=80, n_head=5, n_layer=2), seed=3)
+
+
+@pytest.mark.parametrize("length, stride", [(40, None), (250, None), (130, 7)])
+def test_logprobs_equal_reference(odd_model, length, stride):
+    hparams = model.load_hparams(odd_model)
+    params = model.load_params(model.find_checkpoint(odd_model), hparams)
+    tokens = np.random.RandomState(length).randint(0, 50257, length).tolist()
+    got = score.score_tokens(model.compile_model(params, hparams), hparams, tokens, stride)
+    want = reference_logprobs(odd_model, tokens, hparams.n_ctx, stride or hparams.n_ctx // 2)
+    assert got.shape == (length,)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_bad_stride_is_rejected(odd_model):
+    hparams = model.load_hparams(odd_model)
+    with pytest.raises(ValueError, match=r"--stride must be between 1 and n_ctx - 1 \(95\). Received: 96"):
+        score.score_tokens(None, hparams, [1, 2], stride=96)
+
+
+def run_score(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "src", "score.py"), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_json_is_the_last_line_and_matches_reference(models_dir, tiny_model, tmp_path):
+    text_file = tmp_path / "text.txt"
+    text_file.write_text("Hello world! GPT-2 scores text, token by token.\n", encoding="utf-8")
+    result = run_score("--model_name", tiny_model, "--models_dir", models_dir, "--text_file", str(text_file), "--json")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert "tokens, mean negative log-likelihood" in lines[0]
+    out = json.loads(lines[-1])
+    assert set(out) == {"model_name", "n_tokens", "tokens", "logprobs", "nll", "perplexity"}
+    assert out["model_name"] == tiny_model and out["n_tokens"] == len(out["tokens"]) == len(out["logprobs"])
+    want = reference_logprobs(os.path.join(models_dir, tiny_model), out["tokens"], 64, 32)
+    np.testing.assert_allclose(out["logprobs"], want, atol=1e-4, rtol=0)
+    assert out["nll"] == pytest.approx(-np.mean(want), abs=1e-4)
+    assert out["perplexity"] == pytest.approx(np.exp(out["nll"]), rel=1e-9)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "is empty: there is nothing to score"),
+    ("missing", "No such file or directory"),
+    ("latin1", "is not UTF-8 text"),
+    ("no-model", "download it with `python3 download_model.py 355M --models_dir"),
+    ("no-file-flag", "--text_file is required"),
+])
+def test_bad_input_is_one_line_without_traceback(models_dir, tiny_model, tmp_path, case, message):
+    path = tmp_path / "text.txt"
+    path.write_bytes({"empty": b"", "latin1": "caf\u00e9".encode("latin-1")}.get(case, b"hello"))
+    if case == "missing":
+        path = tmp_path / "nope.txt"
+    args = ["--model_name", "355M" if case == "no-model" else tiny_model, "--models_dir", models_dir]
+    if case != "no-file-flag":
+        args += ["--text_file", str(path)]
+    with pytest.raises((ValueError, OSError), match=message.replace("(", r"\(")) as e:
+        score.score(**dict(zip([a[2:] for a in args[::2]], args[1::2])))
+    assert "\n" not in str(e.value)
+
+
+def test_cli_error_exits_nonzero_with_one_line(models_dir, tmp_path):
+    result = run_score("--model_name", "774M", "--models_dir", models_dir, "--text_file", str(tmp_path / "x.txt"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
