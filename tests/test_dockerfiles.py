@@ -4,7 +4,7 @@ Each Dockerfile is parsed into its instructions and held to the rest of the proj
 image is the TensorFlow that requirements.txt pins and the tests run with, every file it copies
 exists and reaches the build context, and every command it runs while building is one README.md
 tells people to run too. DEVELOPERS.md, which explains the images, is held to the Docker commands
-and to the sampling scripts' flags.
+and to the flags of the scripts it documents.
 """
 import ast
 import itertools
@@ -147,14 +147,24 @@ def env(name):
 
 
 def cli_flags(name):
-    """The parameters of the function a script hands to fire.Fire, which are its flags."""
+    """The flags of a command-line script: the parameters of the function its
+    `if __name__ == "__main__":` block hands on (to fire.Fire or a wrapper of it)."""
     tree = ast.parse(read(name))
-    fired = [call.args[0].id for call in ast.walk(tree)
-             if isinstance(call, ast.Call) and ast.unparse(call.func) in ("fire.Fire", "Fire")
-             and call.args and isinstance(call.args[0], ast.Name)]
-    assert len(fired) == 1, f"{name} should hand one function to fire.Fire, found {fired}"
-    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == fired[0])
-    return {arg.arg for arg in function.args.args + function.args.kwonlyargs}
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    main_blocks = [node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+    handed = {arg.id for block in main_blocks for call in ast.walk(block) if isinstance(call, ast.Call)
+              for arg in call.args if isinstance(arg, ast.Name) and arg.id in functions}
+    assert len(handed) == 1, f"{name}'s __main__ block should hand on one of its functions, found {handed}"
+    arguments = functions[handed.pop()].args
+    return {arg.arg for arg in arguments.args + arguments.kwonlyargs}
+
+
+def documented_flags(heading):
+    """The flags in the table under DEVELOPERS.md's `## heading`."""
+    guide, start = read("DEVELOPERS.md"), f"\n## {heading}\n"
+    assert start in guide, f"DEVELOPERS.md has no '## {heading}' section"
+    section = re.split(r"\n#{1,2} ", guide.split(start, 1)[1], maxsplit=1)[0]
+    return set(re.findall(r"^\| `--(\w+)` \|", section, re.MULTILINE))
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -232,7 +242,8 @@ def test_developers_guide_shows_the_docker_commands():
         assert command in guide, f"DEVELOPERS.md should show `{command}`"
 
 
-@pytest.mark.parametrize("script", SAMPLERS)
-def test_developers_guide_documents_every_sampling_flag(script):
-    documented = set(re.findall(r"^\| `--(\w+)` \|", read("DEVELOPERS.md"), re.MULTILINE))
-    assert documented == cli_flags(script), "DEVELOPERS.md's flag table and the script's flags differ"
+@pytest.mark.parametrize("script, heading", [(script, "Sampling flags") for script in SAMPLERS]
+                         + [("src/score.py", "Scoring text")])
+def test_developers_guide_documents_every_flag(script, heading):
+    assert documented_flags(heading) == cli_flags(script), (
+        f"DEVELOPERS.md's table under '## {heading}' and {script}'s flags differ")
