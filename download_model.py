@@ -60,15 +60,16 @@ def check_model_name(name: str) -> str:
     '124M'
     """
     if not _MODEL_NAME.fullmatch(name) or ".." in name:
-        raise ValueError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-', "
-                         f"starting with a letter or digit, e.g. {', '.join(MODELS)}")
+        raise ValueError("invalid model name: use letters, digits, '.', '_' and '-', starting "
+                         f"with a letter or digit, e.g. {', '.join(MODELS)}. Received: {name!r}")
     return name
 
 
 def check_base_url(base_url: str) -> str:
     """Return `base_url` without its trailing slash, or raise ValueError if it is not http(s)."""
     if not re.match(r"https?://[^/]", base_url):
-        raise ValueError(f"the base URL must start with http:// or https://; received: {base_url!r}")
+        raise ValueError("the base URL must start with http:// or https://. "
+                         f"Received: {base_url!r}")
     return base_url.rstrip("/")
 
 
@@ -144,9 +145,10 @@ def _body_start(response, offset, part):
     match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
     if status == 206 and match and int(match.group(1)) == offset:
         return offset
-    reason = f"HTTP {status} {response.reason}"
+    reason = f"HTTP {status} {response.reason or ''}".strip()
     if status in (206, 416):  # the partial file does not fit what the server holds now
-        os.remove(part)
+        if os.path.exists(part):
+            os.remove(part)
         raise RetryableError(f"{reason}: cannot resume at byte {offset}, starting again")
     if status >= 500:
         raise RetryableError(reason)
@@ -273,7 +275,8 @@ def _backoff_from_env():
     except ValueError:
         value = -1.0
     if not 0 <= value < 3600:
-        raise ValueError(f"GPT2_DOWNLOAD_BACKOFF must be seconds from 0 to 3600; received: {text!r}")
+        raise ValueError("GPT2_DOWNLOAD_BACKOFF must be seconds from 0 to 3600. "
+                         f"Received: {text!r}")
     return value
 
 

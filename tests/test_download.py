@@ -51,6 +51,11 @@ class FakeStore(ThreadingHTTPServer):
         self.closing = threading.Event()
         self.lock = threading.Lock()
 
+    def handle_error(self, request, client_address):
+        """Clients that hang up (killed, timed out) are part of the tests, not server errors."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     def next_behaviour(self, method, name, range_header):
         """Record a request and pick how to answer it."""
         with self.lock:
@@ -64,15 +69,12 @@ class FakeStore(ThreadingHTTPServer):
 
 
 class StoreHandler(BaseHTTPRequestHandler):
-    """GET and HEAD with Range and Content-MD5, plus scripted failures."""
+    """GET with Range and Content-MD5, plus scripted failures."""
 
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):
         pass
-
-    def do_HEAD(self):
-        self.do_GET()
 
     def do_GET(self):
         prefix = f"/gpt-2/models/{MODEL}/"
@@ -100,10 +102,12 @@ class StoreHandler(BaseHTTPRequestHandler):
         if behaviour == "corrupt":
             body = body[:-1] + bytes([body[-1] ^ 1])
         self.send_head(206 if start else 200, len(body), headers)
-        if behaviour == "cut":  # the full Content-Length was promised
+        if behaviour in ("cut", "stall"):  # the full Content-Length was promised
             body = body[:len(body) // 2]
             self.close_connection = True
         self.send_body(body, delay_s=0.01 if behaviour == "slow" else 0)
+        if behaviour == "stall":  # silent until the client times out
+            self.server.closing.wait(5)
 
     def send_body(self, body, delay_s):
         for i in range(0, len(body), 4096):
@@ -124,8 +128,7 @@ class StoreHandler(BaseHTTPRequestHandler):
 
     def reply(self, status, body, headers=None):
         self.send_head(status, len(body), headers or {})
-        if self.command == "GET":
-            self.wfile.write(body)
+        self.wfile.write(body)
 
 
 @pytest.fixture(autouse=True)
@@ -434,6 +437,13 @@ def test_cuts_that_make_progress_do_not_use_up_attempts(store, tmp_path, bars):
     store.plans[BIG] = ["cut", "cut", "cut"]  # 256 KiB, 128 KiB, 64 KiB, then the rest
     assert fetch(store, tmp_path, attempts=2).read_bytes() == CONTENT[BIG]
     assert len(store.gets()) == 4
+
+
+def test_read_timeout_is_retried(store, tmp_path, bars, monkeypatch):
+    monkeypatch.setattr(download_model, "TIMEOUT_S", (5, 0.2))
+    store.plans[BIG] = ["stall"]
+    assert fetch(store, tmp_path).read_bytes() == CONTENT[BIG]
+    assert store.gets() == [None, f"bytes={len(CONTENT[BIG]) // 2}-"]
 
 
 def test_gives_up_after_attempts_in_a_row(store, tmp_path, bars):
