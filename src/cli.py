@@ -1,5 +1,7 @@
 """What the command-line scripts share: loading a model by name, and one-line errors."""
+import codecs
 import os
+import random
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
@@ -9,6 +11,7 @@ import tensorflow as tf
 
 import encoder
 import model
+import sample
 
 DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
 
@@ -27,6 +30,53 @@ def load(model_name, models_dir, dtype="float32"):
     enc = encoder.get_encoder(str(model_name), str(models_dir))
     hparams = model.load_hparams(path)
     return enc, hparams, model.load_params(model.find_checkpoint(path), hparams, dtype)
+
+
+def check_counts(nsamples, batch_size, *, forever=False):
+    """ValueError unless nsamples and batch_size are usable counts."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch_size must be a positive integer. Received: {batch_size!r}")
+    least = 0 if forever else 1
+    if isinstance(nsamples, bool) or not isinstance(nsamples, int) or nsamples < least:
+        raise ValueError(f"--nsamples must be an integer >= {least}"
+                         f"{' (0: until Ctrl-C)' if forever else ''}. Received: {nsamples!r}")
+
+
+def make_seed(seed):
+    """The --seed to use: the given one, or a fresh random one."""
+    if seed is None:
+        return random.SystemRandom().randrange(2 ** 31)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer. Received: {seed!r}")
+    return seed
+
+
+def header(number):
+    """The original's line above each sample."""
+    return "=" * 40 + " SAMPLE " + str(number) + " " + "=" * 40
+
+
+def until_end(tokens, end_token):
+    """The tokens before the first end_token (all of them without one)."""
+    tokens = list(tokens)
+    return tokens[:tokens.index(end_token)] if end_token in tokens else tokens
+
+
+def print_samples(enc, sampler, context, length, *, first_sample, **kwargs):
+    """Prints samples first_sample + 1 .. with the original's headers. A lone sample is
+    streamed token by token; a batch is printed when it is done."""
+    context = sample.as_context(sampler.hparams, context)
+    if len(context) > 1:
+        out = sampler.sample(context, length, first_sample=first_sample, **kwargs)[:, context.shape[1]:]
+        for i, tokens in enumerate(out):
+            print(header(first_sample + i + 1))
+            print(enc.decode(until_end(tokens, sampler.end_token)))
+        return
+    print(header(first_sample + 1), flush=True)
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
+    for tokens in sampler.generate(context, length, first_sample=first_sample, chunk=1, **kwargs):
+        print(text.decode(enc.token_bytes(until_end(tokens[0], sampler.end_token))), end="", flush=True)
+    print(text.decode(b"", final=True))
 
 
 def main(command):
