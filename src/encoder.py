@@ -1,0 +1,310 @@
+"""Byte pair encoding utilities: GPT-2's byte-level BPE, token for token the original's.
+
+    >>> enc = get_encoder("124M", "models")
+    >>> enc.encode("hello world")
+    [31373, 995]
+    >>> enc.decode([31373, 995])
+    'hello world'
+
+`<|endoftext|>` written in a text is ordinary text, 7 tokens, as in the original; the end-of-text
+token itself is `enc.encoder["<|endoftext|>"]` (50256), to be added to the ids by the caller:
+
+    >>> len(enc.encode("<|endoftext|>")), enc.encoder["<|endoftext|>"]
+    (7, 50256)
+
+The ids are the original's for every text (the tests hold them to a copy of its algorithm), about
+five times faster (`python bench/bench_encoder.py`):
+
+- The text is cut into pieces with the original's pattern; stretches of ASCII go to an equivalent
+  pattern for the standard `re`, about twice as fast as `regex` there.
+- Each distinct piece is encoded once and remembered, so a text costs one dictionary look-up per
+  piece; a piece that is a whole token (most words) needs no BPE at all.
+- BPE runs on token ids with one table, (left id, right id) -> rank and merged id, and after a
+  merge looks up only the two new pairs instead of all of them.
+"""
+
+import json
+import os
+import re
+from functools import lru_cache
+from itertools import chain, pairwise, repeat
+
+import regex
+
+# The original's pattern, to read; the two below split text into the very same pieces.
+# Case-sensitive, as the original: "'S" is not a contraction and is split into "'" and "S".
+PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+# The original's alternatives reordered for speed: letters first (no other alternative can start
+# where they match), contractions still before the punctuation run that would take their
+# apostrophe. The last `\s+` is `\s`: it is only reached for a lone whitespace before a non-space.
+_PIECE = regex.compile(r""" ?\p{L}+| ?\p{N}+|'(?:[stmd]|re|ve|ll)| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s""")
+
+# The same on ASCII text, for the faster standard `re`: in ASCII, `regex` reads \p{L} as [A-Za-z],
+# \p{N} as [0-9] and \s as [\t\n\v\f\r ] (not \x1c-\x1f, which `re` would count as spaces).
+_ASCII_PIECE = re.compile(r""" ?[A-Za-z]+| ?[0-9]+|'(?:[stmd]|re|ve|ll)| ?[^\t\n\x0b\x0c\r A-Za-z0-9]+"""
+                          r"""|[\t\n\x0b\x0c\r ]+(?![^\t\n\x0b\x0c\r ])|[\t\n\x0b\x0c\r ]""")
+
+# Where a text may be cut without changing its pieces: before the last whitespace of a run that
+# is followed by a non-space. The run's other whitespaces end one piece either way, and the last
+# one starts the next piece (" word") or is a piece of its own ("\n").
+_CUT = re.compile(r"[\t\n\x0b\x0c\r ](?=[!-~])")
+_BLOCK_CHARS = 4096  # small, so that a rare emoji or accent sends little text to the slower `regex`
+_CACHE_PIECES = 1 << 17  # distinct pieces remembered (~20 MB); the cache restarts when full
+
+
+@lru_cache()
+def bytes_to_unicode():
+    """Return GPT-2's map from each byte (0-255) to the printable character that stands for it.
+
+    BPE works on these characters, so that the vocabulary files hold no whitespace or control
+    characters: printable Latin-1 bytes stand for themselves, the other 68 for chr(256 + n).
+
+    >>> bytes_to_unicode()[ord(" ")], bytes_to_unicode()[ord("a")]
+    ('Ġ', 'a')
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
+
+
+def get_pairs(word):
+    """Return the set of adjacent symbol pairs in `word`, a sequence of symbols (strings).
+
+    >>> sorted(get_pairs(("h", "e", "l", "l", "o")))
+    [('e', 'l'), ('h', 'e'), ('l', 'l'), ('l', 'o')]
+    """
+    return set(zip(word, word[1:]))
+
+
+class Encoder:
+    """GPT-2's tokenizer: `encode` text to token ids, `decode` ids back to text.
+
+    `encoder` maps tokens (strings of `bytes_to_unicode` characters) to ids, `bpe_merges` lists
+    the merges (left, right) best first, and `errors` is how `decode` treats ids that end inside
+    a UTF-8 character (as `bytes.decode`; 'replace' puts in U+FFFD).
+    """
+
+    def __init__(self, encoder, bpe_merges, errors="replace"):
+        self.encoder = encoder
+        self.decoder = {v: k for k, v in encoder.items()}
+        self.errors = errors
+        self.byte_encoder = bytes_to_unicode()
+        self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
+        bpe_merges = list(bpe_merges)
+        self.bpe_ranks = dict(zip(bpe_merges, range(len(bpe_merges))))
+        self.pat = _PIECE
+        self._bytes_by_id = {i: self._token_bytes(token) for token, i in encoder.items()}
+        self._id_by_bytes = {data: i for i, data in self._bytes_by_id.items() if data is not None}
+        self._byte_ids = [self._byte_id(b) for b in range(256)]
+        self._id_bits = max(encoder.values()).bit_length()
+        self._no_merge = len(bpe_merges) << self._id_bits  # above every packed (rank, id)
+        self._merges = {self._merge_key(pair): rank << self._id_bits | self._merged_id(pair)
+                        for pair, rank in self.bpe_ranks.items()}
+        self._cache = {}  # piece -> tuple of its ids
+
+    def _token_bytes(self, token):
+        """The bytes `token` stands for, or None if it has characters that stand for no byte."""
+        if all(c in self.byte_decoder for c in token):
+            return bytes(map(self.byte_decoder.__getitem__, token))
+        return None
+
+    def _byte_id(self, byte):
+        token = self.byte_encoder[byte]
+        if token not in self.encoder:
+            raise ValueError(f"the encoder has no token for byte {byte} ({token!r}); "
+                             f"a GPT-2 vocabulary has one for each of the 256 bytes")
+        return self.encoder[token]
+
+    def _merge_key(self, pair):
+        if len(pair) != 2 or pair[0] not in self.encoder or pair[1] not in self.encoder:
+            raise ValueError(f"BPE merge {pair!r} is not a pair of tokens of the encoder; "
+                             f"use the encoder.json and vocab.bpe of the same model")
+        return self.encoder[pair[0]], self.encoder[pair[1]]
+
+    def _merged_id(self, pair):
+        merged = pair[0] + pair[1]
+        if merged not in self.encoder:
+            raise ValueError(f"BPE merge {pair!r} makes {merged!r}, which the encoder lacks; "
+                             f"use the encoder.json and vocab.bpe of the same model")
+        return self.encoder[merged]
+
+    def bpe(self, token):
+        """The original's `bpe`: the BPE tokens of `token` (a string of `bytes_to_unicode`
+        characters), joined by spaces.
+
+        >>> enc.bpe("Ġtokenizer")
+        'Ġtoken izer'
+        """
+        ids = self._bpe_ids(bytes(map(self.byte_decoder.__getitem__, token)))
+        return " ".join(map(self.decoder.__getitem__, ids))
+
+    def _bpe_ids(self, data):
+        """The ids of GPT-2's BPE of `data`, the UTF-8 bytes of one piece.
+
+        Merges are the original's, in its order: the best-ranked pair first, and each of its
+        occurrences, left to right, before any other pair.
+        """
+        get, none, id_mask = self._merges.get, self._no_merge, (1 << self._id_bits) - 1
+        # -1, never an id, at both ends, so that each pair has a neighbour on either side.
+        ids = [-1, *map(self._byte_ids.__getitem__, data), -1]
+        ranks = list(map(get, pairwise(ids), repeat(none)))  # ranks[i]: pair (ids[i], ids[i + 1])
+        best = min(ranks)
+        while best != none:
+            i = ranks.index(best)
+            merged = best & id_mask
+            ids[i:i + 2] = (merged,)
+            ranks[i - 1:i + 2] = (get((ids[i - 1], merged), none), get((merged, ids[i + 1]), none))
+            if best not in ranks:  # a merge never makes another occurrence of its own pair
+                best = min(ranks)
+        return tuple(ids[1:-1])
+
+    def _encode_piece(self, piece):
+        data = piece.encode("utf-8")
+        # GPT-2's BPE turns each whole token back into itself (the tests check all 50257).
+        token = self._id_by_bytes.get(data)
+        return (token,) if token is not None else self._bpe_ids(data)
+
+    def _encode_pieces(self, pieces):
+        cache = self._cache
+        new = set(pieces).difference(cache)  # set - dict looks up each piece, not each key
+        if len(cache) + len(new) > _CACHE_PIECES:
+            cache.clear()
+            new = set(pieces)
+        for piece in new:
+            cache[piece] = self._encode_piece(piece)
+        return chain.from_iterable(map(cache.__getitem__, pieces))
+
+    def encode(self, text):
+        """Return the token ids of `text`, the original's for any text.
+
+        >>> enc.encode("hello world")
+        [31373, 995]
+        >>> enc.encode(" <|endoftext|>") == [1279, 91, 437, 1659, 5239, 91, 29]
+        True
+
+        The end-of-text token, `enc.encoder["<|endoftext|>"]` (50256), is never made from text:
+        append it to the ids yourself.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"encode() takes a str, not {type(text).__name__}; decode bytes first, "
+                            f"e.g. data.decode('utf-8')")
+        tokens = []
+        try:
+            for pieces in _split(text):
+                tokens += self._encode_pieces(pieces)
+        except UnicodeEncodeError:  # only a lone surrogate cannot be UTF-8
+            raise ValueError(_unencodable(text)) from None
+        return tokens
+
+    def decode(self, tokens):
+        """Return the text of the token ids `tokens`; see `errors` for ids that split a character.
+
+        >>> enc.decode([31373, 995])
+        'hello world'
+        """
+        tokens = tokens if isinstance(tokens, (list, tuple)) else list(tokens)
+        try:
+            data = b"".join(map(self._bytes_by_id.__getitem__, tokens))
+        except (KeyError, TypeError):  # an id the vocabulary lacks, or not a number at all
+            raise ValueError(self._bad_token(tokens)) from None
+        return data.decode("utf-8", errors=self.errors)
+
+    def _bad_token(self, tokens):
+        position, token = next((i, t) for i, t in enumerate(tokens) if self._bytes_by_id.get(_hashable(t)) is None)
+        return (f"token {token!r} at position {position} is not a token id: ids are integers from "
+                f"{min(self.decoder)} to {max(self.decoder)}")
+
+
+def _hashable(value):
+    try:
+        hash(value)
+    except TypeError:
+        return None
+    return value
+
+
+def _split(text):
+    """Yield lists of the original's pieces of `text`, block by block."""
+    if text.isascii():
+        yield _ASCII_PIECE.findall(text)
+        return
+    start, end = 0, len(text)
+    while start < end:
+        cut = _CUT.search(text, start + _BLOCK_CHARS)
+        stop = cut.start() if cut else end
+        pattern = _ASCII_PIECE if text[start:stop].isascii() else _PIECE
+        yield pattern.findall(text, start, stop)
+        start = stop
+
+
+def _unencodable(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return (f"cannot encode {text[error.start]!r} at position {error.start}: a lone surrogate is "
+                f"not text; clean the text first, e.g. text.encode('utf-8', 'replace').decode('utf-8')")
+    return "cannot encode the text as UTF-8"
+
+
+def get_encoder(model_name, models_dir):
+    """Return the `Encoder` of the model in `models_dir/model_name` (its encoder.json, vocab.bpe).
+
+    >>> enc = get_encoder("124M", "models")
+    """
+    folder = os.path.join(models_dir, model_name)
+    encoder = _read_encoder_json(os.path.join(folder, "encoder.json"), model_name, models_dir)
+    merges = _read_vocab_bpe(os.path.join(folder, "vocab.bpe"), model_name, models_dir)
+    try:
+        return Encoder(encoder=encoder, bpe_merges=merges)
+    except ValueError as error:
+        raise ValueError(f"{folder}: {error}") from None
+
+
+def _download_hint(model_name, models_dir):
+    command = f"python3 download_model.py {model_name}"
+    if os.path.normpath(models_dir) != "models":
+        command += f" --models_dir {models_dir}"
+    return f"download it again with `{command}`"
+
+
+def _read_text(path, model_name, models_dir):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        hint = _download_hint(model_name, models_dir).replace(" again", "")
+        raise FileNotFoundError(f"{path} not found; {hint}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                         f"{_download_hint(model_name, models_dir)}") from None
+
+
+def _read_encoder_json(path, model_name, models_dir):
+    text = _read_text(path, model_name, models_dir)
+    try:
+        encoder = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno} column "
+                         f"{error.colno}); {_download_hint(model_name, models_dir)}") from None
+    if not (isinstance(encoder, dict) and encoder
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in encoder.values())):
+        raise ValueError(f"{path} is not a GPT-2 encoder.json (an object of token: integer id); "
+                         f"{_download_hint(model_name, models_dir)}")
+    return encoder
+
+
+def _read_vocab_bpe(path, model_name, models_dir):
+    lines = _read_text(path, model_name, models_dir).split("\n")
+    first = 1 if lines[0].startswith("#") else 0  # the original skips its "#version: 0.2" line
+    merges = []
+    for number, line in enumerate(lines[first:], start=first + 1):
+        merge = tuple(line.split())
+        if len(merge) == 2:
+            merges.append(merge)
+        elif merge:
+            raise ValueError(f"{path} line {number} is not a merge (two tokens and a space): {line[:40]!r}; "
+                             f"{_download_hint(model_name, models_dir)}")
+    if not merges:
+        raise ValueError(f"{path} has no merges; {_download_hint(model_name, models_dir)}")
+    return merges
