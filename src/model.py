@@ -281,6 +281,14 @@ def empty_cache(hparams, batch_size, size, dtype=tf.float32):
             for _ in range(hparams.n_layer)]
 
 
+def write_cache(cache, kv, positions):
+    """cache [batch, 2, heads, size, head_dim] with kv [batch, 2, heads, seq, head_dim] written
+    at positions [seq]: a scatter, which XLA does in place."""
+    batch, _, heads = tf.unstack(tf.shape(kv)[:3])
+    index = tf.meshgrid(tf.range(batch), tf.range(2), tf.range(heads), positions, indexing="ij")
+    return tf.tensor_scatter_nd_update(cache, tf.stack(index, axis=-1), kv)  # index [batch, 2, heads, seq, 4]
+
+
 def cached_block(x, p, cache, positions, n_head):
     """Like `block`, writing this step's keys and values into `cache` at `positions`.
 
@@ -288,10 +296,7 @@ def cached_block(x, p, cache, positions, n_head):
     Attention covers the whole cache; positions not yet written are masked out.
     """
     q, k, v = qkv(norm(x, p["ln_1"]), p["attn"], n_head)
-    kv = tf.stack([k, v], axis=1)  # [batch, 2, heads, seq, head_dim]
-    cache = tf.transpose(cache, [3, 0, 1, 2, 4])  # [size, batch, 2, heads, head_dim]
-    cache = tf.tensor_scatter_nd_update(cache, positions[:, None], tf.transpose(kv, [3, 0, 1, 2, 4]))
-    cache = tf.transpose(cache, [1, 2, 3, 0, 4])  # [batch, 2, heads, size, head_dim]
+    cache = write_cache(cache, tf.stack([k, v], axis=1), positions)
     mask = causal_mask(positions, tf.range(tf.shape(cache)[3]))
     a = merge_heads(multihead_attn(q, cache[:, 0], cache[:, 1], mask))
     x = x + conv1d(a, p["attn"]["c_proj"])

@@ -14,16 +14,32 @@ import tensorflow as tf
 import model
 
 
+def kth_largest(logits, k):
+    """[batch, n] float32 -> [batch, 1]: each row's k-th largest logit, found exactly.
+
+    A binary search over the floats' bit patterns (read as integers ordered like the floats):
+    32 rounds of compare-and-count, where XLA's sort-based top_k is slow on CPU.
+    """
+    bits = tf.bitcast(logits, tf.int32)
+    keys = tf.cast(tf.where(bits < 0, bits ^ 0x7FFFFFFF, bits), tf.int64)  # [batch, n], same order
+    lo = tf.reduce_min(keys, axis=-1, keepdims=True)  # at least k keys are >= lo
+    hi = tf.reduce_max(keys, axis=-1, keepdims=True) + 1  # fewer than k keys are >= hi
+    for _ in range(32):
+        mid = (lo + hi) // 2
+        enough = tf.reduce_sum(tf.cast(keys >= mid, tf.int32), axis=-1, keepdims=True) >= k
+        lo, hi = tf.where(enough, mid, lo), tf.where(enough, hi, mid)
+    bits = tf.cast(lo, tf.int32)
+    return tf.bitcast(tf.where(bits < 0, bits ^ 0x7FFFFFFF, bits), tf.float32)
+
+
 def top_k_logits(logits, k):
     """Keeps each row's k largest logits (and ties with the k-th); k = 0 keeps all.
 
-    logits [batch, n_vocab] -> [batch, n_vocab], removed ones set to the dtype's lowest value.
+    logits [batch, n_vocab] float32 -> [batch, n_vocab], removed ones set to float32's lowest.
     """
     if k == 0:
         return logits
-    values, _ = tf.math.top_k(logits, k=k)
-    min_values = values[:, -1, tf.newaxis]  # [batch, 1]
-    return tf.where(logits < min_values, logits.dtype.min, logits)
+    return tf.where(logits < kth_largest(logits, k), logits.dtype.min, logits)
 
 
 def top_p_logits(logits, p):
@@ -42,18 +58,32 @@ def top_p_logits(logits, p):
     return tf.where(logits < min_values, logits.dtype.min, logits)
 
 
+def fmix32(h):
+    """murmur3's finalizer: a bijection of uint32 that spreads every bit over all the others."""
+    h = (h ^ tf.bitwise.right_shift(h, 16)) * tf.constant(0x85EBCA6B, tf.uint32)
+    h = (h ^ tf.bitwise.right_shift(h, 13)) * tf.constant(0xC2B2AE35, tf.uint32)
+    return h ^ tf.bitwise.right_shift(h, 16)
+
+
+def uniform(keys, step, n):
+    """keys [batch, 2] (seed, sample number), step -> [batch, n] float32 in (0, 1).
+
+    A counter-based hash in integer arithmetic, so the numbers are bit for bit the same on
+    every device and under XLA (TensorFlow's own stateless generators differ between the two).
+    """
+    seed, number = tf.unstack(tf.cast(keys, tf.uint32), axis=1)  # [batch] each
+    row = fmix32(fmix32(fmix32(seed) ^ number) ^ tf.cast(step, tf.uint32))  # [batch]
+    h = fmix32(row[:, None] ^ tf.cast(tf.range(n), tf.uint32)[None] * tf.constant(0x9E3779B9, tf.uint32))
+    return (tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) + 0.5) * 2.0 ** -24  # 24 random bits
+
+
 def sample_logits(logits, keys, step):
     """One token per row drawn from softmax(logits), by the Gumbel-max trick.
 
     logits [batch, n_vocab], keys [batch, 2] int64 (one random stream per sample), step: which
-    draw of each stream this is -> [batch] int32.
+    draw of each stream this is (the position the new token takes) -> [batch] int32.
     """
-    def gumbel(key):
-        seed = tf.random.experimental.stateless_fold_in(key, step, alg="philox")
-        u = tf.random.stateless_uniform(tf.shape(logits)[1:], seed, minval=np.finfo(np.float32).tiny,
-                                        maxval=1.0, alg="philox")
-        return -tf.math.log(-tf.math.log(u))
-    noise = tf.map_fn(gumbel, keys, fn_output_signature=tf.float32)  # [batch, n_vocab]
+    noise = -tf.math.log(-tf.math.log(uniform(keys, step, tf.shape(logits)[1])))  # Gumbel, [batch, n_vocab]
     return tf.argmax(logits + noise, axis=-1, output_type=tf.int32)
 
 
@@ -100,51 +130,63 @@ def as_context(hparams, context=None, start_token=None, batch_size=None):
     return context
 
 
+def cache_size(positions, n_ctx, multiple=128):
+    """Positions rounded up to a multiple, so a few compiled shapes serve every length."""
+    return min(-(-positions // multiple) * multiple, n_ctx + 1)
+
+
 class Sampler:
     """Compiled sampling for one model and one choice of filters.
 
-    Traced once per Sampler: every batch size, prompt length and sample length reuses the
-    same graphs. Create it once and call `generate` (streaming) or `sample` many times.
+    Traced once per Sampler: every batch size, prompt length and sample length reuses the same
+    graphs. With `jit` (the default for float32) the decode loop is compiled by XLA, once per
+    batch size and cache size (a multiple of 128 positions). Create a Sampler once and call
+    `generate` (streaming) or `sample` many times.
     """
 
-    def __init__(self, params, hparams, *, top_k=0, top_p=1.0, end_token=None):
+    def __init__(self, params, hparams, *, top_k=0, top_p=1.0, end_token=None, jit=None):
         self.params, self.hparams = params, hparams
         self.top_k, self.top_p, self.end_token = top_k, top_p, end_token
         dtype = params["wte"].dtype
-        layer = tf.TensorSpec([None, 2, hparams.n_head, None, hparams.head_dim], dtype)
-        cache = [layer] * hparams.n_layer
-        self._prefill = tf.function(self._prefill_fn, input_signature=[
-            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)])
-        self._decode = tf.function(self._decode_fn, input_signature=[
-            cache, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.bool), tf.TensorSpec([], tf.int32),
-            tf.TensorSpec([], tf.int32), tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.int32),
-            tf.TensorSpec([], tf.float32)])
+        jit = dtype == tf.float32 if jit is None else jit  # XLA's bfloat16 matmuls are slow on CPU
+        self._forward = model.compile_model(params, hparams)
+        cache = [tf.TensorSpec([None, 2, hparams.n_head, None, hparams.head_dim], dtype)] * hparams.n_layer
+        self._decode = tf.function(self._decode_fn, jit_compile=jit, input_signature=[
+            cache, tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.bool), tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([], tf.int32), tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.float32)])
 
-    def _prefill_fn(self, tokens, size):
+    def _prefill(self, tokens, size):
         """tokens [batch, n] -> a cache of `size` positions holding their keys and values."""
-        cache = model.empty_cache(self.hparams, tf.shape(tokens)[0], size, self.params["wte"].dtype)
-        _, cache = model.decode(self.params, self.hparams, tokens, cache, 0)
-        return cache
+        batch, n = tokens.shape
+        present = tf.zeros(model.past_shape(self.hparams, batch, 0), self.params["wte"].dtype)
+        if n:  # [batch, n_layer, 2, heads, n, head_dim]
+            present = self._forward(tokens, present)["present"]
+        padding = [[0, 0], [0, 0], [0, 0], [0, size - n], [0, 0]]
+        return [tf.pad(present[:, i], padding) for i in range(self.hparams.n_layer)]
 
-    def _decode_fn(self, cache, pending, done, position, steps, keys, first_step, temperature):
-        """Feeds `pending` [batch] (the last token so far) at `position` and samples up to
-        `steps` tokens. Returns (tokens [batch, k], cache, pending, done)."""
-        out = tf.TensorArray(tf.int32, size=0, dynamic_size=True)
+    def _decode_fn(self, cache, tokens, done, position, steps, keys, temperature):
+        """Feeds tokens[:, position] and samples up to `steps` tokens into tokens[:, position + 1:].
 
-        def body(i, cache, pending, done, out):
-            h, cache = model.decode(self.params, self.hparams, pending[:, None], cache, position + i)
+        tokens [batch, size] holds the whole sequence. Returns (tokens, cache, done, made).
+        """
+        rows = tf.range(tf.shape(tokens)[0])
+
+        def body(i, tokens, cache, done):
+            p = position + i
+            h, cache = model.decode(self.params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p)
             logits = model.unembed(self.params, h)[:, -1]  # [batch, n_vocab]
-            token = next_token(logits, keys, first_step + i, temperature, self.top_k, self.top_p)
+            token = next_token(logits, keys, p + 1, temperature, self.top_k, self.top_p)
             if self.end_token is not None:  # a finished sample only repeats end_token
                 token = tf.where(done, self.end_token, token)
                 done = done | (token == self.end_token)
-            return i + 1, cache, token, done, out.write(i, token)
+            tokens = tf.tensor_scatter_nd_update(tokens, tf.stack([rows, tf.fill(tf.shape(rows), p + 1)], 1), token)
+            return i + 1, tokens, cache, done
 
-        def cond(i, cache, pending, done, out):
+        def cond(i, tokens, cache, done):
             return (i < steps) & ~tf.reduce_all(done)
 
-        _, cache, pending, done, out = tf.while_loop(cond, body, [0, cache, pending, done, out])
-        return tf.transpose(out.stack()), cache, pending, done  # tokens [batch, k]
+        made, tokens, cache, done = tf.while_loop(cond, body, [0, tokens, cache, done])
+        return tokens, cache, done, made
 
     def generate(self, context, length, *, temperature=1.0, seed=0, first_sample=0, chunk=None):
         """Yields new tokens as [batch, k] arrays, `chunk` tokens at a time (all at once by default).
@@ -155,18 +197,17 @@ class Sampler:
         context = as_context(self.hparams, context)
         batch, n = context.shape
         check_sampling(self.hparams, n, length, temperature, self.top_k, self.top_p)
-        size = tf.constant(n + length - 1, tf.int32)  # positions fed: context, then all but the last new token
+        size = cache_size(n + length, self.hparams.n_ctx)
         cache = self._prefill(context[:, :-1], size)
-        pending, done = tf.constant(context[:, -1]), tf.zeros([batch], tf.bool)
-        keys = sample_keys(seed, first_sample, batch)
+        tokens = tf.constant(np.pad(context, [(0, 0), (0, size - n)]))
+        done, keys = tf.zeros([batch], tf.bool), sample_keys(seed, first_sample, batch)
         made = 0
         while made < length and not done.numpy().all():
             steps = min(chunk or length, length - made)
-            tokens, cache, pending, done = self._decode(
-                cache, pending, done, tf.constant(n - 1 + made), tf.constant(steps), keys, tf.constant(made),
-                tf.constant(temperature, tf.float32))
+            tokens, cache, done, k = self._decode(cache, tokens, done, tf.constant(n - 1 + made), tf.constant(steps),
+                                                  keys, tf.constant(temperature, tf.float32))
+            yield tokens[:, n + made:n + made + int(k)].numpy()
             made += steps
-            yield tokens.numpy()
 
     def sample(self, context, length, **kwargs):
         """context [batch, n] -> [batch, n + length]: the context, then the samples (end_token
@@ -192,8 +233,8 @@ def sample_plain(params, hparams, context, length, *, temperature=1.0, top_k=0, 
     tokens = as_context(hparams, context)
     check_sampling(hparams, tokens.shape[1], length, temperature, top_k, top_p)
     keys = sample_keys(seed, first_sample, tokens.shape[0])
-    for step in range(length):
+    for _ in range(length):
         logits = model.model(params, hparams, tokens)["logits"][:, -1]
-        token = next_token(logits, keys, step, float(temperature), top_k, top_p)
+        token = next_token(logits, keys, tokens.shape[1], float(temperature), top_k, top_p)
         tokens = np.concatenate([tokens, token.numpy()[:, None]], axis=1)
     return tokens

@@ -130,7 +130,7 @@ def test_sampler_is_traced_once(tiny):
     sampler = sample.Sampler(params, hparams, top_k=3)
     for batch, n, length, seed in [(1, 1, 5, 0), (2, 9, 3, 1), (3, 30, 20, 2), (1, 64, 1, 3), (4, 2, 63, 4)]:
         assert sampler.sample(contexts(hparams, batch, n), length, seed=seed).shape == (batch, n + length)
-    assert sampler._prefill.experimental_get_tracing_count() == 1
+    assert sampler._forward.experimental_get_tracing_count() == 1  # prefill
     assert sampler._decode.experimental_get_tracing_count() == 1
 
 
