@@ -49,8 +49,9 @@ _ASCII_PIECE = re.compile(r""" ?[A-Za-z]+| ?[0-9]+|'(?:[stmd]|re|ve|ll)| ?[^\t\n
 # is followed by a non-space. The run's other whitespaces end one piece either way, and the last
 # one starts the next piece (" word") or is a piece of its own ("\n").
 _CUT = re.compile(r"[\t\n\x0b\x0c\r ](?=[!-~])")
-_BLOCK_CHARS = 4096  # small, so that a rare emoji or accent sends little text to the slower `regex`
-_CACHE_PIECES = 1 << 17  # distinct pieces remembered (~20 MB); the cache restarts when full
+_BLOCK_CHARS = 1024  # small, so that a rare emoji or accent sends little text to the slower `regex`
+_GROUP_PIECES = 1 << 12  # pieces looked up together: a few thousand stay in the CPU cache
+_CACHE_PIECES = 1 << 17  # distinct pieces remembered (~20 MB); then a new cache starts
 
 
 @lru_cache()
@@ -169,7 +170,7 @@ class Encoder:
         cache = self._cache
         new = set(pieces).difference(cache)  # set - dict looks up each piece, not each key
         if len(cache) + len(new) > _CACHE_PIECES:
-            cache.clear()
+            self._cache = cache = {}  # not clear(): another thread may be reading the old one
             new = set(pieces)
         for piece in new:
             cache[piece] = self._encode_piece(piece)
@@ -225,16 +226,16 @@ def _hashable(value):
 
 
 def _split(text):
-    """Yield lists of the original's pieces of `text`, block by block."""
-    if text.isascii():
-        yield _ASCII_PIECE.findall(text)
-        return
-    start, end = 0, len(text)
+    """Yield the original's pieces of `text`, in lists of about `_GROUP_PIECES`."""
+    pieces, start, end = [], 0, len(text)
     while start < end:
         cut = _CUT.search(text, start + _BLOCK_CHARS)
         stop = cut.start() if cut else end
         pattern = _ASCII_PIECE if text[start:stop].isascii() else _PIECE
-        yield pattern.findall(text, start, stop)
+        pieces += pattern.findall(text, start, stop)
+        if len(pieces) >= _GROUP_PIECES or stop == end:
+            yield pieces
+            pieces = []
         start = stop
 
 

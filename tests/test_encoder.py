@@ -1,0 +1,363 @@
+"""Tokenizer tests: known ids, equality with the original algorithm, round trips, errors.
+
+`ReferenceEncoder` below is the original openai/gpt-2 encoder's algorithm, kept as plain and slow
+as it was; `src/encoder.py` must give its ids for every text. The known answers were computed
+with it once and checked by eye, so they hold whatever either implementation does.
+"""
+import json
+import os
+import random
+import string
+
+import pytest
+import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import encoder
+
+# The original's pattern, written out again so that the reference does not share the code tested.
+ORIGINAL_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+class ReferenceEncoder:
+    """The original openai/gpt-2 `Encoder.encode` and `bpe`, as plain and slow as they were.
+
+    Only its bare `except:` around `word.index` became a membership test.
+    """
+
+    def __init__(self, folder):
+        with open(os.path.join(folder, "encoder.json"), encoding="utf-8") as f:
+            self.encoder = json.load(f)
+        with open(os.path.join(folder, "vocab.bpe"), encoding="utf-8") as f:
+            merges = [tuple(line.split()) for line in f.read().split("\n")[1:-1]]
+        self.bpe_ranks = dict(zip(merges, range(len(merges))))
+        self.byte_encoder = self._bytes_to_unicode()
+        self.pattern = regex.compile(ORIGINAL_PATTERN)
+        self.cache = {}
+
+    @staticmethod
+    def _bytes_to_unicode():
+        bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+        cs = bs[:]
+        n = 0
+        for b in range(256):
+            if b not in bs:
+                bs.append(b)
+                cs.append(256 + n)
+                n += 1
+        return dict(zip(bs, map(chr, cs)))
+
+    def bpe(self, token):
+        if token in self.cache:
+            return self.cache[token]
+        word = tuple(token)
+        while len(word) > 1:
+            pairs = set(zip(word, word[1:]))
+            bigram = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
+            if bigram not in self.bpe_ranks:
+                break
+            first, second = bigram
+            new_word = []
+            i = 0
+            while i < len(word):
+                if first not in word[i:]:
+                    new_word.extend(word[i:])
+                    break
+                j = word.index(first, i)
+                new_word.extend(word[i:j])
+                i = j
+                if i < len(word) - 1 and word[i + 1] == second:
+                    new_word.append(first + second)
+                    i += 2
+                else:
+                    new_word.append(word[i])
+                    i += 1
+            word = tuple(new_word)
+        self.cache[token] = " ".join(word)
+        return self.cache[token]
+
+    def encode(self, text):
+        ids = []
+        for piece in self.pattern.findall(text):
+            token = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
+            ids.extend(self.encoder[t] for t in self.bpe(token).split(" "))
+        return ids
+
+
+@pytest.fixture(scope="session")
+def enc(vocab_dir):
+    return encoder.get_encoder(os.path.basename(vocab_dir), os.path.dirname(vocab_dir))
+
+
+@pytest.fixture(scope="session")
+def ref(vocab_dir):
+    return ReferenceEncoder(vocab_dir)
+
+
+# Computed once with ReferenceEncoder and read through token by token (e.g. "I'M" is "I", "'",
+# "M": the original's contractions are lower case only).
+KNOWN = [
+    ("hello world", [31373, 995]),
+    ("Hello World!", [15496, 2159, 0]),
+    ("", []),
+    (" ", [220]),
+    ("   ", [220, 220, 220]),
+    ("\t", [197]),
+    ("\n", [198]),
+    ("a  b", [64, 220, 275]),
+    ("a   b", [64, 220, 220, 275]),
+    ("a\tb", [64, 197, 65]),
+    ("a \t b", [64, 220, 197, 275]),
+    ("line one\nline two\n", [1370, 530, 198, 1370, 734, 198]),
+    ("para\n\n\nnext", [1845, 64, 628, 198, 19545]),
+    ("trailing spaces   ", [9535, 4386, 9029, 220, 220, 220]),
+    ("x\r\ny\r\n", [87, 201, 198, 88, 201, 198]),
+    ("    indented = 1", [220, 220, 220, 773, 4714, 796, 352]),
+    ("def f(x):\n    return x ** 2  # square\n",
+     [4299, 277, 7, 87, 2599, 198, 220, 220, 220, 1441, 2124, 12429, 362, 220, 1303, 6616, 198]),
+    ("I'm here", [40, 1101, 994]),
+    ("I'M HERE", [40, 6, 44, 15698]),
+    ("don't", [9099, 470]),
+    ("DON'T", [41173, 6, 51]),
+    ("it's John's", [270, 338, 1757, 338]),
+    ("IT'S", [2043, 6, 50]),
+    ("'s", [338]),
+    ("we'll they've you're I'd", [732, 1183, 484, 1053, 345, 821, 314, 1549]),
+    ("WE'LL THEY'VE YOU'RE I'D", [8845, 6, 3069, 33302, 6, 6089, 7013, 6, 2200, 314, 6, 35]),
+    ("1234567890", [10163, 2231, 30924, 3829]),
+    ("3.14159265358979", [18, 13, 1415, 19707, 22980, 2327, 4531, 3720]),
+    ("12,345,678 and 2024-01-31", [1065, 11, 27712, 11, 30924, 290, 48609, 12, 486, 12, 3132]),
+    (" 00000000000000000000", [220, 25645, 2388]),
+    ("😀", [47249, 222]),
+    ("👍🏽👍🏿", [41840, 235, 8582, 237, 121, 41840, 235, 8582, 237, 123]),
+    ("👨\u200d👩\u200d👧\u200d👦", [41840, 101, 447, 235, 41840, 102, 447, 235, 41840, 100, 447, 235, 41840, 99]),
+    ("🇯🇵🇫🇷", [8582, 229, 107, 8582, 229, 113, 8582, 229, 104, 8582, 229, 115]),
+    ("🏳️\u200d🌈", [8582, 237, 111, 37929, 447, 235, 8582, 234, 230]),
+    ("你好，世界", [19526, 254, 25001, 121, 171, 120, 234, 10310, 244, 45911, 234]),
+    ("日本語のテキスト", [33768, 98, 17312, 105, 45739, 252, 5641, 24336, 25084, 43302]),
+    ("한국어", [47991, 250, 166, 113, 255, 168, 244, 112]),
+    ("e\u0301cole", [68, 136, 223, 1073, 293]),  # a combining acute accent
+    ("\u00e9cole", [2634, 1073, 293]),
+    ("Zürich naïve café", [57, 9116, 7527, 41492, 40304]),
+    ("Привет, мир!", [140, 253, 21169, 18849, 38857, 16843, 20375, 11, 12466, 120, 18849, 21169, 0]),
+    ("<|endoftext|>", [27, 91, 437, 1659, 5239, 91, 29]),
+    (" <|endoftext|>", [1279, 91, 437, 1659, 5239, 91, 29]),
+    ('{"key": [1, 2, 3]}', [4895, 2539, 1298, 685, 16, 11, 362, 11, 513, 48999]),
+    ("https://example.com/a?b=c&d=e", [5450, 1378, 20688, 13, 785, 14, 64, 30, 65, 28, 66, 5, 67, 28, 68]),
+    ("\u00a0nbsp\u3000ideographic", [1849, 77, 24145, 5099, 222, 485, 6826]),
+    ("\x00\x1f\x7f", [188, 219, 221]),
+    ("a" * 1000, [24794] * 250),  # "aaaa"
+    ("abc" * 400, [39305] * 400),  # "abc"
+    ("9" * 1000, [24214] * 250),  # "9999"
+    ("😀" * 300, [47249, 222] * 300),
+]
+
+
+@pytest.mark.parametrize("text, ids", KNOWN, ids=[repr(text[:24]) for text, _ in KNOWN])
+def test_known_ids(enc, text, ids):
+    assert enc.encode(text) == ids
+    assert enc.decode(ids) == text
+
+
+def test_known_ids_are_the_originals(ref):
+    assert [ref.encode(text) for text, _ in KNOWN] == [ids for _, ids in KNOWN]
+
+
+def test_endoftext_is_text_and_its_id_is_in_the_encoder(enc):
+    assert enc.encoder["<|endoftext|>"] == 50256
+    assert enc.decoder[50256] == "<|endoftext|>"
+    assert len(enc.encode("<|endoftext|>")) == 7
+    assert enc.decode([31373, 50256]) == "hello<|endoftext|>"
+
+
+def test_module_functions_are_the_originals():
+    table = encoder.bytes_to_unicode()
+    assert len(table) == 256 and len(set(table.values())) == 256
+    assert table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ" and table[ord("a")] == "a"
+    assert all(c.isprintable() and not c.isspace() for c in table.values())
+    assert table == ReferenceEncoder._bytes_to_unicode()
+    assert encoder.get_pairs(("h", "e", "l", "l", "o")) == {("h", "e"), ("e", "l"), ("l", "l"), ("l", "o")}
+    assert encoder.get_pairs(("a",)) == set()
+
+
+def test_bpe_keeps_the_originals_form(enc, ref):
+    for token in ("Ġtokenizer", "hello", "ĠnaÃ¯ve", "a", "ðŁĺĢ"):
+        assert enc.bpe(token) == ref.bpe(token)
+    assert enc.bpe("Ġtokenizer") == "Ġtoken izer"
+
+
+def test_every_token_is_its_own_bpe(enc, ref):
+    # encode() skips BPE for a piece that is a whole token; the original's BPE agrees for each one.
+    tokens = [t for t in enc.encoder if t != "<|endoftext|>"]
+    assert [ref.bpe(t) for t in tokens] == tokens
+    assert [enc.bpe(t) for t in tokens] == tokens
+
+
+def test_constructor_signature(vocab_dir):
+    with open(os.path.join(vocab_dir, "encoder.json"), encoding="utf-8") as f:
+        vocabulary = json.load(f)
+    with open(os.path.join(vocab_dir, "vocab.bpe"), encoding="utf-8") as f:
+        merges = [tuple(line.split()) for line in f.read().split("\n")[1:-1]]
+    enc = encoder.Encoder(vocabulary, merges, errors="strict")
+    assert enc.encode("hello world") == [31373, 995]
+    assert enc.errors == "strict"
+    with pytest.raises(UnicodeDecodeError):
+        enc.decode([47249])  # the first three bytes of a four-byte emoji
+
+
+def mixed_text(seed, size):
+    """Prose, code, numbers, whitespace runs and non-Latin scripts, shuffled together."""
+    rng = random.Random(seed)
+    words = ["the", "The", "of", "tokenization", "isn't", "DON'T", "we'll", "x", "naïve", "café", "über", "Ærø",
+             "日本語", "中文字符", "한국어", "Привет", "γεια", "مرحبا", "e\u0301", "😀", "👍🏽", "👨\u200d👩\u200d👧",
+             "🇯🇵", "3.14", "1234567", "0x1F", "def", "return", "(x)", "{}", "->", "...", "--", "'s", "'S",
+             "\u00a0", "\u3000", "\x0b", "\x1c"]
+    seps = [" ", " ", " ", "  ", "\n", "\n\n", "\t", "\r\n", "    ", ", ", ". ", "", " \n", "\n    "]
+    return "".join(rng.choice(words) + rng.choice(seps) for _ in range(size))
+
+
+def test_long_mixed_text_matches_the_original(enc, ref):
+    text = mixed_text(seed=1, size=40_000)  # ~250 KB: many blocks, cut between ASCII and not
+    assert enc.encode(text) == ref.encode(text)
+    assert enc.decode(enc.encode(text)) == text
+
+
+def test_a_fresh_encoder_and_a_warm_one_agree(vocab_dir, enc):
+    text = mixed_text(seed=2, size=5000)
+    first = encoder.get_encoder(os.path.basename(vocab_dir), os.path.dirname(vocab_dir)).encode(text)
+    assert first == enc.encode(text) == enc.encode(text)
+
+
+def test_cache_stays_bounded(vocab_dir, monkeypatch, ref):
+    monkeypatch.setattr(encoder, "_CACHE_PIECES", 500)
+    enc = encoder.get_encoder(os.path.basename(vocab_dir), os.path.dirname(vocab_dir))
+    text = " ".join(f"w{i}x" for i in range(3000))
+    assert enc.encode(text) == ref.encode(text)
+    assert len(enc._cache) <= 500 + encoder._GROUP_PIECES
+
+
+def test_long_words_match_the_original(enc, ref):
+    rng = random.Random(3)
+    for alphabet in ("abcdefghijklmnopqrstuvwxyz", "0123456789", "日本語中文", "😀👍🏽é"):
+        word = "".join(rng.choices(alphabet, k=1500))
+        assert enc.encode(word) == ref.encode(word)
+        assert enc.encode(" " + word + " ") == ref.encode(" " + word + " ")
+
+
+no_surrogates = st.characters(blacklist_categories=("Cs",))
+# Fragments that meet at the places where the pattern is subtle: spaces, apostrophes, digits, marks.
+fragments = st.lists(st.sampled_from([" ", "  ", "\n", "\t", "\r\n", "'", "'s", "'S", "'ll", "a", "Z", "é", "1",
+                                      "23", "\u0301", "\u00a0", "\u3000", "日", "😀", "\u200d", ".", "!?", "\x1c"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(no_surrogates))
+def test_random_text_round_trips_and_matches_the_original(enc, ref, text):
+    ids = enc.encode(text)
+    assert enc.decode(ids) == text
+    assert ids == ref.encode(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fragments.map("".join))
+def test_tricky_joins_match_the_original(enc, ref, text):
+    assert enc.encode(text) == ref.encode(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.characters(max_codepoint=127)))
+def test_ascii_pattern_cuts_like_the_original(text):
+    assert encoder._ASCII_PIECE.findall(text) == regex.findall(ORIGINAL_PATTERN, text)
+    assert encoder._PIECE.findall(text) == regex.findall(ORIGINAL_PATTERN, text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(no_surrogates, max_size=40) | fragments.map("".join), max_size=120).map("".join))
+def test_blocks_cut_like_the_original(text):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(encoder, "_BLOCK_CHARS", 16)  # many cuts, even in short texts
+        pieces = [piece for group in encoder._split(text) for piece in group]
+    assert pieces == regex.findall(ORIGINAL_PATTERN, text)
+
+
+def test_ascii_classes_are_the_regex_modules():
+    # What _ASCII_PIECE assumes of `regex` (\x1c-\x1f, spaces to str.isspace, are not \s there).
+    ascii_chars = "".join(map(chr, range(128)))
+    assert "".join(regex.findall(r"\p{L}", ascii_chars)) == string.ascii_uppercase + string.ascii_lowercase
+    assert "".join(regex.findall(r"\p{N}", ascii_chars)) == string.digits
+    assert "".join(regex.findall(r"\s", ascii_chars)) == "\t\n\x0b\x0c\r "
+
+
+def test_decode_of_a_split_character_replaces_it(enc):
+    assert enc.decode([47249]) == "\ufffd"  # three of the emoji's four bytes
+    assert enc.decode([]) == ""
+
+
+def assert_one_line(error):
+    assert "\n" not in str(error.value)
+
+
+def test_missing_vocabulary_names_the_file_and_the_download(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        encoder.get_encoder("124M", str(tmp_path))
+    assert str(tmp_path / "124M" / "encoder.json") in str(error.value)
+    assert f"python3 download_model.py 124M --models_dir {tmp_path}" in str(error.value)
+    assert_one_line(error)
+
+
+def test_missing_vocabulary_in_models_needs_no_models_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        encoder.get_encoder("355M", "models")
+    assert "`python3 download_model.py 355M`" in str(error.value)
+    assert_one_line(error)
+
+
+def test_missing_vocab_bpe_names_it(tmp_path, vocab_dir):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "encoder.json").write_bytes(open(os.path.join(vocab_dir, "encoder.json"), "rb").read())
+    with pytest.raises(FileNotFoundError, match="vocab.bpe") as error:
+        encoder.get_encoder("m", str(tmp_path))
+    assert_one_line(error)
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("encoder.json", '{"a": 1,', "is not valid JSON"),
+    ("encoder.json", "[1, 2]", "is not a GPT-2 encoder.json"),
+    ("encoder.json", '{"a": "b"}', "is not a GPT-2 encoder.json"),
+    ("encoder.json", b"\xff\xfe{}", "is not UTF-8"),
+    ("vocab.bpe", "#version: 0.2\nĠ t\nĠ a b\n", "line 3 is not a merge"),
+    ("vocab.bpe", "#version: 0.2\n", "has no merges"),
+    ("vocab.bpe", "#version: 0.2\nĠt Ġzzz\n", "not a pair of tokens"),
+])
+def test_corrupt_vocabulary_names_the_file(tmp_path, vocab_dir, file, content, message):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for name in ("encoder.json", "vocab.bpe"):
+        (folder / name).write_bytes(open(os.path.join(vocab_dir, name), "rb").read())
+    (folder / file).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    with pytest.raises(ValueError, match=message) as error:
+        encoder.get_encoder("m", str(tmp_path))
+    assert str(folder) in str(error.value)
+    assert_one_line(error)
+
+
+@pytest.mark.parametrize("bad", [50257, -1, 10 ** 20, "31373", None, 1.5, [1]])
+def test_decode_rejects_what_is_not_an_id(enc, bad):
+    with pytest.raises(ValueError, match=r"at position 1 is not a token id: ids are integers from 0 to 50256") as error:
+        enc.decode([31373, bad, 995])
+    assert repr(bad) in str(error.value)
+    assert_one_line(error)
+
+
+def test_encode_rejects_lone_surrogates(enc):
+    with pytest.raises(ValueError, match=r"'\\ud800' at position 3") as error:
+        enc.encode("ab \ud800c")
+    assert "clean the text" in str(error.value)
+    assert_one_line(error)
+
+
+def test_encode_rejects_bytes(enc):
+    with pytest.raises(TypeError, match="decode bytes first"):
+        enc.encode(b"hello")
