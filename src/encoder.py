@@ -26,8 +26,10 @@ five times faster (`python bench/bench_encoder.py`):
 import json
 import os
 import re
-from functools import lru_cache
+from functools import cached_property, lru_cache
+from heapq import heapify, heappop, heappush
 from itertools import chain, pairwise, repeat
+from operator import itemgetter
 
 import regex
 
@@ -50,6 +52,7 @@ _ASCII_PIECE = re.compile(r""" ?[A-Za-z]+| ?[0-9]+|'(?:[stmd]|re|ve|ll)| ?[^\t\n
 # one starts the next piece (" word") or is a piece of its own ("\n").
 _CUT = re.compile(r"[\t\n\x0b\x0c\r ](?=[!-~])")
 _BLOCK_CHARS = 1024  # small, so that a rare emoji or accent sends little text to the slower `regex`
+_LONG_PIECE = 48  # bytes; longer pieces take the heap, quadratic merging would cost more
 _GROUP_PIECES = 1 << 12  # pieces looked up together: a few thousand stay in the CPU cache
 _CACHE_PIECES = 1 << 17  # distinct pieces remembered (~20 MB); then a new cache starts
 
@@ -95,20 +98,26 @@ class Encoder:
         bpe_merges = list(bpe_merges)
         self.bpe_ranks = dict(zip(bpe_merges, range(len(bpe_merges))))
         self.pat = _PIECE
-        self._bytes_by_id = {i: self._token_bytes(token) for token, i in encoder.items()}
-        self._id_by_bytes = {data: i for i, data in self._bytes_by_id.items() if data is not None}
+        self._bytes_by_id = self._token_bytes()
+        self._id_by_bytes = {data: i for i, data in self._bytes_by_id.items()}
         self._byte_ids = [self._byte_id(b) for b in range(256)]
         self._id_bits = max(encoder.values()).bit_length()
         self._no_merge = len(bpe_merges) << self._id_bits  # above every packed (rank, id)
-        self._merges = {self._merge_key(pair): rank << self._id_bits | self._merged_id(pair)
-                        for pair, rank in self.bpe_ranks.items()}
+        self._merges = self._merge_table()
         self._cache = {}  # piece -> tuple of its ids
 
-    def _token_bytes(self, token):
-        """The bytes `token` stands for, or None if it has characters that stand for no byte."""
-        if all(c in self.byte_decoder for c in token):
-            return bytes(map(self.byte_decoder.__getitem__, token))
-        return None
+    def _token_bytes(self):
+        """id -> the bytes its token stands for, for each token of `bytes_to_unicode` characters."""
+        # Each such character goes to its byte, any other one above 255, where Latin-1 fails.
+        table = {ord(c): b for c, b in self.byte_decoder.items()}
+        table.update((b, 0xFFFF) for b in range(256) if b not in table)
+        data = {}
+        for token, i in self.encoder.items():
+            try:
+                data[i] = token.translate(table).encode("latin-1")
+            except UnicodeEncodeError:  # the token stands for no bytes, so no text makes it
+                pass
+        return data
 
     def _byte_id(self, byte):
         token = self.byte_encoder[byte]
@@ -117,18 +126,26 @@ class Encoder:
                              f"a GPT-2 vocabulary has one for each of the 256 bytes")
         return self.encoder[token]
 
-    def _merge_key(self, pair):
-        if len(pair) != 2 or pair[0] not in self.encoder or pair[1] not in self.encoder:
-            raise ValueError(f"BPE merge {pair!r} is not a pair of tokens of the encoder; "
-                             f"use the encoder.json and vocab.bpe of the same model")
-        return self.encoder[pair[0]], self.encoder[pair[1]]
+    def _merge_table(self):
+        """(left id, right id) -> rank << _id_bits | merged id, for each merge."""
+        ids, bits = self.encoder, self._id_bits
+        try:
+            return {(ids[left], ids[right]): rank << bits | ids[left + right]
+                    for (left, right), rank in self.bpe_ranks.items()}
+        except (KeyError, TypeError, ValueError):  # not two tokens that make a third
+            bad = next(pair for pair in self.bpe_ranks if not (
+                isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(t, str) for t in pair)
+                and pair[0] in ids and pair[1] in ids and pair[0] + pair[1] in ids))
+            raise ValueError(f"BPE merge {bad!r} is not two tokens of the encoder that make a third; "
+                             f"use the encoder.json and vocab.bpe of the same model") from None
 
-    def _merged_id(self, pair):
-        merged = pair[0] + pair[1]
-        if merged not in self.encoder:
-            raise ValueError(f"BPE merge {pair!r} makes {merged!r}, which the encoder lacks; "
-                             f"use the encoder.json and vocab.bpe of the same model")
-        return self.encoder[merged]
+    @cached_property
+    def _in_order(self):
+        """Whether each merge uses only tokens that better-ranked merges make, as BPE training does
+        (GPT-2's do). Then the pairs a merge makes rank after it, and a heap gives the order."""
+        ranked = sorted(self.bpe_ranks.items(), key=itemgetter(1))
+        made = {left + right: rank for (left, right), rank in ranked}  # the worst rank making each
+        return all(made.get(left, -1) < rank > made.get(right, -1) for (left, right), rank in ranked)
 
     def bpe(self, token):
         """The original's `bpe`: the BPE tokens of `token` (a string of `bytes_to_unicode`
@@ -146,6 +163,8 @@ class Encoder:
         Merges are the original's, in its order: the best-ranked pair first, and each of its
         occurrences, left to right, before any other pair.
         """
+        if len(data) > _LONG_PIECE and self._in_order:
+            return self._bpe_ids_long(data)
         get, none, id_mask = self._merges.get, self._no_merge, (1 << self._id_bits) - 1
         # -1, never an id, at both ends, so that each pair has a neighbour on either side.
         ids = [-1, *map(self._byte_ids.__getitem__, data), -1]
@@ -159,6 +178,34 @@ class Encoder:
             if best not in ranks:  # a merge never makes another occurrence of its own pair
                 best = min(ranks)
         return tuple(ids[1:-1])
+
+    def _bpe_ids_long(self, data):
+        """`_bpe_ids` in O(n log n), for long pieces: (rank, position) of each pair on a heap.
+
+        Each merge's new pairs rank after it (`_in_order`), so popping the heap merges in the
+        original's order; an entry whose symbols have changed since it was pushed is skipped.
+        """
+        get, id_mask = self._merges.get, (1 << self._id_bits) - 1
+        ids = [*map(self._byte_ids.__getitem__, data), -1]  # -1 ends the piece; -2 marks merged ones
+        after = list(range(1, len(ids) + 1))  # after[p]: the symbol right of p
+        before = list(range(-1, len(ids)))  # before[p]: the symbol left of p, -1 for none
+        heap = [(rank, p) for p, rank in enumerate(map(get, pairwise(ids))) if rank is not None]
+        heapify(heap)
+        while heap:
+            rank, p = heappop(heap)
+            q = after[p]
+            if get((ids[p], ids[q])) != rank:
+                continue
+            merged = ids[p] = rank & id_mask
+            ids[q] = -2
+            r = after[p] = after[q]
+            before[r] = p
+            if (rank := get((merged, ids[r]))) is not None:
+                heappush(heap, (rank, p))
+            o = before[p]
+            if o >= 0 and (rank := get((ids[o], merged))) is not None:
+                heappush(heap, (rank, o))
+        return tuple(filter((-1).__lt__, ids))
 
     def _encode_piece(self, piece):
         data = piece.encode("utf-8")
