@@ -36,8 +36,9 @@ PREFIXES = ["un", "re", "pre", "dis", "over", "non", "anti", "sub", "inter", "mi
 SUFFIXES = ["s", "es", "ed", "ing", "ly", "er", "ers", "ness", "ment", "ation", "ize", "ful", "less", "able"]
 PUNCTUATION = [".", ",", ",", ",", ";", ":", "!", "?", " -", " (", ")", '"', "'s", "n't", "'re", "'ll", " --", "'S"]
 CJK = "的一是不了人我在有他这为之大来以个中上们到说国和地也子时道出而要于就下得可生自会那后能对着事其日本語東京学生"
-EMOJI = ["😀", "🎉", "👍🏽", "👨\u200d👩\u200d👧\u200d👦", "🇯🇵", "🇫🇷", "❤️", "🧑🏿\u200d💻", "🚀"]
-WORLD = ["Привет", "мир", "Καλημέρα", "naïve", "café", "Zürich", "e\u0301cole", "مرحبا", "שלום", "नमस्ते", "Ångström"]
+EMOJI = ["😀", "🎉", "👍🏽", "👨\u200d👩\u200d👧\u200d👦", "🇯🇵", "🇫🇷", "❤️", "🧑🏿\u200d💻", "🚀"]  # ZWJ, skin tones, flags
+WORLD = ["Привет", "мир", "Καλημέρα", "naïve", "café", "Zürich", "e\u0301cole", "مرحبا", "שלום", "नमस्ते",
+         "Ångström"]
 
 
 def lexicon(vocabulary, rng, derived):
