@@ -29,7 +29,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "src"), os.path.join(ROOT, "tests")]
 
 import encoder  # noqa: E402
-from test_encoder import ReferenceEncoder  # noqa: E402
+
+try:
+    from test_encoder import ReferenceEncoder  # noqa: E402
+except ImportError as error:  # the reference lives with the tests, which need their requirements
+    sys.exit(f"error: {error}; run `pip install -r requirements-test.txt`")
 
 SHORT_WORDS = "a i an as at be by do go he if in is it me my no of on or so to up us we".split()
 PREFIXES = ["un", "re", "pre", "dis", "over", "non", "anti", "sub", "inter", "mis"]
@@ -112,9 +116,18 @@ def make_text(vocabulary, megabytes, seed=0):
     return "".join(chunks)
 
 
+def has_vocab(folder):
+    return all(os.path.isfile(os.path.join(folder, name)) for name in ("encoder.json", "vocab.bpe"))
+
+
 def find_vocab(vocab_dir):
-    for folder in (vocab_dir, os.environ.get("GPT2_VOCAB_DIR"), os.path.join(ROOT, "models", "124M")):
-        if folder and all(os.path.isfile(os.path.join(folder, f)) for f in ("encoder.json", "vocab.bpe")):
+    """--vocab_dir if given, else $GPT2_VOCAB_DIR, else models/124M."""
+    if vocab_dir:
+        if not has_vocab(vocab_dir):
+            sys.exit(f"error: no encoder.json and vocab.bpe in --vocab_dir {vocab_dir}")
+        return vocab_dir
+    for folder in (os.environ.get("GPT2_VOCAB_DIR"), os.path.join(ROOT, "models", "124M")):
+        if folder and has_vocab(folder):
             return folder
     sys.exit("error: no encoder.json and vocab.bpe: pass --vocab_dir, set GPT2_VOCAB_DIR, or run "
              "`python3 download_model.py 124M`")
