@@ -208,20 +208,18 @@ class Encoder:
                 heappush(heap, (rank, o))
         return tuple(filter((-1).__lt__, ids))
 
-    def _encode_piece(self, piece):
-        data = piece.encode("utf-8")
-        # GPT-2's BPE turns each whole token back into itself (the tests check all 50257).
-        token = self._id_by_bytes.get(data)
-        return (token,) if token is not None else self._bpe_ids(data)
-
     def _encode_pieces(self, pieces):
         cache = self._cache
         new = set(pieces).difference(cache)  # set - dict looks up each piece, not each key
         if len(cache) + len(new) > _CACHE_PIECES:
             self._cache = cache = {}  # not clear(): another thread may be reading the old one
             new = set(pieces)
+        id_by_bytes, bpe_ids = self._id_by_bytes, self._bpe_ids
         for piece in new:
-            cache[piece] = self._encode_piece(piece)
+            data = piece.encode("utf-8")
+            # GPT-2's BPE turns each whole token back into itself (the tests check all 50257).
+            token = id_by_bytes.get(data)
+            cache[piece] = (token,) if token is not None else bpe_ids(data)
         return chain.from_iterable(map(cache.__getitem__, pieces))
 
     def encode(self, text):
