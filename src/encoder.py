@@ -16,7 +16,7 @@ The ids are the original's for every text (the tests hold them to a copy of its 
 to six times faster (`python bench/bench_encoder.py --original`):
 
 - The text is cut into pieces with the original's pattern; stretches of ASCII go to an equivalent
-  pattern for the standard `re`, about twice as fast as `regex` there.
+  pattern for the standard `re`, up to twice as fast as `regex`.
 - Each distinct piece is encoded once and remembered, so a text costs one dictionary look-up per
   piece; a piece that is a whole token (most words) needs no BPE at all.
 - BPE runs on token ids with one table, (left id, right id) -> rank and merged id, and after a
@@ -209,6 +209,7 @@ class Encoder:
         return tuple(filter((-1).__lt__, ids))
 
     def _encode_pieces(self, pieces):
+        """The ids of `pieces`, an iterator; BPE only for pieces neither cached nor whole tokens."""
         cache = self._cache
         new = set(pieces).difference(cache)  # set - dict looks up each piece, not each key
         if len(cache) + len(new) > _CACHE_PIECES:
@@ -304,11 +305,16 @@ def get_encoder(model_name, models_dir):
         raise ValueError(f"{folder}: {error}") from None
 
 
-def _download_hint(model_name, models_dir):
+def _download(model_name, models_dir):
     command = f"python3 download_model.py {model_name}"
     if os.path.normpath(models_dir) != "models":
         command += f" --models_dir {models_dir}"
-    return f"download it again with `{command}`"
+    return f"`{command}`"
+
+
+def _download_hint(model_name, models_dir):
+    # download_model.py keeps a file that is already there, so a bad one has to go first.
+    return f"delete it and download it again with {_download(model_name, models_dir)}"
 
 
 def _read_text(path, model_name, models_dir):
@@ -316,8 +322,7 @@ def _read_text(path, model_name, models_dir):
         with open(path, encoding="utf-8") as f:
             return f.read()
     except FileNotFoundError:
-        hint = _download_hint(model_name, models_dir).replace(" again", "")
-        raise FileNotFoundError(f"{path} not found; {hint}") from None
+        raise FileNotFoundError(f"{path} not found; download it with {_download(model_name, models_dir)}") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); "
                          f"{_download_hint(model_name, models_dir)}") from None
@@ -331,8 +336,8 @@ def _read_encoder_json(path, model_name, models_dir):
         raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno} column "
                          f"{error.colno}); {_download_hint(model_name, models_dir)}") from None
     if not (isinstance(encoder, dict) and encoder
-            and all(isinstance(i, int) and not isinstance(i, bool) for i in encoder.values())):
-        raise ValueError(f"{path} is not a GPT-2 encoder.json (an object of token: integer id); "
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in encoder.values())):
+        raise ValueError(f"{path} is not a GPT-2 encoder.json (an object of token: id, an integer >= 0); "
                          f"{_download_hint(model_name, models_dir)}")
     return encoder
 

@@ -346,8 +346,7 @@ def test_missing_vocabulary_in_models_needs_no_models_dir(tmp_path, monkeypatch)
 
 
 def test_missing_vocab_bpe_names_it(tmp_path, vocab_dir):
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "encoder.json").write_bytes(open(os.path.join(vocab_dir, "encoder.json"), "rb").read())
+    os.remove(copy_vocabulary(vocab_dir, tmp_path / "m") / "vocab.bpe")
     with pytest.raises(FileNotFoundError, match="vocab.bpe") as error:
         encoder.get_encoder("m", str(tmp_path))
     assert_one_line(error)
@@ -357,21 +356,35 @@ def test_missing_vocab_bpe_names_it(tmp_path, vocab_dir):
     ("encoder.json", '{"a": 1,', "is not valid JSON"),
     ("encoder.json", "[1, 2]", "is not a GPT-2 encoder.json"),
     ("encoder.json", '{"a": "b"}', "is not a GPT-2 encoder.json"),
+    ("encoder.json", '{"a": -1}', "is not a GPT-2 encoder.json"),
     ("encoder.json", b"\xff\xfe{}", "is not UTF-8"),
     ("vocab.bpe", "#version: 0.2\nĠ t\nĠ a b\n", "line 3 is not a merge"),
     ("vocab.bpe", "#version: 0.2\n", "has no merges"),
-    ("vocab.bpe", "#version: 0.2\nĠt Ġzzz\n", "is not two tokens of the encoder"),
 ])
-def test_corrupt_vocabulary_names_the_file(tmp_path, vocab_dir, file, content, message):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    for name in ("encoder.json", "vocab.bpe"):
-        (folder / name).write_bytes(open(os.path.join(vocab_dir, name), "rb").read())
+def test_corrupt_vocabulary_file_names_it_and_the_fix(tmp_path, vocab_dir, file, content, message):
+    folder = copy_vocabulary(vocab_dir, tmp_path / "m")
     (folder / file).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     with pytest.raises(ValueError, match=message) as error:
         encoder.get_encoder("m", str(tmp_path))
-    assert str(folder) in str(error.value)
+    assert str(folder / file) in str(error.value)
+    assert f"delete it and download it again with `python3 download_model.py m --models_dir {tmp_path}`" in str(error.value)
     assert_one_line(error)
+
+
+def test_mismatched_vocabulary_files_name_the_merge(tmp_path, vocab_dir):
+    folder = copy_vocabulary(vocab_dir, tmp_path / "m")
+    (folder / "vocab.bpe").write_text("#version: 0.2\nĠt Ġzzz\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"BPE merge \('Ġt', 'Ġzzz'\) is not two tokens of the encoder") as error:
+        encoder.get_encoder("m", str(tmp_path))
+    assert str(folder) in str(error.value) and "of the same model" in str(error.value)
+    assert_one_line(error)
+
+
+def copy_vocabulary(vocab_dir, folder):
+    folder.mkdir()
+    for name in ("encoder.json", "vocab.bpe"):
+        (folder / name).write_bytes(open(os.path.join(vocab_dir, name), "rb").read())
+    return folder
 
 
 @pytest.mark.parametrize("bad", [50257, -1, 10 ** 20, "31373", None, 1.5, [1]])
