@@ -12,8 +12,8 @@ token itself is `enc.encoder["<|endoftext|>"]` (50256), to be added to the ids b
     >>> len(enc.encode("<|endoftext|>")), enc.encoder["<|endoftext|>"]
     (7, 50256)
 
-The ids are the original's for every text (the tests hold them to a copy of its algorithm), four
-to six times faster (`python bench/bench_encoder.py --original`):
+The ids are the original's for every text (the tests hold them to a copy of its algorithm), about
+four to five times faster (`python bench/bench_encoder.py --original`):
 
 - The text is cut into pieces with the original's pattern; stretches of ASCII go to an equivalent
   pattern for the standard `re`, up to twice as fast as `regex`.
