@@ -4,7 +4,7 @@ import os
 import random
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
 
 import fire
 import tensorflow as tf
@@ -84,8 +84,22 @@ def print_samples(enc, sampler, context, length, *, first_sample, **kwargs):
     print(text.decode(b"", final=True))
 
 
+def silence_xla_banner():
+    """XLA announces its first compilation on stderr whatever TF_CPP_MIN_LOG_LEVEL says, which
+    would land in the middle of a sample: make that first compilation a trivial one, unheard."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(0))
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(command):
     """Runs `command` with fire; expected failures end in one line on stderr, not a traceback."""
+    silence_xla_banner()
     try:
         fire.Fire(command)
     except (ValueError, OSError) as e:

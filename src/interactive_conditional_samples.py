@@ -1,16 +1,33 @@
 #!/usr/bin/env python3
 """Continues prompts typed at `Model prompt >>> ` with GPT-2 samples."""
+import select
+import sys
+
 import cli
 import model
 import sample
 
 
+def ask(prompt):
+    """input(prompt), where Ctrl-C at a terminal always works.
+
+    The SIGINT may reach one of TensorFlow's threads rather than the main one, whose read of the
+    terminal would then go on; waiting in short slices lets the main thread see it.
+    """
+    if not sys.stdin.isatty():
+        return input(prompt)
+    print(prompt, end="", flush=True)
+    while not select.select([sys.stdin], [], [], 0.1)[0]:
+        pass
+    return input()
+
+
 def read_prompt():
     """The next non-empty prompt; EOFError at end of input."""
-    raw_text = input("Model prompt >>> ")
+    raw_text = ask("Model prompt >>> ")
     while not raw_text:
         print("Prompt should not be empty!")
-        raw_text = input("Model prompt >>> ")
+        raw_text = ask("Model prompt >>> ")
     return raw_text
 
 

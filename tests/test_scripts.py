@@ -33,7 +33,7 @@ def run(script, models_dir, model_name, *flags, stdin=""):
 
 def samples(stdout):
     """{number: text} from the original's output format."""
-    parts = re.split(r"^={40} SAMPLE (\d+) ={40}\n", stdout, flags=re.M)
+    parts = re.split(r"={40} SAMPLE (\d+) ={40}\n", stdout)
     return {int(n): text for n, text in zip(parts[1::2], parts[2::2])}
 
 
@@ -88,49 +88,66 @@ def expected_sample(tiny, prompt, length, seed, number=0):
 
 
 def test_interactive_through_stdin(models_dir, tiny_model, tiny):
-    long_prompt = "word " * 40
+    enc = tiny[0]
+    long_prompt = "word " * 60
+    n = len(enc.encode(long_prompt))
+    assert n + 20 - 1 > 64
     result = run(INTERACTIVE, models_dir, tiny_model, "--length", "20", "--seed", "5", "--nsamples", "2",
                  "--batch_size", "2", stdin=f"\n{long_prompt}\nHello world\n")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     out = result.stdout
     assert out.count("Model prompt >>> ") == 4
     assert "Prompt should not be empty!" in out
-    assert "Prompt too long: 40 tokens plus --length 20 exceed the window of 64 tokens; use at most 45" in out
+    assert f"Prompt too long: {n} tokens plus --length 20 exceed the window of 64 tokens; use at most 45" in out
     assert out.index("Prompt too long") < out.index("SAMPLE 1")
     assert "=" * 80 in out
     got = samples(out.split("=" * 80)[0])
     assert got == {i + 1: expected_sample(tiny, "Hello world", 20, 5, i) + "\n" for i in range(2)}
 
 
-def read_until(fd, marker, timeout=120):
-    data, deadline = b"", time.time() + timeout
-    while marker not in data:
-        assert time.time() < deadline, f"no {marker!r} in {data!r}"
-        if select.select([fd], [], [], 1)[0]:
-            try:
-                data += os.read(fd, 4096)
-            except OSError:  # the child closed the terminal
-                break
-    return data
+class Terminal:
+    """The controlling side of a pseudo-terminal, read up to markers."""
+
+    def __init__(self, fd):
+        self.fd, self.pending = fd, b""
+
+    def read_until(self, marker, timeout=120):
+        """Everything up to and including `marker`; what came after it is kept for the next call.
+        At end of output (the child closed the terminal) returns what there is."""
+        deadline = time.time() + timeout
+        while marker not in self.pending:
+            assert time.time() < deadline, f"no {marker!r} in {self.pending!r}"
+            if select.select([self.fd], [], [], 1)[0]:
+                try:
+                    self.pending += os.read(self.fd, 4096)
+                except OSError:  # the child closed the terminal
+                    out, self.pending = self.pending, b""
+                    return out
+        out, _, self.pending = self.pending.partition(marker)
+        return out + marker
 
 
 @pytest.mark.parametrize("ending", [b"\x04", b"\x03"], ids=["ctrl-d", "ctrl-c"])
 def test_interactive_in_a_terminal(models_dir, tiny_model, tiny, ending):
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the script on the terminal
-        os.execve(sys.executable, [sys.executable, INTERACTIVE, "--model_name", tiny_model, "--models_dir",
-                                   models_dir, "--length", "12", "--seed", "3"], ENV)
+    fd, terminal = pty.openpty()
+    # setsid --ctty makes the terminal the script's controlling one, so Ctrl-C sends SIGINT.
+    process = subprocess.Popen(["setsid", "--ctty", sys.executable, INTERACTIVE, "--model_name", tiny_model,
+                                "--models_dir", models_dir, "--length", "12", "--seed", "3"],
+                               stdin=terminal, stdout=terminal, stderr=terminal, env=ENV)
+    os.close(terminal)
+    terminal = Terminal(fd)
     try:
-        read_until(fd, b"Model prompt >>> ")
+        terminal.read_until(b"Model prompt >>> ")
         os.write(fd, "Caf\u00e9 au lait\n".encode())
-        out = read_until(fd, b"=" * 80 + b"\r\n").decode("utf-8")
-        read_until(fd, b"Model prompt >>> ")
+        out = terminal.read_until(b"=" * 80 + b"\r\n").decode("utf-8")
+        terminal.read_until(b"Model prompt >>> ")
         os.write(fd, ending)
-        rest = read_until(fd, b"\0", timeout=60).decode("utf-8", "replace")
-        _, status = os.waitpid(pid, 0)
+        rest = terminal.read_until(b"\0", timeout=60).decode("utf-8", "replace")
+        process.wait(timeout=60)
     finally:
+        process.kill()
         os.close(fd)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert process.returncode == 0
     assert "Traceback" not in rest
     text = out.replace("\r\n", "\n").split("=" * 40 + " SAMPLE 1 " + "=" * 40 + "\n")[1].split("=" * 80)[0]
     assert text == expected_sample(tiny, "Caf\u00e9 au lait", 12, 3) + "\n"

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Times generation: one JSON line per measurement, and the peer's beside it with --peer.
+
+    python bench/bench_generate.py --batch_size 8 --dtype bfloat16 --peer ~/.cache/gpt2-peer-venv/bin/python
+
+The model is read from --models_dir/--model_name; for the four official names a checkpoint of
+that shape with random weights is written there first if none is present (speed does not
+depend on the weights). The whole generate call (prefill, then new_tokens sampled with top-k 40
+and the cache) is timed after a warm-up.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(ROOT, "src"), os.path.join(ROOT, "tests")]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import checkpoints  # noqa: E402
+import cli  # noqa: E402
+import model  # noqa: E402
+import sample  # noqa: E402
+
+
+def ensure_model(models_dir, model_name):
+    path = os.path.join(models_dir, model_name)
+    if not os.path.isfile(os.path.join(path, "checkpoint")):
+        if model_name not in checkpoints.OFFICIAL:
+            sys.exit(f"error: no model at {path}, and {model_name!r} is not one of {', '.join(checkpoints.OFFICIAL)}")
+        print(f"writing a {model_name}-shaped checkpoint with random weights to {path}", file=sys.stderr)
+        checkpoints.write_checkpoint(path, checkpoints.OFFICIAL[model_name])
+    return path
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(path, args):
+    hparams = model.load_hparams(path)
+    params = model.load_params(model.find_checkpoint(path), hparams, cli.parse_dtype(args.dtype))
+    sampler = sample.Sampler(params, hparams, top_k=40)
+    context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))
+    sampler.sample(context, 4, seed=1)  # warm-up: traces and compiles
+    seconds = min(timed(lambda: sampler.sample(context, args.new_tokens, seed=2)) for _ in range(args.repeats))
+    prefill = min(timed(lambda: sampler.sample(context, 1, seed=2)) for _ in range(args.repeats))
+    common = dict(model_name=args.model_name, batch_size=args.batch_size, prompt_len=args.prompt_len, dtype=args.dtype)
+    yield dict(measure="generate", **common, new_tokens=args.new_tokens, seconds=seconds,
+               tokens_per_s=args.batch_size * args.new_tokens / seconds)
+    yield dict(measure="prefill", **common, new_tokens=1, seconds=prefill,
+               tokens_per_s=args.batch_size * args.prompt_len / prefill)
+
+
+def peer(python, path, args):
+    out = subprocess.run([python, os.path.join(ROOT, "..", "shared", "peer", "hf_generate.py"), path, "bench",
+                          str(args.batch_size), str(args.prompt_len), str(args.new_tokens)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name", default="124M")
+    parser.add_argument("--models_dir", default=os.path.join(ROOT, "bench", "models"))
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--prompt_len", type=int, default=16)
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--dtype", default="float32", choices=sorted(cli.DTYPES))
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the fastest is reported")
+    parser.add_argument("--peer", metavar="VENV_PYTHON", help="also time the peer (bash ../shared/peer/setup.sh)")
+    args = parser.parse_args()
+    path = ensure_model(args.models_dir, args.model_name)
+    results = list(measure(path, args))
+    for result in results:
+        print(json.dumps(result), flush=True)
+    if args.peer:
+        theirs = peer(args.peer, path, args)
+        print(json.dumps(dict(measure="peer", **theirs)))
+        print(json.dumps(dict(measure="ratio", dtype=args.dtype, batch_size=args.batch_size,
+                              ratio=results[0]["tokens_per_s"] / theirs["tokens_per_s"])))
+
+
+if __name__ == "__main__":
+    main()
