@@ -34,7 +34,7 @@ def ensure_model(models_dir, model_name):
         if model_name not in checkpoints.OFFICIAL:
             sys.exit(f"error: no model at {path}, and {model_name!r} is not one of {', '.join(checkpoints.OFFICIAL)}")
         print(f"writing a {model_name}-shaped checkpoint with random weights to {path}", file=sys.stderr)
-        checkpoints.write_checkpoint(path, checkpoints.OFFICIAL[model_name])
+        checkpoints.write_checkpoint(path, checkpoints.OFFICIAL[model_name], os.environ.get("GPT2_VOCAB_DIR"))
     return path
 
 
