@@ -18,28 +18,30 @@ def kth_largest(logits, k):
     """[batch, n] float32 -> [batch, 1]: each row's k-th largest logit, found exactly.
 
     A binary search over the floats' bit patterns (read as integers ordered like the floats):
-    32 rounds of compare-and-count, where XLA's sort-based top_k is slow on CPU.
+    32 rounds of compare-and-count, for XLA, whose sort-based top_k is slow on CPU.
     """
     bits = tf.bitcast(logits, tf.int32)
-    keys = tf.cast(tf.where(bits < 0, bits ^ 0x7FFFFFFF, bits), tf.int64)  # [batch, n], same order
-    lo = tf.reduce_min(keys, axis=-1, keepdims=True)  # at least k keys are >= lo
-    hi = tf.reduce_max(keys, axis=-1, keepdims=True) + 1  # fewer than k keys are >= hi
+    keys = tf.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # [batch, n], ordered like the logits
+    lo = tf.cast(tf.reduce_min(keys, axis=-1, keepdims=True), tf.int64)  # at least k keys are >= lo
+    hi = tf.cast(tf.reduce_max(keys, axis=-1, keepdims=True), tf.int64) + 1  # fewer than k are >= hi
     for _ in range(32):
         mid = (lo + hi) // 2
-        enough = tf.reduce_sum(tf.cast(keys >= mid, tf.int32), axis=-1, keepdims=True) >= k
-        lo, hi = tf.where(enough, mid, lo), tf.where(enough, hi, mid)
+        count = tf.reduce_sum(tf.cast(keys >= tf.cast(mid, tf.int32), tf.int32), axis=-1, keepdims=True)
+        lo, hi = tf.where(count >= k, mid, lo), tf.where(count >= k, hi, mid)
     bits = tf.cast(lo, tf.int32)
     return tf.bitcast(tf.where(bits < 0, bits ^ 0x7FFFFFFF, bits), tf.float32)
 
 
-def top_k_logits(logits, k):
+def top_k_logits(logits, k, xla=False):
     """Keeps each row's k largest logits (and ties with the k-th); k = 0 keeps all.
 
     logits [batch, n_vocab] float32 -> [batch, n_vocab], removed ones set to float32's lowest.
+    With `xla`, the k-th largest is found by `kth_largest`; both ways keep the same logits.
     """
     if k == 0:
         return logits
-    return tf.where(logits < kth_largest(logits, k), logits.dtype.min, logits)
+    min_values = kth_largest(logits, k) if xla else tf.math.top_k(logits, k=k).values[:, -1:]  # [batch, 1]
+    return tf.where(logits < min_values, logits.dtype.min, logits)
 
 
 def top_p_logits(logits, p):
@@ -84,13 +86,21 @@ def sample_logits(logits, keys, step):
     draw of each stream this is (the position the new token takes) -> [batch] int32.
     """
     noise = -tf.math.log(-tf.math.log(uniform(keys, step, tf.shape(logits)[1])))  # Gumbel, [batch, n_vocab]
-    return tf.argmax(logits + noise, axis=-1, output_type=tf.int32)
+    return first_argmax(logits + noise)
 
 
-def next_token(logits, keys, step, temperature, top_k, top_p):
+def first_argmax(x):
+    """[batch, n] -> [batch] int32: tf.argmax (the first index of each row's maximum), as two
+    plain reductions, which XLA runs several times faster than argmax's (value, index) one."""
+    top = tf.reduce_max(x, axis=-1, keepdims=True)
+    n = tf.shape(x)[1]
+    return tf.reduce_min(tf.where(x >= top, tf.range(n)[None], n), axis=-1)
+
+
+def next_token(logits, keys, step, temperature, top_k, top_p, xla=False):
     """The sampling step both paths share: temperature, then top-k, then top-p, then a draw."""
     logits = logits / temperature
-    return sample_logits(top_p_logits(top_k_logits(logits, top_k), top_p), keys, step)
+    return sample_logits(top_p_logits(top_k_logits(logits, top_k, xla), top_p), keys, step)
 
 
 def sample_keys(seed, first_sample, batch_size):
@@ -148,10 +158,10 @@ class Sampler:
         self.params, self.hparams = params, hparams
         self.top_k, self.top_p, self.end_token = top_k, top_p, end_token
         dtype = params["wte"].dtype
-        jit = dtype == tf.float32 if jit is None else jit  # XLA's bfloat16 matmuls are slow on CPU
+        self.jit = dtype == tf.float32 if jit is None else jit  # XLA's bfloat16 matmuls are slow on CPU
         self._forward = model.compile_model(params, hparams)
         cache = [tf.TensorSpec([None, 2, hparams.n_head, None, hparams.head_dim], dtype)] * hparams.n_layer
-        self._decode = tf.function(self._decode_fn, jit_compile=jit, input_signature=[
+        self._decode = tf.function(self._decode_fn, jit_compile=self.jit, input_signature=[
             cache, tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.bool), tf.TensorSpec([], tf.int32),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.float32)])
 
@@ -175,7 +185,7 @@ class Sampler:
             p = position + i
             h, cache = model.decode(self.params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p)
             logits = model.unembed(self.params, h)[:, -1]  # [batch, n_vocab]
-            token = next_token(logits, keys, p + 1, temperature, self.top_k, self.top_p)
+            token = next_token(logits, keys, p + 1, temperature, self.top_k, self.top_p, self.jit)
             if self.end_token is not None:  # a finished sample only repeats end_token
                 token = tf.where(done, self.end_token, token)
                 done = done | (token == self.end_token)

@@ -18,6 +18,22 @@ def test_top_k_keeps_the_k_largest_and_ties():
     assert sample.top_k_logits(logits, 0) is logits
 
 
+@pytest.mark.parametrize("decimals", [1, 6], ids=["many-ties", "few-ties"])
+def test_binary_search_keeps_what_top_k_keeps(decimals):
+    rng = np.random.RandomState(decimals)
+    compiled = tf.function(lambda logits, k: sample.top_k_logits(logits, k, xla=True), jit_compile=True)
+    for k in [1, 2, 40, 299, 300]:
+        logits = tf.constant(np.round(rng.randn(4, 300) * 3, decimals), tf.float32)
+        want = sample.top_k_logits(logits, k).numpy()
+        np.testing.assert_array_equal(sample.top_k_logits(logits, k, xla=True), want)
+        np.testing.assert_array_equal(compiled(logits, k), want)
+
+
+def test_first_argmax_is_argmax():
+    x = tf.constant(np.round(np.random.RandomState(0).randn(16, 50), 1), tf.float32)  # with ties
+    np.testing.assert_array_equal(sample.first_argmax(x), tf.argmax(x, -1))
+
+
 def test_top_p_keeps_the_originals_prefix_for_every_row():
     # Sorted probabilities 0.5, 0.25, 0.15, 0.1: cumulative 0.5, 0.75, 0.9, 1.0.
     probs = np.array([[0.15, 0.5, 0.1, 0.25], [0.25, 0.1, 0.5, 0.15], [0.1, 0.15, 0.25, 0.5]])
