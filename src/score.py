@@ -9,10 +9,10 @@ earlier ones did not, so every token sees at least n_ctx - stride tokens of cont
 import json as jsonlib
 import math
 
+import cli  # first: it quiets TensorFlow's start-up logs
 import numpy as np
 import tensorflow as tf
 
-import cli
 import model
 
 END_OF_TEXT = 50256
