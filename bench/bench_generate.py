@@ -6,7 +6,8 @@
 The model is read from --models_dir/--model_name; for the four official names a checkpoint of
 that shape with random weights is written there first if none is present (speed does not
 depend on the weights). The whole generate call (prefill, then new_tokens sampled with top-k 40
-and the cache) is timed after a warm-up.
+and the cache) is timed after a warm-up; `prefill` times a call making one token, and
+`decode_tokens_per_s` is the speed after the prompt is read (the difference of the two).
 """
 import argparse
 import json
@@ -53,8 +54,9 @@ def measure(path, args):
     seconds = min(timed(lambda: sampler.sample(context, args.new_tokens, seed=2)) for _ in range(args.repeats))
     prefill = min(timed(lambda: sampler.sample(context, 1, seed=2)) for _ in range(args.repeats))
     common = dict(model_name=args.model_name, batch_size=args.batch_size, prompt_len=args.prompt_len, dtype=args.dtype)
+    decode = args.batch_size * (args.new_tokens - 1) / (seconds - prefill)  # after the prompt is read
     yield dict(measure="generate", **common, new_tokens=args.new_tokens, seconds=seconds,
-               tokens_per_s=args.batch_size * args.new_tokens / seconds)
+               tokens_per_s=args.batch_size * args.new_tokens / seconds, decode_tokens_per_s=decode)
     yield dict(measure="prefill", **common, new_tokens=1, seconds=prefill,
                tokens_per_s=args.batch_size * args.prompt_len / prefill)
 

@@ -159,7 +159,7 @@ class Sampler:
         self.top_k, self.top_p, self.end_token = top_k, top_p, end_token
         dtype = params["wte"].dtype
         self.jit = dtype == tf.float32 if jit is None else jit  # XLA's bfloat16 matmuls are slow on CPU
-        self._forward = model.compile_model(params, hparams)
+        self._forward = model.compile_model(params, hparams, logits=False)  # the prefill
         cache = [tf.TensorSpec([None, 2, hparams.n_head, None, hparams.head_dim], dtype)] * hparams.n_layer
         self._decode = tf.function(self._decode_fn, jit_compile=self.jit, input_signature=[
             cache, tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.bool), tf.TensorSpec([], tf.int32),
