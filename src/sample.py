@@ -18,16 +18,19 @@ def kth_largest(logits, k):
     """[batch, n] float32 -> [batch, 1]: each row's k-th largest logit, found exactly.
 
     A binary search over the floats' bit patterns (read as integers ordered like the floats):
-    32 rounds of compare-and-count, for XLA, whose sort-based top_k is slow on CPU.
+    at most 32 rounds of compare-and-count, for XLA, whose sort-based top_k is slow on CPU.
     """
     bits = tf.bitcast(logits, tf.int32)
     keys = tf.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # [batch, n], ordered like the logits
     lo = tf.cast(tf.reduce_min(keys, axis=-1, keepdims=True), tf.int64)  # at least k keys are >= lo
     hi = tf.cast(tf.reduce_max(keys, axis=-1, keepdims=True), tf.int64) + 1  # fewer than k are >= hi
-    for _ in range(32):
+
+    def halve(lo, hi):
         mid = (lo + hi) // 2
         count = tf.reduce_sum(tf.cast(keys >= tf.cast(mid, tf.int32), tf.int32), axis=-1, keepdims=True)
-        lo, hi = tf.where(count >= k, mid, lo), tf.where(count >= k, hi, mid)
+        return tf.where(count >= k, mid, lo), tf.where(count >= k, hi, mid)
+
+    lo, _ = tf.while_loop(lambda lo, hi: tf.reduce_any(hi - lo > 1), halve, [lo, hi])  # at most 32 rounds
     bits = tf.cast(lo, tf.int32)
     return tf.bitcast(tf.where(bits < 0, bits ^ 0x7FFFFFFF, bits), tf.float32)
 
@@ -161,7 +164,7 @@ class Sampler:
         self.jit = dtype == tf.float32 if jit is None else jit  # XLA's bfloat16 matmuls are slow on CPU
         self._forward = model.compile_model(params, hparams, logits=False)  # the prefill
         cache = [tf.TensorSpec([None, 2, hparams.n_head, None, hparams.head_dim], dtype)] * hparams.n_layer
-        self._decode = tf.function(self._decode_fn, jit_compile=self.jit, input_signature=[
+        self._decode = tf.function(self._decode_fn, jit_compile=self.jit, autograph=False, input_signature=[
             cache, tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.bool), tf.TensorSpec([], tf.int32),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.float32)])
 
