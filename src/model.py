@@ -32,8 +32,9 @@ class HParams:
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1 and field.name != "n_vocab":
-                raise ValueError(f"hparams: {field.name} must be a positive integer. Received: {value!r}")
+            least = 0 if field.name == "n_vocab" else 1  # the original's defaults have no vocabulary yet
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"hparams: {field.name} must be an integer >= {least}. Received: {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"hparams: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 

@@ -45,8 +45,9 @@ def test_override_returns_new_frozen_hparams():
 @pytest.mark.parametrize("values, message", [
     ({"n_layers": 3}, "unknown key(s) n_layers"),
     ({"n_head": 5}, "n_embd (768) must be divisible by n_head (5)"),
-    ({"n_ctx": 0}, "n_ctx must be a positive integer. Received: 0"),
-    ({"n_embd": "768"}, "n_embd must be a positive integer. Received: '768'"),
+    ({"n_ctx": 0}, "n_ctx must be an integer >= 1. Received: 0"),
+    ({"n_embd": "768"}, "n_embd must be an integer >= 1. Received: '768'"),
+    ({"n_vocab": -1}, "n_vocab must be an integer >= 0. Received: -1"),
 ])
 def test_bad_hparams_are_rejected_by_name(values, message):
     with pytest.raises(ValueError) as e:
