@@ -128,22 +128,25 @@ def check_checkpoint(found, hparams):
 
 def load_params(prefix, hparams, dtype=tf.float32):
     """Reads every variable of the checkpoint at `prefix` into a nested dict of `dtype` tensors."""
+    names = list(checkpoint_shapes(hparams))
     try:
-        reader = tf.train.load_checkpoint(prefix)
-    except (tf.errors.OpError, ValueError) as e:
-        raise ValueError(f"cannot read checkpoint {prefix}: {e.message if hasattr(e, 'message') else e}") from None
-    check_checkpoint(reader.get_variable_to_shape_map(), hparams)
+        check_checkpoint(tf.train.load_checkpoint(prefix).get_variable_to_shape_map(), hparams)
+        # One op reads them all, straight into tensors: several times faster than via NumPy.
+        values = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                                      dtypes=[tf.float32] * len(names))
+    except tf.errors.OpError as e:
+        reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", e.message)  # TensorFlow's decorations
+        raise ValueError(f"cannot read checkpoint {prefix} ({reason}): download the model again") from None
     params = {"h": [{} for _ in range(hparams.n_layer)]}
-    for name in checkpoint_shapes(hparams):
-        value = reader.get_tensor(name)
-        if value.ndim == 3:  # conv1d weights [1, nx, nf] -> [nx, nf]
+    for name, value in zip(names, values):
+        if value.shape.rank == 3:  # conv1d weights [1, nx, nf] -> [nx, nf]
             value = value[0]
         layer = re.match(r"model/h(\d+)/", name)
         node = params["h"][int(layer.group(1))] if layer else params
         *scopes, leaf = name.split("/")[2 if layer else 1:]
         for scope in scopes:
             node = node.setdefault(scope, {})
-        node[leaf] = tf.constant(value, dtype=dtype)
+        node[leaf] = tf.cast(value, dtype)
     return params
 
 

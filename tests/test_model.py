@@ -125,6 +125,16 @@ def test_corrupt_checkpoint_data_is_one_clear_error(models_dir, tiny_model, tmp_
         model.load_params(model.find_checkpoint(path), model.load_hparams(path))
 
 
+def test_truncated_checkpoint_data_is_one_clear_error(models_dir, tiny_model, tmp_path):
+    path = copy_model(models_dir, tiny_model, tmp_path)
+    os.truncate(os.path.join(path, "model.ckpt.data-00000-of-00001"), 100_000)
+    with pytest.raises(ValueError) as e:
+        model.load_params(model.find_checkpoint(path), model.load_hparams(path))
+    message = str(e.value)
+    assert message.startswith("cannot read checkpoint") and message.endswith("download the model again")
+    assert "\n" not in message and "{{" not in message and "[Op:" not in message
+
+
 def test_corrupt_hparams_is_one_clear_error(models_dir, tiny_model, tmp_path):
     path = copy_model(models_dir, tiny_model, tmp_path)
     with open(os.path.join(path, "hparams.json"), "w") as f:
