@@ -1,8 +1,8 @@
 """Sampling from GPT-2: temperature, top-k and top-p (nucleus) filters, one sampling loop.
 
-Randomness is one stateless Philox stream per sample: the i-th sample of a run depends only on
-the seed, i, and the model, never on the batch it happened to be in. So `--batch_size` only
-affects speed and memory, as the original promised.
+Randomness is one stream per sample, an integer hash of (seed, sample number, position, token):
+the i-th sample of a run depends only on the seed, i, and the model, never on the batch it
+happened to be in. So `--batch_size` only affects speed and memory, as the original promised.
 
 `Sampler` is the fast path: a key/value cache preallocated for the whole sample, a prefill of
 the context, then a compiled `tf.while_loop` that costs one position per new token.
@@ -119,14 +119,18 @@ def check_sampling(hparams, context_length, length, temperature, top_k, top_p):
         raise ValueError(f"the prompt ({context_length} tokens) plus --length {length} exceeds the model's "
                          f"window of {hparams.n_ctx} tokens: use at most {hparams.n_ctx + 1 - context_length} "
                          "new tokens or a shorter prompt")
-    if not temperature > 0:
+    if not is_number(temperature) or not temperature > 0:
         raise ValueError(f"--temperature must be greater than 0. Received: {temperature!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"--top_k must be an integer >= 0 (0: no top-k filter). Received: {top_k!r}")
     if top_k > hparams.n_vocab:
         raise ValueError(f"--top_k must be at most the vocabulary size {hparams.n_vocab}. Received: {top_k}")
-    if not 0 < top_p <= 1:
+    if not is_number(top_p) or not 0 < top_p <= 1:
         raise ValueError(f"--top_p must be in (0, 1] (1: no nucleus filter). Received: {top_p!r}")
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def as_context(hparams, context=None, start_token=None, batch_size=None):

@@ -30,9 +30,9 @@ def windows(n, n_ctx, stride):
 
 def score_tokens(forward, hparams, tokens, stride=None):
     """Natural-log probability of each of `tokens` after <|endoftext|> and the ones before it."""
-    stride = stride or hparams.n_ctx // 2
-    if not 1 <= stride < hparams.n_ctx:
-        raise ValueError(f"--stride must be between 1 and n_ctx - 1 ({hparams.n_ctx - 1}). Received: {stride}")
+    stride = hparams.n_ctx // 2 if stride is None else stride
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride < hparams.n_ctx:
+        raise ValueError(f"--stride must be an integer from 1 to n_ctx - 1 ({hparams.n_ctx - 1}). Received: {stride!r}")
     sequence = np.array([END_OF_TEXT] + list(tokens), np.int32)
     empty_past = tf.zeros(model.past_shape(hparams, 1, 0), forward.input_signature[1].dtype)
     logprobs = []

@@ -168,6 +168,8 @@ def test_sample_sequence_keeps_the_originals_arguments(tiny):
     (dict(top_k=60000), "--top_k must be at most the vocabulary size 50257"),
     (dict(top_p=0), "--top_p must be in (0, 1]"),
     (dict(top_p=1.5), "--top_p must be in (0, 1] (1: no nucleus filter). Received: 1.5"),
+    (dict(top_p="high"), "--top_p must be in (0, 1] (1: no nucleus filter). Received: 'high'"),
+    (dict(temperature="warm"), "--temperature must be greater than 0. Received: 'warm'"),
     (dict(context=[[50257]]), "context tokens must be in [0, 50257)"),
     (dict(context=[[]]), "context must be [batch, n] tokens with n >= 1"),
 ])

@@ -58,10 +58,11 @@ def test_logprobs_equal_reference(odd_model, length, stride):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-def test_bad_stride_is_rejected(odd_model):
+@pytest.mark.parametrize("stride", [96, 0, -1, 2.5, "wide"])
+def test_bad_stride_is_rejected(odd_model, stride):
     hparams = model.load_hparams(odd_model)
-    with pytest.raises(ValueError, match=r"--stride must be between 1 and n_ctx - 1 \(95\). Received: 96"):
-        score.score_tokens(None, hparams, [1, 2], stride=96)
+    with pytest.raises(ValueError, match=r"--stride must be an integer from 1 to n_ctx - 1 \(95\). Received: "):
+        score.score_tokens(None, hparams, [1, 2], stride=stride)
 
 
 def run_score(*args):
