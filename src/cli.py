@@ -34,10 +34,10 @@ def load(model_name, models_dir, dtype="float32"):
 
 def check_counts(nsamples, batch_size, *, forever=False):
     """ValueError unless nsamples and batch_size are usable counts."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not sample.is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"--batch_size must be a positive integer. Received: {batch_size!r}")
     least = 0 if forever else 1
-    if isinstance(nsamples, bool) or not isinstance(nsamples, int) or nsamples < least:
+    if not sample.is_integer(nsamples) or nsamples < least:
         raise ValueError(f"--nsamples must be an integer >= {least}"
                          f"{' (0: until Ctrl-C)' if forever else ''}. Received: {nsamples!r}")
 
@@ -46,7 +46,7 @@ def make_seed(seed):
     """The --seed to use: the given one, or a fresh random one."""
     if seed is None:
         return random.SystemRandom().randrange(2 ** 31)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not sample.is_integer(seed) or seed < 0:
         raise ValueError(f"--seed must be a non-negative integer. Received: {seed!r}")
     return seed
 

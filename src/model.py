@@ -240,15 +240,25 @@ def block(x, p, past, positions, n_head):
     present = tf.stack([k, v], axis=1)  # [batch, 2, heads, seq, head_dim]
     k = tf.concat([past[:, 0], k], axis=2)  # [batch, heads, past_len + seq, head_dim]
     v = tf.concat([past[:, 1], v], axis=2)
-    mask = causal_mask(positions, tf.range(tf.shape(k)[2]))
+    return finish_block(x, p, q, k, v, causal_mask(positions, tf.range(tf.shape(k)[2]))), present
+
+
+def finish_block(x, p, q, k, v, mask):
+    """The rest of a block once its keys and values are known: attention, the projection, the
+    MLP, and both residuals. x [batch, seq, n_embd] -> [batch, seq, n_embd]."""
     a = merge_heads(multihead_attn(q, k, v, mask))
     x = x + conv1d(a, p["attn"]["c_proj"])
-    return x + mlp(norm(x, p["ln_2"]), p["mlp"]), present
+    return x + mlp(norm(x, p["ln_2"]), p["mlp"])
 
 
 def past_shape(hparams, batch_size=None, sequence=None):
     """The original's key/value cache layout: [batch, n_layer, 2, heads, seq, head_dim]."""
     return [batch_size, hparams.n_layer, 2, hparams.n_head, sequence, hparams.head_dim]
+
+
+def empty_past(hparams, batch_size, dtype):
+    """A past of no positions, for a first call of `model`; batch_size may be a tensor."""
+    return tf.zeros([batch_size] + past_shape(hparams, sequence=0)[1:], dtype)
 
 
 def transformer(params, hparams, X, past):
@@ -271,7 +281,7 @@ def model(params, hparams, X, past=None):
     which the caller concatenates onto `past` (axis 4) for the next call.
     """
     if past is None:
-        past = tf.zeros([tf.shape(X)[0]] + past_shape(hparams, sequence=0)[1:], params["wte"].dtype)
+        past = empty_past(hparams, tf.shape(X)[0], params["wte"].dtype)
     h, present = transformer(params, hparams, X, past)
     return {"logits": unembed(params, h), "present": present}
 
@@ -311,9 +321,7 @@ def cached_block(x, p, cache, positions, n_head):
     q, k, v = qkv(norm(x, p["ln_1"]), p["attn"], n_head)
     cache = write_cache(cache, tf.stack([k, v], axis=1), positions)
     mask = causal_mask(positions, tf.range(tf.shape(cache)[3]))
-    a = merge_heads(multihead_attn(q, cache[:, 0], cache[:, 1], mask))
-    x = x + conv1d(a, p["attn"]["c_proj"])
-    return x + mlp(norm(x, p["ln_2"]), p["mlp"]), cache
+    return finish_block(x, p, q, cache[:, 0], cache[:, 1], mask), cache
 
 
 def decode(params, hparams, X, cache, start):

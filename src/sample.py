@@ -113,7 +113,7 @@ def sample_keys(seed, first_sample, batch_size):
 
 def check_sampling(hparams, context_length, length, temperature, top_k, top_p):
     """ValueError naming the bad setting, if any."""
-    if not isinstance(length, int) or length < 1:
+    if not is_integer(length) or length < 1:
         raise ValueError(f"--length must be a positive integer. Received: {length!r}")
     if context_length + length - 1 > hparams.n_ctx:
         raise ValueError(f"the prompt ({context_length} tokens) plus --length {length} exceeds the model's "
@@ -121,7 +121,7 @@ def check_sampling(hparams, context_length, length, temperature, top_k, top_p):
                          "new tokens or a shorter prompt")
     if not is_number(temperature) or not temperature > 0:
         raise ValueError(f"--temperature must be greater than 0. Received: {temperature!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+    if not is_integer(top_k) or top_k < 0:
         raise ValueError(f"--top_k must be an integer >= 0 (0: no top-k filter). Received: {top_k!r}")
     if top_k > hparams.n_vocab:
         raise ValueError(f"--top_k must be at most the vocabulary size {hparams.n_vocab}. Received: {top_k}")
@@ -131,6 +131,10 @@ def check_sampling(hparams, context_length, length, temperature, top_k, top_p):
 
 def is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def as_context(hparams, context=None, start_token=None, batch_size=None):
@@ -175,7 +179,7 @@ class Sampler:
     def _prefill(self, tokens, size):
         """tokens [batch, n] -> a cache of `size` positions holding their keys and values."""
         batch, n = tokens.shape
-        present = tf.zeros(model.past_shape(self.hparams, batch, 0), self.params["wte"].dtype)
+        present = model.empty_past(self.hparams, batch, self.params["wte"].dtype)
         if n:  # [batch, n_layer, 2, heads, n, head_dim]
             present = self._forward(tokens, present)["present"]
         padding = [[0, 0], [0, 0], [0, 0], [0, size - n], [0, 0]]

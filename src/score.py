@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 import model
+import sample
 
 END_OF_TEXT = 50256
 
@@ -31,10 +32,10 @@ def windows(n, n_ctx, stride):
 def score_tokens(forward, hparams, tokens, stride=None):
     """Natural-log probability of each of `tokens` after <|endoftext|> and the ones before it."""
     stride = hparams.n_ctx // 2 if stride is None else stride
-    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride < hparams.n_ctx:
+    if not sample.is_integer(stride) or not 1 <= stride < hparams.n_ctx:
         raise ValueError(f"--stride must be an integer from 1 to n_ctx - 1 ({hparams.n_ctx - 1}). Received: {stride!r}")
     sequence = np.array([END_OF_TEXT] + list(tokens), np.int32)
-    empty_past = tf.zeros(model.past_shape(hparams, 1, 0), forward.input_signature[1].dtype)
+    empty_past = model.empty_past(hparams, 1, forward.input_signature[1].dtype)
     logprobs = []
     for start, first, end in windows(len(sequence), hparams.n_ctx, stride):
         logits = forward(sequence[None, start:end], empty_past)["logits"][0]  # [end - start, n_vocab]

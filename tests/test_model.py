@@ -159,7 +159,7 @@ def test_past_gives_the_same_logits_as_the_full_pass(models_dir, tiny_model):
     hparams, params = load(path)
     tokens = random_tokens(hparams, 2, 30, seed=1)
     forward = model.compile_model(params, hparams)
-    past = tf.zeros(model.past_shape(hparams, 2, 0))
+    past = model.empty_past(hparams, 2, tf.float32)
     logits = []
     for start, end in [(0, 11), (11, 12), (12, 30)]:
         out = forward(tokens[:, start:end], past)

@@ -162,6 +162,7 @@ def test_sample_sequence_keeps_the_originals_arguments(tiny):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(length=64), "the prompt (3 tokens) plus --length 64 exceeds the model's window of 64 tokens: use at most 62"),
     (dict(length=0), "--length must be a positive integer. Received: 0"),
+    (dict(length=True), "--length must be a positive integer. Received: True"),
     (dict(temperature=0), "--temperature must be greater than 0. Received: 0"),
     (dict(temperature=-1.0), "--temperature must be greater than 0"),
     (dict(top_k=-1), "--top_k must be an integer >= 0 (0: no top-k filter). Received: -1"),
