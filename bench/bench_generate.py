@@ -46,8 +46,10 @@ def timed(fn):
 
 
 def measure(path, args):
+    dtype = cli.parse_dtype(args.dtype)
+    cli.freeze_weights(dtype)  # as the scripts do
     hparams = model.load_hparams(path)
-    params = model.load_params(model.find_checkpoint(path), hparams, cli.parse_dtype(args.dtype))
+    params = model.load_params(model.find_checkpoint(path), hparams, dtype)
     sampler = sample.Sampler(params, hparams, top_k=40)
     context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))
     sampler.sample(context, 4, seed=1)  # warm-up: traces and compiles

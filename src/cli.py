@@ -23,9 +23,17 @@ def parse_dtype(dtype):
     return DTYPES[dtype]
 
 
+def freeze_weights(dtype):
+    """In half precision, lets oneDNN keep each weight matrix in its own layout between calls
+    (see sample.Sampler): safe in the scripts, whose weights never change."""
+    if dtype != tf.float32:
+        os.environ.setdefault("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "1")
+
+
 def load(model_name, models_dir, dtype="float32"):
     """(encoder, hparams, params) of a downloaded model, weights in `dtype`."""
     dtype = parse_dtype(dtype)
+    freeze_weights(dtype)
     path = model.model_dir(str(model_name), str(models_dir))
     enc = encoder.get_encoder(str(model_name), str(models_dir))
     hparams = model.load_hparams(path)

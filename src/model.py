@@ -224,11 +224,17 @@ def embed(params, tokens, positions):
     return tf.gather(params["wte"], tokens) + tf.gather(params["wpe"], positions)[None]
 
 
-def unembed(params, h):
-    """h [batch, seq, n_embd] -> float32 logits [batch, seq, n_vocab], through the tied wte."""
+def unembed(params, h, zeros=None):
+    """h [batch, seq, n_embd] -> float32 logits [batch, seq, n_vocab], through the tied wte.
+
+    `zeros` [n_vocab], a bias that changes no logit, is for oneDNN: it fuses only a matmul with
+    a bias, and only a fused one can keep wte in its own layout between calls (see `Sampler`).
+    """
     h = norm(h, params["ln_f"])
     batch, seq = tf.shape(h)[0], tf.shape(h)[1]
     logits = tf.matmul(tf.reshape(h, [batch * seq, -1]), params["wte"], transpose_b=True)
+    if zeros is not None:
+        logits = tf.nn.bias_add(logits, zeros)
     return tf.reshape(tf.cast(logits, tf.float32), [batch, seq, -1])
 
 
@@ -304,23 +310,26 @@ def empty_cache(hparams, batch_size, size, dtype=tf.float32):
             for _ in range(hparams.n_layer)]
 
 
-def write_cache(cache, kv, positions):
+def cache_index(batch, n_head, positions):
+    """[batch, 2, heads, seq, 4]: where `write_cache` puts the keys and values of positions
+    [seq], the same in every layer."""
+    return tf.stack(tf.meshgrid(tf.range(batch), tf.range(2), tf.range(n_head), positions, indexing="ij"), axis=-1)
+
+
+def write_cache(cache, kv, index):
     """cache [batch, 2, heads, size, head_dim] with kv [batch, 2, heads, seq, head_dim] written
-    at positions [seq]: a scatter, which XLA does in place."""
-    batch, _, heads = tf.unstack(tf.shape(kv)[:3])
-    index = tf.meshgrid(tf.range(batch), tf.range(2), tf.range(heads), positions, indexing="ij")
-    return tf.tensor_scatter_nd_update(cache, tf.stack(index, axis=-1), kv)  # index [batch, 2, heads, seq, 4]
+    at `cache_index`: a scatter, which XLA does in place."""
+    return tf.tensor_scatter_nd_update(cache, index, kv)
 
 
-def cached_block(x, p, cache, positions, n_head):
-    """Like `block`, writing this step's keys and values into `cache` at `positions`.
+def cached_block(x, p, cache, index, mask, n_head):
+    """Like `block`, writing this step's keys and values into `cache` at `index` (`cache_index`).
 
-    x [batch, seq, n_embd], cache [batch, 2, heads, size, head_dim] -> x, cache.
-    Attention covers the whole cache; positions not yet written are masked out.
+    x [batch, seq, n_embd], cache [batch, 2, heads, size, head_dim] -> x, cache. Attention
+    covers the whole cache: mask [seq, size] hides the positions not yet written.
     """
     q, k, v = qkv(norm(x, p["ln_1"]), p["attn"], n_head)
-    cache = write_cache(cache, tf.stack([k, v], axis=1), positions)
-    mask = causal_mask(positions, tf.range(tf.shape(cache)[3]))
+    cache = write_cache(cache, tf.stack([k, v], axis=1), index)
     return finish_block(x, p, q, cache[:, 0], cache[:, 1], mask), cache
 
 
@@ -328,8 +337,10 @@ def decode(params, hparams, X, cache, start):
     """X [batch, seq] at positions start.. -> (hidden [batch, seq, n_embd], updated cache)."""
     positions = start + tf.range(tf.shape(X)[1])
     h = embed(params, X, positions)
+    index = cache_index(tf.shape(X)[0], hparams.n_head, positions)
+    mask = causal_mask(positions, tf.range(tf.shape(cache[0])[3]))  # [seq, size]
     new_cache = []
     for p, layer_cache in zip(params["h"], cache):
-        h, layer_cache = cached_block(h, p, layer_cache, positions, hparams.n_head)
+        h, layer_cache = cached_block(h, p, layer_cache, index, mask, hparams.n_head)
         new_cache.append(layer_cache)
     return h, new_cache

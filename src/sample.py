@@ -163,6 +163,13 @@ class Sampler:
     graphs. With `jit` (the default for float32) the decode loop is compiled by XLA, once per
     batch size and cache size (a multiple of 128 positions). Create a Sampler once and call
     `generate` (streaming) or `sample` many times.
+
+    Without `jit` (bfloat16, float16) the matmuls run on oneDNN, which by default converts each
+    weight matrix to its own layout at every call. With TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 in
+    the environment before the first matmul, it converts once and keeps the result (twice the
+    speed in bfloat16, one more copy of the weights in memory); the scripts set it. Only set
+    it in a process whose graphs always multiply by the same weights: every matmul-plus-bias
+    that TensorFlow fuses in a graph keeps the weights of its first call.
     """
 
     def __init__(self, params, hparams, *, top_k=0, top_p=1.0, end_token=None, jit=None):
@@ -170,6 +177,7 @@ class Sampler:
         self.top_k, self.top_p, self.end_token = top_k, top_p, end_token
         dtype = params["wte"].dtype
         self.jit = dtype == tf.float32 if jit is None else jit  # XLA's bfloat16 matmuls are slow on CPU
+        self._zeros = None if self.jit else tf.zeros([hparams.n_vocab], dtype)  # see model.unembed
         self._forward = model.compile_model(params, hparams, logits=False)  # the prefill
         cache = [tf.TensorSpec([None, 2, hparams.n_head, None, hparams.head_dim], dtype)] * hparams.n_layer
         self._decode = tf.function(self._decode_fn, jit_compile=self.jit, autograph=False, input_signature=[
@@ -195,7 +203,7 @@ class Sampler:
         def body(i, tokens, cache, done):
             p = position + i
             h, cache = model.decode(self.params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p)
-            logits = model.unembed(self.params, h)[:, -1]  # [batch, n_vocab]
+            logits = model.unembed(self.params, h, self._zeros)[:, -1]  # [batch, n_vocab]
             token = next_token(logits, keys, p + 1, temperature, self.top_k, self.top_p, self.jit)
             if self.end_token is not None:  # a finished sample only repeats end_token
                 token = tf.where(done, self.end_token, token)

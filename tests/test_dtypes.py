@@ -1,13 +1,18 @@
 """Half precision: bfloat16 and float16 weights give float32's numbers up to their rounding."""
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import cli
 import model
 import sample
 import score
+from conftest import REPO
 
 # Largest logit and log-probability moves allowed against float32 on the tiny model (measured:
 # bfloat16 0.10 and 0.036, float16 0.013 and 0.004).
@@ -57,3 +62,46 @@ def test_masked_scores_do_not_overflow_in_float16(tiny):
     params = load(tf.float16)
     logits = model.model(params, hparams, tokens(1, 64))["logits"]
     assert np.isfinite(logits.numpy()).all()
+
+
+FROZEN_WEIGHTS_RUN = """
+import json, sys
+import numpy as np, tensorflow as tf
+import model, sample, score
+
+path, dtype = sys.argv[1], tf.as_dtype(sys.argv[2])
+hparams = model.load_hparams(path)
+params = model.load_params(model.find_checkpoint(path), hparams, dtype)
+context = np.random.RandomState(1).randint(0, hparams.n_vocab, (2, 5))
+tokens = sample.Sampler(params, hparams, top_k=40).sample(context, 20, seed=3)
+logprobs = score.score_tokens(model.compile_model(params, hparams), hparams, tokens[0].tolist())
+# The hazard the setting brings: a fused matmul-plus-bias keeps the weights of its first call.
+fused = tf.function(lambda x, w, b: tf.matmul(x, w) + b)
+x, b = tf.ones([1, 64], dtype), tf.zeros([64], dtype)
+stale = fused(x, tf.ones([64, 64], dtype), b)[0, 0] == fused(x, 2 * tf.ones([64, 64], dtype), b)[0, 0]
+print(json.dumps({"tokens": tokens.tolist(), "logprobs": [float(p) for p in logprobs], "stale": bool(stale)}))
+"""
+
+
+def test_frozen_weights_change_no_number(models_dir, tiny_model, dtype="bfloat16"):
+    """The scripts' TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 gives the same samples and scores as without
+    it, though it does take effect (a fused matmul whose weights change goes stale). bfloat16 only:
+    float16 runs on oneDNN only on CPUs with AVX512-FP16, which this one lacks."""
+    def run(frozen):
+        env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src"), "TF_CPP_MIN_LOG_LEVEL": "3",
+               "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1" if frozen else "0"}
+        out = subprocess.run([sys.executable, "-c", FROZEN_WEIGHTS_RUN, os.path.join(models_dir, tiny_model), dtype],
+                             capture_output=True, text=True, env=env, check=True).stdout
+        return json.loads(out.splitlines()[-1])
+    frozen, plain = run(True), run(False)
+    assert frozen["stale"] and not plain["stale"]
+    assert frozen["tokens"] == plain["tokens"]
+    assert frozen["logprobs"] == plain["logprobs"]
+
+
+def test_scripts_freeze_weights_only_in_half_precision(monkeypatch):
+    monkeypatch.delenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", raising=False)
+    cli.freeze_weights(tf.float32)
+    assert "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS" not in os.environ
+    cli.freeze_weights(tf.bfloat16)
+    assert os.environ["TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"] == "1"
