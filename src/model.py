@@ -311,25 +311,20 @@ def empty_cache(hparams, batch_size, size, dtype=tf.float32):
 
 
 def cache_index(batch, n_head, positions):
-    """[batch, 2, heads, seq, 4]: where `write_cache` puts the keys and values of positions
-    [seq], the same in every layer."""
+    """[batch, 2, heads, seq, 4]: where the keys and values of positions [seq] go in a layer's
+    cache, the same in every layer."""
     return tf.stack(tf.meshgrid(tf.range(batch), tf.range(2), tf.range(n_head), positions, indexing="ij"), axis=-1)
-
-
-def write_cache(cache, kv, index):
-    """cache [batch, 2, heads, size, head_dim] with kv [batch, 2, heads, seq, head_dim] written
-    at `cache_index`: a scatter, which XLA does in place."""
-    return tf.tensor_scatter_nd_update(cache, index, kv)
 
 
 def cached_block(x, p, cache, index, mask, n_head):
     """Like `block`, writing this step's keys and values into `cache` at `index` (`cache_index`).
 
-    x [batch, seq, n_embd], cache [batch, 2, heads, size, head_dim] -> x, cache. Attention
-    covers the whole cache: mask [seq, size] hides the positions not yet written.
+    x [batch, seq, n_embd], cache [batch, 2, heads, size, head_dim] -> x, cache. The write is a
+    scatter, which XLA does in place. Attention covers the whole cache: mask [seq, size] hides
+    the positions not yet written.
     """
     q, k, v = qkv(norm(x, p["ln_1"]), p["attn"], n_head)
-    cache = write_cache(cache, tf.stack([k, v], axis=1), index)
+    cache = tf.tensor_scatter_nd_update(cache, index, tf.stack([k, v], axis=1))
     return finish_block(x, p, q, cache[:, 0], cache[:, 1], mask), cache
 
 
