@@ -18,7 +18,8 @@ four to five times faster (`python bench/bench_encoder.py --original`):
 - The text is cut into pieces with the original's pattern; stretches of ASCII go to an equivalent
   pattern for the standard `re`, up to twice as fast as `regex`.
 - Each distinct piece is encoded once and remembered, so a text costs one dictionary look-up per
-  piece; a piece that is a whole token (most words) needs no BPE at all.
+  piece, all in C (`map` over the pieces; the dictionary's `__missing__` encodes a new one); a
+  piece that is a whole token (most words) needs no BPE at all.
 - BPE runs on token ids with one table, (left id, right id) -> rank and merged id, and after a
   merge looks up only the two new pairs instead of all of them; long pieces (a run of 10,000
   "a"s) take a heap instead, O(n log n) where the original is quadratic.
@@ -114,6 +115,15 @@ class Encoder:
         self._merges = self._merge_table()
         self._cache = _PieceCache(self)  # piece -> tuple of its ids
 
+    def __getstate__(self):
+        # The cache refers to the encoder through a proxy, which pickle would copy as a second
+        # encoder: a copy starts with a cache of its own instead.
+        return {**self.__dict__, "_cache": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._cache = _PieceCache(self)
+
     def _token_bytes(self):
         """id -> the bytes its token stands for, for each token of `bytes_to_unicode` characters."""
         # Each such character goes to its byte, any other one above 255, where Latin-1 fails.
@@ -186,8 +196,11 @@ class Encoder:
             del ids[i + 1], ranks[i]  # cheaper than slice assignments, which build tuples
             ranks[i - 1] = get((ids[i - 1], merged), none)
             ranks[i] = get((merged, ids[i + 1]), none)
-            if best not in ranks:  # a merge never makes another occurrence of its own pair
-                best = min(ranks)
+            # The best pair left, unless one just made ranks before `best` (only in a vocabulary out
+            # of order) while `best` has occurrences left: the original merges those first.
+            lowest = min(ranks)
+            if lowest >= best or best not in ranks:
+                best = lowest
         return tuple(ids[1:-1])
 
     def _bpe_ids_long(self, data):
