@@ -50,7 +50,7 @@ _PIECE = regex.compile(r""" ?\p{L}+| ?\p{N}+|'(?:[stmd]|re|ve|ll)| ?[^\s\p{L}\p{
 # Ordered by how often each alternative matches (" word" most), which is free where at most one can
 # match: the punctuation run is split so that only one that starts with an apostrophe waits for the
 # contractions. `++` and `*+` never give back (nothing after them could use it), so `re` keeps no
-# backtracking state: about a fifth faster than the plain form.
+# backtracking state: about a fifth faster than the plain form (Python 3.11 or newer).
 _ASCII_PIECE = re.compile(r""" [A-Za-z]++|[A-Za-z]++|[^\t\n\x0b\x0c\r A-Za-z0-9'][^\t\n\x0b\x0c\r A-Za-z0-9]*+"""
                           r"""| ?[0-9]++|'(?:[stmd]|re|ve|ll)| ?[^\t\n\x0b\x0c\r A-Za-z0-9]++"""
                           r"""|[\t\n\x0b\x0c\r ]+(?![^\t\n\x0b\x0c\r ])|[\t\n\x0b\x0c\r ]""")
