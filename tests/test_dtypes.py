@@ -83,10 +83,12 @@ print(json.dumps({"tokens": tokens.tolist(), "logprobs": [float(p) for p in logp
 """
 
 
-def test_frozen_weights_change_no_number(models_dir, tiny_model, dtype="bfloat16"):
+def test_frozen_weights_change_no_number(models_dir, tiny_model):
     """The scripts' TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 gives the same samples and scores as without
     it, though it does take effect (a fused matmul whose weights change goes stale). bfloat16 only:
     float16 matmuls reach oneDNN only on CPUs with AVX512-FP16."""
+    dtype = "bfloat16"
+
     def run(frozen):
         env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src"), "TF_CPP_MIN_LOG_LEVEL": "3",
                "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1" if frozen else "0"}
