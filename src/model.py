@@ -194,18 +194,36 @@ def causal_mask(query_positions, key_positions):
     return query_positions[:, None] >= key_positions[None, :]
 
 
+def softmax(x, axis=-1):
+    """The original's softmax (oneDNN's costs ~50 µs a call at a sampling step's tiny shapes)."""
+    x = x - tf.reduce_max(x, axis=axis, keepdims=True)
+    ex = tf.exp(x)
+    return ex / tf.reduce_sum(ex, axis=axis, keepdims=True)
+
+
+def attention_matmul(a, b, transpose_b=False):
+    """a @ b over [batch, heads] as float32, for attention: in b's dtype, or in float32 for one query.
+
+    One query (a sampling step) goes to Eigen's float32 BatchMatMulV3: oneDNN's BatchMatMulV2
+    costs ~50 µs a call whatever the work, 2-3 times Eigen's at 128 to 1024 keys. With many
+    queries (a prompt) oneDNN is up to twice as fast, and stays.
+    """
+    if a.shape[-2] == 1:
+        return tf.raw_ops.BatchMatMulV3(x=tf.cast(a, tf.float32), y=tf.cast(b, tf.float32), adj_y=transpose_b,
+                                        Tout=tf.float32)
+    return tf.cast(tf.matmul(tf.cast(a, b.dtype), b, transpose_b=transpose_b), tf.float32)
+
+
 def multihead_attn(q, k, v, mask):
-    """Attention of q [batch, heads, nd, head_dim] over k, v [batch, heads, ns, head_dim].
+    """Attention of q [batch, heads, nd, head_dim] over k, v [batch, heads, ns, head_dim] -> q's shape and dtype.
 
     mask [nd, ns] is True where a query may attend. Scores and softmax are float32 whatever
     the weights' dtype, and masked scores are set to -1e9 rather than the original's
     w * b - 1e10 * (1 - b): the same result, with no overflow in float16.
     """
-    w = tf.matmul(q, k, transpose_b=True)  # [batch, heads, nd, ns]
-    w = tf.cast(w, tf.float32) * tf.math.rsqrt(tf.cast(v.shape[-1], tf.float32))
-    w = tf.where(mask, w, -1e9)
-    w = tf.nn.softmax(w, axis=-1)
-    return tf.matmul(tf.cast(w, v.dtype), v)  # [batch, heads, nd, head_dim]
+    w = attention_matmul(q, k, transpose_b=True) * tf.math.rsqrt(float(v.shape[-1]))  # [batch, heads, nd, ns]
+    w = softmax(tf.where(mask, w, -1e9))
+    return tf.cast(attention_matmul(w, v), q.dtype)
 
 
 def qkv(x, p, n_head):
@@ -304,38 +322,62 @@ def compile_model(params, hparams, logits=True):
 
 # --- The fast path: a preallocated cache written at a position -------------------------------
 
-def empty_cache(hparams, batch_size, size, dtype=tf.float32):
-    """A key/value cache for `size` positions: one [batch, 2, heads, size, head_dim] per layer."""
-    return [tf.zeros([batch_size, 2, hparams.n_head, size, hparams.head_dim], dtype)
-            for _ in range(hparams.n_layer)]
+def empty_cache(hparams, batch_size, size):
+    """A key/value cache for `size` positions: one [2, batch, heads, size, head_dim] per layer,
+    keys then values (leading, so that either is a slice TensorFlow need not copy).
+
+    float32 whatever the weights' dtype: a sampling step's attention is float32 (see
+    `attention_matmul`), and casting a half-precision cache there would cost more than reading it.
+    """
+    return [tf.zeros([2, batch_size, hparams.n_head, size, hparams.head_dim]) for _ in range(hparams.n_layer)]
 
 
-def cache_index(batch, n_head, positions):
-    """[batch, 2, heads, seq, 4]: where the keys and values of positions [seq] go in a layer's
-    cache, the same in every layer."""
-    return tf.stack(tf.meshgrid(tf.range(batch), tf.range(2), tf.range(n_head), positions, indexing="ij"), axis=-1)
+def cache_rows(cache, positions):
+    """[2 * batch * heads * seq]: the rows that positions [seq] take in a layer's cache seen as
+    rows of head_dim, [2 * batch * heads * size, head_dim]; the same in every layer."""
+    size = tf.shape(cache)[3]
+    blocks = tf.size(cache) // (size * cache.shape[-1])  # 2 * batch * heads
+    return tf.reshape(tf.range(blocks)[:, None] * size + positions[None], [-1])
 
 
-def cached_block(x, p, cache, index, mask, n_head):
-    """Like `block`, writing this step's keys and values into `cache` at `index` (`cache_index`).
+def write_cache(cache, rows, k, v, overwrite=False):
+    """cache [2, batch, heads, size, head_dim] with k, v [batch, heads, seq, head_dim] at `rows`.
 
-    x [batch, seq, n_embd], cache [batch, 2, heads, size, head_dim] -> x, cache. The write is a
-    scatter, which XLA does in place. Attention covers the whole cache: mask [seq, size] hides
-    the positions not yet written.
+    A scatter makes a new cache: XLA does it in place, TensorFlow copies the whole cache. With
+    `overwrite`, InplaceUpdate writes the rows into the given cache's own memory, which it
+    aliases; only for a caller that owns the cache, outside XLA (which has no InplaceUpdate).
+    """
+    rows_shape = [-1, cache.shape[-1]]
+    values = tf.reshape(tf.cast(tf.stack([k, v]), cache.dtype), rows_shape)  # [2 * batch * heads * seq, head_dim]
+    if overwrite:
+        written = tf.raw_ops.InplaceUpdate(x=tf.reshape(cache, rows_shape), i=rows, v=values)
+    else:
+        written = tf.tensor_scatter_nd_update(tf.reshape(cache, rows_shape), rows[:, None], values)
+    return tf.reshape(written, tf.shape(cache))
+
+
+def cached_block(x, p, cache, rows, mask, n_head, overwrite=False):
+    """Like `block`, writing this step's keys and values into `cache` (see `write_cache`).
+
+    x [batch, seq, n_embd], cache [2, batch, heads, size, head_dim] -> x, cache. Attention covers
+    the whole cache: mask [seq, size] hides the positions not yet written.
     """
     q, k, v = qkv(norm(x, p["ln_1"]), p["attn"], n_head)
-    cache = tf.tensor_scatter_nd_update(cache, index, tf.stack([k, v], axis=1))
-    return finish_block(x, p, q, cache[:, 0], cache[:, 1], mask), cache
+    cache = write_cache(cache, rows, k, v, overwrite)
+    return finish_block(x, p, q, cache[0], cache[1], mask), cache
 
 
-def decode(params, hparams, X, cache, start):
-    """X [batch, seq] at positions start.. -> (hidden [batch, seq, n_embd], updated cache)."""
+def decode(params, hparams, X, cache, start, overwrite=False):
+    """X [batch, seq] at positions start.. -> (hidden [batch, seq, n_embd], updated cache).
+
+    `overwrite`: write into the given cache tensors (see `write_cache`) rather than new ones.
+    """
     positions = start + tf.range(tf.shape(X)[1])
     h = embed(params, X, positions)
-    index = cache_index(tf.shape(X)[0], hparams.n_head, positions)
+    rows = cache_rows(cache[0], positions)
     mask = causal_mask(positions, tf.range(tf.shape(cache[0])[3]))  # [seq, size]
     new_cache = []
     for p, layer_cache in zip(params["h"], cache):
-        h, layer_cache = cached_block(h, p, layer_cache, index, mask, hparams.n_head)
+        h, layer_cache = cached_block(h, p, layer_cache, rows, mask, hparams.n_head, overwrite)
         new_cache.append(layer_cache)
     return h, new_cache

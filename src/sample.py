@@ -70,16 +70,22 @@ def fmix32(h):
     return h ^ tf.bitwise.right_shift(h, 16)
 
 
-def uniform(keys, step, n):
-    """keys [batch, 2] (seed, sample number), step -> [batch, n] float32 in (0, 1).
+def stream_state(keys, step):
+    """keys [batch, 2] (seed, sample number), step -> [batch] uint32: each stream's state for this draw."""
+    seed, number = tf.unstack(tf.cast(keys, tf.uint32), axis=1)  # [batch] each
+    return fmix32(fmix32(fmix32(seed) ^ number) ^ tf.cast(step, tf.uint32))
+
+
+def gumbel(state, index):
+    """state (`stream_state`) and token ids `index`, broadcast together -> float32 Gumbel noise.
 
     A counter-based hash in integer arithmetic, so the numbers are bit for bit the same on
-    every device and under XLA (TensorFlow's own stateless generators differ between the two).
+    every device and under XLA (TensorFlow's own stateless generators differ between the two),
+    and the noise of a token does not depend on which other tokens it is drawn for.
     """
-    seed, number = tf.unstack(tf.cast(keys, tf.uint32), axis=1)  # [batch] each
-    row = fmix32(fmix32(fmix32(seed) ^ number) ^ tf.cast(step, tf.uint32))  # [batch]
-    h = fmix32(row[:, None] ^ tf.cast(tf.range(n), tf.uint32)[None] * tf.constant(0x9E3779B9, tf.uint32))
-    return (tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) + 0.5) * 2.0 ** -24  # 24 random bits
+    h = fmix32(state ^ tf.cast(index, tf.uint32) * tf.constant(0x9E3779B9, tf.uint32))
+    uniform = (tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) + 0.5) * 2.0 ** -24  # 24 random bits, in (0, 1)
+    return -tf.math.log(-tf.math.log(uniform))
 
 
 def sample_logits(logits, keys, step):
@@ -88,8 +94,24 @@ def sample_logits(logits, keys, step):
     logits [batch, n_vocab], keys [batch, 2] int64 (one random stream per sample), step: which
     draw of each stream this is (the position the new token takes) -> [batch] int32.
     """
-    noise = -tf.math.log(-tf.math.log(uniform(keys, step, tf.shape(logits)[1])))  # Gumbel, [batch, n_vocab]
+    noise = gumbel(stream_state(keys, step)[:, None], tf.range(tf.shape(logits)[1])[None])  # [batch, n_vocab]
     return first_argmax(logits + noise)
+
+
+def sample_kept(logits, keys, step):
+    """`sample_logits` for logits a filter has cut to a few (removed ones at float32's lowest),
+    with noise for the kept ones only: a few dozen hashes, not one per vocabulary entry.
+
+    The same token: a removed logit plus any noise (at most 17.4) stays float32's lowest, below
+    every kept logit plus its noise, so the draw never falls on it.
+    """
+    kept = tf.where(logits > logits.dtype.min)  # [m, 2] (row, token), rows in order
+    rows, index = kept[:, 0], tf.cast(kept[:, 1], tf.int32)
+    scores = tf.gather_nd(logits, kept) + gumbel(tf.gather(stream_state(keys, step), rows), index)  # [m]
+    batch = tf.shape(logits)[0]
+    best = tf.math.unsorted_segment_max(scores, rows, batch)  # [batch]
+    first = tf.where(scores >= tf.gather(best, rows), index, tf.shape(logits)[1])  # the maximum's first token
+    return tf.math.unsorted_segment_min(first, rows, batch)
 
 
 def first_argmax(x):
@@ -101,9 +123,16 @@ def first_argmax(x):
 
 
 def next_token(logits, keys, step, temperature, top_k, top_p, xla=False):
-    """The sampling step both paths share: temperature, then top-k, then top-p, then a draw."""
+    """The sampling step both paths share: temperature, then top-k, then top-p, then a draw.
+
+    Drawing among the kept tokens only is quicker without XLA; XLA fuses the whole-vocabulary
+    draw into one loop and cannot compile `sample_kept`'s shapes, which depend on the logits.
+    """
     logits = logits / temperature
-    return sample_logits(top_p_logits(top_k_logits(logits, top_k, xla), top_p), keys, step)
+    filtered = top_p_logits(top_k_logits(logits, top_k, xla), top_p)
+    if xla or filtered is logits:
+        return sample_logits(filtered, keys, step)
+    return sample_kept(filtered, keys, step)
 
 
 def sample_keys(seed, first_sample, batch_size):
@@ -170,6 +199,9 @@ class Sampler:
     speed in bfloat16, one more copy of the weights in memory); the scripts set it. Only set
     it in a process whose graphs always multiply by the same weights: every matmul-plus-bias
     that TensorFlow fuses in a graph keeps the weights of its first call.
+
+    Without `jit` the decode loop also writes each step's keys and values into the cache's own
+    memory (`model.write_cache`): the cache is the Sampler's, made by `_prefill` for each call.
     """
 
     def __init__(self, params, hparams, *, top_k=0, top_p=1.0, end_token=None, jit=None):
@@ -179,19 +211,19 @@ class Sampler:
         self.jit = dtype == tf.float32 if jit is None else jit  # XLA's bfloat16 matmuls are slow on CPU
         self._zeros = None if self.jit else tf.zeros([hparams.n_vocab], dtype)  # see model.unembed
         self._forward = model.compile_model(params, hparams, logits=False)  # the prefill
-        cache = [tf.TensorSpec([None, 2, hparams.n_head, None, hparams.head_dim], dtype)] * hparams.n_layer
+        cache = [tf.TensorSpec([2, None, hparams.n_head, None, hparams.head_dim], tf.float32)] * hparams.n_layer
         self._decode = tf.function(self._decode_fn, jit_compile=self.jit, autograph=False, input_signature=[
             cache, tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.bool), tf.TensorSpec([], tf.int32),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.float32)])
 
     def _prefill(self, tokens, size):
-        """tokens [batch, n] -> a cache of `size` positions holding their keys and values."""
+        """tokens [batch, n] -> a cache of `size` positions holding their keys and values (see model.empty_cache)."""
         batch, n = tokens.shape
         present = model.empty_past(self.hparams, batch, self.params["wte"].dtype)
         if n:  # [batch, n_layer, 2, heads, n, head_dim]
             present = self._forward(tokens, present)["present"]
-        padding = [[0, 0], [0, 0], [0, 0], [0, size - n], [0, 0]]
-        return [tf.pad(present[:, i], padding) for i in range(self.hparams.n_layer)]
+        layers = tf.transpose(tf.cast(present, tf.float32), [1, 2, 0, 3, 4, 5])  # [n_layer, 2, batch, heads, n, head_dim]
+        return [tf.pad(layer, [[0, 0], [0, 0], [0, 0], [0, size - n], [0, 0]]) for layer in layers]
 
     def _decode_fn(self, cache, tokens, done, position, steps, keys, temperature):
         """Feeds tokens[:, position] and samples up to `steps` tokens into tokens[:, position + 1:].
@@ -202,7 +234,8 @@ class Sampler:
 
         def body(i, tokens, cache, done):
             p = position + i
-            h, cache = model.decode(self.params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p)
+            h, cache = model.decode(self.params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p,
+                                    overwrite=not self.jit)
             logits = model.unembed(self.params, h, self._zeros)[:, -1]  # [batch, n_vocab]
             token = next_token(logits, keys, p + 1, temperature, self.top_k, self.top_p, self.jit)
             if self.end_token is not None:  # a finished sample only repeats end_token

@@ -187,7 +187,21 @@ def test_decode_writes_the_cache_in_place_of_concatenating(models_dir, tiny_mode
     logits = tf.concat([model.unembed(params, h) for h in (h1, h2, h3)], 1)
     np.testing.assert_allclose(logits, reference_logits(path, tokens), atol=1e-4, rtol=0)
     full = model.model(params, hparams, tokens)["present"]  # [batch, layer, 2, heads, seq, head_dim]
-    np.testing.assert_allclose(tf.stack(cache, 1)[..., :20, :], full, atol=1e-5, rtol=0)
+    cache = tf.transpose(tf.stack(cache), [2, 0, 1, 3, 4, 5])  # [batch, layer, 2, heads, size, head_dim]
+    np.testing.assert_allclose(cache[..., :20, :], full, atol=1e-5, rtol=0)
+
+
+def test_decode_can_overwrite_the_cache_it_is_given(models_dir, tiny_model):
+    hparams, params = load(os.path.join(models_dir, tiny_model))
+    tokens = random_tokens(hparams, 2, 9, seed=3)
+    h, copied = model.decode(params, hparams, tokens, model.empty_cache(hparams, 2, 16), 0)
+    given = model.empty_cache(hparams, 2, 16)
+    h_overwrite, written = model.decode(params, hparams, tokens, given, 0, overwrite=True)
+    np.testing.assert_array_equal(h_overwrite, h)
+    for layer_given, layer_written, layer_copied in zip(given, written, copied):
+        np.testing.assert_array_equal(layer_written, layer_copied)
+        np.testing.assert_array_equal(layer_given, layer_copied)  # written where it lies
+        assert np.abs(layer_given.numpy()[..., :9, :]).min() > 0 and not layer_given.numpy()[..., 9:, :].any()
 
 
 # --- every official shape, and unusual ones ------------------------------------------------

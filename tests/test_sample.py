@@ -34,6 +34,19 @@ def test_first_argmax_is_argmax():
     np.testing.assert_array_equal(sample.first_argmax(x), tf.argmax(x, -1))
 
 
+@pytest.mark.parametrize("top_k, top_p", [(1, 1.0), (3, 1.0), (40, 1.0), (0, 0.5), (40, 0.9)])
+def test_drawing_among_kept_tokens_equals_the_whole_vocabulary_draw(top_k, top_p):
+    # Logits rounded to bfloat16's 8 bits, as a bfloat16 model gives them: many ties at the k-th.
+    logits = tf.cast(tf.cast(np.random.RandomState(top_k).randn(5, 1000) * 4, tf.bfloat16), tf.float32)
+    filtered = sample.top_p_logits(sample.top_k_logits(logits, top_k), top_p)
+    if top_k == 40 and top_p == 1:
+        assert (tf.reduce_sum(tf.cast(filtered > LOW, tf.int32), -1) > top_k).numpy().any()  # ties kept
+    keys = sample.sample_keys(3, 10, 5)
+    for step in range(20):
+        want = sample.sample_logits(filtered, keys, step)
+        np.testing.assert_array_equal(sample.sample_kept(filtered, keys, step), want)
+
+
 def test_top_p_keeps_the_originals_prefix_for_every_row():
     # Sorted probabilities 0.5, 0.25, 0.15, 0.1: cumulative 0.5, 0.75, 0.9, 1.0.
     probs = np.array([[0.15, 0.5, 0.1, 0.25], [0.25, 0.1, 0.5, 0.15], [0.1, 0.15, 0.25, 0.5]])
@@ -86,12 +99,13 @@ def test_top_k_1_is_the_plain_models_argmax(tiny):
     np.testing.assert_array_equal(out, tokens)
 
 
+@pytest.mark.parametrize("jit", [True, False], ids=["xla", "no-xla"])
 @pytest.mark.parametrize("top_k, top_p, temperature", [(0, 1.0, 1.0), (40, 1.0, 0.7), (0, 0.9, 1.3), (10, 0.8, 1.0)])
-def test_cached_sampler_equals_plain_path(tiny, top_k, top_p, temperature):
+def test_cached_sampler_equals_plain_path(tiny, top_k, top_p, temperature, jit):
     hparams, params = tiny
     context = contexts(hparams, 3, 6, seed=top_k)
     kwargs = dict(temperature=temperature, seed=11, first_sample=2)
-    fast = sample.Sampler(params, hparams, top_k=top_k, top_p=top_p).sample(context, 16, **kwargs)
+    fast = sample.Sampler(params, hparams, top_k=top_k, top_p=top_p, jit=jit).sample(context, 16, **kwargs)
     plain = sample.sample_plain(params, hparams, context, 16, top_k=top_k, top_p=top_p, **kwargs)
     np.testing.assert_array_equal(fast, plain)
 
@@ -118,9 +132,10 @@ def test_seed_decides_the_samples(tiny):
     assert (a != c).any()
 
 
-def test_streamed_chunks_equal_one_call(tiny):
+@pytest.mark.parametrize("jit", [True, False], ids=["xla", "no-xla"])
+def test_streamed_chunks_equal_one_call(tiny, jit):
     hparams, params = tiny
-    sampler = sample.Sampler(params, hparams, top_k=20)
+    sampler = sample.Sampler(params, hparams, top_k=20, jit=jit)
     context = contexts(hparams, 2, 5)
     chunks = list(sampler.generate(context, 11, seed=4, chunk=3))
     assert [c.shape for c in chunks] == [(2, 3)] * 3 + [(2, 2)]
