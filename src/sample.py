@@ -43,8 +43,12 @@ def top_k_logits(logits, k, xla=False):
     """
     if k == 0:
         return logits
-    min_values = kth_largest(logits, k) if xla else tf.math.top_k(logits, k=k).values[:, -1:]  # [batch, 1]
-    return tf.where(logits < min_values, logits.dtype.min, logits)
+    return tf.where(logits < kth_value(logits, k, xla), logits.dtype.min, logits)
+
+
+def kth_value(logits, k, xla=False):
+    """[batch, n] -> [batch, 1]: each row's k-th largest logit, by `kth_largest` with `xla`."""
+    return kth_largest(logits, k) if xla else tf.math.top_k(logits, k=k).values[:, -1:]
 
 
 def top_p_logits(logits, p):
@@ -98,14 +102,14 @@ def sample_logits(logits, keys, step):
     return first_argmax(logits + noise)
 
 
-def sample_kept(logits, keys, step):
-    """`sample_logits` for logits a filter has cut to a few (removed ones at float32's lowest),
-    with noise for the kept ones only: a few dozen hashes, not one per vocabulary entry.
+def sample_kept(logits, keep, keys, step):
+    """`sample_logits` for logits a filter has cut to the few where `keep` [batch, n_vocab] is
+    True, with noise for those only: a few dozen hashes, not one per vocabulary entry.
 
-    The same token: a removed logit plus any noise (at most 17.4) stays float32's lowest, below
-    every kept logit plus its noise, so the draw never falls on it.
+    The same token as `sample_logits` on the filtered logits: there a removed logit (float32's
+    lowest) plus any noise (at most 17.4) stays float32's lowest, and is never drawn.
     """
-    kept = tf.where(logits > logits.dtype.min)  # [m, 2] (row, token), rows in order
+    kept = tf.where(keep)  # [m, 2] (row, token), rows in order
     rows, index = kept[:, 0], tf.cast(kept[:, 1], tf.int32)
     scores = tf.gather_nd(logits, kept) + gumbel(tf.gather(stream_state(keys, step), rows), index)  # [m]
     batch = tf.shape(logits)[0]
@@ -129,10 +133,11 @@ def next_token(logits, keys, step, temperature, top_k, top_p, xla=False):
     draw into one loop and cannot compile `sample_kept`'s shapes, which depend on the logits.
     """
     logits = logits / temperature
-    filtered = top_p_logits(top_k_logits(logits, top_k, xla), top_p)
-    if xla or filtered is logits:
-        return sample_logits(filtered, keys, step)
-    return sample_kept(filtered, keys, step)
+    if xla or (top_k == 0 and top_p >= 1):
+        return sample_logits(top_p_logits(top_k_logits(logits, top_k, xla), top_p), keys, step)
+    if top_p >= 1:  # top-k alone: what top_k_logits keeps, without making the filtered logits
+        return sample_kept(logits, logits >= kth_value(logits, top_k), keys, step)
+    return sample_kept(logits, top_p_logits(top_k_logits(logits, top_k), top_p) > logits.dtype.min, keys, step)
 
 
 def sample_keys(seed, first_sample, batch_size):

@@ -38,13 +38,13 @@ def test_first_argmax_is_argmax():
 def test_drawing_among_kept_tokens_equals_the_whole_vocabulary_draw(top_k, top_p):
     # Logits rounded to bfloat16's 8 bits, as a bfloat16 model gives them: many ties at the k-th.
     logits = tf.cast(tf.cast(np.random.RandomState(top_k).randn(5, 1000) * 4, tf.bfloat16), tf.float32)
-    filtered = sample.top_p_logits(sample.top_k_logits(logits, top_k), top_p)
     if top_k == 40 and top_p == 1:
-        assert (tf.reduce_sum(tf.cast(filtered > LOW, tf.int32), -1) > top_k).numpy().any()  # ties kept
+        kept = sample.top_k_logits(logits, top_k) > LOW
+        assert (tf.reduce_sum(tf.cast(kept, tf.int32), -1) > top_k).numpy().any()  # ties kept
     keys = sample.sample_keys(3, 10, 5)
     for step in range(20):
-        want = sample.sample_logits(filtered, keys, step)
-        np.testing.assert_array_equal(sample.sample_kept(filtered, keys, step), want)
+        whole = sample.next_token(logits, keys, step, 0.8, top_k, top_p, xla=True)  # as under XLA
+        np.testing.assert_array_equal(sample.next_token(logits, keys, step, 0.8, top_k, top_p), whole)
 
 
 def test_top_p_keeps_the_originals_prefix_for_every_row():
