@@ -193,10 +193,11 @@ def cache_size(positions, n_ctx, multiple=128):
 class Sampler:
     """Compiled sampling for one model and one choice of filters.
 
-    Traced once per Sampler: every batch size, prompt length and sample length reuses the same
-    graphs. With `jit` (the default for float32) the decode loop is compiled by XLA, once per
-    batch size and cache size (a multiple of 128 positions). Create a Sampler once and call
-    `generate` (streaming) or `sample` many times.
+    Traced once per Sampler and batch size: every prompt length and sample length reuses the
+    same graphs. A batch size known when tracing lets TensorFlow fold the decode step's shape
+    arithmetic away (~10% faster at batch 1 in bfloat16). With `jit` (the default for float32)
+    the decode loop is compiled by XLA, once per batch size and cache size (a multiple of 128
+    positions). Create a Sampler once and call `generate` (streaming) or `sample` many times.
 
     Without `jit` (bfloat16, float16) the matmuls run on oneDNN, which by default converts each
     weight matrix to its own layout at every call. With TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 in
@@ -216,10 +217,18 @@ class Sampler:
         self.jit = dtype == tf.float32 if jit is None else jit  # XLA's bfloat16 matmuls are slow on CPU
         self._zeros = None if self.jit else tf.zeros([hparams.n_vocab], dtype)  # see model.unembed
         self._forward = model.compile_model(params, hparams, logits=False)  # the prefill
-        cache = [tf.TensorSpec([2, None, hparams.n_head, None, hparams.head_dim], tf.float32)] * hparams.n_layer
-        self._decode = tf.function(self._decode_fn, jit_compile=self.jit, autograph=False, input_signature=[
-            cache, tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.bool), tf.TensorSpec([], tf.int32),
-            tf.TensorSpec([], tf.int32), tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.float32)])
+        self._decoders = {}  # batch size -> the compiled decode loop
+
+    def _decoder(self, batch):
+        """The decode loop (`_decode_fn`) compiled for `batch` rows, traced on first use."""
+        if batch not in self._decoders:
+            hparams = self.hparams
+            cache = [tf.TensorSpec([2, batch, hparams.n_head, None, hparams.head_dim], tf.float32)] * hparams.n_layer
+            self._decoders[batch] = tf.function(self._decode_fn, jit_compile=self.jit, autograph=False, input_signature=[
+                cache, tf.TensorSpec([batch, None], tf.int32), tf.TensorSpec([batch], tf.bool),
+                tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32), tf.TensorSpec([batch, 2], tf.int64),
+                tf.TensorSpec([], tf.float32)])
+        return self._decoders[batch]
 
     def _prefill(self, tokens, size):
         """tokens [batch, n] -> a cache of `size` positions holding their keys and values (see model.empty_cache)."""
@@ -271,8 +280,8 @@ class Sampler:
         made = 0
         while made < length and not done.numpy().all():
             steps = min(chunk or length, length - made)
-            tokens, cache, done, k = self._decode(cache, tokens, done, tf.constant(n - 1 + made), tf.constant(steps),
-                                                  keys, tf.constant(temperature, tf.float32))
+            tokens, cache, done, k = self._decoder(batch)(cache, tokens, done, tf.constant(n - 1 + made),
+                                                          tf.constant(steps), keys, tf.constant(temperature, tf.float32))
             yield tokens[:, n + made:n + made + int(k)].numpy()
             made += steps
 

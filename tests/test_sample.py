@@ -156,13 +156,15 @@ def test_end_token_ends_each_sample(tiny):
     assert (stopped[0, 7:] == end).all()
 
 
-def test_sampler_is_traced_once(tiny):
+def test_sampler_is_traced_once_per_batch_size(tiny):
     hparams, params = tiny
     sampler = sample.Sampler(params, hparams, top_k=3)
-    for batch, n, length, seed in [(1, 1, 5, 0), (2, 9, 3, 1), (3, 30, 20, 2), (1, 64, 1, 3), (4, 2, 63, 4)]:
+    runs = [(1, 1, 5, 0), (2, 9, 3, 1), (2, 30, 20, 2), (1, 64, 1, 3), (1, 2, 63, 4), (2, 5, 50, 5)]
+    for batch, n, length, seed in runs:
         assert sampler.sample(contexts(hparams, batch, n), length, seed=seed).shape == (batch, n + length)
     assert sampler._forward.experimental_get_tracing_count() == 1  # prefill
-    assert sampler._decode.experimental_get_tracing_count() == 1
+    assert sorted(sampler._decoders) == [1, 2]
+    assert [decoder.experimental_get_tracing_count() for decoder in sampler._decoders.values()] == [1, 1]
 
 
 def test_sample_sequence_keeps_the_originals_arguments(tiny):
