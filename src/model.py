@@ -16,7 +16,6 @@ import json
 import os
 import re
 
-import numpy as np
 import tensorflow as tf
 
 
@@ -153,8 +152,10 @@ def load_params(prefix, hparams, dtype=tf.float32):
 # --- The math (the original's, function for function) ---------------------------------------
 
 def gelu(x):
-    """GELU with the tanh approximation GPT-2 was trained with."""
-    return 0.5 * x * (1 + tf.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * tf.pow(x, 3))))
+    """GELU with the tanh approximation GPT-2 was trained with: TensorFlow's is the original's
+    formula, 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x ** 3))), and one that oneDNN
+    fuses into the matmul before it (see `conv1d`)."""
+    return tf.nn.gelu(x, approximate=True)
 
 
 def norm(x, p, epsilon=1e-5):
@@ -167,11 +168,17 @@ def norm(x, p, epsilon=1e-5):
     return tf.cast(x * tf.cast(p["g"], tf.float32) + tf.cast(p["b"], tf.float32), dtype)
 
 
-def conv1d(x, p):
-    """The original's 1x1 convolution, a matmul: [batch, seq, nx] -> [batch, seq, nf]."""
+def conv1d(x, p, activation=None):
+    """The original's 1x1 convolution, a matmul: [batch, seq, nx] -> [batch, seq, nf].
+
+    The activation, if any, is applied before the reshape back, where oneDNN can fuse it and
+    the bias into the matmul (MatMul, BiasAdd, then GELU: one kernel, one pass over the output).
+    """
     *start, nx = tf.unstack(tf.shape(x))
     nf = p["w"].shape[-1]
-    y = tf.matmul(tf.reshape(x, [-1, nx]), p["w"]) + p["b"]  # [batch * seq, nf]
+    y = tf.nn.bias_add(tf.matmul(tf.reshape(x, [-1, nx]), p["w"]), p["b"])  # [batch * seq, nf]
+    if activation is not None:
+        y = activation(y)
     return tf.reshape(y, start + [nf])
 
 
@@ -234,7 +241,7 @@ def qkv(x, p, n_head):
 
 def mlp(x, p):
     """[batch, seq, n_embd] -> [batch, seq, n_embd]"""
-    return conv1d(gelu(conv1d(x, p["c_fc"])), p["c_proj"])
+    return conv1d(conv1d(x, p["c_fc"], activation=gelu), p["c_proj"])
 
 
 def embed(params, tokens, positions):
