@@ -126,7 +126,8 @@ def check_checkpoint(found, hparams):
 
 
 def load_params(prefix, hparams, dtype=tf.float32):
-    """Reads every variable of the checkpoint at `prefix` into a nested dict of `dtype` tensors."""
+    """Reads every variable of the checkpoint at `prefix` into a nested dict of `dtype` tensors;
+    the norms' gains and biases stay float32, the dtype `norm` computes in."""
     names = list(checkpoint_shapes(hparams))
     try:
         check_checkpoint(tf.train.load_checkpoint(prefix).get_variable_to_shape_map(), hparams)
@@ -145,7 +146,8 @@ def load_params(prefix, hparams, dtype=tf.float32):
         *scopes, leaf = name.split("/")[2 if layer else 1:]
         for scope in scopes:
             node = node.setdefault(scope, {})
-        node[leaf] = tf.cast(value, dtype)
+        norm_param = bool(scopes) and scopes[-1].startswith("ln_")
+        node[leaf] = tf.cast(value, tf.float32 if norm_param else dtype)
     return params
 
 

@@ -36,6 +36,7 @@ def test_logits_and_logprobs_stay_close_to_float32(tiny, dtype):
     hparams, load = tiny
     params, full = load(tf.as_dtype(dtype)), load(tf.float32)
     assert params["h"][0]["mlp"]["c_fc"]["w"].dtype == tf.as_dtype(dtype)
+    assert params["h"][0]["ln_1"]["g"].dtype == params["ln_f"]["b"].dtype == tf.float32  # norms compute in float32
     x = tokens(2, 30)
     logits = model.model(params, hparams, x)["logits"]
     assert logits.dtype == tf.float32  # softmax and sampling stay in float32
