@@ -203,11 +203,17 @@ def causal_mask(query_positions, key_positions):
     return query_positions[:, None] >= key_positions[None, :]
 
 
-def softmax(x, axis=-1):
-    """The original's softmax (oneDNN's costs ~50 µs a call at a sampling step's tiny shapes)."""
-    x = x - tf.reduce_max(x, axis=axis, keepdims=True)
-    ex = tf.exp(x)
-    return ex / tf.reduce_sum(ex, axis=axis, keepdims=True)
+def softmax(w):
+    """Softmax of attention scores [batch, heads, nd, ns] over the keys.
+
+    For one query (a sampling step) the original's own: oneDNN's, which tf.nn.softmax runs,
+    costs ~50 µs a call at those tiny shapes. For many (a prompt) oneDNN's one pass is faster.
+    """
+    if w.shape[-2] != 1:
+        return tf.nn.softmax(w, axis=-1)
+    w = w - tf.reduce_max(w, axis=-1, keepdims=True)
+    ew = tf.exp(w)
+    return ew / tf.reduce_sum(ew, axis=-1, keepdims=True)
 
 
 def attention_matmul(a, b, transpose_b=False):
