@@ -15,7 +15,7 @@ import score
 from conftest import REPO
 
 # Largest logit and log-probability moves allowed against float32 on the tiny model (measured:
-# bfloat16 0.10 and 0.036, float16 0.013 and 0.004).
+# bfloat16 0.12 and 0.032, float16 0.015 and 0.006).
 TOLERANCE = {"bfloat16": (0.25, 0.1), "float16": (0.05, 0.02)}
 
 
