@@ -220,7 +220,7 @@ def attention_matmul(a, b, transpose_b=False):
     """a @ b over [batch, heads] as float32, for attention: in b's dtype, or in float32 for one query.
 
     One query (a sampling step) goes to Eigen's float32 BatchMatMulV3: oneDNN's BatchMatMulV2
-    costs ~50 µs a call whatever the work, 2-3 times Eigen's at 128 to 1024 keys. With many
+    costs ~50 µs a call whatever the work, 1.4-3 times Eigen's at 128 to 1024 keys. With many
     queries (a prompt) oneDNN is up to twice as fast, and stays.
     """
     if a.shape[-2] == 1:
