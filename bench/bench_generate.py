@@ -5,9 +5,9 @@
 
 The model is read from --models_dir/--model_name; for the four official names a checkpoint of
 that shape with random weights is written there first if none is present (speed does not
-depend on the weights). The whole generate call (prefill, then new_tokens sampled with top-k 40
-and the cache) is timed after a warm-up; `prefill` times a call making one token, and
-`decode_tokens_per_s` is the speed after the prompt is read (the difference of the two).
+depend on the weights). The whole generate call (prefill, then new_tokens sampled with the cache
+and top-k 40, or --top_k and --top_p) is timed after a warm-up; `prefill` times a call making
+one token, and `decode_tokens_per_s` is the speed after the prompt is read (the difference).
 """
 import argparse
 import json
@@ -50,12 +50,13 @@ def measure(path, args):
     cli.freeze_weights(dtype)  # as the scripts do
     hparams = model.load_hparams(path)
     params = model.load_params(model.find_checkpoint(path), hparams, dtype)
-    sampler = sample.Sampler(params, hparams, top_k=40)
+    sampler = sample.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p)
     context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))
     sampler.sample(context, 4, seed=1)  # warm-up: traces and compiles
     seconds = min(timed(lambda: sampler.sample(context, args.new_tokens, seed=2)) for _ in range(args.repeats))
     prefill = min(timed(lambda: sampler.sample(context, 1, seed=2)) for _ in range(args.repeats))
-    common = dict(model_name=args.model_name, batch_size=args.batch_size, prompt_len=args.prompt_len, dtype=args.dtype)
+    common = dict(model_name=args.model_name, batch_size=args.batch_size, prompt_len=args.prompt_len, dtype=args.dtype,
+                  top_k=args.top_k, top_p=args.top_p)
     decode = args.batch_size * (args.new_tokens - 1) / (seconds - prefill)  # after the prompt is read
     yield dict(measure="generate", **common, new_tokens=args.new_tokens, seconds=seconds,
                tokens_per_s=args.batch_size * args.new_tokens / seconds, decode_tokens_per_s=decode)
@@ -78,9 +79,13 @@ def main():
     parser.add_argument("--prompt_len", type=int, default=16)
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=sorted(cli.DTYPES))
+    parser.add_argument("--top_k", type=int, default=40)
+    parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the fastest is reported")
     parser.add_argument("--peer", metavar="VENV_PYTHON", help="also time the peer (bash ../shared/peer/setup.sh)")
     args = parser.parse_args()
+    if args.peer and (args.top_k, args.top_p) != (40, 1.0):
+        parser.error("--peer samples with top-k 40 only: leave --top_k and --top_p at their defaults")
     path = ensure_model(args.models_dir, args.model_name)
     results = list(measure(path, args))
     for result in results:
