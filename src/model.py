@@ -363,11 +363,12 @@ def write_cache(cache, rows, k, v, overwrite=False):
     aliases; only for a caller that owns the cache, outside XLA (which has no InplaceUpdate).
     """
     rows_shape = [-1, cache.shape[-1]]
+    flat = tf.reshape(cache, rows_shape)  # [2 * batch * heads * size, head_dim], the same memory
     values = tf.reshape(tf.cast(tf.stack([k, v]), cache.dtype), rows_shape)  # [2 * batch * heads * seq, head_dim]
     if overwrite:
-        written = tf.raw_ops.InplaceUpdate(x=tf.reshape(cache, rows_shape), i=rows, v=values)
+        written = tf.raw_ops.InplaceUpdate(x=flat, i=rows, v=values)
     else:
-        written = tf.tensor_scatter_nd_update(tf.reshape(cache, rows_shape), rows[:, None], values)
+        written = tf.tensor_scatter_nd_update(flat, rows[:, None], values)
     return tf.reshape(written, tf.shape(cache))
 
 
