@@ -17,7 +17,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "src"), os.path.join(ROOT, "tests")]
+sys.path.insert(0, os.path.join(ROOT, "src"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
@@ -25,6 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 import checkpoints  # noqa: E402
 import cli  # noqa: E402
+import fast  # noqa: E402
 import model  # noqa: E402
 import sample  # noqa: E402
 
@@ -39,6 +40,17 @@ def ensure_model(models_dir, model_name):
     return path
 
 
+# --plain NAME puts the plain TensorFlow way back in place of one of fast.py's speed-ups, to
+# measure what it wins.
+PLAIN = {
+    "kth_largest": lambda: setattr(fast, "kth_largest", lambda logits, k: tf.math.top_k(logits, k).values[:, -1:]),
+    "first_argmax": lambda: setattr(fast, "first_argmax", lambda x: tf.argmax(x, -1, output_type=tf.int32)),
+    "draw_kept": lambda: setattr(fast, "draw_kept", lambda logits, keep, keys, step: sample.sample_logits(
+        tf.where(keep, logits, logits.dtype.min), keys, step)),
+    "load_params": lambda: setattr(fast, "load_params", model.load_params),
+}
+
+
 def timed(fn):
     start = time.perf_counter()
     fn()
@@ -47,16 +59,18 @@ def timed(fn):
 
 def measure(path, args):
     dtype = cli.parse_dtype(args.dtype)
-    cli.freeze_weights(dtype)  # as the scripts do
+    if not args.no_frozen_weights:
+        cli.freeze_weights(dtype)  # as the scripts do
     hparams = model.load_hparams(path)
-    params = model.load_params(model.find_checkpoint(path), hparams, dtype)
-    sampler = sample.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p)
+    params = fast.load_params(model.find_checkpoint(path), hparams, dtype)
+    sampler = fast.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p, jit=args.jit)
     context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))
     sampler.sample(context, 4, seed=1)  # warm-up: traces and compiles
     seconds = min(timed(lambda: sampler.sample(context, args.new_tokens, seed=2)) for _ in range(args.repeats))
     prefill = min(timed(lambda: sampler.sample(context, 1, seed=2)) for _ in range(args.repeats))
     common = dict(model_name=args.model_name, batch_size=args.batch_size, prompt_len=args.prompt_len, dtype=args.dtype,
-                  top_k=args.top_k, top_p=args.top_p)
+                  top_k=args.top_k, top_p=args.top_p, xla=sampler.choices.xla,
+                  frozen_weights=os.environ.get(fast.FROZEN_WEIGHTS, "0") == "1", plain=args.plain)
     decode = args.batch_size * (args.new_tokens - 1) / (seconds - prefill)  # after the prompt is read
     yield dict(measure="generate", **common, new_tokens=args.new_tokens, seconds=seconds,
                tokens_per_s=args.batch_size * args.new_tokens / seconds, decode_tokens_per_s=decode)
@@ -81,12 +95,20 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=sorted(cli.DTYPES))
     parser.add_argument("--top_k", type=int, default=40)
     parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--jit", type=lambda s: {"true": True, "false": False}[s.lower()], default=None,
+                        help="true or false: force XLA on or off for the decode loop (default: fast.choices_for)")
+    parser.add_argument("--no_frozen_weights", action="store_true",
+                        help=f"leave {fast.FROZEN_WEIGHTS} unset in half precision (the scripts set it)")
+    parser.add_argument("--plain", choices=sorted(PLAIN), action="append", default=[],
+                        help="measure without this speed-up of fast.py (repeatable)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the fastest is reported")
     parser.add_argument("--peer", metavar="VENV_PYTHON", help="also time the peer (bash ../shared/peer/setup.sh)")
     args = parser.parse_args()
     if args.peer and (args.top_k, args.top_p) != (40, 1.0):
         parser.error("--peer samples with top-k 40 only: leave --top_k and --top_p at their defaults")
     path = ensure_model(args.models_dir, args.model_name)
+    for name in args.plain:
+        PLAIN[name]()
     results = list(measure(path, args))
     for result in results:
         print(json.dumps(result), flush=True)

@@ -7,11 +7,13 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
 
 import fire
+import numpy as np
 import tensorflow as tf
 
 import encoder
+import fast
 import model
-import sample
+from checks import is_integer
 
 DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
 
@@ -24,28 +26,40 @@ def parse_dtype(dtype):
 
 
 def freeze_weights(dtype):
-    """In half precision, lets oneDNN keep each weight matrix in its own layout between calls
-    (see sample.Sampler): safe in the scripts, whose weights never change."""
+    """In half precision, lets oneDNN convert each weight matrix to its own layout once rather
+    than at every call (bench_generate.py --dtype bfloat16 --no_frozen_weights). Safe in
+    the scripts: they load their weights once, as tensors (see fast.check_weights_can_change)."""
     if dtype != tf.float32:
-        os.environ.setdefault("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "1")
+        os.environ.setdefault(fast.FROZEN_WEIGHTS, "1")
+
+
+def expand_dir(models_dir):
+    """--models_dir with `~` and environment variables expanded, as the original's scripts did."""
+    return os.path.expanduser(os.path.expandvars(str(models_dir)))
+
+
+def load_hparams(model_name, models_dir):
+    """The hparams of a downloaded model."""
+    return model.load_hparams(model.model_dir(str(model_name), expand_dir(models_dir)))
 
 
 def load(model_name, models_dir, dtype="float32"):
     """(encoder, hparams, params) of a downloaded model, weights in `dtype`."""
     dtype = parse_dtype(dtype)
     freeze_weights(dtype)
-    path = model.model_dir(str(model_name), str(models_dir))
-    enc = encoder.get_encoder(str(model_name), str(models_dir))
+    model_name, models_dir = str(model_name), expand_dir(models_dir)
+    path = model.model_dir(model_name, models_dir)
+    enc = encoder.get_encoder(model_name, models_dir)
     hparams = model.load_hparams(path)
-    return enc, hparams, model.load_params(model.find_checkpoint(path), hparams, dtype)
+    return enc, hparams, fast.load_params(model.find_checkpoint(path), hparams, dtype)
 
 
 def check_counts(nsamples, batch_size, *, forever=False):
     """ValueError unless nsamples and batch_size are usable counts."""
-    if not sample.is_integer(batch_size) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"--batch_size must be a positive integer. Received: {batch_size!r}")
     least = 0 if forever else 1
-    if not sample.is_integer(nsamples) or nsamples < least:
+    if not is_integer(nsamples) or nsamples < least:
         raise ValueError(f"--nsamples must be an integer >= {least}"
                          f"{' (0: until Ctrl-C)' if forever else ''}. Received: {nsamples!r}")
 
@@ -54,7 +68,7 @@ def make_seed(seed):
     """The --seed to use: the given one, or a fresh random one."""
     if seed is None:
         return random.SystemRandom().randrange(2 ** 31)
-    if not sample.is_integer(seed) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise ValueError(f"--seed must be a non-negative integer. Received: {seed!r}")
     return seed
 
@@ -78,7 +92,7 @@ def token_bytes(enc, tokens):
 def print_samples(enc, sampler, context, length, *, first_sample, **kwargs):
     """Prints samples first_sample + 1 .. with the original's headers. A lone sample is
     streamed token by token; a batch is printed when it is done."""
-    context = sample.as_context(sampler.hparams, context)
+    context = np.asarray(context, np.int32)  # [batch, n]
     if len(context) > 1:
         out = sampler.sample(context, length, first_sample=first_sample, **kwargs)[:, context.shape[1]:]
         for i, tokens in enumerate(out):
@@ -105,12 +119,17 @@ def silence_xla_banner():
         os.close(saved)
 
 
+def error_line(error):
+    """The one line that reports an expected error; an argument's name becomes its flag."""
+    return f"error: {'--' if getattr(error, 'argument', None) else ''}{error}"
+
+
 def main(command):
     """Runs `command` with fire; expected failures end in one line on stderr, not a traceback."""
     silence_xla_banner()
     try:
         fire.Fire(command)
     except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(error_line(e))
     except KeyboardInterrupt:
         sys.exit(130)

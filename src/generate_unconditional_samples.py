@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Samples from GPT-2 with no prompt: each sample starts from <|endoftext|>."""
 import cli
-import model
+import fast
 import sample
 
 
@@ -33,12 +33,12 @@ def sample_model(model_name="124M", seed=None, nsamples=0, batch_size=1, length=
     """
     cli.check_counts(nsamples, batch_size, forever=True)
     seed = cli.make_seed(seed)
-    hparams = model.load_hparams(model.model_dir(str(model_name), str(models_dir)))
+    hparams = cli.load_hparams(model_name, models_dir)
     length = hparams.n_ctx if length is None else length
     sample.check_sampling(hparams, 1, length, temperature, top_k, top_p)
     enc, hparams, params = cli.load(model_name, models_dir, dtype)
     end_token = enc.encoder["<|endoftext|>"]
-    sampler = sample.Sampler(params, hparams, top_k=top_k, top_p=top_p,
+    sampler = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p,
                              end_token=end_token if stop_at_endoftext else None)
     generated = 0
     try:

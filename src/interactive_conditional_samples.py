@@ -4,7 +4,7 @@ import select
 import sys
 
 import cli
-import model
+import fast
 import sample
 
 
@@ -60,11 +60,11 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
     """
     cli.check_counts(nsamples, batch_size)
     seed = cli.make_seed(seed)
-    hparams = model.load_hparams(model.model_dir(str(model_name), str(models_dir)))
+    hparams = cli.load_hparams(model_name, models_dir)
     length = hparams.n_ctx // 2 if length is None else length
     sample.check_sampling(hparams, 1, length, temperature, top_k, top_p)
     enc, hparams, params = cli.load(model_name, models_dir, dtype)
-    sampler = sample.Sampler(params, hparams, top_k=top_k, top_p=top_p,
+    sampler = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p,
                              end_token=enc.encoder["<|endoftext|>"] if stop_at_endoftext else None)
     try:
         while True:

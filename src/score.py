@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 import model
-import sample
+from checks import bad_argument, is_integer
 
 END_OF_TEXT = 50256
 
@@ -29,16 +29,23 @@ def windows(n, n_ctx, stride):
         yield end - n_ctx, first, end
 
 
-def score_tokens(forward, hparams, tokens, stride=None):
-    """Natural-log probability of each of `tokens` after <|endoftext|> and the ones before it."""
+def logits_function(params, hparams):
+    """X [1, n] int32 -> logits [1, n, n_vocab]: `model.model` compiled once for every n."""
+    forward = model.compile_model(params, hparams)
+    past = model.empty_past(hparams, 1, params["wte"].dtype)
+    return lambda X: forward(X, past)["logits"]
+
+
+def score_tokens(logits_fn, hparams, tokens, stride=None):
+    """Natural-log probability of each of `tokens` after <|endoftext|> and the ones before it;
+    logits_fn is `logits_function`'s."""
     stride = hparams.n_ctx // 2 if stride is None else stride
-    if not sample.is_integer(stride) or not 1 <= stride < hparams.n_ctx:
-        raise ValueError(f"--stride must be an integer from 1 to n_ctx - 1 ({hparams.n_ctx - 1}). Received: {stride!r}")
+    if not is_integer(stride) or not 1 <= stride < hparams.n_ctx:
+        raise bad_argument("stride", f"must be an integer from 1 to n_ctx - 1 ({hparams.n_ctx - 1})", stride)
     sequence = np.array([END_OF_TEXT] + list(tokens), np.int32)
-    empty_past = model.empty_past(hparams, 1, forward.input_signature[1].dtype)
     logprobs = []
     for start, first, end in windows(len(sequence), hparams.n_ctx, stride):
-        logits = forward(sequence[None, start:end], empty_past)["logits"][0]  # [end - start, n_vocab]
+        logits = logits_fn(sequence[None, start:end])[0]  # [end - start, n_vocab]
         logp = tf.nn.log_softmax(logits[first - 1 - start:end - 1 - start])  # predicts first..end-1
         targets = sequence[first:end]
         logprobs.append(tf.gather(logp, targets, batch_dims=1).numpy())
@@ -74,7 +81,7 @@ def score(model_name="124M", models_dir="models", text_file=None, json=False, st
     text = read_text(text_file)
     enc, hparams, params = cli.load(model_name, models_dir, dtype)
     tokens = enc.encode(text)
-    logprobs = score_tokens(model.compile_model(params, hparams), hparams, tokens, stride)
+    logprobs = score_tokens(logits_function(params, hparams), hparams, tokens, stride)
     nll = float(-logprobs.mean())
     print(f"{text_file}: {len(tokens)} tokens, mean negative log-likelihood {nll:.4f} nats, "
           f"perplexity {math.exp(nll):.3f} ({model_name}, {dtype})")

@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import helpers
+from helpers import REPO
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +36,9 @@ def tiny_model(models_dir, vocab_dir):
     import checkpoints
     checkpoints.write_checkpoint(os.path.join(models_dir, "tiny"), checkpoints.TINY, vocab_dir)
     return "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny(models_dir, tiny_model):
+    """(hparams, float32 params) of `tiny_model`."""
+    return helpers.load(os.path.join(models_dir, tiny_model))

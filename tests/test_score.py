@@ -13,7 +13,7 @@ import model
 import reference
 import score
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 
 
 def test_windows_known_answer():
@@ -52,7 +52,7 @@ def test_logprobs_equal_reference(odd_model, length, stride):
     hparams = model.load_hparams(odd_model)
     params = model.load_params(model.find_checkpoint(odd_model), hparams)
     tokens = np.random.RandomState(length).randint(0, 50257, length).tolist()
-    got = score.score_tokens(model.compile_model(params, hparams), hparams, tokens, stride)
+    got = score.score_tokens(score.logits_function(params, hparams), hparams, tokens, stride)
     want = reference_logprobs(odd_model, tokens, hparams.n_ctx, stride or hparams.n_ctx // 2)
     assert got.shape == (length,)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
@@ -61,8 +61,9 @@ def test_logprobs_equal_reference(odd_model, length, stride):
 @pytest.mark.parametrize("stride", [96, 0, -1, 2.5, "wide"])
 def test_bad_stride_is_rejected(odd_model, stride):
     hparams = model.load_hparams(odd_model)
-    with pytest.raises(ValueError, match=r"--stride must be an integer from 1 to n_ctx - 1 \(95\). Received: "):
+    with pytest.raises(ValueError, match=r"^stride must be an integer from 1 to n_ctx - 1 \(95\). Received: ") as e:
         score.score_tokens(None, hparams, [1, 2], stride=stride)
+    assert e.value.argument == "stride"  # the script says --stride
 
 
 def run_score(*args):
@@ -110,3 +111,26 @@ def test_cli_error_exits_nonzero_with_one_line(models_dir, tmp_path):
     result = run_score("--model_name", "774M", "--models_dir", models_dir, "--text_file", str(tmp_path / "x.txt"))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_cli_names_a_bad_argument_as_its_flag(models_dir, tiny_model, tmp_path):
+    text_file = tmp_path / "text.txt"
+    text_file.write_text("hello", encoding="utf-8")
+    result = run_score("--model_name", tiny_model, "--models_dir", models_dir, "--text_file", str(text_file),
+                       "--stride", "0")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: --stride must be an integer from 1 to n_ctx - 1 (63). " \
+                                                     "Received: 0"
+
+
+def test_models_dir_expands_home_and_variables(models_dir, tiny_model, tmp_path, monkeypatch):
+    text_file = tmp_path / "text.txt"
+    text_file.write_text("hello", encoding="utf-8")
+    home = os.path.dirname(models_dir)
+    env = {**os.environ, "HOME": home, "GPT2_TEST_MODELS": models_dir}
+    for flag in ["~/" + os.path.basename(models_dir), "$GPT2_TEST_MODELS"]:
+        result = subprocess.run([sys.executable, os.path.join(REPO, "src", "score.py"), "--model_name", tiny_model,
+                                 "--models_dir", flag, "--text_file", str(text_file)],
+                                capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr
+        assert "1 tokens, mean negative log-likelihood" in result.stdout

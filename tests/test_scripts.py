@@ -15,12 +15,12 @@ import pytest
 
 import cli
 import encoder
+import fast
 import generate_unconditional_samples
 import interactive_conditional_samples
 import model
-import sample
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 UNCONDITIONAL = os.path.join(REPO, "src", "generate_unconditional_samples.py")
 INTERACTIVE = os.path.join(REPO, "src", "interactive_conditional_samples.py")
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "UTF-8"}
@@ -83,7 +83,7 @@ def test_unconditional_forever_ends_cleanly_on_ctrl_c(models_dir, tiny_model):
 def expected_sample(tiny, prompt, length, seed, number=0):
     enc, hparams, params = tiny
     context = [enc.encode(prompt)]
-    out = sample.Sampler(params, hparams).sample(context, length, seed=seed, first_sample=number)
+    out = fast.Sampler(params, hparams).sample(context, length, seed=seed, first_sample=number)
     return enc.decode(out[0, len(context[0]):])
 
 
@@ -165,7 +165,7 @@ class Recorder(io.StringIO):
 
 def test_a_lone_sample_is_streamed_token_by_token(tiny, monkeypatch):
     enc, hparams, params = tiny
-    sampler = sample.Sampler(params, hparams)
+    sampler = fast.Sampler(params, hparams)
     context = [enc.encode("Streaming \u65e5\u672c\u8a9e")]  # multi-byte characters may span tokens
     out = Recorder()
     monkeypatch.setattr(sys, "stdout", out)
@@ -183,7 +183,7 @@ def test_until_end_cuts_at_the_first_end_token():
 
 @pytest.mark.parametrize("flags, message", [
     (dict(model_name="355M"), "download it with `python3 download_model.py 355M --models_dir"),
-    (dict(length=65), "--length 65 exceeds the model's window of 64 tokens"),
+    (dict(length=65), "--length plus the prompt's 1 token exceeds the model's window of 64 tokens: use at most 64"),
     (dict(temperature=0), "--temperature must be greater than 0"),
     (dict(top_k=-1), "--top_k must be an integer >= 0"),
     (dict(top_p=1.5), "--top_p must be in (0, 1]"),
@@ -196,7 +196,7 @@ def test_until_end_cuts_at_the_first_end_token():
 def test_bad_flags_are_named(models_dir, tiny_model, script, flags, message):
     with pytest.raises((ValueError, OSError)) as e:
         script(**{"model_name": tiny_model, "models_dir": models_dir, **flags})
-    assert message in str(e.value) and "\n" not in str(e.value)
+    assert message in cli.error_line(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("script", [UNCONDITIONAL, INTERACTIVE])

@@ -1,4 +1,4 @@
-"""Writes GPT-2 checkpoints in OpenAI's exact format, with random weights, for the tests.
+"""Writes GPT-2 checkpoints in OpenAI's exact format, with random weights, for benchmarks and tests.
 
 A model folder gets `hparams.json`, `checkpoint`, `model.ckpt.{index,meta,data-00000-of-00001}`
 written by TF1's name-based `tf.compat.v1.train.Saver` (the way OpenAI's were), and the real

@@ -1,0 +1,22 @@
+"""Checks of the values that callers pass in, shared by the library's modules.
+
+A bad value raises a ValueError naming the argument (`length must be ...`); the error carries
+the argument's name in `.argument`, so that the scripts can say `--length` instead.
+"""
+
+
+def is_number(value):
+    """An int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_integer(value):
+    """An int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def bad_argument(name, requirement, value):
+    """ValueError('NAME REQUIREMENT. Received: VALUE'), with .argument = NAME."""
+    error = ValueError(f"{name} {requirement}. Received: {value!r}")
+    error.argument = name
+    return error

@@ -1,0 +1,295 @@
+"""The fast path for sampling: GPT-2 decoding into a key/value cache preallocated for the whole
+sample, compiled once, with the choices that make it fast on the device it runs on.
+
+It computes what `model.model` and `sample.next_token` compute, in another order: in float32,
+`Sampler` gives the tokens of `sample.sample_plain` (tests/test_fast.py). How:
+
+- The cache is one tensor [2, batch, heads, size, head_dim] per layer, keys then values, for
+  `size` positions: the sample's length rounded up to a multiple of 128, so that a few compiled
+  shapes serve every length. `decode` fills it, for the prompt and for each new token alike.
+  It writes with `tf.tensor_scatter_nd_update`, which returns a new tensor: XLA writes it in
+  place, plain TensorFlow copies the cache. No write relies on undocumented aliasing.
+- The decode loop is one `tf.while_loop` in one `tf.function`, traced once per batch size.
+- `Choices` holds what depends on the device and dtype; each says what it wins and which
+  bench command shows it (figures: bench/README.md).
+
+Weights must not change under a compiled Sampler's feet in a way the kernels cannot see: see
+`check_weights_can_change`.
+"""
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+import model
+import sample
+
+FROZEN_WEIGHTS = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
+
+
+@dataclasses.dataclass(frozen=True)
+class Choices:
+    """How the fast path runs: see `choices_for`."""
+    # Compile the decode loop with XLA: it fuses a step's hundreds of small ops
+    # (bench_generate.py --jit false).
+    xla: bool = False
+
+
+def choices_for(dtype, device_type=None):
+    """The fast path's choices for weights of `dtype` on `device_type` ('CPU' or 'GPU'; by
+    default a GPU when TensorFlow sees one)."""
+    if device_type is None:
+        device_type = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    if device_type == "CPU":
+        # XLA's CPU matmuls in bfloat16 and float16 are slower than oneDNN's and Eigen's.
+        return Choices(xla=dtype == tf.float32)
+    return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
+
+
+def check_weights_can_change(params):
+    """Refuses tf.Variable weights while TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set.
+
+    With it, oneDNN converts each weight matrix of a fused matmul once and keeps the result for
+    every later call of that kernel: a graph that reads variables would go on computing with
+    their old values once they change. Weights given as tensors cannot change: a new set of
+    weights makes a new Sampler, whose graphs have kernels of their own. Only the scripts set
+    the variable (`cli.freeze_weights`), and they load their weights once, as tensors.
+    """
+    if os.environ.get(FROZEN_WEIGHTS, "0") not in ("", "0") and any(
+            isinstance(value, tf.Variable) for value in tf.nest.flatten(params)):
+        raise ValueError(f"params holds tf.Variables, whose values can change, while {FROZEN_WEIGHTS} is set, "
+                         "which would keep computing with their first values: unset it, or pass tensors")
+
+
+def load_params(prefix, hparams, dtype=tf.float32):
+    """`model.load_params`, with one RestoreV2 op reading every variable at once: several times
+    faster than reading them one by one (bench_startup.py)."""
+    model.checkpoint_reader(prefix, hparams)  # checks names and shapes first
+    names = list(model.checkpoint_shapes(hparams))
+    try:
+        values = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                                      dtypes=[tf.float32] * len(names))
+    except tf.errors.OpError as e:
+        raise model.checkpoint_error(prefix, e) from None
+    return model.nest_params(dict(zip(names, values)), hparams, dtype)
+
+
+# --- The model, decoding into the cache -----------------------------------------------------
+
+def empty_cache(hparams, batch_size, size, dtype):
+    """A cache for `size` positions: one [2, batch, heads, size, head_dim] per layer."""
+    return [tf.zeros([2, batch_size, hparams.n_head, size, hparams.head_dim], dtype)] * hparams.n_layer
+
+
+def cache_spec(hparams, batch_size, dtype):
+    """The TensorSpec of a cache of any size, for `tf.function` signatures."""
+    return [tf.TensorSpec([2, batch_size, hparams.n_head, None, hparams.head_dim], dtype)] * hparams.n_layer
+
+
+def write_cache(cache, positions, k, v):
+    """cache [2, batch, heads, size, head_dim] with k, v [batch, heads, seq, head_dim] written at
+    positions [seq]: a new tensor (see the module's docstring)."""
+    size, head_dim = tf.shape(cache)[3], cache.shape[-1]
+    blocks = tf.size(cache) // (size * head_dim)  # 2 * batch * heads
+    rows = tf.reshape(tf.range(blocks)[:, None] * size + positions[None], [-1, 1])  # [2 * batch * heads * seq, 1]
+    flat = tf.reshape(cache, [-1, head_dim])  # [2 * batch * heads * size, head_dim]
+    values = tf.reshape(tf.stack([k, v]), [-1, head_dim])  # [2 * batch * heads * seq, head_dim]
+    return tf.reshape(tf.tensor_scatter_nd_update(flat, rows, values), tf.shape(cache))
+
+
+def attend(q, k, v, mask):
+    """`model.multihead_attn` over the whole cache: q [batch, heads, seq, head_dim], k, v
+    [batch, heads, size, head_dim], mask [seq, size] True where a query may see a key."""
+    w = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * tf.math.rsqrt(float(v.shape[-1]))
+    w = tf.nn.softmax(tf.where(mask, w, -1e9), axis=-1)  # [batch, heads, seq, size]
+    return tf.matmul(tf.cast(w, v.dtype), v)
+
+
+def block(x, p, cache, positions, mask, n_head):
+    """`model.block` writing its keys and values into the cache: x [batch, seq, n_embd],
+    cache [2, batch, heads, size, head_dim] -> (x, cache)."""
+    c = model.conv1d(model.norm(x, p["ln_1"]), p["attn"]["c_attn"])  # [batch, seq, 3 * n_embd]
+    q, k, v = [model.split_heads(t, n_head) for t in tf.split(c, 3, axis=2)]
+    cache = write_cache(cache, positions, tf.cast(k, cache.dtype), tf.cast(v, cache.dtype))
+    a = model.merge_heads(attend(q, cache[0], cache[1], mask))  # [batch, seq, n_embd]
+    x = x + model.conv1d(a, p["attn"]["c_proj"])
+    return x + model.mlp(model.norm(x, p["ln_2"]), p["mlp"]), cache
+
+
+def decode(params, hparams, X, cache, start):
+    """X [batch, seq] at positions start.. -> (hidden [batch, seq, n_embd], the cache with their
+    keys and values). Attention covers the whole cache; the mask hides what is not yet written."""
+    positions = start + tf.range(tf.shape(X)[1])  # [seq]
+    h = tf.gather(params["wte"], X) + tf.gather(params["wpe"], positions)  # [batch, seq, n_embd]
+    mask = positions[:, None] >= tf.range(tf.shape(cache[0])[3])[None]  # [seq, size]
+    new_cache = []
+    for p, layer_cache in zip(params["h"], cache):
+        h, layer_cache = block(h, p, layer_cache, positions, mask, hparams.n_head)
+        new_cache.append(layer_cache)
+    return h, new_cache
+
+
+def last_logits(params, h):
+    """h [batch, seq, n_embd] -> float32 logits [batch, n_vocab] of the last position."""
+    h = model.norm(h[:, -1], params["ln_f"])  # [batch, n_embd]
+    return tf.cast(tf.matmul(h, params["wte"], transpose_b=True), tf.float32)
+
+
+# --- Choosing the next token ----------------------------------------------------------------
+
+def kth_largest(logits, k):
+    """[batch, n] float32 -> [batch, 1]: each row's k-th largest logit, found exactly, for XLA,
+    whose sort-based top_k is slow on CPU (bench_generate.py --dtype float32).
+
+    A binary search over the floats' bit patterns (read as integers ordered like the floats):
+    at most 32 rounds of compare-and-count.
+    """
+    bits = tf.bitcast(logits, tf.int32)
+    keys = tf.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # [batch, n], ordered like the logits
+    lo = tf.cast(tf.reduce_min(keys, axis=-1, keepdims=True), tf.int64)  # at least k keys are >= lo
+    hi = tf.cast(tf.reduce_max(keys, axis=-1, keepdims=True), tf.int64) + 1  # fewer than k are >= hi
+
+    def halve(lo, hi):
+        mid = (lo + hi) // 2
+        count = tf.reduce_sum(tf.cast(keys >= tf.cast(mid, tf.int32), tf.int32), axis=-1, keepdims=True)
+        return tf.where(count >= k, mid, lo), tf.where(count >= k, hi, mid)
+
+    lo, _ = tf.while_loop(lambda lo, hi: tf.reduce_any(hi - lo > 1), halve, [lo, hi])
+    bits = tf.cast(lo, tf.int32)
+    return tf.bitcast(tf.where(bits < 0, bits ^ 0x7FFFFFFF, bits), tf.float32)
+
+
+def first_argmax(x):
+    """[batch, n] -> [batch] int32: tf.argmax (the first index of each row's maximum), as two
+    plain reductions, which XLA runs faster than argmax's one (bench_generate.py --batch_size 8)."""
+    top = tf.reduce_max(x, axis=-1, keepdims=True)
+    n = tf.shape(x)[1]
+    return tf.reduce_min(tf.where(x >= top, tf.range(n)[None], n), axis=-1)
+
+
+def draw_kept(logits, keep, keys, step):
+    """`sample.sample_logits` for logits a filter has cut to the few where `keep` [batch, n_vocab]
+    is True, with noise for those only: a few dozen hashes, not one per vocabulary entry.
+
+    The same token: a removed logit (float32's lowest) plus any noise (at most 17.4) stays
+    float32's lowest and is never drawn, and a token's noise does not depend on the others.
+    """
+    kept = tf.where(keep)  # [m, 2] (row, token), rows in order
+    rows, index = kept[:, 0], tf.cast(kept[:, 1], tf.int32)
+    noise = sample.gumbel(tf.gather(sample.stream_state(keys, step), rows), index)
+    scores = tf.gather_nd(logits, kept) + noise  # [m]
+    batch = tf.shape(logits)[0]
+    best = tf.math.unsorted_segment_max(scores, rows, batch)  # [batch]
+    first = tf.where(scores >= tf.gather(best, rows), index, tf.shape(logits)[1])  # the maximum's first token
+    return tf.math.unsorted_segment_min(first, rows, batch)
+
+
+def next_token(logits, keys, step, temperature, top_k, top_p, xla):
+    """`sample.next_token`'s token, faster. Under XLA the whole vocabulary is drawn from, with
+    `kth_largest` and `first_argmax`; outside it a filtered draw is made among the kept tokens
+    only, which XLA cannot compile (its shape depends on the logits)."""
+    logits = logits / temperature
+    if xla:
+        kept = logits if top_k == 0 else tf.where(logits < kth_largest(logits, top_k), logits.dtype.min, logits)
+        noise = sample.gumbel(sample.stream_state(keys, step)[:, None], tf.range(tf.shape(logits)[1])[None])
+        return first_argmax(sample.top_p_logits(kept, top_p) + noise)
+    if top_k == 0 and top_p >= 1:
+        return sample.sample_logits(logits, keys, step)
+    keep = sample.top_p_logits(sample.top_k_logits(logits, top_k), top_p) > logits.dtype.min
+    return draw_kept(logits, keep, keys, step)
+
+
+# --- The sampler ----------------------------------------------------------------------------
+
+def cache_size(positions, n_ctx, multiple=128):
+    """Positions rounded up to a multiple, so a few compiled shapes serve every length."""
+    return min(-(-positions // multiple) * multiple, n_ctx + 1)
+
+
+class Sampler:
+    """Compiled sampling for one model and one choice of filters.
+
+    Create a Sampler once and call `generate` (streaming) or `sample` many times: the prompt's
+    pass is traced once, the decode loop once per batch size, and with XLA compiled once per
+    batch size and cache size. Row r of a call is sample number first_sample + r of its seed,
+    whatever the batch (see sample.py).
+    """
+
+    def __init__(self, params, hparams, *, top_k=0, top_p=1.0, end_token=None, jit=None):
+        check_weights_can_change(params)
+        self.params, self.hparams = params, hparams
+        self.top_k, self.top_p, self.end_token = top_k, top_p, end_token
+        self.dtype = params["wte"].dtype
+        self.choices = choices_for(self.dtype)
+        if jit is not None:
+            self.choices = dataclasses.replace(self.choices, xla=jit)
+        self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, cache, 0)[1], input_signature=[
+            tf.TensorSpec([None, None], tf.int32), cache_spec(hparams, None, self.dtype)])
+        self._decoders = {}  # batch size -> the compiled decode loop
+
+    def _decoder(self, batch):
+        """The decode loop (`_decode_loop`) compiled for `batch` rows, traced on first use: a
+        known batch lets TensorFlow fold the step's shape arithmetic (bench_generate.py)."""
+        if batch not in self._decoders:
+            self._decoders[batch] = tf.function(self._decode_loop, jit_compile=self.choices.xla, autograph=False,
+                                                input_signature=[
+                cache_spec(self.hparams, batch, self.dtype), tf.TensorSpec([batch, None], tf.int32),
+                tf.TensorSpec([batch], tf.bool), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
+                tf.TensorSpec([batch, 2], tf.int64), tf.TensorSpec([], tf.float32)])
+        return self._decoders[batch]
+
+    def _decode_loop(self, cache, tokens, done, position, steps, keys, temperature):
+        """Feeds tokens[:, position] and samples up to `steps` tokens into tokens[:, position + 1:].
+
+        tokens [batch, size] holds the whole sequence. Returns (tokens, cache, done, made).
+        """
+        rows = tf.range(tf.shape(tokens)[0])
+
+        def body(i, tokens, cache, done):
+            p = position + i
+            h, cache = decode(self.params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p)
+            token = next_token(last_logits(self.params, h), keys, p + 1, temperature, self.top_k, self.top_p,
+                               self.choices.xla)
+            if self.end_token is not None:  # a finished sample only repeats end_token
+                token = tf.where(done, self.end_token, token)
+                done = done | (token == self.end_token)
+            tokens = tf.tensor_scatter_nd_update(tokens, tf.stack([rows, tf.fill(tf.shape(rows), p + 1)], 1), token)
+            return i + 1, tokens, cache, done
+
+        def cond(i, tokens, cache, done):
+            return (i < steps) & ~tf.reduce_all(done)
+
+        made, tokens, cache, done = tf.while_loop(cond, body, [0, tokens, cache, done])
+        return tokens, cache, done, made
+
+    def generate(self, context, length, *, temperature=1.0, seed=0, first_sample=0, chunk=None):
+        """Yields new tokens as [batch, k] arrays, `chunk` tokens at a time (all at once by default).
+
+        context [batch, n]: row r is sample number first_sample + r. With an end_token, rows
+        that have ended repeat it, and generation stops early when every row has ended.
+        """
+        context = sample.as_context(self.hparams, context)
+        batch, n = context.shape
+        sample.check_sampling(self.hparams, n, length, temperature, self.top_k, self.top_p)
+        size = cache_size(n + length, self.hparams.n_ctx)
+        cache = empty_cache(self.hparams, batch, size, self.dtype)
+        if n > 1:  # the prompt's keys and values, all but the last token's, which the loop feeds
+            cache = self._prefill(context[:, :-1], cache)
+        tokens = tf.constant(np.pad(context, [(0, 0), (0, size - n)]))
+        done, keys = tf.zeros([batch], tf.bool), sample.sample_keys(seed, first_sample, batch)
+        made = 0
+        while made < length and not done.numpy().all():
+            steps = min(chunk or length, length - made)
+            tokens, cache, done, k = self._decoder(batch)(cache, tokens, done, tf.constant(n - 1 + made),
+                                                          tf.constant(steps), keys, tf.constant(temperature, tf.float32))
+            yield tokens[:, n + made:n + made + int(k)].numpy()
+            made += steps
+
+    def sample(self, context, length, **kwargs):
+        """context [batch, n] -> [batch, n + length]: the context, then the samples (end_token
+        repeated after a sample ends)."""
+        context = sample.as_context(self.hparams, context)
+        tokens = np.concatenate([context] + list(self.generate(context, length, **kwargs)), axis=1)
+        return np.pad(tokens, [(0, 0), (0, context.shape[1] + length - tokens.shape[1])],
+                      constant_values=self.end_token or 0)

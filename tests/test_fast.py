@@ -1,0 +1,255 @@
+"""fast.py: the cached, compiled sampler computes what model.py and sample.py compute."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import checkpoints
+import fast
+import model
+import reference
+import sample
+from helpers import REPO, random_tokens
+
+LOW = np.finfo(np.float32).min
+
+
+def contexts(hparams, batch, n, seed=0):
+    return random_tokens(hparams.n_vocab, batch, n, seed)
+
+
+# --- the sampling step's speed-ups draw the reference's tokens ------------------------------
+
+@pytest.mark.parametrize("decimals", [1, 6], ids=["many-ties", "few-ties"])
+def test_binary_search_finds_the_kth_largest(decimals):
+    rng = np.random.RandomState(decimals)
+    compiled = tf.function(fast.kth_largest, jit_compile=True)
+    for k in [1, 2, 40, 299, 300]:
+        logits = tf.constant(np.round(rng.randn(4, 300) * 3, decimals), tf.float32)
+        want = tf.math.top_k(logits, k).values[:, -1:]
+        np.testing.assert_array_equal(fast.kth_largest(logits, k), want)
+        np.testing.assert_array_equal(compiled(logits, k), want)
+
+
+def test_first_argmax_is_argmax():
+    x = tf.constant(np.round(np.random.RandomState(0).randn(16, 50), 1), tf.float32)  # with ties
+    np.testing.assert_array_equal(fast.first_argmax(x), tf.argmax(x, -1))
+
+
+@pytest.mark.parametrize("xla", [True, False], ids=["xla", "no-xla"])
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (1, 1.0), (3, 1.0), (40, 1.0), (0, 0.5), (40, 0.9)])
+def test_fast_step_draws_the_reference_token(top_k, top_p, xla):
+    # Logits rounded to bfloat16's 8 bits, as a bfloat16 model gives them: many ties at the k-th.
+    logits = tf.cast(tf.cast(np.random.RandomState(top_k).randn(5, 1000) * 4, tf.bfloat16), tf.float32)
+    if top_k == 40 and top_p == 1:
+        kept = sample.top_k_logits(logits, top_k) > LOW
+        assert (tf.reduce_sum(tf.cast(kept, tf.int32), -1) > top_k).numpy().any()  # ties kept
+    keys = sample.sample_keys(3, 10, 5)
+    step = tf.function(fast.next_token, jit_compile=xla, autograph=False)
+    for i in range(20):
+        want = sample.next_token(logits, keys, i, 0.8, top_k, top_p)
+        np.testing.assert_array_equal(step(logits, keys, i, 0.8, top_k, top_p, xla), want)
+
+
+# --- decoding into the cache ------------------------------------------------------------------
+
+def reference_logits(path, tokens):
+    rh, rw = reference.load(path)
+    return np.stack([reference.logits(rh, rw, row) for row in tokens])
+
+
+def test_decode_fills_the_cache_in_steps_as_the_full_pass_does(models_dir, tiny_model, tiny):
+    hparams, params = tiny
+    tokens = contexts(hparams, 2, 20, seed=2)
+    cache = fast.empty_cache(hparams, 2, 24, tf.float32)
+    logits = []
+    for start, end in [(0, 13), (13, 14), (14, 20)]:
+        h, cache = fast.decode(params, hparams, tokens[:, start:end], cache, start)
+        logits.append(model.model(params, hparams, tokens[:, :end])["logits"][:, start:end])
+        np.testing.assert_allclose(fast.last_logits(params, h), logits[-1][:, -1], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(tf.concat(logits, 1), reference_logits(os.path.join(models_dir, tiny_model), tokens),
+                               atol=1e-4, rtol=0)
+    present = model.model(params, hparams, tokens)["present"]  # [batch, layer, 2, heads, seq, head_dim]
+    cache = tf.transpose(tf.stack(cache), [2, 0, 1, 3, 4, 5])  # [batch, layer, 2, heads, size, head_dim]
+    np.testing.assert_allclose(cache[..., :20, :], present, atol=1e-5, rtol=0)
+    assert not cache[..., 20:, :].numpy().any()
+
+
+# --- the sampler ------------------------------------------------------------------------------
+
+def test_top_k_1_is_the_plain_models_argmax(tiny):
+    hparams, params = tiny
+    tokens = contexts(hparams, 2, 5)
+    out = fast.Sampler(params, hparams, top_k=1).sample(tokens, 12, seed=5)
+    for _ in range(12):
+        logits = model.model(params, hparams, tokens)["logits"][:, -1]
+        tokens = np.concatenate([tokens, np.argmax(logits, -1)[:, None].astype(np.int32)], 1)
+    np.testing.assert_array_equal(out, tokens)
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["xla", "no-xla"])
+@pytest.mark.parametrize("top_k, top_p, temperature", [(0, 1.0, 1.0), (40, 1.0, 0.7), (0, 0.9, 1.3), (10, 0.8, 1.0)])
+def test_cached_sampler_equals_plain_path(tiny, top_k, top_p, temperature, jit):
+    hparams, params = tiny
+    context = contexts(hparams, 3, 6, seed=top_k)
+    kwargs = dict(temperature=temperature, seed=11, first_sample=2)
+    got = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p, jit=jit).sample(context, 16, **kwargs)
+    plain = sample.sample_plain(params, hparams, context, 16, top_k=top_k, top_p=top_p, **kwargs)
+    np.testing.assert_array_equal(got, plain)
+
+
+def test_one_token_prompt_and_the_whole_window(tiny):
+    hparams, params = tiny
+    sampler = fast.Sampler(params, hparams, top_k=5)
+    for n, length in [(1, 64), (63, 2), (64, 1)]:
+        context = contexts(hparams, 1, n, seed=n)
+        plain = sample.sample_plain(params, hparams, context, length, top_k=5, seed=1)
+        np.testing.assert_array_equal(sampler.sample(context, length, seed=1), plain)
+
+
+def test_ith_sample_is_the_same_whatever_the_batch(tiny):
+    hparams, params = tiny
+    sampler = fast.Sampler(params, hparams, top_p=0.9)
+    context = contexts(hparams, 1, 4)
+    together = sampler.sample(np.repeat(context, 4, 0), 10, seed=3)
+    pairs = np.concatenate([sampler.sample(np.repeat(context, 2, 0), 10, seed=3, first_sample=i) for i in (0, 2)])
+    alone = np.concatenate([sampler.sample(context, 10, seed=3, first_sample=i) for i in range(4)])
+    np.testing.assert_array_equal(together, pairs)
+    np.testing.assert_array_equal(together, alone)
+    assert len({tuple(row) for row in together}) == 4  # different samples, not one repeated
+
+
+def test_seed_decides_the_samples(tiny):
+    hparams, params = tiny
+    context = contexts(hparams, 2, 3)
+    a = fast.Sampler(params, hparams).sample(context, 10, seed=1)
+    b = fast.Sampler(params, hparams).sample(context, 10, seed=1)
+    c = fast.Sampler(params, hparams).sample(context, 10, seed=2)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["xla", "no-xla"])
+def test_streamed_chunks_equal_one_call(tiny, jit):
+    hparams, params = tiny
+    sampler = fast.Sampler(params, hparams, top_k=20, jit=jit)
+    context = contexts(hparams, 2, 5)
+    chunks = list(sampler.generate(context, 11, seed=4, chunk=3))
+    assert [c.shape for c in chunks] == [(2, 3)] * 3 + [(2, 2)]
+    np.testing.assert_array_equal(np.concatenate([context] + chunks, 1), sampler.sample(context, 11, seed=4))
+
+
+def test_end_token_ends_each_sample(tiny):
+    hparams, params = tiny
+    context = contexts(hparams, 3, 2)
+    free = fast.Sampler(params, hparams).sample(context, 12, seed=9)
+    end = int(free[0, 2 + 4])  # row 0's fifth new token
+    stopped = fast.Sampler(params, hparams, end_token=end).sample(context, 12, seed=9)
+    for row_free, row_stopped in zip(free, stopped):
+        hits = np.flatnonzero(row_free[2:] == end)
+        cut = 2 + (hits[0] + 1 if len(hits) else 12)
+        np.testing.assert_array_equal(row_stopped[:cut], row_free[:cut])
+        assert (row_stopped[cut:] == end).all()
+    assert (stopped[0, 7:] == end).all()
+
+
+def test_sampler_is_traced_once_per_batch_size(tiny):
+    hparams, params = tiny
+    sampler = fast.Sampler(params, hparams, top_k=3)
+    runs = [(1, 1, 5, 0), (2, 9, 3, 1), (2, 30, 20, 2), (1, 64, 1, 3), (1, 2, 63, 4), (2, 5, 50, 5), (3, 7, 9, 6)]
+    for batch, n, length, seed in runs:
+        assert sampler.sample(contexts(hparams, batch, n), length, seed=seed).shape == (batch, n + length)
+    assert sampler._prefill.experimental_get_tracing_count() == 1
+    assert sorted(sampler._decoders) == [1, 2, 3]
+    assert [decoder.experimental_get_tracing_count() for decoder in sampler._decoders.values()] == [1, 1, 1]
+
+
+def test_choices_follow_the_device():
+    assert fast.choices_for(tf.float32, "CPU").xla
+    assert not fast.choices_for(tf.bfloat16, "CPU").xla
+    assert fast.choices_for(tf.float32, "GPU") == fast.Choices()  # no CPU choice imposed on a GPU
+
+
+# --- weights that change ------------------------------------------------------------------------
+
+CHANGED_WEIGHTS_RUN = """
+import json, os, sys
+import numpy as np, tensorflow as tf
+import fast, model
+
+first, second, dtype = sys.argv[1], sys.argv[2], tf.as_dtype(sys.argv[3])
+context = np.random.RandomState(1).randint(0, 50257, (2, 5))
+
+def load(path):
+    hparams = model.load_hparams(path)
+    return hparams, fast.load_params(model.find_checkpoint(path), hparams, dtype)
+
+def tokens(params, hparams):
+    return fast.Sampler(params, hparams, top_k=40).sample(context, 12, seed=3).tolist()
+
+hparams, a = load(first)
+_, b = load(second)
+out = {"a": tokens(a, hparams), "b_after_a": tokens(b, hparams)}
+if os.environ.get("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS") == "1":
+    try:
+        fast.Sampler(tf.nest.map_structure(tf.Variable, a), hparams)
+        out["variables"] = "accepted"
+    except ValueError as e:
+        out["variables"] = str(e)
+else:
+    weights = tf.nest.map_structure(tf.Variable, a)
+    sampler = fast.Sampler(weights, hparams, top_k=40)
+    out["variables_a"] = sampler.sample(context, 12, seed=3).tolist()
+    tf.nest.map_structure(lambda w, new: w.assign(new), weights, b)
+    out["variables_b"] = sampler.sample(context, 12, seed=3).tolist()
+# The hazard itself: a fused matmul-plus-bias whose weights change is stale under the setting.
+fused = tf.function(lambda x, w, b: tf.nn.bias_add(tf.matmul(x, w), b))
+x, bias = tf.ones([1, 64], dtype), tf.zeros([64], dtype)
+out["stale"] = bool(fused(x, tf.ones([64, 64], dtype), bias)[0, 0] == fused(x, 2 * tf.ones([64, 64], dtype), bias)[0, 0])
+print(json.dumps(out))
+"""
+
+
+# oneDNN runs bfloat16 matmuls (and so caches their weights) on CPUs with AVX512_BF16 or AMX.
+ONEDNN_BF16 = any(flag in open("/proc/cpuinfo").read() for flag in (" avx512_bf16", " amx_bf16"))
+
+
+@pytest.fixture(scope="module")
+def second_tiny(models_dir, vocab_dir):
+    """The tiny model's shape with other random weights."""
+    path = os.path.join(models_dir, "tiny-other")
+    if not os.path.isdir(path):
+        checkpoints.write_checkpoint(path, checkpoints.TINY, vocab_dir, seed=1)
+    return path
+
+
+def run_changed_weights(first, second, dtype, frozen):
+    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src"), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1" if frozen else "0"}
+    out = subprocess.run([sys.executable, "-c", CHANGED_WEIGHTS_RUN, first, second, dtype],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_new_weights_give_the_new_models_tokens(models_dir, tiny_model, second_tiny, dtype):
+    """Weights changed between two samples, as tensors (a new Sampler) and as tf.Variables (the
+    same Sampler), with and without the scripts' TF_ONEDNN_ASSUME_FROZEN_WEIGHTS: each sample is
+    the one its own weights give in a process that never saw the others."""
+    first = os.path.join(models_dir, tiny_model)
+    plain = run_changed_weights(first, second_tiny, dtype, frozen=False)
+    frozen = run_changed_weights(first, second_tiny, dtype, frozen=True)
+    alone = run_changed_weights(second_tiny, first, dtype, frozen=True)  # b first, in a fresh process
+    assert plain["a"] != plain["b_after_a"]  # the two models differ, so a stale one would show
+    assert not plain["stale"]
+    if dtype == "bfloat16" and ONEDNN_BF16:  # where oneDNN runs bfloat16 matmuls, the hazard is real
+        assert frozen["stale"]
+    assert plain["b_after_a"] == frozen["b_after_a"] == alone["a"]
+    assert plain["a"] == frozen["a"] == alone["b_after_a"]
+    assert plain["variables_a"] == plain["a"] and plain["variables_b"] == plain["b_after_a"]
+    assert "tf.Variables" in frozen["variables"] and "unset it" in frozen["variables"]
