@@ -228,13 +228,19 @@ words = [w for w in sys.argv[1:] if w != "--no-cache-dir"]
 if len(words) != 3 or words[:2] != ["install", "-r"]:
     sys.exit(f"stand-in pip3: expected `install -r requirements.txt`, got {{sys.argv[1:]}}")
 if not os.path.isfile(words[2]):
-    sys.exit(f"pip3: no file {{words[2]!r}} in {{os.getcwd()}}")
+    sys.exit(f"stand-in pip3: no file {{words[2]!r}} in {{os.getcwd()}}")
 if not filecmp.cmp(words[2], {os.path.join(REPO, "requirements.txt")!r}, shallow=False):
     sys.exit(f"stand-in pip3: {{words[2]!r}} is not the repository's requirements.txt")
 """)
     for tool in folder.iterdir():
         tool.chmod(0o755)
     return folder
+
+
+def left_out(folder, names):
+    """The names in a folder of the repository that .dockerignore leaves out (for copytree)."""
+    return [name for name in names
+            if ignored(os.path.relpath(os.path.join(folder, name), REPO).replace(os.sep, "/"))]
 
 
 def copy_into(image, args):
@@ -250,55 +256,81 @@ def copy_into(image, args):
             pytest.fail(f"COPY {args}: {source!r} is not in the build context "
                         f"({'left out by .dockerignore' if os.path.exists(origin) else 'no such file'})")
         if os.path.isdir(origin):
-            skip = lambda folder, names: [n for n in names if ignored(os.path.relpath(
-                os.path.join(folder, n), REPO).replace(os.sep, "/"))]
-            shutil.copytree(origin, target, ignore=skip, dirs_exist_ok=True)
+            shutil.copytree(origin, target, ignore=left_out, dirs_exist_ok=True)
         else:
             destination = target / os.path.basename(source) if into else target
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(origin, destination)
 
 
-def dry_build(name, root, build_args=None, extra_env=None):
-    """Carry out Dockerfile NAME in `root` as `docker build --build-arg K=V ...` would; return the
-    Image. A RUN that fails stops the build, as in Docker, and is kept in `Image.failed`.
+class DryBuild:
+    """Carries out a Dockerfile's instructions in a folder, as `docker build --build-arg K=V ...`
+    would in the image: one `do_<INSTRUCTION>` method for each instruction the Dockerfiles use.
 
     `extra_env` reaches the RUN steps as the build machine's network settings would.
     """
-    image, tools, in_scope = Image(root), stand_in_tools(root.parent / f"{root.name}-tools"), {}
-    build_args = build_args or {}
+
+    def __init__(self, name, root, build_args, extra_env):
+        self.name, self.build_args, self.extra_env = name, build_args, extra_env
+        self.image, self.in_scope = Image(root), {}  # ARGs declared so far: name -> value or None
+        self.tools = stand_in_tools(root.parent / f"{root.name}-tools")
+
+    def do_FROM(self, args):
+        assert not self.in_scope and not self.image.env, f"{self.name}: the dry build knows one stage only"
+
+    def do_ARG(self, args):
+        key = args.partition("=")[0]
+        self.in_scope[key] = self.build_args.get(key, declared_args(self.name)[key])
+
+    def do_ENV(self, args):
+        assert "$" not in args, f"the dry build does not expand ENV {args!r}"
+        self.image.env.update(word.split("=", 1) for word in shlex.split(args))
+
+    def do_WORKDIR(self, args):
+        self.image.workdir = os.path.join(self.image.workdir, args)
+        self.image.path().mkdir(parents=True, exist_ok=True)
+
+    def do_COPY(self, args):
+        copy_into(self.image, args)
+
+    def do_RUN(self, args):
+        """Shell form under /bin/sh -c, as Docker runs it; declared ARGs and ENV in the environment,
+        ENV winning."""
+        command = json.loads(args) if args.startswith("[") else ["/bin/sh", "-c", args]
+        variables = {k: v for k, v in self.in_scope.items() if v is not None}
+        env = self.image.environment(self.tools, {**self.extra_env, **variables})
+        result = subprocess.run(command, cwd=self.image.path(), env=env, capture_output=True,
+                                text=True, timeout=BUILD_TIMEOUT_S)
+        if result.returncode != 0:
+            self.image.failed = result
+
+    def do_USER(self, args):
+        self.image.user = args
+
+    def do_CMD(self, args):
+        assert args.startswith("["), f"{self.name}: a CMD in shell form does not get Ctrl-C (use JSON)"
+        self.image.cmd = json.loads(args)
+
+
+def dry_build(name, root, build_args=None, extra_env=None):
+    """Carry out Dockerfile NAME in `root`, standing for the image's "/"; return the Image. A RUN
+    that fails stops the build, as in Docker, and is kept in `Image.failed`."""
+    build = DryBuild(name, root, build_args or {}, extra_env or {})
     for op, args in instructions(name):
-        if op == "FROM":
-            assert not in_scope and image.env == {}, f"{name}: the dry build knows one stage only"
-        elif op == "ARG":
-            key, _, _ = args.partition("=")
-            default = declared_args(name)[key]
-            in_scope[key] = build_args.get(key, default)
-        elif op == "ENV":
-            assert "$" not in args, f"dry build does not expand ENV {args!r}"
-            image.env.update(word.split("=", 1) for word in shlex.split(args))
-        elif op == "WORKDIR":
-            image.workdir = os.path.join(image.workdir, args)
-            image.path().mkdir(parents=True, exist_ok=True)
-        elif op == "COPY":
-            copy_into(image, args)
-        elif op == "RUN":
-            command = json.loads(args) if args.startswith("[") else ["/bin/sh", "-c", args]
-            variables = {k: v for k, v in in_scope.items() if v is not None}
-            env = image.environment(tools, {**(extra_env or {}), **variables})
-            result = subprocess.run(command, cwd=image.path(), env=env, capture_output=True,
-                                    text=True, timeout=BUILD_TIMEOUT_S)
-            if result.returncode != 0:
-                image.failed = result
-                return image
-        elif op == "USER":
-            image.user = args
-        elif op == "CMD":
-            assert args.startswith("["), f"{name}: CMD in shell form cannot be stopped by Ctrl-C"
-            image.cmd = json.loads(args)
-        else:
-            pytest.fail(f"{name}: the dry build does not know {op}; teach it (dry_build)")
-    return image
+        step = getattr(build, f"do_{op}", None)
+        if step is None:
+            pytest.fail(f"{name}: the dry build does not know {op}; teach DryBuild a do_{op}")
+        step(args)
+        if build.image.failed is not None:
+            break
+    return build.image
+
+
+def assert_built(image):
+    """Fail with the command and the stderr of the RUN that stopped a dry build, if one did."""
+    if image.failed is not None:
+        pytest.fail(f"RUN {image.failed.args} failed ({image.failed.returncode}):\n"
+                    f"{image.failed.stderr[-3000:]}")
 
 
 class Mirror(ThreadingHTTPServer):
@@ -364,8 +396,10 @@ def mount_target():
 def test_build_downloads_the_models_from_the_mirror_given(name, tmp_path, mirror, offline):
     image = dry_build(name, tmp_path / "image", {"MODELS": "124M", "GPT2_BASE_URL": mirror.base_url},
                       offline)
-    assert image.failed is None, image.failed.stderr
-    models = image.root / mount_target().lstrip("/")  # where a mount would hide them
+    assert_built(image)
+    models = image.path("models")
+    assert models == image.root / mount_target().lstrip("/"), (
+        f"the models land in {image.workdir}/models, DEVELOPERS.md mounts them at {mount_target()}")
     for filename in download_model.FILES:
         assert (models / "124M" / filename).read_text() == filename
     assert len(mirror.requested) == len(download_model.FILES)
@@ -376,14 +410,15 @@ def test_build_downloads_the_models_from_the_mirror_given(name, tmp_path, mirror
 
 def test_build_without_a_mirror_asks_openai(tmp_path, offline):
     image = dry_build(VARIANTS["cpu"], tmp_path / "image", {}, offline)
-    assert image.failed is not None, "the download reached the network past the refusing proxy?"
+    if image.failed is None:
+        pytest.fail("the build downloaded 124M past a proxy that refuses everything")
     assert f"GET {download_model.DEFAULT_BASE_URL}/models/124M/" in image.failed.stderr, image.failed.stderr
 
 
 def test_build_with_no_models_downloads_nothing(tmp_path, mirror, offline):
     image = dry_build(VARIANTS["cpu"], tmp_path / "image", {"MODELS": "", "GPT2_BASE_URL": mirror.base_url},
                       offline)
-    assert image.failed is None, image.failed.stderr
+    assert_built(image)
     assert mirror.requested == []
     assert not image.path("models").exists()
 
@@ -392,25 +427,26 @@ def test_build_fails_when_any_model_fails(tmp_path, mirror, offline):
     # 999M is not on the mirror; a loop without `|| exit 1` would end on 124M's success.
     image = dry_build(VARIANTS["cpu"], tmp_path / "image",
                       {"MODELS": "999M 124M", "GPT2_BASE_URL": mirror.base_url}, offline)
-    assert image.failed is not None, "the build went on after a model failed to download"
+    if image.failed is None:
+        pytest.fail("the build went on after a model failed to download")
     assert "999M" in image.failed.stderr and "404" in image.failed.stderr
 
 
 @pytest.fixture(scope="module")
 def default_command(tmp_path_factory, vocab_dir):
-    """The GPU image built with MODELS="", its CMD run as `docker run -v "$PWD/models:...:ro"
-    gpt-2` runs it: on a tiny checkpoint with GPT-2's window, named as the CMD's model, mounted where
-    DEVELOPERS.md mounts models. Returns (Image, CompletedProcess)."""
+    """The GPU image built with MODELS="", and its CMD run as `docker run -v "$PWD/models:...:ro"
+    gpt-2` runs it: on a tiny checkpoint with GPT-2's window, named as the CMD's model, mounted
+    where DEVELOPERS.md mounts models. Returns (Image, CompletedProcess)."""
     import checkpoints
     image = dry_build(VARIANTS["gpu"], tmp_path_factory.mktemp("image"), {"MODELS": ""})
-    assert image.failed is None, image.failed.stderr
+    assert_built(image)
     host_models = tmp_path_factory.mktemp("host-models")
     checkpoints.write_checkpoint(str(host_models / flag_value(image.cmd, "--model_name")),
                                  dict(checkpoints.TINY, n_ctx=1024), vocab_dir)
     target = image.root / mount_target().lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.symlink_to(host_models, target_is_directory=True)
-    tools = stand_in_tools(image.root.parent / "run-tools")
+    tools = stand_in_tools(tmp_path_factory.mktemp("tools"))
     try:
         return image, subprocess.run(image.cmd, cwd=image.path(), env=image.environment(tools),
                                      capture_output=True, text=True, timeout=CMD_TIMEOUT_S)
@@ -451,6 +487,7 @@ def test_cpu_and_gpu_images_differ_only_in_the_base_image_and_the_device_line():
 @pytest.mark.parametrize("name", sorted(VARIANTS.values()))
 def test_runs_in_utf8_as_a_user_without_root_rights(name, tmp_path):
     image = dry_build(name, tmp_path / "image", {"MODELS": ""})
+    assert_built(image)
     assert image.env.get("LANG") == "C.UTF-8"
     assert image.user.split(":")[0] not in ("root", "0"), f"{name} ends as user {image.user!r}"
 
