@@ -5,6 +5,7 @@ End-to-end cases run the CLI in a subprocess; finer cases call `fetch_file` dire
 import base64
 import email.utils
 import hashlib
+import json
 import os
 import random
 import re
@@ -96,6 +97,7 @@ class StoreHandler(BaseHTTPRequestHandler):
     """GET with Range and Content-MD5, HEAD, plus scripted failures."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart
 
     def log_message(self, *args):
         pass
@@ -240,11 +242,11 @@ def cli_env(**extra):
     return {**env, "GPT2_DOWNLOAD_BACKOFF": "0.01", "GPT2_DOWNLOAD_CHECK": "0", **extra}
 
 
-def run_cli(tmp_path, base_url, *extra, env=None):
+def run_cli(tmp_path, base_url, *extra, env=None, timeout=30):
     """Run the script in a subprocess with cwd tmp_path; return the CompletedProcess."""
     return subprocess.run(cli_args(tmp_path, base_url, *extra) if base_url else
                           [sys.executable, SCRIPT, *extra], cwd=tmp_path, env=env or cli_env(),
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def model_dir(tmp_path):
@@ -556,15 +558,32 @@ def http_date_in(seconds):
     return lambda: email.utils.formatdate(time.time() + seconds, usegmt=True)
 
 
-@pytest.mark.parametrize("behaviour, retry_after", [("busy429", "1"),
-                                                    ("busy503", http_date_in(2))])
-def test_429_and_503_wait_as_retry_after_says(store, tmp_path, behaviour, retry_after):
+class Clock:
+    """Stands in for download_model's `time`: remembers the sleeps it is asked for instead."""
+
+    def __init__(self):
+        self.slept = []
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+@pytest.mark.parametrize("behaviour, retry_after, low, high", [
+    ("busy429", "1", 1, 1), ("busy503", http_date_in(30), 28, 30)])
+def test_429_and_503_wait_as_retry_after_says(store, tmp_path, monkeypatch, behaviour,
+                                              retry_after, low, high):
+    clock = Clock()
+    monkeypatch.setattr(download_model, "time", clock)
     store.plans["encoder.json"] = [behaviour]
     store.retry_after = retry_after
-    download(store, tmp_path)
+    download(store, tmp_path)  # whose own backoff is 0 s
     assert_all_correct(tmp_path)
-    asked, again = [t for t, (m, n, r) in zip(store.times, store.log) if n == "encoder.json"]
-    assert again - asked >= 0.9  # the backoff alone would not wait at all
+    assert len(store.gets("encoder.json")) == 2
+    (wait,) = clock.slept
+    assert low <= wait <= high
 
 
 def test_retry_after_beyond_the_cap_ends_the_run(store, tmp_path):
@@ -596,12 +615,13 @@ def test_bad_settings_in_the_environment_are_one_line(tmp_path, name, value):
 # Two runs, a 404 and the folders.
 
 def start_held_download(store, tmp_path):
-    """Start the CLI; return it once half of BIG is in and the rest waits for `store.release`."""
+    """Start the CLI; return it once BIG.part has a chunk (the server holds back BIG's second
+    half until `store.release` is set)."""
     store.plans[BIG] = ["held"]
     proc = subprocess.Popen(cli_args(tmp_path, store.base_url, MODEL), cwd=tmp_path,
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    wait_for_part(model_dir(tmp_path) / f"{BIG}.part", len(CONTENT[BIG]) // 2, proc)
+    wait_for_part(model_dir(tmp_path) / f"{BIG}.part", download_model.CHUNK_BYTES, proc)
     return proc
 
 
@@ -759,3 +779,167 @@ def test_gives_up_after_attempts_in_a_row(store, tmp_path, bars):
 @pytest.mark.parametrize("name", ["124M", "1558M", "my-model_v2.1"])
 def test_good_model_names(name):
     assert download_model.check_model_name(name) == name
+
+
+@pytest.mark.parametrize("value, low, high", [("120", 120, 120), ("0", 0, 0),
+                                              (http_date_in(30), 28, 30),
+                                              ("Wed, 21 Oct 2015 07:28:00 GMT", 0, 0),
+                                              ("soon", None, None), ("", None, None)])
+def test_retry_after_is_read_as_seconds_or_a_date(value, low, high):
+    response = requests.Response()
+    response.headers["Retry-After"] = value() if callable(value) else value
+    wait = download_model._retry_after(response)
+    assert wait is None if low is None else low <= wait <= high
+
+
+def test_stall_is_retried_from_where_it_stopped(store, tmp_path, bars):
+    store.plans[BIG] = ["trickle"]
+    path = tmp_path / BIG
+    with requests.Session() as session:
+        download_model.fetch_file(session, f"{store.base_url}/models/{MODEL}/{BIG}", str(path),
+                                  limits=download_model.Limits(backoff_s=0, stall_s=0.2))
+    assert path.read_bytes() == CONTENT[BIG]
+    first, second = store.gets()
+    kept = int(re.fullmatch(r"bytes=(\d+)-", second).group(1))
+    assert first is None and kept >= len(CONTENT[BIG]) // 2
+
+
+def test_429_without_retry_after_backs_off_and_gives_up(store, tmp_path, bars):
+    store.default = "busy429"
+    with pytest.raises(download_model.DownloadError, match=r"HTTP 429 .*gave up after 3"):
+        fetch(store, tmp_path, name="checkpoint", attempts=3)
+    assert len(store.gets()) == 3
+
+
+def test_html_answer_leaves_a_part_as_it_was(store, tmp_path, bars):
+    part = tmp_path / f"{BIG}.part"
+    part.write_bytes(CONTENT[BIG][:100_000])
+    store.plans[BIG] = ["html_unlabelled"]  # a 200 for a Range request: a whole new body
+    with pytest.raises(download_model.DownloadError, match="HTML page"):
+        fetch(store, tmp_path)
+    assert part.read_bytes() == CONTENT[BIG][:100_000]
+
+
+def test_a_run_that_waited_locks_the_lock_file_now_named(tmp_path):
+    """The holder deletes the lock file as it leaves; the waiting run must not keep a lock on
+    the deleted file, or a third run would lock a new one and write beside it."""
+    fcntl = pytest.importorskip("fcntl")
+    acquired, done = threading.Event(), threading.Event()
+
+    def second_run():
+        with download_model._taking_turns(str(tmp_path), MODEL):
+            acquired.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=second_run)
+    with download_model._taking_turns(str(tmp_path), MODEL):
+        thread.start()
+        assert not acquired.wait(0.2)
+    assert acquired.wait(10)
+    descriptor = os.open(tmp_path / f".{MODEL}.download.lock", os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(descriptor)
+        done.set()
+        thread.join()
+    assert os.listdir(tmp_path) == []
+
+
+# The load check, on a real checkpoint: tiny, and written once for the module.
+
+SMALL = dict(n_vocab=259, n_ctx=8, n_embd=8, n_head=2, n_layer=1)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """The seven files of a GPT-2 in OpenAI's format, tiny: 259 tokens (the 256 bytes, two merges
+    and <|endoftext|>), one layer of width 8."""
+    import checkpoints
+    import encoder
+    folder = tmp_path_factory.mktemp("small")
+    checkpoints.write_checkpoint(str(folder), SMALL)
+    tokens = [*encoder.bytes_to_unicode().values(), "Ġt", "he", "<|endoftext|>"]
+    (folder / "encoder.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "vocab.bpe").write_text("#version: 0.2\nĠ t\nh e\n", encoding="utf-8")
+    return {name: (folder / name).read_bytes() for name in download_model.FILES}
+
+
+def test_model_that_loads_is_recorded_and_not_checked_again(store, tmp_path, small_model, capsys,
+                                                            monkeypatch):
+    store.content = small_model
+    download(store, tmp_path, check=True)
+    assert_all_correct(tmp_path, small_model)
+    assert f"{model_dir(tmp_path)}: the model loads" in capsys.readouterr().out
+    assert json.loads(record_path(tmp_path).read_text())["loads"] is True
+    store.log.clear()
+    monkeypatch.setattr(download_model, "check_model", None)  # calling it would fail
+    download(store, tmp_path, check=True)
+    assert store.log == []
+
+
+def flipped(data, at):
+    """`data` with one bit changed at byte `at`."""
+    return data[:at] + bytes([data[at] ^ 1]) + data[at + 1:]
+
+
+BAD_FILES = {  # what a mirror without checksums serves -> the files the check deletes
+    "checkpoint names another model": (
+        "checkpoint", lambda data: b'model_checkpoint_path: "/elsewhere/model.ckpt"\n',
+        ["checkpoint"]),
+    "hparams of another shape": (
+        "hparams.json", lambda data: json.dumps({**SMALL, "n_layer": 2}).encode(),
+        ["hparams.json", "model.ckpt.index"]),
+    "index garbage": ("model.ckpt.index", lambda data: b"x" * len(data), ["model.ckpt.index"]),
+    "data flipped": (BIG, lambda data: flipped(data, len(data) // 2), [BIG]),
+    "meta cut": ("model.ckpt.meta", lambda data: data[:len(data) // 2], ["model.ckpt.meta"]),
+    "encoder not token ids": ("encoder.json", lambda data: b'["Service Unavailable"]',
+                              ["encoder.json", "vocab.bpe"]),
+    "vocab cut at a line end": ("vocab.bpe", lambda data: data[:data.rindex(b"\n", 0, -1) + 1],
+                                ["vocab.bpe"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_file_that_does_not_load_is_deleted_and_a_rerun_repairs(store, tmp_path, small_model,
+                                                                case):
+    name, bend, blamed = BAD_FILES[case]
+    store.content = {**small_model, name: bend(small_model[name])}
+    store.md5 = False
+    with pytest.raises(download_model.DownloadError) as error:
+        download(store, tmp_path, check=True)
+    message = str(error.value)
+    assert f"does not load, deleted {', '.join(blamed)}: " in message
+    assert message.endswith(f"; run `{repair(tmp_path, store)}` again")
+    assert sorted(os.listdir(model_dir(tmp_path))) == sorted(set(download_model.FILES) - set(blamed))
+    store.content = small_model
+    store.log.clear()
+    download(store, tmp_path, check=True)
+    assert_all_correct(tmp_path, small_model)
+    assert sorted(n for m, n, r in store.log) == sorted(blamed)
+
+
+def test_cut_file_the_server_cannot_size_is_caught_by_the_load_check(store, tmp_path,
+                                                                     small_model):
+    store.content, store.md5, store.head = small_model, False, "nolength"
+    store.plans[BIG] = ["nolength_cut"]  # nothing tells this from a whole file but loading it
+    with pytest.raises(download_model.DownloadError, match=f"does not load, deleted {BIG}: "):
+        download(store, tmp_path, check=True)
+    assert not (model_dir(tmp_path) / BIG).exists()
+    download(store, tmp_path, check=True)
+    assert_all_correct(tmp_path, small_model)
+
+
+def test_cli_says_in_one_line_that_the_model_does_not_load(store, tmp_path, small_model):
+    """The one test that starts TensorFlow in the script: its messages must stay quiet."""
+    store.content = {**small_model, "hparams.json": b"Service Unavailable\n"}
+    store.md5 = False
+    proc = run_cli(tmp_path, store.base_url, MODEL, env=cli_env(GPT2_DOWNLOAD_CHECK="1"),
+                   timeout=120)
+    assert_one_error_line(proc, f"{model_dir(tmp_path)} does not load, deleted hparams.json: ",
+                          "not valid JSON", f"; run `{repair(tmp_path, store)}` again")
+    bars_and_error = [line for line in proc.stderr.splitlines()
+                      if not line.strip() or "error:" in line or "|" in line]
+    assert bars_and_error == proc.stderr.splitlines(), proc.stderr  # nothing from TensorFlow
+    assert not (model_dir(tmp_path) / "hparams.json").exists()
