@@ -100,7 +100,7 @@ class RetryableError(DownloadError):
 
 
 class StalledError(RetryableError):
-    """The server sends too few bytes; retried, but a stall counts as a failure whatever it added."""
+    """The server sends too few bytes; retried, but a stall is a failure whatever it added."""
 
 
 class LoadError(DownloadError):
@@ -261,7 +261,7 @@ def _against_server(session, url, path, limits):
 
 
 def _server_file(session, url, limits):
-    """(size, MD5) of the file at `url` as a HEAD request gives them, None for what it leaves out."""
+    """(size, MD5) of the file at `url` as a HEAD request gives them; None for what it omits."""
     def head():
         with session.head(url, timeout=TIMEOUT_S, allow_redirects=True) as response:
             if response.status_code in (405, 501):  # no HEAD on this server: nothing learned
@@ -297,7 +297,7 @@ def fetch_file(session: requests.Session, url: str, path: str, *,
 
 
 def _retrying(attempt, *, name, limits, progress=lambda: 0):
-    """Call `attempt()` until it succeeds or `limits.attempts` failures in a row made no progress."""
+    """Call `attempt()` until it succeeds or `limits.attempts` failures in a row made no headway."""
     failures = 0
     while True:
         before = progress()
@@ -317,7 +317,7 @@ def _retrying(attempt, *, name, limits, progress=lambda: 0):
 
 
 def _retry_delay(exc, failures, limits):
-    """Seconds before the next attempt: the server's Retry-After if it sent one, else the backoff."""
+    """Seconds before the next attempt: the server's Retry-After if it sent one, else backoff."""
     wait = getattr(exc, "retry_after", None)
     if wait is None:
         return limits.backoff_s * 2 ** (failures - 1)
@@ -499,7 +499,7 @@ def _verify(part, size, digest, md5):
 # --- Checking that the model loads ----------------------------------------------------------
 
 def check_model(model: str, models_dir: str) -> bool:
-    """Load `models_dir/model` as the sampling scripts do; raise LoadError naming the files to blame.
+    """Load `models_dir/model` as the sampling scripts do; raise LoadError naming files to blame.
 
     Returns False, after a note on stderr, when TensorFlow or src/ is missing and nothing was
     checked.
@@ -543,7 +543,7 @@ def _loaders():
 
 
 def _blame(names, failures, function, *args):
-    """`function(*args)`, or a LoadError blaming the files `names` if it raises one of `failures`."""
+    """`function(*args)`, or a LoadError blaming the files `names` for one of `failures`."""
     try:
         return function(*args)
     except failures as exc:
@@ -683,6 +683,9 @@ def _lock(path):
     while True:
         try:
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a run that failed removed the folder it had made, now empty
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            continue
         except OSError as exc:
             if exc.errno in _READ_ONLY:
                 return None
