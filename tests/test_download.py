@@ -10,6 +10,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -662,6 +663,18 @@ def test_ctrl_c_while_waiting_exits_130(store, tmp_path):
     assert_all_correct(tmp_path)
 
 
+def test_script_without_src_downloads_and_says_it_did_not_load_the_model(store, tmp_path):
+    """As in the Docker build, which copies download_model.py before src/."""
+    shutil.copy(SCRIPT, tmp_path / "download_model.py")
+    proc = subprocess.run([sys.executable, "download_model.py", MODEL, "--base_url",
+                           store.base_url], cwd=tmp_path, env=cli_env(GPT2_DOWNLOAD_CHECK="1"),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert f"note: {MODEL} was not test-loaded (no {tmp_path / 'src' / 'model.py'})" in proc.stderr
+    assert_all_correct(tmp_path)
+    assert json.loads(record_path(tmp_path).read_text())["loads"] is False  # a later run checks
+
+
 def test_404_leaves_a_models_dir_as_it_was(store, tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "README.md").write_text("models go here\n")
@@ -936,8 +949,9 @@ def test_cli_says_in_one_line_that_the_model_does_not_load(store, tmp_path, smal
     """The one test that starts TensorFlow in the script: its messages must stay quiet."""
     store.content = {**small_model, "hparams.json": b"Service Unavailable\n"}
     store.md5 = False
-    proc = run_cli(tmp_path, store.base_url, MODEL, env=cli_env(GPT2_DOWNLOAD_CHECK="1"),
-                   timeout=120)
+    env = cli_env(GPT2_DOWNLOAD_CHECK="1")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the script quiets TensorFlow by itself
+    proc = run_cli(tmp_path, store.base_url, MODEL, env=env, timeout=120)
     assert_one_error_line(proc, f"{model_dir(tmp_path)} does not load, deleted hparams.json: ",
                           "not valid JSON", f"; run `{repair(tmp_path, store)}` again")
     bars_and_error = [line for line in proc.stderr.splitlines()
