@@ -527,7 +527,7 @@ def check_model(model: str, models_dir: str) -> bool:
 
 def _loaders():
     """TensorFlow, src/model.py, src/encoder.py and protobuf's DecodeError, imported only now:
-    TensorFlow takes seconds to import, and a run whose files are all verified needs none."""
+    TensorFlow is slow to import, and a run whose files are all verified needs none of them."""
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
     if not os.path.isfile(os.path.join(src, "model.py")):
         raise ImportError(f"no {src}{os.sep}model.py")

@@ -98,7 +98,7 @@ class StoreHandler(BaseHTTPRequestHandler):
     """GET with Range and Content-MD5, HEAD, plus scripted failures."""
 
     protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart
+    disable_nagle_algorithm = True  # headers and body leave together, not after a delayed ACK
 
     def log_message(self, *args):
         pass
