@@ -7,25 +7,56 @@ Usage:
     GPT2_BASE_URL=https://mirror.example/gpt-2 python3 download_model.py 124M
 
 Each file comes from {base_url}/models/{MODEL}/{file}. It is written to FILE.part and renamed to
-FILE only once its size (Content-Length) and, when the server sends one, its MD5 (Content-MD5, the
-base64 of the digest, as Azure Blob Storage sends it) check out. A final name therefore always holds
-a complete, verified file, and a re-run skips it without asking the server. A FILE.part left by an
+FILE only once its size and, when the server sends one, its MD5 (Content-MD5, the base64 of the
+digest, as Azure Blob Storage sends it) check out. The size is the Content-Length; when a server
+sends none, a HEAD request asks for it, so that a cut transfer is not taken for a whole file. An
+HTML page where a file should be (a login or error page) is refused. A FILE.part left by an
 interrupted run is continued with an HTTP Range request, or started again from byte 0 when the
-server ignores Range. Connection errors, timeouts, cut transfers and 5xx answers are retried with
-exponential backoff (GPT2_DOWNLOAD_BACKOFF sets the first delay, in seconds, default 1); 4xx answers
-are not. Expected failures print one line on stderr and exit with 1 (2 for a bad argument, 130 for
-Ctrl-C), never a traceback.
+server ignores Range.
+
+Connection errors, timeouts, cut transfers, stalls (fewer than 64 KiB in GPT2_DOWNLOAD_STALL
+seconds, default 30), 429 and 5xx answers are retried, after the server's Retry-After when it
+sends one (up to 5 minutes; a longer one ends the run) and otherwise with exponential backoff
+(GPT2_DOWNLOAD_BACKOFF sets the first delay, in seconds, default 1); other 4xx answers are not.
+
+Once the files are in, the model is loaded as the sampling scripts load it: hparams.json, every
+checkpoint variable with its shape and bytes, the meta graph, the vocabulary. A file that fails
+is deleted, so that running the same command again fetches it. The check imports TensorFlow and
+src/ (it is skipped with a note where either is missing) and GPT2_DOWNLOAD_CHECK=0 skips it.
+
+MODELS_DIR/.MODEL.download.json records the size, MD5 and modification time of each verified
+file and whether the model loaded. A re-run keeps a file whose size and time match without asking
+the server, hashes again one whose time changed, and replaces one whose size or MD5 differ; a
+file without a record (from an older download) is compared with the server's size and MD5 (HEAD).
+Runs for the same model take turns through the lock file MODELS_DIR/.MODEL.download.lock.
+
+Expected failures print one line on stderr, ending with the command to run when running again
+can repair them, and exit with 1 (2 for a bad argument, 130 for Ctrl-C), never a traceback.
 """
 import argparse
 import base64
+import contextlib
+import dataclasses
+import datetime
+import email.utils
+import errno
 import hashlib
+import itertools
+import json
 import os
 import re
+import shlex
 import sys
 import time
 
 import requests
+import urllib3
 from tqdm import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs of the same model do not take turns there
+    fcntl = None
 
 MODELS = ("124M", "355M", "774M", "1558M")
 FILES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
@@ -33,24 +64,65 @@ FILES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of
 DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2"
 ATTEMPTS = 5  # failed attempts in a row, none of them adding bytes, before giving up on a file
 BACKOFF_S = 1.0  # delay before the first retry; it doubles with each failure in a row
+MAX_WAIT_S = 300.0  # the longest Retry-After waited for; a longer one ends the run
+STALL_BYTES = 1 << 16  # a transfer receiving fewer bytes than this in STALL_S seconds has stalled
+STALL_S = 30.0
 TIMEOUT_S = (10, 60)  # (connect, longest silence while reading)
 CHUNK_BYTES = 1 << 16
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
+_HTML_START = re.compile(rb"(?:\xef\xbb\xbf)?\s*(?:<!doctype html|<html)", re.IGNORECASE)
+_HTML_TYPES = ("text/html", "application/xhtml+xml")
 # The readable part of urllib3's nested exception texts.
 _REASON = re.compile(r"\[Errno -?\d+\] [^'\")]+|Read timed out|Connection broken: [^']*")
+# Where a lock file or record cannot be written, nothing else can be either: run without them.
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class DownloadError(Exception):
-    """An expected failure (HTTP status, network, checksum), reported as one line."""
+    """An expected failure (HTTP status, network, checksum), reported as one line.
+
+    `rerun_helps` says whether running the same command again can repair it (a cut transfer, a
+    deleted bad file), so that the message can end with that command.
+    """
+
+    def __init__(self, message, *, rerun_helps=False):
+        super().__init__(message)
+        self.rerun_helps = rerun_helps
 
 
 class RetryableError(DownloadError):
-    """A failure another attempt may cure: a 5xx answer, a cut transfer, a refused resume."""
+    """A failure another attempt may cure: a 429 or 5xx answer, a cut transfer, a refused resume."""
+
+    def __init__(self, message, *, retry_after=None):
+        super().__init__(message, rerun_helps=True)
+        self.retry_after = retry_after  # seconds the server asked to wait, if it said
+
+
+class StalledError(RetryableError):
+    """The server sends too few bytes; retried, but a stall is a failure whatever it added."""
+
+
+class LoadError(DownloadError):
+    """The files are in but the model does not load; `names` are the files to blame."""
+
+    def __init__(self, names, reason):
+        super().__init__(reason, rerun_helps=True)
+        self.names = names
 
 
 RETRYABLE = (RetryableError, requests.ConnectionError, requests.Timeout,
              requests.exceptions.ChunkedEncodingError)
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """How long to keep trying a file: retries, their delays, and when a slow server has stalled."""
+    attempts: int = ATTEMPTS
+    backoff_s: float = BACKOFF_S
+    max_wait_s: float = MAX_WAIT_S
+    stall_bytes: int = STALL_BYTES
+    stall_s: float = STALL_S
 
 
 def check_model_name(name: str) -> str:
@@ -73,68 +145,205 @@ def check_base_url(base_url: str) -> str:
     return base_url.rstrip("/")
 
 
-def download_model(model: str, *, models_dir: str = "models", base_url: str = DEFAULT_BASE_URL,
-                   attempts: int = ATTEMPTS, backoff_s: float = BACKOFF_S) -> None:
-    """Fetch the seven files of `model` into `models_dir/model`, skipping those already there.
+def repair_command(model: str, models_dir: str, base_url: str) -> str:
+    """The command line that runs this download again, with the flags that differ from defaults.
 
-    A final file name is trusted without asking the server: only `fetch_file`'s rename, after
-    verification, ever creates one.
+    >>> repair_command("124M", "models", DEFAULT_BASE_URL)
+    'python3 download_model.py 124M'
+    """
+    words = ["python3", "download_model.py", model]
+    if os.path.normpath(models_dir) != "models":
+        words += ["--models_dir", models_dir]
+    if base_url.rstrip("/") != DEFAULT_BASE_URL:
+        words += ["--base_url", base_url]
+    return shlex.join(words)
+
+
+def download_model(model: str, *, models_dir: str = "models", base_url: str = DEFAULT_BASE_URL,
+                   limits: Limits = Limits(), check: bool = True) -> None:
+    """Fetch the seven files of `model` into `models_dir/model`, then check that the model loads.
+
+    Files that the record shows verified and unchanged are kept without asking the server.
+    `check=False` skips loading the model (which imports TensorFlow).
     """
     check_model_name(model)
     base_url = check_base_url(base_url)
+    created = _make_dirs(models_dir)
+    try:
+        with _taking_turns(models_dir, model):
+            _download_in_turn(model, models_dir, base_url, limits, check)
+    except DownloadError as exc:
+        if not exc.rerun_helps:
+            raise
+        command = repair_command(model, models_dir, base_url)
+        raise DownloadError(f"{exc}; run `{command}` again") from exc
+    finally:
+        _remove_empty(created)  # a failed first download leaves no empty folder behind
+
+
+def _download_in_turn(model, models_dir, base_url, limits, check):
+    """The download itself, while this run holds the model's lock."""
     folder = os.path.join(models_dir, model)
-    os.makedirs(folder, exist_ok=True)
-    with requests.Session() as session:
-        # Content-Length and Content-MD5 describe the stored bytes, not a compressed stream.
-        session.headers["Accept-Encoding"] = "identity"
-        for filename in FILES:
-            path = os.path.join(folder, filename)
-            if os.path.exists(path):
-                print(f"{path}: already downloaded")
-                continue
-            fetch_file(session, f"{base_url}/models/{model}/{filename}", path,
-                       attempts=attempts, backoff_s=backoff_s)
+    created = _make_dirs(folder)  # again: a run that failed before this one may have removed it
+    try:
+        record_path = os.path.join(models_dir, f".{model}.download.json")
+        record = _read_record(record_path)
+        with requests.Session() as session:
+            # Content-Length and Content-MD5 describe the stored bytes, not a compressed stream.
+            session.headers["Accept-Encoding"] = "identity"
+            for filename in FILES:
+                _ensure_file(session, f"{base_url}/models/{model}/{filename}",
+                             os.path.join(folder, filename), record, record_path, limits)
+        if check and not record["loads"]:
+            _check_and_record(model, models_dir, record, record_path)
+    finally:
+        _remove_empty(created)
 
 
-def fetch_file(session: requests.Session, url: str, path: str, *, attempts: int = ATTEMPTS,
-               backoff_s: float = BACKOFF_S) -> None:
-    """Download `url` to `path` through `path.part`, renaming it only when complete and verified."""
+def _ensure_file(session, url, path, record, record_path, limits):
+    """Keep the file at `path` if it is still verified, else fetch it; keep the record current."""
+    name = os.path.basename(path)
+    entry = _existing_entry(session, url, path, record["files"].get(name), limits)
+    if entry is not None:
+        print(f"{path}: already downloaded")
+    else:
+        entry = _entry(path, fetch_file(session, url, path, limits=limits))
+        record["loads"] = False
+    if entry != record["files"].get(name):
+        record["files"][name] = entry
+        _write_record(record_path, record)
+
+
+def _existing_entry(session, url, path, entry, limits):
+    """The record entry of the file at `path` if it is the verified file, else None.
+
+    A file that is not is deleted first, so that no bad file stays under its name while the new
+    one downloads.
+    """
+    if not os.path.isfile(path):
+        return None
+    if entry is None:
+        entry, problem = _against_server(session, url, path, limits)
+    else:
+        entry, problem = _against_record(path, entry)
+    if problem is None:
+        return entry
+    tqdm.write(f"{path}: {problem}; downloading it again", file=sys.stderr)
+    os.remove(path)
+    return None
+
+
+def _against_record(path, entry):
+    """(entry, None) if `path` still has the recorded size and MD5, else (None, what differs)."""
+    stat = os.stat(path)
+    if stat.st_size != entry["size"]:
+        return None, f"{stat.st_size} bytes, {entry['size']} when it was downloaded"
+    if stat.st_mtime_ns == entry["mtime_ns"]:
+        return entry, None
+    md5 = _base64(_md5_of(path))  # touched since: only its bytes can tell
+    if md5 != entry["md5"]:
+        return None, f"changed since it was downloaded (MD5 {md5}, was {entry['md5']})"
+    return {**entry, "mtime_ns": stat.st_mtime_ns}, None
+
+
+def _against_server(session, url, path, limits):
+    """(entry, None) if `path` has the size and MD5 the server gives, else (None, what differs)."""
+    size, md5 = _server_file(session, url, limits)
+    actual = _size(path)
+    if size is None:
+        return None, "the server does not give its size, so it cannot be checked"
+    if actual != size:
+        return None, f"{actual} bytes, the server has {size}"
+    local = _base64(_md5_of(path))
+    if md5 is not None and local != md5:
+        return None, f"MD5 {local}, the server has {md5}"
+    return _entry(path, local), None
+
+
+def _server_file(session, url, limits):
+    """(size, MD5) of the file at `url` as a HEAD request gives them; None for what it omits."""
+    def head():
+        with session.head(url, timeout=TIMEOUT_S, allow_redirects=True) as response:
+            if response.status_code in (405, 501):  # no HEAD on this server: nothing learned
+                return None, None
+            if response.status_code != 200:
+                raise _status_error(response)
+            _refuse_html_type(response)
+            return _announced_size(response, 0), _announced_md5(response)
+    try:
+        return _retrying(head, name=url.rsplit("/", 1)[-1], limits=limits)
+    except (DownloadError, requests.RequestException) as exc:
+        raise DownloadError(f"HEAD {url}: {_describe(exc)}",
+                            rerun_helps=not isinstance(exc, DownloadError) or exc.rerun_helps
+                            ) from exc
+
+
+def fetch_file(session: requests.Session, url: str, path: str, *,
+               limits: Limits = Limits()) -> str:
+    """Download `url` to `path` through `path.part`, renaming it only when complete and verified.
+
+    Returns the file's MD5 (base64).
+    """
     part = path + ".part"
     try:
-        _fetch_with_retries(session, url, part, attempts=attempts, backoff_s=backoff_s)
-    except (DownloadError, requests.RequestException) as exc:
-        raise DownloadError(f"GET {url}: {_describe(exc)}") from exc
+        md5 = _retrying(lambda: _fetch_once(session, url, part, limits),
+                        name=os.path.basename(path), limits=limits, progress=lambda: _size(part))
+    except DownloadError as exc:
+        raise DownloadError(f"GET {url}: {exc}", rerun_helps=exc.rerun_helps) from exc
+    except requests.RequestException as exc:
+        raise DownloadError(f"GET {url}: {_describe(exc)}", rerun_helps=True) from exc
     os.replace(part, path)
+    return md5
 
 
-def _fetch_with_retries(session, url, part, *, attempts, backoff_s):
-    """Call `_fetch_once` until it succeeds or `attempts` failures in a row added no bytes."""
+def _retrying(attempt, *, name, limits, progress=lambda: 0):
+    """Call `attempt()` until it succeeds or `limits.attempts` failures in a row made no headway."""
     failures = 0
     while True:
-        before = _size(part)
+        before = progress()
         try:
-            return _fetch_once(session, url, part)
+            return attempt()
         except RETRYABLE as exc:
-            # A flaky link may cut a 6 GB transfer many times: only failures that add nothing count.
-            failures = 1 if _size(part) > before else failures + 1
-            if failures >= attempts:
+            # A flaky link may cut a 6 GB transfer many times: only failures that add nothing count,
+            # and a stall, which adds a trickle, always does.
+            progressed = progress() > before and not isinstance(exc, StalledError)
+            failures = 1 if progressed else failures + 1
+            if failures >= limits.attempts:
                 raise RetryableError(f"{_describe(exc)} (gave up after {failures} attempts "
                                      "in a row)") from exc
-            delay = backoff_s * 2 ** (failures - 1)
-            tqdm.write(f"{os.path.basename(url)}: {_describe(exc)}; retrying in {delay:g} s",
-                       file=sys.stderr)
+            delay = _retry_delay(exc, failures, limits)
+            tqdm.write(f"{name}: {_describe(exc)}; retrying in {delay:g} s", file=sys.stderr)
             time.sleep(delay)
 
 
-def _fetch_once(session, url, part):
-    """One GET of `url` into `part`, continuing from the size `part` already has when allowed."""
+def _retry_delay(exc, failures, limits):
+    """Seconds before the next attempt: the server's Retry-After if it sent one, else backoff."""
+    wait = getattr(exc, "retry_after", None)
+    if wait is None:
+        return limits.backoff_s * 2 ** (failures - 1)
+    if wait > limits.max_wait_s:
+        raise DownloadError(f"{_describe(exc)}: the server asks to wait {wait:.0f} s, longer than "
+                            f"the {limits.max_wait_s:g} s this waits", rerun_helps=True)
+    return wait
+
+
+def _fetch_once(session, url, part, limits):
+    """One GET of `url` into `part`, continuing from the size `part` already has when allowed.
+
+    Returns the MD5 (base64) of the verified file.
+    """
     offset = _size(part)
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     with session.get(url, headers=headers, stream=True, timeout=TIMEOUT_S) as response:
         start = _body_start(response, offset, part)
+        _refuse_html_type(response)
         size = _announced_size(response, start)
-        digest = _receive(response, part, start, size)
-    _verify(part, size, digest, _announced_md5(response))
+        digest = _receive(response, part, start, size, limits)
+    md5 = _announced_md5(response)
+    if size is None:  # the body ended where the connection did: whole, or cut?
+        size, head_md5 = _size_if_told(session, url)
+        md5 = md5 or head_md5
+    return _verify(part, size, digest, md5)
 
 
 def _body_start(response, offset, part):
@@ -145,15 +354,50 @@ def _body_start(response, offset, part):
     match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
     if status == 206 and match and int(match.group(1)) == offset:
         return offset
-    reason = f"HTTP {status} {response.reason or ''}".strip()
     if status in (206, 416):  # the partial file does not fit what the server holds now
-        if os.path.exists(part):
-            os.remove(part)
-        raise RetryableError(f"{reason}: cannot resume at byte {offset}, starting again")
-    if status >= 500:
-        raise RetryableError(reason)
-    raise DownloadError(f"{reason} (check the model name, or point --base_url or GPT2_BASE_URL "
-                        "at a mirror)")
+        _remove(part)
+        raise RetryableError(f"HTTP {status} {response.reason or ''}".strip()
+                             + f": cannot resume at byte {offset}, starting again")
+    if status in (404, 410):  # the server has no such file: a part of it is no use
+        _remove(part)
+    raise _status_error(response)
+
+
+def _status_error(response):
+    """The error for an answer that is not the file: 429 and 5xx are retried, the others not."""
+    status = response.status_code
+    reason = f"HTTP {status} {response.reason or ''}".strip()
+    if status == 429 or status >= 500:
+        return RetryableError(reason, retry_after=_retry_after(response))
+    return DownloadError(f"{reason} (check the model name, or point --base_url or GPT2_BASE_URL "
+                         "at a mirror)")
+
+
+def _retry_after(response):
+    """Seconds the server asks to wait (Retry-After: seconds or an HTTP date), or None."""
+    value = response.headers.get("Retry-After", "").strip()
+    if re.fullmatch(r"[0-9]+", value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": the date is UTC, as HTTP dates are
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _refuse_html_type(response):
+    """Raise if the server labels its answer an HTML page, which none of the files is."""
+    kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if kind in _HTML_TYPES:
+        raise _html_error(kind)
+
+
+def _html_error(kind):
+    """The error for an HTML page (a login, error or index page) served instead of a file."""
+    return DownloadError(f"the server sent an HTML page ({kind}), not the file (check --base_url "
+                         "or GPT2_BASE_URL)")
 
 
 def _announced_size(response, start):
@@ -176,14 +420,29 @@ def _announced_md5(response):
     return value.strip() if value else None
 
 
-def _receive(response, part, start, size):
+def _size_if_told(session, url):
+    """(size, MD5) from a HEAD request, or (None, None) if the server does not say."""
+    try:
+        with session.head(url, timeout=TIMEOUT_S, allow_redirects=True) as response:
+            if response.status_code != 200:
+                return None, None
+            return _announced_size(response, 0), _announced_md5(response)
+    except (DownloadError, requests.RequestException):
+        return None, None  # the checks that follow the download still apply
+
+
+def _receive(response, part, start, size, limits):
     """Write the body into `part` from byte `start` with a progress bar; return the file's MD5."""
     digest = _md5_of(part) if start else hashlib.md5()
+    chunks = _arriving(response, limits)
+    first = next(chunks, b"")
+    if not start and _HTML_START.match(first):  # checked before `part` is emptied
+        raise _html_error(response.headers.get("Content-Type") or "no Content-Type")
     name = os.path.basename(part)[:-len(".part")]
     with open(part, "ab" if start else "wb") as file, \
             tqdm(desc=name, total=size, initial=start, unit="B", unit_scale=True,
                  unit_divisor=1024) as bar:
-        for chunk in response.iter_content(CHUNK_BYTES):
+        for chunk in itertools.chain((first,), chunks):
             file.write(chunk)
             digest.update(chunk)
             bar.update(len(chunk))
@@ -192,16 +451,303 @@ def _receive(response, part, start, size):
     return digest
 
 
+def _arriving(response, limits):
+    """The body of `response` in pieces as they arrive; raise StalledError if too few arrive.
+
+    read1 returns what the connection has instead of waiting for a whole chunk, so a server that
+    trickles a few bytes at a time, never silent long enough for the read timeout, is noticed.
+    """
+    since, received = time.monotonic(), 0
+    while chunk := _read1(response):
+        yield chunk
+        received += len(chunk)
+        elapsed = time.monotonic() - since
+        if elapsed >= limits.stall_s:
+            if received < limits.stall_bytes:
+                raise StalledError(f"stalled: {received} bytes in {elapsed:.1f} s, fewer than "
+                                   f"{limits.stall_bytes}")
+            since, received = time.monotonic(), 0
+
+
+def _read1(response):
+    """One read1 of the body, with urllib3's errors turned into those iter_content raises."""
+    try:
+        return response.raw.read1(CHUNK_BYTES, decode_content=True)
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.ConnectionError(exc) from exc
+    except urllib3.exceptions.SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
+    except urllib3.exceptions.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except urllib3.exceptions.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
+
+
 def _verify(part, size, digest, md5):
-    """Raise unless `part` has the announced size and MD5; a wrong MD5 also deletes `part`."""
+    """Return the MD5 if `part` has the announced size and MD5; a wrong one also deletes `part`."""
     actual = _size(part)
     if size is not None and actual < size:
         raise RetryableError(f"transfer cut at byte {actual} of {size}")
-    received = base64.b64encode(digest.digest()).decode("ascii")
+    received = _base64(digest)
     if (size is not None and actual > size) or (md5 is not None and received != md5):
         os.remove(part)  # so that a re-run starts clean
         raise DownloadError(f"corrupt download: {actual} bytes with MD5 {received}, expected "
-                            f"{size} bytes with MD5 {md5}; deleted it, run again")
+                            f"{size} bytes with MD5 {md5}; deleted it", rerun_helps=True)
+    return received
+
+
+# --- Checking that the model loads ----------------------------------------------------------
+
+def check_model(model: str, models_dir: str) -> bool:
+    """Load `models_dir/model` as the sampling scripts do; raise LoadError naming files to blame.
+
+    Returns False, after a note on stderr, when TensorFlow or src/ is missing and nothing was
+    checked.
+    """
+    try:
+        tf, model_lib, encoder_lib, decode_error = _loaders()
+    except ImportError as exc:
+        tqdm.write(f"note: {model} was not test-loaded ({exc}); the sampling scripts will load it",
+                   file=sys.stderr)
+        return False
+    folder = os.path.join(models_dir, model)
+    failures = (OSError, ValueError, TypeError, IndexError, tf.errors.OpError, decode_error)
+    hparams = _blame(["hparams.json"], failures, model_lib.load_hparams, folder)
+    prefix = _blame(["checkpoint"], failures, _checkpoint_prefix, model_lib, folder)
+    reader = _blame(["model.ckpt.index"], failures, tf.train.load_checkpoint, prefix)
+    _blame(["hparams.json", "model.ckpt.index"], failures,
+           lambda: model_lib.check_checkpoint(reader.get_variable_to_shape_map(), hparams))
+    _blame([FILES[3]], failures, _read_every_variable, reader)
+    _blame(["model.ckpt.meta"], failures, _parse_meta_graph, tf, prefix + ".meta")
+    enc = _blame(["encoder.json", "vocab.bpe"], failures, encoder_lib.get_encoder, model,
+                 models_dir)
+    _blame(["vocab.bpe"], failures, _check_merges, enc)
+    return True
+
+
+def _loaders():
+    """TensorFlow, src/model.py, src/encoder.py and protobuf's DecodeError, imported only now:
+    TensorFlow is slow to import, and a run whose files are all verified needs none of them."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
+    if not os.path.isfile(os.path.join(src, "model.py")):
+        raise ImportError(f"no {src}{os.sep}model.py")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
+    if src not in sys.path:
+        sys.path.insert(0, src)
+    import encoder
+    import model
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+    tf.get_logger().setLevel("ERROR")  # a bad `checkpoint` file is reported here, in one line
+    return tf, model, encoder, DecodeError
+
+
+def _blame(names, failures, function, *args):
+    """`function(*args)`, or a LoadError blaming the files `names` for one of `failures`."""
+    try:
+        return function(*args)
+    except failures as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever TF says
+        raise LoadError(names, reason) from exc
+
+
+def _checkpoint_prefix(model_lib, folder):
+    """The prefix `checkpoint` names, which must be the downloaded model.ckpt."""
+    prefix = model_lib.find_checkpoint(folder)
+    if os.path.abspath(prefix) != os.path.abspath(os.path.join(folder, "model.ckpt")):
+        raise ValueError(f"`checkpoint` names {prefix}, not the downloaded model.ckpt")
+    return prefix
+
+
+def _read_every_variable(reader):
+    """Read every variable's bytes: a data file that is short or differs from the index's
+    checksums fails here."""
+    for name in reader.get_variable_to_shape_map():
+        reader.get_tensor(name)
+
+
+def _parse_meta_graph(tf, path):
+    """Parse model.ckpt.meta, which this port does not use but the original's users may."""
+    with open(path, "rb") as file:
+        tf.compat.v1.MetaGraphDef.FromString(file.read())
+
+
+def _check_merges(enc):
+    """Raise if vocab.bpe has too few merges for encoder.json, as a file cut at a line end has.
+
+    Every token but the 256 bytes and special tokens (<|endoftext|>) is made by one merge.
+    """
+    special = sum(token.startswith("<|") and token.endswith("|>") for token in enc.encoder)
+    unmade = len(enc.encoder) - 256 - len(enc.bpe_ranks) - special
+    if unmade > 0:
+        raise ValueError(f"vocab.bpe has {len(enc.bpe_ranks)} merges, {unmade} fewer than the "
+                         f"{len(enc.encoder)} tokens of encoder.json need: it is cut short")
+
+
+def _check_and_record(model, models_dir, record, record_path):
+    """Check that the model loads; record success, or delete the files to blame and raise."""
+    folder = os.path.join(models_dir, model)
+    try:
+        loaded = check_model(model, models_dir)
+    except LoadError as exc:
+        for name in exc.names:
+            _remove(os.path.join(folder, name))
+            record["files"].pop(name, None)
+        record["loads"] = False
+        _write_record(record_path, record)
+        raise DownloadError(f"{folder} does not load, deleted {', '.join(exc.names)}: {exc}",
+                            rerun_helps=True) from exc
+    if loaded:
+        record["loads"] = True
+        _write_record(record_path, record)
+        print(f"{folder}: the model loads")
+
+
+# --- What earlier runs verified, and taking turns -------------------------------------------
+
+def _read_record(path):
+    """{"files": {name: entry}, "loads": bool} as earlier runs recorded it; empty if unreadable.
+
+    An entry is {"size", "md5", "mtime_ns"} of a verified file; "loads" says the model loaded.
+    """
+    try:
+        with open(path, encoding="utf-8") as file:
+            data = json.load(file)
+    except FileNotFoundError:
+        data = {}
+    except (OSError, ValueError):  # unreadable: the files are checked against the server instead
+        data = {}
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        data = {"files": {}}
+    files = {name: entry for name, entry in data["files"].items()
+             if name in FILES and _is_entry(entry)}
+    return {"files": files, "loads": data.get("loads") is True and len(files) == len(FILES)}
+
+
+def _is_entry(entry):
+    """Whether `entry` is a well-formed record entry."""
+    types = {"size": int, "md5": str, "mtime_ns": int}
+    return isinstance(entry, dict) and all(
+        type(entry.get(key)) is kind for key, kind in types.items())  # bool is no size
+
+
+def _entry(path, md5):
+    """The record entry of the verified file at `path`, whose MD5 (base64) is `md5`."""
+    stat = os.stat(path)
+    return {"size": stat.st_size, "md5": md5, "mtime_ns": stat.st_mtime_ns}
+
+
+def _write_record(path, record):
+    """Replace the record atomically, or delete it when it has no file left.
+
+    Where the folder cannot be written (a read-only image) it is left as it is, which only costs
+    the next run a check.
+    """
+    try:
+        if not record["files"]:
+            _remove(path)
+            return
+        with open(path + ".part", "w", encoding="utf-8") as file:
+            json.dump(record, file, indent=1, sort_keys=True)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(path + ".part", path)
+    except OSError as exc:
+        if exc.errno not in _READ_ONLY:
+            raise
+
+
+@contextlib.contextmanager
+def _taking_turns(models_dir, model):
+    """Hold the model's lock file for the run, waiting while another run holds it.
+
+    Two runs writing the same FILE.part would corrupt each other. The holder deletes the lock file
+    on its way out; a run that was waiting then holds a lock on a deleted file, so it locks the
+    file now under that name instead.
+    """
+    path = os.path.join(models_dir, f".{model}.download.lock")
+    descriptor = _lock(path)
+    try:
+        yield
+    finally:
+        if descriptor is not None:
+            _remove(path)
+            os.close(descriptor)
+
+
+def _lock(path):
+    """An open descriptor of `path`, locked; None where no lock can be had (read-only, Windows)."""
+    if fcntl is None:
+        return None
+    told = False
+    while True:
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a run that failed removed the folder it had made, now empty
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            continue
+        except OSError as exc:
+            if exc.errno in _READ_ONLY:
+                return None
+            raise
+        locked = False
+        try:
+            told = _wait_for_lock(descriptor, path, told)
+            locked = _still_named(descriptor, path)
+        finally:
+            if not locked:
+                os.close(descriptor)
+        if locked:
+            return descriptor
+
+
+def _wait_for_lock(descriptor, path, told):
+    """Lock `descriptor`, saying once that this run waits; return whether it has said so."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return told
+    except BlockingIOError:
+        pass
+    if not told:
+        tqdm.write(f"waiting for another download_model.py of this model to finish ({path} is "
+                   "locked)", file=sys.stderr)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return True
+
+
+def _still_named(descriptor, path):
+    """Whether `path` still names the file open as `descriptor`."""
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+# --- Small helpers --------------------------------------------------------------------------
+
+def _make_dirs(path):
+    """Create `path` and its missing parents; return those created, outermost first."""
+    missing, head = [], path
+    while head and not os.path.exists(head):
+        missing.append(head)
+        head = os.path.dirname(head)
+    os.makedirs(path, exist_ok=True)
+    return missing[::-1]
+
+
+def _remove_empty(folders):
+    """Remove `folders`, innermost first, as long as they are empty."""
+    for folder in reversed(folders):
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty: it holds files of this or another run
+            return
+
+
+def _remove(path):
+    """Delete `path` if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
 
 
 def _md5_of(path):
@@ -211,6 +757,11 @@ def _md5_of(path):
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest
+
+
+def _base64(digest):
+    """A digest as Content-MD5 writes it."""
+    return base64.b64encode(digest.digest()).decode("ascii")
 
 
 def _size(path):
@@ -229,11 +780,16 @@ def _describe(exc):
     return " ".join(f"{type(exc).__name__}: {match.group(0) if match else exc}".split())
 
 
+# --- Command line ---------------------------------------------------------------------------
+
 def _parser():
     """The command line: a model name and a documented flag for each option."""
     parser = argparse.ArgumentParser(
-        description="Download a GPT-2 checkpoint into MODELS_DIR/MODEL; run it again to resume.",
-        epilog="GPT2_DOWNLOAD_BACKOFF: seconds before the first retry (default 1, doubling).")
+        description="Download a GPT-2 checkpoint into MODELS_DIR/MODEL and check that it loads; "
+                    "run it again to resume or to repair a damaged file.",
+        epilog="GPT2_DOWNLOAD_BACKOFF: seconds before the first retry (default 1, doubling). "
+               "GPT2_DOWNLOAD_STALL: seconds within which a transfer must receive 64 KiB "
+               "(default 30). GPT2_DOWNLOAD_CHECK=0: do not load the model once downloaded.")
     parser.add_argument("model", metavar="MODEL",
                         help=f"model to fetch: {', '.join(MODELS[:-1])} or {MODELS[-1]} "
                              "(a mirror may host other names)")
@@ -251,15 +807,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         check_model_name(args.model)
-        check_base_url(args.base_url)
-        backoff_s = _backoff_from_env()
+        base_url = check_base_url(args.base_url)
+        limits = Limits(backoff_s=_seconds_from_env("GPT2_DOWNLOAD_BACKOFF", BACKOFF_S),
+                        stall_s=_seconds_from_env("GPT2_DOWNLOAD_STALL", STALL_S, zero=False))
+        check = _check_from_env()
     except ValueError as exc:
         return _fail(parser, str(exc), 2)
     try:
-        download_model(args.model, models_dir=args.models_dir, base_url=args.base_url,
-                       backoff_s=backoff_s)
+        download_model(args.model, models_dir=args.models_dir, base_url=base_url, limits=limits,
+                       check=check)
     except KeyboardInterrupt:
-        return _fail(parser, "interrupted; run the same command again to resume", 130)
+        command = repair_command(args.model, args.models_dir, base_url)
+        return _fail(parser, f"interrupted; run `{command}` to resume", 130)
     except DownloadError as exc:
         return _fail(parser, str(exc), 1)
     except OSError as exc:
@@ -267,17 +826,25 @@ def main(argv=None) -> int:
     return 0
 
 
-def _backoff_from_env():
-    """The first retry delay from GPT2_DOWNLOAD_BACKOFF, else BACKOFF_S."""
-    text = os.environ.get("GPT2_DOWNLOAD_BACKOFF", "")
+def _seconds_from_env(name, default, *, zero=True):
+    """Seconds from the environment variable `name` (0 only if `zero`) to 3600, else `default`."""
+    text = os.environ.get(name, "")
     try:
-        value = float(text) if text else BACKOFF_S
+        value = float(text) if text else default
     except ValueError:
         value = -1.0
-    if not 0 <= value < 3600:
-        raise ValueError("GPT2_DOWNLOAD_BACKOFF must be seconds from 0 to 3600. "
-                         f"Received: {text!r}")
+    if not (0 <= value if zero else 0 < value) or value > 3600:
+        low = "from 0" if zero else "above 0"
+        raise ValueError(f"{name} must be seconds {low} up to 3600. Received: {text!r}")
     return value
+
+
+def _check_from_env():
+    """Whether to load the model once downloaded: GPT2_DOWNLOAD_CHECK, 1 (default) or 0."""
+    text = os.environ.get("GPT2_DOWNLOAD_CHECK", "1")
+    if text not in ("0", "1"):
+        raise ValueError(f"GPT2_DOWNLOAD_CHECK must be 0 or 1. Received: {text!r}")
+    return text == "1"
 
 
 def _fail(parser, message, status):
