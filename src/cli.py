@@ -43,8 +43,25 @@ def load_hparams(model_name, models_dir):
     return model.load_hparams(model.model_dir(str(model_name), expand_dir(models_dir)))
 
 
+def report_device():
+    """With GPT2_REPORT_DEVICE=1 (the GPU image sets it), says on stderr which device runs the
+    model, so that a CUDA set-up TensorFlow cannot use does not fall back to the CPU unseen."""
+    if os.environ.get("GPT2_REPORT_DEVICE") != "1":
+        return
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "unnamed")
+        print(f"running on GPU:0 ({name})", file=sys.stderr)
+    elif not tf.test.is_built_with_cuda():
+        print("running on the CPU: this TensorFlow is built without CUDA", file=sys.stderr)
+    else:
+        print("running on the CPU: no GPU visible to TensorFlow; check `docker run --gpus all` "
+              "and the NVIDIA driver", file=sys.stderr)
+
+
 def load(model_name, models_dir, dtype="float32"):
     """(encoder, hparams, params) of a downloaded model, weights in `dtype`."""
+    report_device()
     dtype = parse_dtype(dtype)
     freeze_weights(dtype)
     model_name, models_dir = str(model_name), expand_dir(models_dir)

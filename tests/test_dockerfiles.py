@@ -462,8 +462,6 @@ def test_default_command_prints_one_short_sample_from_mounted_models(default_com
     assert int(flag_value(image.cmd, "--top_k")) > 0, "the default sample should use top-k"
 
 
-@pytest.mark.xfail(strict=True, reason="needs cli.report_device() to honour GPT2_REPORT_DEVICE; "
-                                       "remove this mark when it lands")
 def test_gpu_image_says_which_device_runs(default_command):
     _, result = default_command
     assert any(DEVICE_LINE.fullmatch(line) for line in result.stderr.splitlines()), result.stderr
