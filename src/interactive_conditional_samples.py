@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Continues prompts typed at `Model prompt >>> ` with GPT-2 samples."""
+import codecs
 import contextlib
 import sys
 
@@ -44,7 +45,7 @@ def utf8(text):
 
 def not_utf8(byte):
     """What to say about a prompt holding `byte`, not valid in the terminal's encoding."""
-    encoding = sys.stdin.encoding or "utf-8"
+    encoding = codecs.lookup(sys.stdin.encoding or "utf-8").name.upper()
     return (f"Prompt is not {encoding} text (byte 0x{byte:02x}): type or paste it as {encoding}, or set "
             "PYTHONIOENCODING to your terminal's encoding.")
 
