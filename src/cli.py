@@ -158,8 +158,8 @@ def error_line(error):
 def out_of_memory_line(command):
     """What to lower when a run does not fit in memory, among the command's flags."""
     flags = [f"--{name}" for name in ("batch_size", "length") if name in inspect.signature(command).parameters]
-    fix = f"lower {' or '.join(flags)}" if flags else "use a smaller --model_name, or --dtype bfloat16"
-    return f"error: out of memory: {fix}"
+    lower = f"lower {' or '.join(flags)}, or " if flags else ""
+    return f"error: out of memory: {lower}use a smaller --model_name or --dtype bfloat16"
 
 
 # --- TensorFlow's start --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The two sampling scripts end to end on a tiny checkpoint: output format, numbering, seeds,
 streaming, Ctrl-C / Ctrl-D, and one-line errors."""
+import inspect
 import io
 import os
 import pty
@@ -19,16 +20,23 @@ import fast
 import generate_unconditional_samples
 import interactive_conditional_samples
 import model
+import score
 
 from helpers import REPO
 UNCONDITIONAL = os.path.join(REPO, "src", "generate_unconditional_samples.py")
 INTERACTIVE = os.path.join(REPO, "src", "interactive_conditional_samples.py")
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "UTF-8"}
+# The scripts' own TensorFlow log level, as a user gets it, whatever the one running the tests.
+ENV = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+       "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "UTF-8"}
 
 
-def run(script, models_dir, model_name, *flags, stdin=""):
-    return subprocess.run([sys.executable, script, "--model_name", model_name, "--models_dir", models_dir, *flags],
-                          input=stdin, capture_output=True, text=True, timeout=300, env=ENV)
+def run(script, models_dir, model_name, *flags, stdin=b""):
+    """The script's CompletedProcess, its output as text; stdin as bytes (or text, sent as UTF-8)."""
+    result = subprocess.run([sys.executable, script, "--model_name", model_name, "--models_dir", models_dir, *flags],
+                            input=stdin.encode() if isinstance(stdin, str) else stdin, capture_output=True,
+                            timeout=300, env=ENV)
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(),
+                                       result.stderr.decode())
 
 
 def samples(stdout):
@@ -50,6 +58,7 @@ def test_unconditional_numbers_exactly_nsamples_whatever_the_batch(models_dir, t
     outputs = [run(UNCONDITIONAL, models_dir, tiny_model, *flags, "--batch_size", b) for b in ("1", "2", "4")]
     for result in outputs:
         assert result.returncode == 0, result.stderr
+        assert result.stderr == ""  # no TensorFlow start-up lines
         assert re.findall(r"SAMPLE (\d+)", result.stdout) == ["1", "2", "3"]
     assert samples(outputs[0].stdout) == samples(outputs[1].stdout) == samples(outputs[2].stdout)
     assert len(set(samples(outputs[0].stdout).values())) == 3
@@ -57,12 +66,16 @@ def test_unconditional_numbers_exactly_nsamples_whatever_the_batch(models_dir, t
 
 def test_unconditional_greedy_output_is_the_models_argmax(models_dir, tiny_model, tiny):
     enc, hparams, params = tiny
-    result = run(UNCONDITIONAL, models_dir, tiny_model, "--nsamples", "1", "--length", "10", "--top_k", "1")
+    # The seed does not change a greedy sample; a fixed one keeps the run the same every time.
+    result = run(UNCONDITIONAL, models_dir, tiny_model, "--nsamples", "1", "--length", "10", "--top_k", "1",
+                 "--seed", "1")
     assert result.returncode == 0, result.stderr
     tokens = np.array([[50256]], np.int32)
     for _ in range(10):
-        logits = model.model(params, hparams, tokens)["logits"][:, -1]
-        tokens = np.concatenate([tokens, np.argmax(logits, -1)[:, None].astype(np.int32)], 1)
+        logits = model.model(params, hparams, tokens)["logits"][0, -1].numpy()
+        second, first = np.sort(logits)[-2:]
+        assert first - second > 1e-3, "a near-tie, which float rounding in the fast path could turn over"
+        tokens = np.concatenate([tokens, [[np.argmax(logits)]]], 1).astype(np.int32)
     assert samples(result.stdout) == {1: enc.decode(tokens[0, 1:]) + "\n"}
 
 
@@ -92,12 +105,15 @@ def test_interactive_through_stdin(models_dir, tiny_model, tiny):
     long_prompt = "word " * 60
     n = len(enc.encode(long_prompt))
     assert n + 20 - 1 > 64
+    latin1 = "caf\u00e9 au lait\n".encode("latin-1")  # not UTF-8: refused, and the next prompt read
     result = run(INTERACTIVE, models_dir, tiny_model, "--length", "20", "--seed", "5", "--nsamples", "2",
-                 "--batch_size", "2", stdin=f"\n{long_prompt}\nHello world\n")
+                 "--batch_size", "2", stdin=f"\n{long_prompt}\n".encode() + latin1 + b"Hello world\n")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == ""
     out = result.stdout
-    assert out.count("Model prompt >>> ") == 4
+    assert out.count("Model prompt >>> ") == 5
     assert "Prompt should not be empty!" in out
+    assert "Prompt is not UTF-8 text (byte 0xe9): type or paste it as UTF-8" in out
     assert f"Prompt too long: {n} tokens plus --length 20 exceed the window of 64 tokens; use at most 45" in out
     assert out.index("Prompt too long") < out.index("SAMPLE 1")
     assert "=" * 80 in out
@@ -224,3 +240,138 @@ def test_errors_are_one_line_and_exit_nonzero(models_dir, tiny_model, script):
     result = run(script, models_dir, tiny_model, "--top_p", "0")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "error: --top_p must be in (0, 1] (1: no nucleus filter). Received: 0"
+    assert result.stderr.count("\n") == 1  # that line alone: no TensorFlow start-up lines
+
+
+# The command line, read before TensorFlow loads
+
+SCORE = os.path.join(REPO, "src", "score.py")
+COMMANDS = {UNCONDITIONAL: generate_unconditional_samples.sample_model,
+            INTERACTIVE: interactive_conditional_samples.interact_model, SCORE: score.score}
+
+
+@pytest.fixture(scope="module")
+def no_tensorflow(tmp_path_factory):
+    """An environment in which importing TensorFlow fails: a script that gets its work done in
+    it has not loaded TensorFlow."""
+    folder = tmp_path_factory.mktemp("no-tensorflow")
+    (folder / "tensorflow").mkdir()
+    (folder / "tensorflow" / "__init__.py").write_text('raise ImportError("TensorFlow was imported")\n')
+    return {**ENV, "PYTHONPATH": str(folder)}
+
+
+def run_words(script, *words, env=ENV):
+    return subprocess.run([sys.executable, script, *words], capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize("script, words", [(UNCONDITIONAL, ["--nsamples", "0", "--help"]),
+                                           (INTERACTIVE, ["--top_k", "40", "-h"]),
+                                           (SCORE, ["--json", "--help"])])
+def test_help_anywhere_prints_help_before_tensorflow_loads(script, words, no_tensorflow):
+    result = run_words(script, *words, env=no_tensorflow)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout + result.stderr
+    assert "SYNOPSIS" in text and "Traceback" not in text
+    for name in inspect.signature(COMMANDS[script]).parameters:
+        assert f"--{name}" in text
+
+
+@pytest.mark.parametrize("script, words, line", [
+    (UNCONDITIONAL, ["--lenght", "10", "--nsamples", "0"], "unknown flag --lenght: did you mean --length?"),
+    (INTERACTIVE, ["--top-kk=40"], "unknown flag --top-kk: did you mean --top_k or --top_p?"),
+    (SCORE, ["--text", "essay.txt"], "unknown flag --text: did you mean --text_file?"),
+    (SCORE, ["--colour"], "unknown flag --colour: the flags are --model_name, --models_dir, --text_file, --json, "
+                          "--stride, --dtype"),
+    (UNCONDITIONAL, ["-t", "0.7"], "-t is ambiguous: write --temperature or --top_k or --top_p"),
+    (INTERACTIVE, ["--length"], "--length needs a value: --length VALUE"),
+    (SCORE, ["124M", "models", "essay.txt", "yes", "8", "float32", "extra"],
+     "unexpected argument 'extra': every flag has a value already (--help lists them)"),
+    (SCORE, ["--json=false2"], "--json must be true or false (or yes/no, 1/0; --json alone means true, --nojson "
+                               "false). Received: 'false2'"),
+    (UNCONDITIONAL, ["--stop_at_endoftext", "maybe"], "--stop_at_endoftext must be true or false"),
+])
+def test_a_command_line_that_cannot_be_read_is_one_line_before_any_work(script, words, line, no_tensorflow):
+    result = run_words(script, *words, env=no_tensorflow)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("error: " + line) and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize("command, words, values", [
+    (score.score, ["--json=false"], {"json": False}),
+    (score.score, ["--json", "no"], {"json": False}),
+    (score.score, ["--json=YES", "--stride", "3"], {"json": True, "stride": "3"}),
+    (score.score, ["--json", "1"], {"json": True}),
+    (score.score, ["--json", "0"], {"json": False}),
+    (score.score, ["--json", "--stride=3"], {"json": True, "stride": "3"}),
+    (score.score, ["--nojson", "124M"], {"json": False, "model_name": "124M"}),
+    (score.score, ["-j", "False"], {"json": False}),
+    (generate_unconditional_samples.sample_model, ["--stop_at_endoftext", "no"], {"stop_at_endoftext": False}),
+    (generate_unconditional_samples.sample_model, ["--stop-at-endoftext"], {"stop_at_endoftext": True}),
+    (generate_unconditional_samples.sample_model, ["--seed", "-1", "-l", "5"], {"seed": "-1", "length": "5"}),
+])
+def test_flags_are_read_as_fire_reads_them_and_booleans_strictly(command, words, values):
+    assert cli.read_flags(command, words) == values
+
+
+def test_main_runs_the_command_with_the_values_fire_parses():
+    seen = {}
+
+    def command(model_name="124M", seed=None, json=False, top_p=1):
+        seen.update(model_name=model_name, seed=seed, json=json, top_p=top_p)
+
+    cli.main(command, ["355M", "--json=no", "--seed", "7", "--top-p=0.9"])
+    assert seen == {"model_name": "355M", "seed": 7, "json": False, "top_p": 0.9}
+
+
+def test_ctrl_c_while_tensorflow_loads_exits_130_quietly(models_dir, tiny_model):
+    process = subprocess.Popen([sys.executable, UNCONDITIONAL, "--model_name", tiny_model, "--models_dir", models_dir,
+                                "--nsamples", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.time() + 120
+        # TensorFlow's library is mapped early in its import, seconds before the import ends.
+        while "libtensorflow_framework" not in open(f"/proc/{process.pid}/maps").read():
+            assert time.time() < deadline and process.poll() is None
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert (process.returncode, stdout, stderr) == (130, "", "")
+
+
+def test_a_batch_too_big_for_memory_says_what_to_lower(models_dir, tiny_model):
+    # The cache of 2,000,000 samples needs tens of GB; within 8 GiB of address space its
+    # allocation fails, without taking the memory.
+    code = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30)); "
+            f"sys.path.insert(0, {os.path.dirname(UNCONDITIONAL)!r}); sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code, UNCONDITIONAL, "--model_name", tiny_model, "--models_dir",
+                             models_dir, "--nsamples", "2000000", "--batch_size", "2000000", "--length", "2"],
+                            capture_output=True, text=True, timeout=300, env={**ENV, "MALLOC_ARENA_MAX": "2"})
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == ("error: out of memory: lower --batch_size or --length, or use a smaller --model_name "
+                             "or --dtype bfloat16\n")
+
+
+def test_unsupported_pythons_are_named_in_one_line(no_tensorflow):
+    assert cli.python_problem((3, 10)) is None and cli.python_problem((3, 13, 0)) is None
+    assert cli.python_problem(sys.version_info) is None
+    for version in [(3, 9), (3, 14), (4, 0)]:
+        assert cli.python_problem(version) == (
+            f"error: this is Python {version[0]}.{version[1]}; the scripts run on Python 3.10 to 3.13, for which "
+            "TensorFlow 2.20 is built: make the virtual environment with one of those (README.md, Set up)")
+    # A script run by Python 3.14 (as far as it can tell) says so, and nothing else.
+    code = ("import runpy, sys; sys.version_info = (3, 14, 0, 'final', 0); "
+            f"sys.path.insert(0, {os.path.dirname(SCORE)!r}); sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code, SCORE, "--text_file", "x.txt"], capture_output=True,
+                            text=True, timeout=60, env=no_tensorflow)
+    assert (result.returncode, result.stderr) == (1, cli.python_problem((3, 14)) + "\n")
+
+
+def test_a_python_without_the_requirements_says_how_to_install_them():
+    result = subprocess.run([sys.executable, "-S", SCORE, "--text_file", "x.txt"], capture_output=True, text=True,
+                            timeout=60, env=ENV)  # -S: no site-packages
+    assert result.returncode == 1
+    assert result.stderr == (f"error: No module named 'fire' in {sys.executable}: install the requirements "
+                             "(pip install -r requirements.txt)\n")
