@@ -375,3 +375,25 @@ def test_a_python_without_the_requirements_says_how_to_install_them():
     assert result.returncode == 1
     assert result.stderr == (f"error: No module named 'fire' in {sys.executable}: install the requirements "
                              "(pip install -r requirements.txt)\n")
+
+
+def test_tensorflows_start_up_lines_are_held_back():
+    # absl writes TensorFlow's lines whatever TF_CPP_MIN_LOG_LEVEL says: a TF1 session's inside
+    # the block, XLA's first compilation's after it, to show that they are there to hold back.
+    code = f"""if True:
+        import sys
+        sys.path.insert(0, {os.path.dirname(SCORE)!r})
+        import cli
+        with cli.log_lines_held_back():
+            import tensorflow as tf
+            with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+                session.run(tf.constant(1.0) + 1)
+            print("kept", file=sys.stderr)
+        print("held back", file=sys.stderr, flush=True)
+        tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(0))
+        """
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("kept\nheld back\n"), result.stderr
+    after = result.stderr.splitlines()[2:]
+    assert after and all(cli.below_level(line, 3) for line in after), after
