@@ -7,6 +7,7 @@ import tensorflow as tf
 import model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB_DIR = os.path.join(REPO, "tests", "gpt2-vocab")  # OpenAI's encoder.json and vocab.bpe (its README)
 
 
 def load(path, dtype=tf.float32):
@@ -18,3 +19,15 @@ def load(path, dtype=tf.float32):
 def random_tokens(n_vocab, batch, seq, seed=0):
     """[batch, seq] int32 tokens drawn uniformly from the vocabulary."""
     return np.random.RandomState(seed).randint(0, n_vocab, (batch, seq)).astype(np.int32)
+
+
+def find_vocab_dir(environ):
+    """The folder of GPT-2's encoder.json and vocab.bpe the tests use: GPT2_VOCAB_DIR when it is
+    set, else the repository's copy. ValueError, saying how to fix it, if the files are missing."""
+    path = environ.get("GPT2_VOCAB_DIR") or VOCAB_DIR
+    missing = [name for name in ("encoder.json", "vocab.bpe") if not os.path.isfile(os.path.join(path, name))]
+    if missing:
+        fix = ("point GPT2_VOCAB_DIR at a folder with GPT-2's encoder.json and vocab.bpe, or unset it"
+               if environ.get("GPT2_VOCAB_DIR") else "restore them with `git checkout -- tests/gpt2-vocab`")
+        raise ValueError(f"GPT-2 vocabulary not found: {path} has no {' or '.join(missing)}: {fix}")
+    return path
