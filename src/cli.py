@@ -13,6 +13,7 @@ import tensorflow as tf
 import encoder
 import fast
 import model
+import sample
 from checks import is_integer
 
 DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
@@ -85,8 +86,8 @@ def make_seed(seed):
     """The --seed to use: the given one, or a fresh random one."""
     if seed is None:
         return random.SystemRandom().randrange(2 ** 31)
-    if not is_integer(seed) or seed < 0:
-        raise ValueError(f"--seed must be a non-negative integer. Received: {seed!r}")
+    if not is_integer(seed) or not 0 <= seed <= sample.MAX_SEED:
+        raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1. Received: {seed!r}")
     return seed
 
 

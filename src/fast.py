@@ -189,7 +189,7 @@ def next_token(logits, keys, step, temperature, top_k, top_p, xla):
     """`sample.next_token`'s token, faster. Under XLA the whole vocabulary is drawn from, with
     `kth_largest` and `first_argmax`; outside it a filtered draw is made among the kept tokens
     only, which XLA cannot compile (its shape depends on the logits)."""
-    logits = logits / temperature
+    logits = sample.with_temperature(logits, temperature)
     if xla:
         kept = logits if top_k == 0 else tf.where(logits < kth_largest(logits, top_k), logits.dtype.min, logits)
         noise = sample.gumbel(sample.stream_state(keys, step)[:, None], tf.range(tf.shape(logits)[1])[None])
