@@ -207,6 +207,13 @@ def cache_size(positions, n_ctx, multiple=128):
     return min(-(-positions // multiple) * multiple, n_ctx + 1)
 
 
+def decode_signature(hparams, batch_size, dtype):
+    """The input signature of `Sampler._decode_loop` for `batch_size` rows (None: any)."""
+    return [cache_spec(hparams, batch_size, dtype), tf.TensorSpec([batch_size, None], tf.int32),
+            tf.TensorSpec([batch_size], tf.bool), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([batch_size, 2], tf.int64), tf.TensorSpec([], tf.float32)]
+
+
 class Sampler:
     """Compiled sampling for one model and one choice of filters.
 
@@ -233,10 +240,7 @@ class Sampler:
         known batch lets TensorFlow fold the step's shape arithmetic (bench_generate.py)."""
         if batch not in self._decoders:
             self._decoders[batch] = tf.function(self._decode_loop, jit_compile=self.choices.xla, autograph=False,
-                                                input_signature=[
-                cache_spec(self.hparams, batch, self.dtype), tf.TensorSpec([batch, None], tf.int32),
-                tf.TensorSpec([batch], tf.bool), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
-                tf.TensorSpec([batch, 2], tf.int64), tf.TensorSpec([], tf.float32)])
+                                                input_signature=decode_signature(self.hparams, batch, self.dtype))
         return self._decoders[batch]
 
     def _decode_loop(self, cache, tokens, done, position, steps, keys, temperature):
