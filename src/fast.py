@@ -36,15 +36,27 @@ class Choices:
     xla: bool = False
 
 
-def choices_for(dtype, device_type=None):
+def choices_for(dtype, device_type=None, cpu_flags=None):
     """The fast path's choices for weights of `dtype` on `device_type` ('CPU' or 'GPU'; by
-    default a GPU when TensorFlow sees one)."""
+    default a GPU when TensorFlow sees one), and a CPU with `cpu_flags` (by default this one's)."""
     if device_type is None:
         device_type = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-    if device_type == "CPU":
-        # XLA's CPU matmuls in bfloat16 and float16 are slower than oneDNN's and Eigen's.
-        return Choices(xla=dtype == tf.float32)
-    return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
+    if device_type != "CPU":
+        return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
+    # Where the CPU has instructions for a half-precision dtype, oneDNN's matmuls in it beat
+    # XLA's; elsewhere XLA's are the faster (bench_generate.py --dtype bfloat16 --jit true/false).
+    native = {tf.bfloat16: {"avx512_bf16", "amx_bf16"}, tf.float16: {"avx512_fp16", "amx_fp16"}}
+    flags = cpu_features() if cpu_flags is None else set(cpu_flags)
+    return Choices(xla=not native.get(dtype, set()) & flags)
+
+
+def cpu_features():
+    """The CPU's feature flags, as Linux names them in /proc/cpuinfo (none known elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return set()
 
 
 def check_weights_can_change(params):

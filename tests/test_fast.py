@@ -169,9 +169,13 @@ def test_sampler_is_traced_once_per_batch_size(tiny):
 
 
 def test_choices_follow_the_device():
-    assert fast.choices_for(tf.float32, "CPU").xla
-    assert not fast.choices_for(tf.bfloat16, "CPU").xla
+    avx2, avx512_bf16 = {"avx2", "fma"}, {"avx2", "avx512f", "avx512_bf16"}
+    assert fast.choices_for(tf.float32, "CPU", avx2).xla and fast.choices_for(tf.float32, "CPU", avx512_bf16).xla
+    assert fast.choices_for(tf.bfloat16, "CPU", avx2).xla  # no bfloat16 instructions: XLA's matmuls win
+    assert not fast.choices_for(tf.bfloat16, "CPU", avx512_bf16).xla  # oneDNN's native ones win
+    assert fast.choices_for(tf.float16, "CPU", avx512_bf16).xla
     assert fast.choices_for(tf.float32, "GPU") == fast.Choices()  # no CPU choice imposed on a GPU
+    assert "fpu" in fast.cpu_features() or not os.path.exists("/proc/cpuinfo")
 
 
 # --- weights that change ------------------------------------------------------------------------
