@@ -8,8 +8,8 @@
 Each run encodes the whole text with a fresh Encoder, so with an empty cache; `mb_per_s` is the
 median run (`best_mb_per_s` the fastest), in MB of UTF-8 per second, and `cpu_mb_per_s` the
 median per second of this process's CPU time, which other busy processes disturb less. --original adds the original
-algorithm's speed (tests/test_encoder.py's ReferenceEncoder) and the speed-up. Before timing, the
-ids of the text's first 200,000 characters are checked against that reference.
+algorithm's speed (bench/original_encoder.py, the same way: one run, a fresh encoder) and the
+speed-up. Before timing, the ids of the text's first 200,000 characters are checked against it.
 
 The text mixes English-like prose (GPT-2's whole-word tokens by frequency, a Zipf law, plus a
 tail of rarer derived words and capitalised or upper-case ones), Python-like code with indentation
@@ -28,14 +28,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "src"), os.path.join(ROOT, "tests")]
+sys.path[:0] = [os.path.join(ROOT, "src"), os.path.join(ROOT, "bench")]
 
 import encoder  # noqa: E402
-
-try:
-    from test_encoder import ReferenceEncoder  # noqa: E402
-except ImportError as error:  # the reference lives with the tests, which need their requirements
-    sys.exit(f"error: {error}; run `pip install -r requirements-test.txt`")
+import original_encoder  # noqa: E402
 
 SHORT_WORDS = "a i an as at be by do go he if in is it me my no of on or so to up us we".split()
 PREFIXES = ["un", "re", "pre", "dis", "over", "non", "anti", "sub", "inter", "mis"]
@@ -158,6 +154,9 @@ def main():
     def fresh_encoder():
         return encoder.get_encoder(os.path.basename(folder), os.path.dirname(folder))
 
+    def fresh_original():
+        return original_encoder.get_encoder(os.path.basename(folder), os.path.dirname(folder))
+
     if args.text:
         with open(args.text, encoding="utf-8") as f:
             text = f.read()
@@ -165,7 +164,7 @@ def main():
         text = make_text(fresh_encoder().encoder, args.megabytes, args.seed)
     size = len(text.encode("utf-8")) / 1e6
     sample = text[:200_000]
-    if fresh_encoder().encode(sample) != ReferenceEncoder(folder).encode(sample):
+    if fresh_encoder().encode(sample) != fresh_original().encode(sample):
         sys.exit("error: the ids differ from the original algorithm's on the first 200,000 characters")
 
     runs = [time_encode(fresh_encoder, text) for _ in range(args.runs)]
@@ -176,7 +175,7 @@ def main():
               "best_mb_per_s": round(size / min(wall for wall, _, _ in runs), 3),
               "cpu_mb_per_s": round(size / statistics.median(cpu for _, cpu, _ in runs), 3), "runs": args.runs}
     if args.original:
-        original_seconds, _, original_ids = time_encode(lambda: ReferenceEncoder(folder), text)
+        original_seconds, _, original_ids = time_encode(fresh_original, text)
         assert original_ids == runs[0][2], "the ids differ from the original algorithm's"
         result.update(original_mb_per_s=round(size / original_seconds, 3),
                       speedup=round(original_seconds / seconds, 2))
