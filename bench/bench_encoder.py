@@ -7,9 +7,12 @@
 
 Each run encodes the whole text with a fresh Encoder, so with an empty cache; `mb_per_s` is the
 median run (`best_mb_per_s` the fastest), in MB of UTF-8 per second, and `cpu_mb_per_s` the
-median per second of this process's CPU time, which other busy processes disturb less. --original adds the original
-algorithm's speed (bench/original_encoder.py, the same way: one run, a fresh encoder) and the
-speed-up. Before timing, the ids of the text's first 200,000 characters are checked against it.
+median per second of this process's CPU time, which other busy processes disturb less.
+--original times the original algorithm (bench/original_encoder.py) the same way, each of its
+runs right after one of ours so that both meet the same load on a shared machine, and adds its
+`original_mb_per_s`, `original_cpu_mb_per_s` and the speed-ups, ratios of the medians
+(`speedup` of wall time, `cpu_speedup` of CPU time). Before timing, the ids of the text's first
+200,000 characters are checked against the original's.
 
 The text mixes English-like prose (GPT-2's whole-word tokens by frequency, a Zipf law, plus a
 tail of rarer derived words and capitalised or upper-case ones), Python-like code with indentation
@@ -167,7 +170,11 @@ def main():
     if fresh_encoder().encode(sample) != fresh_original().encode(sample):
         sys.exit("error: the ids differ from the original algorithm's on the first 200,000 characters")
 
-    runs = [time_encode(fresh_encoder, text) for _ in range(args.runs)]
+    runs, original_runs = [], []
+    for _ in range(args.runs):
+        runs.append(time_encode(fresh_encoder, text))
+        if args.original:
+            original_runs.append(time_encode(fresh_original, text))
     seconds = statistics.median(wall for wall, _, _ in runs)
     tokens = len(runs[0][2])
     result = {"mb_per_s": round(size / seconds, 3), "tokens_per_s": round(tokens / seconds),
@@ -175,10 +182,13 @@ def main():
               "best_mb_per_s": round(size / min(wall for wall, _, _ in runs), 3),
               "cpu_mb_per_s": round(size / statistics.median(cpu for _, cpu, _ in runs), 3), "runs": args.runs}
     if args.original:
-        original_seconds, _, original_ids = time_encode(fresh_original, text)
-        assert original_ids == runs[0][2], "the ids differ from the original algorithm's"
+        assert all(ids == runs[0][2] for _, _, ids in original_runs), "the ids differ from the original algorithm's"
+        original_seconds = statistics.median(wall for wall, _, _ in original_runs)
+        original_cpu = statistics.median(cpu for _, cpu, _ in original_runs)
         result.update(original_mb_per_s=round(size / original_seconds, 3),
-                      speedup=round(original_seconds / seconds, 2))
+                      original_cpu_mb_per_s=round(size / original_cpu, 3),
+                      speedup=round(original_seconds / seconds, 2),
+                      cpu_speedup=round(original_cpu / statistics.median(cpu for _, cpu, _ in runs), 2))
     print(json.dumps(result))
 
 

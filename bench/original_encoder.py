@@ -2,9 +2,9 @@
 
 It is the independent reference that `src/encoder.py` is held to: tests/test_encoder.py checks
 that both give the same ids, and `python bench/bench_encoder.py --original` times both. Keep it
-the original's algorithm, line for line; it shares no code with `src/encoder.py`. The only
-changes: its bare `except:` around `word.index` catches ValueError alone, `get_pairs` is written
-with `zip`, and encoder.json is read as UTF-8 whatever the locale.
+the original's code, line for line; it shares none with `src/encoder.py`. The only changes: its
+bare `except:` around `word.index` catches ValueError alone (what `index` raises), and
+encoder.json is read as UTF-8 whatever the locale.
 
 Copyright (c) 2019 OpenAI, Modified MIT License (see the original repository's LICENSE).
 """
@@ -32,8 +32,16 @@ def bytes_to_unicode():
 
 
 def get_pairs(word):
-    """Return the set of symbol pairs in a word (a tuple of symbols, variable-length strings)."""
-    return set(zip(word, word[1:]))
+    """Return set of symbol pairs in a word.
+
+    Word is represented as tuple of symbols (symbols being variable-length strings).
+    """
+    pairs = set()
+    prev_char = word[0]
+    for char in word[1:]:
+        pairs.add((prev_char, char))
+        prev_char = char
+    return pairs
 
 
 class Encoder:

@@ -15,9 +15,11 @@ How a text becomes ids, as in the original:
    again and again until no adjacent pair is in vocab.bpe.
 4. Each symbol left is a token of encoder.json, which gives its id.
 
-Two things differ, neither in the ids: each distinct piece's ids are remembered in `cache`, so a
-text costs BPE once per new piece; and a long piece (a 100 kB run of one character) merges with a
-heap, in O(n log n) where the original's loop is quadratic.
+Three things differ, none in the ids: each distinct piece's ids are remembered in `cache`, so a
+text costs BPE once per new piece; a piece that is a whole token of GPT-2's vocabulary is that
+token, as BPE would make it (`Encoder`'s `tokens_are_own_bpe`); and a long piece merges with a
+heap, in O(n log n) where the original's rounds are quadratic on a long varied piece (100 kB of
+random letters or digits).
 
 `<|endoftext|>` written in a text is ordinary text, 7 tokens, as in the original; the end-of-text
 token itself is `enc.encoder["<|endoftext|>"]` (50256), to be added to the ids by the caller:
@@ -26,6 +28,7 @@ token itself is `enc.encoder["<|endoftext|>"]` (50256), to be added to the ids b
     (7, 50256)
 """
 
+import hashlib
 import json
 import os
 from functools import lru_cache
@@ -37,8 +40,13 @@ import regex
 # The original's pattern. Case-sensitive, as there: "'S" is not a contraction but "'" and "S".
 PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
+# SHA-256 of GPT-2's own encoder.json and vocab.bpe (those tiktoken checks its downloads against).
+# BPE makes each of their tokens from its own bytes: tests/test_encoder.py checks all of them.
+GPT2_SHA256 = {"encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+               "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"}
+
 _LONG_PIECE = 64  # symbols; a longer piece merges with the heap, where quadratic merging costs more
-_CACHE_PIECES = 1 << 17  # distinct pieces remembered (some 20 MB); then the cache starts again
+_CACHE_PIECES = 1 << 17  # distinct pieces remembered; then the cache starts again, so memory stays bounded
 
 
 @lru_cache()
@@ -66,8 +74,8 @@ def get_pairs(word):
 
 
 def merge_pairs(symbols, ranks):
-    """The original's BPE: `symbols` (a list of strings) once no adjacent pair of them has a rank
-    in `ranks`, (left, right) -> rank, best first.
+    """The original's BPE: merges `symbols` (a list of strings, in place) until no adjacent pair
+    of them has a rank in `ranks`, (left, right) -> rank, best first, and returns it.
 
     Each round merges every occurrence of the best-ranked pair, left to right. A merge changes
     only the ranks of the two pairs beside it.
@@ -79,7 +87,7 @@ def merge_pairs(symbols, ranks):
             break
         while best in pair_ranks:
             i = pair_ranks.index(best)
-            symbols[i:i + 2] = [symbols[i] + symbols[i + 1]]
+            symbols[i] += symbols.pop(i + 1)
             del pair_ranks[i]
             if i > 0:
                 pair_ranks[i - 1] = ranks.get((symbols[i - 1], symbols[i]), inf)
@@ -127,16 +135,21 @@ class Encoder:
     the merges (left, right) best first, and `errors` is how `decode` treats ids that end inside
     a UTF-8 character (as `bytes.decode`; 'replace' puts in U+FFFD). `get_encoder` checks a
     model's files; the arguments here are taken as they are, as in the original.
+
+    `tokens_are_own_bpe` says that BPE makes each token from its own bytes (as for GPT-2's
+    vocabulary, which `get_encoder` recognises): then a piece that is a whole token skips BPE.
+    BPE training gives vocabularies that property; hand-made ones may lack it.
     """
 
-    def __init__(self, encoder, bpe_merges, errors="replace"):
+    def __init__(self, encoder, bpe_merges, errors="replace", *, tokens_are_own_bpe=False):
         self.encoder = encoder
         self.decoder = {v: k for k, v in encoder.items()}
         self.errors = errors
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
         self.bpe_ranks = {merge: rank for rank, merge in enumerate(bpe_merges)}
-        self.cache = {}  # piece of text -> the tuple of its ids
+        self.tokens_are_own_bpe = tokens_are_own_bpe
+        self.cache = {}  # piece of text -> the tuple of its ids (the original's held bpe()'s strings)
         self.pat = regex.compile(PATTERN)
 
     def bpe(self, token):
@@ -183,7 +196,12 @@ class Encoder:
         if len(self.cache) >= _CACHE_PIECES:  # text of endless new pieces (numbers) would fill memory
             self.cache.clear()
         symbols = [self.byte_encoder[b] for b in piece.encode("utf-8")]
-        ids = self.cache[piece] = tuple([self.encoder[token] for token in self._merge(symbols)])
+        token = "".join(symbols)
+        if self.tokens_are_own_bpe and token in self.encoder:  # no BPE: faster cold, bench/bench_encoder.py --original
+            ids = (self.encoder[token],)
+        else:
+            ids = tuple([self.encoder[t] for t in self._merge(symbols)])
+        self.cache[piece] = ids
         return ids
 
     def decode(self, tokens):
@@ -236,9 +254,11 @@ def get_encoder(model_name, models_dir):
     if os.path.normpath(models_dir) != "models":
         download += f" --models_dir {models_dir}"
     encoder_json, vocab_bpe = os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")
-    encoder = _parse_encoder_json(encoder_json, _read_text(encoder_json, download), download)
-    merges = _parse_vocab_bpe(vocab_bpe, _read_text(vocab_bpe, download), encoder, download)
-    return Encoder(encoder=encoder, bpe_merges=merges)
+    data = {path: _read(path, download) for path in (encoder_json, vocab_bpe)}
+    encoder = _parse_encoder_json(encoder_json, _text(encoder_json, data[encoder_json], download), download)
+    merges = _parse_vocab_bpe(vocab_bpe, _text(vocab_bpe, data[vocab_bpe], download), encoder, download)
+    gpt2 = all(hashlib.sha256(data[path]).hexdigest() == GPT2_SHA256[os.path.basename(path)] for path in data)
+    return Encoder(encoder=encoder, bpe_merges=merges, tokens_are_own_bpe=gpt2)
 
 
 def _bad_file(path, problem, download):
@@ -246,10 +266,10 @@ def _bad_file(path, problem, download):
     return ValueError(f"{path} {problem}; delete it and download it again with `{download}`")
 
 
-def _read_text(path, download):
+def _read(path, download):
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found; download it with `{download}`") from None
     except PermissionError:
@@ -258,6 +278,9 @@ def _read_text(path, download):
     except OSError as error:  # a folder where the file should be, an I/O error
         raise type(error)(f"{path} cannot be read ({error.strerror}); "
                           f"download it again with `{download}`") from None
+
+
+def _text(path, data, download):
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:

@@ -131,10 +131,21 @@ def test_bpe_keeps_the_originals_form(enc, ref):
 
 
 def test_every_token_is_its_own_bpe(enc, ref):
-    # GPT-2's vocabulary was made by BPE, so each token is what BPE makes of its own bytes.
+    # What lets encode() skip BPE for a piece that is a whole token of GPT-2's files (their SHA-256
+    # in encoder.GPT2_SHA256): BPE makes each token from its own bytes, the original's BPE as ours.
+    assert enc.tokens_are_own_bpe
     tokens = [t for t in enc.encoder if t != "<|endoftext|>"]
     assert [ref.bpe(t) for t in tokens] == tokens
     assert [enc.bpe(t) for t in tokens] == tokens
+
+
+def test_a_token_that_is_not_its_own_bpe_is_merged_as_the_original_does(tmp_path):
+    # ("b", "c") ranks first, so BPE never makes "abc" from its own bytes: only GPT-2's files are
+    # taken to have every token its own BPE.
+    write_vocabulary(tmp_path / "toy", [("b", "c"), ("a", "b"), ("ab", "c")])
+    enc = encoder.get_encoder("toy", str(tmp_path))
+    assert not enc.tokens_are_own_bpe
+    assert enc.encode("abc") == original(str(tmp_path / "toy")).encode("abc") == [enc.encoder["a"], enc.encoder["bc"]]
 
 
 def test_constructor_signature(vocab_dir):
@@ -161,8 +172,10 @@ def mixed_text(seed, size):
 
 
 def test_long_mixed_text_matches_the_original(enc, ref):
-    text = mixed_text(seed=1, size=40_000)  # ~250 KB: many blocks, cut between ASCII and not
-    assert enc.encode(text) == ref.encode(text)
+    text = mixed_text(seed=1, size=40_000)  # ~250 KB of prose, code, scripts and emoji
+    ids = ref.encode(text)
+    assert enc.encode(text) == ids
+    assert encoder.Encoder(enc.encoder, list(enc.bpe_ranks)).encode(text) == ids  # BPE for every piece
     assert enc.decode(enc.encode(text)) == text
 
 
