@@ -12,7 +12,10 @@ median per second of this process's CPU time, which other busy processes disturb
 runs right after one of ours so that both meet the same load on a shared machine, and adds its
 `original_mb_per_s`, `original_cpu_mb_per_s` and the speed-ups, ratios of the medians
 (`speedup` of wall time, `cpu_speedup` of CPU time). Before timing, the ids of the text's first
-200,000 characters are checked against the original's.
+200,000 characters are checked against the original's. --bpe_every_piece times, the same way,
+an Encoder that runs BPE on every new piece, even one that is a whole token of GPT-2's vocabulary
+(`tokens_are_own_bpe=False`), and adds `bpe_every_piece_mb_per_s` and what skipping wins
+(`whole_token_gain`, a ratio of the medians of CPU time).
 
 The text mixes English-like prose (GPT-2's whole-word tokens by frequency, a Zipf law, plus a
 tail of rarer derived words and capitalised or upper-case ones), Python-like code with indentation
@@ -150,12 +153,18 @@ def main():
     parser.add_argument("--text", help="time this UTF-8 file instead of the generated text")
     parser.add_argument("--runs", type=int, default=5, help="timed runs, each with a fresh Encoder (default 5)")
     parser.add_argument("--original", action="store_true", help="also time the original algorithm (slow)")
+    parser.add_argument("--bpe_every_piece", action="store_true",
+                        help="also time BPE on every new piece, whole tokens too (what skipping them wins)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated text (default 0)")
     args = parser.parse_args()
     folder = find_vocab(args.vocab_dir)
 
     def fresh_encoder():
         return encoder.get_encoder(os.path.basename(folder), os.path.dirname(folder))
+
+    def fresh_bpe_every_piece():
+        enc = fresh_encoder()
+        return encoder.Encoder(enc.encoder, list(enc.bpe_ranks), tokens_are_own_bpe=False)
 
     def fresh_original():
         return original_encoder.get_encoder(os.path.basename(folder), os.path.dirname(folder))
@@ -170,11 +179,13 @@ def main():
     if fresh_encoder().encode(sample) != fresh_original().encode(sample):
         sys.exit("error: the ids differ from the original algorithm's on the first 200,000 characters")
 
-    runs, original_runs = [], []
+    runs, original_runs, plain_runs = [], [], []
     for _ in range(args.runs):
         runs.append(time_encode(fresh_encoder, text))
         if args.original:
             original_runs.append(time_encode(fresh_original, text))
+        if args.bpe_every_piece:
+            plain_runs.append(time_encode(fresh_bpe_every_piece, text))
     seconds = statistics.median(wall for wall, _, _ in runs)
     tokens = len(runs[0][2])
     result = {"mb_per_s": round(size / seconds, 3), "tokens_per_s": round(tokens / seconds),
@@ -189,6 +200,11 @@ def main():
                       original_cpu_mb_per_s=round(size / original_cpu, 3),
                       speedup=round(original_seconds / seconds, 2),
                       cpu_speedup=round(original_cpu / statistics.median(cpu for _, cpu, _ in runs), 2))
+    if args.bpe_every_piece:
+        assert all(ids == runs[0][2] for _, _, ids in plain_runs), "the ids differ without skipping whole tokens"
+        result.update(bpe_every_piece_mb_per_s=round(size / statistics.median(wall for wall, _, _ in plain_runs), 3),
+                      whole_token_gain=round(statistics.median(cpu for _, cpu, _ in plain_runs)
+                                             / statistics.median(cpu for _, cpu, _ in runs), 2))
     print(json.dumps(result))
 
 

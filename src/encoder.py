@@ -97,23 +97,26 @@ def merge_pairs(symbols, ranks):
 
 
 def merge_pairs_long(symbols, ranks):
-    """`merge_pairs` in O(n log n), for long pieces: a heap of (rank, position) of the pairs.
+    """`merge_pairs` in O(n log n), for long pieces: where the pairs of each rank are, and a heap
+    of those ranks.
 
     The symbols stay at their positions, linked to their neighbours by `before` and `after`; one
     merged into its left neighbour becomes None, as are the two ends, so that no pair with them
-    has a rank. The best-ranked pair's occurrences pop left to right, and the pairs those merges
-    make join the heap after the last of them: the original's rounds. An entry whose pair has
-    changed since it was pushed is skipped.
+    has a rank. A round takes the best rank's positions left to right, skipping those whose pair
+    has changed since; the pairs its merges make wait for later rounds, as in the original.
     """
     symbols = [None, *symbols, None]
     after = list(range(1, len(symbols) + 1))
     before = list(range(-1, len(symbols) - 1))
-    heap = [(ranks[pair], p) for p, pair in enumerate(zip(symbols, symbols[1:])) if pair in ranks]
+    where = {}  # rank -> left ends of the pairs that had that rank when they were made
+    for p, pair in enumerate(zip(symbols, symbols[1:])):
+        if pair in ranks:
+            where.setdefault(ranks[pair], []).append(p)
+    heap = list(where)
     heapify(heap)
     while heap:
-        rank, made = heap[0][0], []
-        while heap and heap[0][0] == rank:
-            p = heappop(heap)[1]
+        rank, made = heappop(heap), []
+        for p in sorted(where.pop(rank)):
             q = after[p]
             if ranks.get((symbols[p], symbols[q])) != rank:
                 continue
@@ -124,7 +127,9 @@ def merge_pairs_long(symbols, ranks):
         for p in made:
             pair = symbols[p], symbols[after[p]]
             if pair in ranks:
-                heappush(heap, (ranks[pair], p))
+                if ranks[pair] not in where:
+                    heappush(heap, ranks[pair])
+                where.setdefault(ranks[pair], []).append(p)
     return [symbol for symbol in symbols if symbol is not None]
 
 
@@ -187,8 +192,9 @@ class Encoder:
                 ids.extend(piece_ids)
         except UnicodeEncodeError:  # only a lone surrogate cannot be UTF-8
             position = next(i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff")
-            raise ValueError(f"cannot encode {text[position]!r} at position {position}: a lone surrogate is not "
-                             f"text; clean the text first, e.g. text.encode('utf-8', 'replace').decode('utf-8')") from None
+            raise ValueError(f"cannot encode {text[position]!r} at position {position}: a lone surrogate is "
+                             f"not text; clean the text first, e.g. "
+                             f"text.encode('utf-8', 'replace').decode('utf-8')") from None
         return ids
 
     def _encode_piece(self, piece):
@@ -197,7 +203,7 @@ class Encoder:
             self.cache.clear()
         symbols = [self.byte_encoder[b] for b in piece.encode("utf-8")]
         token = "".join(symbols)
-        if self.tokens_are_own_bpe and token in self.encoder:  # no BPE: faster cold, bench/bench_encoder.py --original
+        if self.tokens_are_own_bpe and token in self.encoder:  # faster cold: bench/bench_encoder.py --bpe_every_piece
             ids = (self.encoder[token],)
         else:
             ids = tuple([self.encoder[t] for t in self._merge(symbols)])
