@@ -21,8 +21,7 @@ The text mixes English-like prose (GPT-2's whole-word tokens by frequency, a Zip
 tail of rarer derived words and capitalised or upper-case ones), Python-like code with indentation
 and trailing spaces, tables of numbers with "\\r\\n" line ends, and lines of CJK, emoji sequences,
 accents and non-Latin scripts. It has more rare words than the real English and code tried while
-writing this, so it is the harder case: the original algorithm runs at about 0.9-1.2 MB/s on it
-against 1.5-2 on those texts.
+writing this, so it is the harder case. Figures, with date, machine and command: bench/README.md.
 """
 import argparse
 import itertools
