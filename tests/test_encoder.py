@@ -474,10 +474,11 @@ def copy_vocabulary(vocab_dir, folder):
     return folder
 
 
+@pytest.mark.parametrize("method", ["decode", "decode_bytes"])
 @pytest.mark.parametrize("bad", [50257, -1, 10 ** 20, "31373", None, 1.5, [1]])
-def test_decode_rejects_what_is_not_an_id(enc, bad):
+def test_decode_rejects_what_is_not_an_id(enc, method, bad):
     with pytest.raises(ValueError, match=r"at position 1 is not a token id: ids are integers from 0 to 50256") as error:
-        enc.decode([31373, bad, 995])
+        getattr(enc, method)([31373, bad, 995])
     assert repr(bad) in str(error.value)
     assert_one_line(error)
 
