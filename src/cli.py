@@ -102,11 +102,6 @@ def until_end(tokens, end_token):
     return tokens[:tokens.index(end_token)] if end_token in tokens else tokens
 
 
-def token_bytes(enc, tokens):
-    """The UTF-8 bytes that tokens stand for (a character may be split between tokens)."""
-    return bytes(enc.byte_decoder[c] for c in "".join(enc.decoder[t] for t in tokens))
-
-
 def print_samples(enc, sampler, context, length, *, first_sample, **kwargs):
     """Prints samples first_sample + 1 .. with the original's headers. A lone sample is
     streamed token by token; a batch is printed when it is done."""
@@ -120,7 +115,7 @@ def print_samples(enc, sampler, context, length, *, first_sample, **kwargs):
     print(header(first_sample + 1), flush=True)
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
     for tokens in sampler.generate(context, length, first_sample=first_sample, chunk=1, **kwargs):
-        print(text.decode(token_bytes(enc, until_end(tokens[0], sampler.end_token))), end="", flush=True)
+        print(text.decode(enc.decode_bytes(until_end(tokens[0], sampler.end_token))), end="", flush=True)
     print(text.decode(b"", final=True))
 
 

@@ -37,6 +37,8 @@ from math import inf
 
 import regex
 
+from paths import download_command
+
 # The original's pattern. Case-sensitive, as there: "'S" is not a contraction but "'" and "S".
 PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -256,9 +258,7 @@ def get_encoder(model_name, models_dir):
     >>> enc = get_encoder("124M", "models")
     """
     folder = os.path.join(models_dir, model_name)
-    download = f"python3 download_model.py {model_name}"
-    if os.path.normpath(models_dir) != "models":
-        download += f" --models_dir {models_dir}"
+    download = download_command(model_name, models_dir)
     encoder_json, vocab_bpe = os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")
     data = {path: _read(path, download) for path in (encoder_json, vocab_bpe)}
     encoder = _parse_encoder_json(encoder_json, _text(encoder_json, data[encoder_json], download), download)
@@ -268,8 +268,7 @@ def get_encoder(model_name, models_dir):
 
 
 def _bad_file(path, problem, download):
-    # download_model.py keeps a file that is already there, so a bad one has to go first.
-    return ValueError(f"{path} {problem}; delete it and download it again with `{download}`")
+    return ValueError(f"{path} {problem}; download it again with `{download}`")
 
 
 def _read(path, download):

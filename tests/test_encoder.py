@@ -413,7 +413,7 @@ def test_corrupt_vocabulary_file_names_it_and_the_fix(tmp_path, vocab_dir, file,
     with pytest.raises(ValueError, match=message) as error:
         encoder.get_encoder("m", str(tmp_path))
     assert str(folder / file) in str(error.value)
-    assert f"delete it and download it again with `python3 download_model.py m --models_dir {tmp_path}`" in str(error.value)
+    assert f"; download it again with `python3 download_model.py m --models_dir {tmp_path}`" in str(error.value)
     assert_one_line(error)
 
 
@@ -441,19 +441,6 @@ def test_unreadable_vocabulary_says_so(tmp_path, vocab_dir, monkeypatch):
         encoder.get_encoder("m", str(tmp_path))
     assert str(folder / "encoder.json") in str(error.value) and "not found" not in str(error.value)
     assert f"chmod -R u+rX {folder}" in str(error.value)
-    assert_one_line(error)
-
-
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may read any folder")
-def test_folder_without_permission_is_unreadable_not_missing(tmp_path, vocab_dir):
-    folder = copy_vocabulary(vocab_dir, tmp_path / "m")
-    folder.chmod(0)
-    try:
-        with pytest.raises(PermissionError, match="is unreadable") as error:
-            encoder.get_encoder("m", str(tmp_path))
-    finally:
-        folder.chmod(0o755)
-    assert str(folder / "encoder.json") in str(error.value)
     assert_one_line(error)
 
 
