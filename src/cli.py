@@ -1,36 +1,239 @@
-"""What the command-line scripts share: loading a model by name, and one-line errors."""
+"""What the command-line scripts share: their flags, read as python-fire reads them and checked
+before anything loads; loading a model by name; printing samples; one-line errors.
+
+TensorFlow is imported only by the functions that need it, so that `--help` and a mistyped flag
+are answered at once, and `main` starts TensorFlow with its C++ start-up lines held back.
+This file must stay readable by old Pythons, to tell their users which ones to use.
+"""
 import codecs
+import contextlib
+import difflib
+import inspect
 import os
 import random
+import re
+import signal
 import sys
+import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
+from checks import MAX_SEED, is_integer
 
-import fire
-import numpy as np
-import tensorflow as tf
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's own C++ logging: fatal errors only
 
-import encoder
-import fast
-import model
-import sample
-from checks import is_integer
+PYTHONS = ((3, 10), (3, 13))  # the oldest and newest Python tested (README.md, Set up)
+DTYPES = ("float32", "bfloat16", "float16")
+REQUIREMENTS = {"tensorflow", "numpy", "fire", "regex", "requests", "tqdm"}  # top-level modules
+TRUE, FALSE = ("true", "yes", "1"), ("false", "no", "0")
 
-DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
 
+# --- The command line -------------------------------------------------------------------------
+
+class UsageError(ValueError):
+    """A command line that cannot be read (an unknown flag, a flag without its value, a bad
+    boolean): `main` says so in one line and exits with status 2, as argparse does."""
+
+
+def python_problem(version=None):
+    """The line saying this Python is not one the scripts run on; None if it is."""
+    major, minor = tuple(version or sys.version_info)[:2]
+    if PYTHONS[0] <= (major, minor) <= PYTHONS[1]:
+        return None
+    return (f"error: this is Python {major}.{minor}; the scripts run on Python 3.10 to 3.13, for which "
+            "TensorFlow 2.20 is built: make the virtual environment with one of those (README.md, Set up)")
+
+
+def is_flag(word):
+    """Whether python-fire reads `word` as a flag: `--name` or `-x...`, not `-1` or `-.5`."""
+    return word.startswith("--") or re.match(r"-[a-zA-Z]", word) is not None
+
+
+def parameter_named(key, word, parameters):
+    """The parameter a flag names: its whole name, or a unique initial (`-l` for --length)."""
+    if key in parameters:
+        return key
+    initials = [name for name in parameters if len(key) == 1 and name[0] == key]
+    if len(initials) == 1:
+        return initials[0]
+    flag = word.partition("=")[0]
+    if initials:
+        raise UsageError(f"{flag} is ambiguous: write {' or '.join('--' + name for name in initials)}")
+    near = [name for name in parameters if name.startswith(key)]
+    near += [name for name in difflib.get_close_matches(key, parameters, n=3, cutoff=0.6) if name not in near]
+    if near:
+        raise UsageError(f"unknown flag {flag}: did you mean {' or '.join('--' + name for name in near)}?")
+    raise UsageError(f"unknown flag {flag}: the flags are {', '.join('--' + name for name in parameters)}")
+
+
+def boolean(name, value):
+    """A boolean flag's value: True/False, or true/false, yes/no, 1/0 in any case."""
+    if isinstance(value, bool):
+        return value
+    if value.lower() in TRUE + FALSE:
+        return value.lower() in TRUE
+    raise UsageError(f"--{name} must be true or false (or yes/no, 1/0; --{name} alone means true, "
+                     f"--no{name} false). Received: {value!r}")
+
+
+def read_flags(command, words):
+    """The command line `words` -> {parameter: value} for `command`, read as python-fire reads
+    it: `--name value`, `--name=value`, `-n value` for a unique initial, `-` for `_`, bare
+    values for the parameters not named, in order. Values stay strings for fire to parse, but
+    for booleans (a bool default): `--flag`, `--noflag`, or true/false, yes/no, 1/0, which
+    fire would take as strings, all true. UsageError for what fire would have found only after
+    running the command, or never: an unknown flag, a value too many, a flag without a value.
+    """
+    parameters = inspect.signature(command).parameters
+    booleans = {name for name, parameter in parameters.items() if isinstance(parameter.default, bool)}
+    values, loose, words = {}, [], list(words)
+    while words:
+        word = words.pop(0)
+        if not is_flag(word):
+            loose.append(word)
+            continue
+        key, equals, value = word.lstrip("-").partition("=")
+        key = key.replace("-", "_")
+        if not equals and key.startswith("no") and key[2:] in booleans and key not in parameters:
+            values[key[2:]] = False
+            continue
+        name = parameter_named(key, word, parameters)
+        if not equals:
+            if words and not is_flag(words[0]):
+                value = words.pop(0)
+            elif name in booleans:
+                value = True
+            else:
+                raise UsageError(f"--{name} needs a value: --{name} VALUE")
+        values[name] = value
+    for word in loose:
+        free = [name for name in parameters if name not in values]
+        if not free:
+            raise UsageError(f"unexpected argument {word!r}: every flag has a value already (--help lists them)")
+        values[free[0]] = word
+    return {name: boolean(name, value) if name in booleans else value for name, value in values.items()}
+
+
+def main(command, argv=None):
+    """Runs `command` with the command line's flags (argv, default sys.argv[1:]) through fire.
+
+    The flags are checked first, with nothing loaded: `-h`/`--help` anywhere prints fire's help,
+    and a command line `read_flags` cannot read ends in one line. Then TensorFlow starts, and
+    expected failures end in one line on stderr, not a traceback. Exit status: 1 for an error
+    the command reports, 2 for a command line that cannot be read, 130 after Ctrl-C.
+    """
+    problem = python_problem()
+    if problem:
+        sys.exit(problem)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    name = os.path.basename(sys.argv[0])
+    out_of_memory = (MemoryError,)
+    try:
+        import fire
+        if "-h" in argv or "--help" in argv:
+            fire.Fire(command, ["--", "--help"], name=name)
+        words, fire_flags = (argv[:argv.index("--")], argv[argv.index("--"):]) if "--" in argv else (argv, [])
+        values = read_flags(command, words)
+        tf = start_tensorflow()
+        out_of_memory += (tf.errors.ResourceExhaustedError,)
+        fire.Fire(command, [f"--{flag}={value}" for flag, value in values.items()] + fire_flags, name=name)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in REQUIREMENTS:
+            raise
+        sys.exit(f"error: {e} in {sys.executable}: install the requirements (pip install -r requirements.txt)")
+    except out_of_memory:
+        sys.exit(out_of_memory_line(command))
+    except (ValueError, OSError) as e:
+        sys.exit(error_line(e))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def error_line(error):
+    """The one line that reports an expected error; an argument's name becomes its flag."""
+    return f"error: {'--' if getattr(error, 'argument', None) else ''}{error}"
+
+
+def out_of_memory_line(command):
+    """What to lower when a run does not fit in memory, among the command's flags."""
+    flags = [f"--{name}" for name in ("batch_size", "length") if name in inspect.signature(command).parameters]
+    fix = f"lower {' or '.join(flags)}" if flags else "use a smaller --model_name, or --dtype bfloat16"
+    return f"error: out of memory: {fix}"
+
+
+# --- TensorFlow's start --------------------------------------------------------------------------
+
+LOG_LINE = re.compile(r"([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "  # absl's
+                      r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) ")  # TensorFlow's own
+ABSL_WARNING = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
+def min_log_level():
+    """TF_CPP_MIN_LOG_LEVEL as a number: 0 shows info, 1 warnings, 2 errors, 3 fatal errors."""
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+    return int(level) if level.isdigit() else 0
+
+
+def below_level(line, level):
+    """Whether `line` is a C++ log line of a severity below `level` (see min_log_level)."""
+    match = LOG_LINE.match(line)
+    if match:
+        return "IWEF".index(match.group(1) or match.group(2)) < level
+    return level > 0 and line.startswith(ABSL_WARNING)
+
+
+@contextlib.contextmanager
+def log_lines_held_back():
+    """Within the block, what is written to file descriptor 2 goes to a temporary file; at its
+    end, all of it but the C++ log lines below TF_CPP_MIN_LOG_LEVEL goes on to stderr."""
+    level = min_log_level()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not below_level(line, level)))
+            sys.stderr.flush()
+
+
+def start_tensorflow():
+    """Imports TensorFlow, starts its devices and compiles one trivial XLA function; returns the
+    module. TF_CPP_MIN_LOG_LEVEL quiets TensorFlow's own C++ logging, but not what XLA and the
+    device libraries log through absl before anything calls absl::InitializeLog(), nor XLA's
+    banner at its first compilation, which would land in the middle of a sample: the lines
+    written meanwhile are held back and those below the level dropped (`log_lines_held_back`).
+    """
+    with log_lines_held_back():
+        import tensorflow as tf
+        tf.config.list_logical_devices()  # the devices start, and log
+        tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(0))
+    return tf
+
+
+# --- Models and samples ----------------------------------------------------------------------
 
 def parse_dtype(dtype):
     """'float32', 'bfloat16' or 'float16' -> the tf.DType."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}. Received: {dtype!r}")
-    return DTYPES[dtype]
+    import tensorflow as tf
+    return tf.as_dtype(dtype)
 
 
 def freeze_weights(dtype):
     """In half precision, lets oneDNN convert each weight matrix to its own layout once rather
     than at every call (bench_generate.py --dtype bfloat16 --no_frozen_weights). Safe in
     the scripts: they load their weights once, as tensors (see fast.check_weights_can_change)."""
-    if dtype != tf.float32:
+    import fast
+    if dtype.name != "float32":
         os.environ.setdefault(fast.FROZEN_WEIGHTS, "1")
 
 
@@ -41,6 +244,7 @@ def expand_dir(models_dir):
 
 def load_hparams(model_name, models_dir):
     """The hparams of a downloaded model."""
+    import model
     return model.load_hparams(model.model_dir(str(model_name), expand_dir(models_dir)))
 
 
@@ -49,6 +253,7 @@ def report_device():
     model, so that a CUDA set-up TensorFlow cannot use does not fall back to the CPU unseen."""
     if os.environ.get("GPT2_REPORT_DEVICE") != "1":
         return
+    import tensorflow as tf
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "unnamed")
@@ -62,6 +267,9 @@ def report_device():
 
 def load(model_name, models_dir, dtype="float32"):
     """(encoder, hparams, params) of a downloaded model, weights in `dtype`."""
+    import encoder
+    import fast
+    import model
     report_device()
     dtype = parse_dtype(dtype)
     freeze_weights(dtype)
@@ -86,7 +294,7 @@ def make_seed(seed):
     """The --seed to use: the given one, or a fresh random one."""
     if seed is None:
         return random.SystemRandom().randrange(2 ** 31)
-    if not is_integer(seed) or not 0 <= seed <= sample.MAX_SEED:
+    if not is_integer(seed) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1. Received: {seed!r}")
     return seed
 
@@ -102,9 +310,31 @@ def until_end(tokens, end_token):
     return tokens[:tokens.index(end_token)] if end_token in tokens else tokens
 
 
-def print_samples(enc, sampler, context, length, *, first_sample, **kwargs):
+class CtrlC:
+    """A `with` block in which Ctrl-C asks the sample in progress to stop: `print_samples`
+    checks `.pressed` between tokens and ends the sample cleanly, where KeyboardInterrupt would
+    be raised wherever Python happened to be, inside TensorFlow's calls too. A second Ctrl-C
+    raises KeyboardInterrupt as usual."""
+
+    def __enter__(self):
+        self.pressed = False
+        self.previous = signal.signal(signal.SIGINT, self.press)
+        return self
+
+    def press(self, signum, frame):
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def __exit__(self, *exc_info):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def print_samples(enc, sampler, context, length, *, first_sample, stop=None, **kwargs):
     """Prints samples first_sample + 1 .. with the original's headers. A lone sample is
-    streamed token by token; a batch is printed when it is done."""
+    streamed token by token, and ends early once `stop.pressed` (a CtrlC); a batch is printed
+    when it is done."""
+    import numpy as np
     context = np.asarray(context, np.int32)  # [batch, n]
     if len(context) > 1:
         out = sampler.sample(context, length, first_sample=first_sample, **kwargs)[:, context.shape[1]:]
@@ -116,33 +346,6 @@ def print_samples(enc, sampler, context, length, *, first_sample, **kwargs):
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
     for tokens in sampler.generate(context, length, first_sample=first_sample, chunk=1, **kwargs):
         print(text.decode(enc.decode_bytes(until_end(tokens[0], sampler.end_token))), end="", flush=True)
+        if stop is not None and stop.pressed:
+            break
     print(text.decode(b"", final=True))
-
-
-def silence_xla_banner():
-    """XLA announces its first compilation on stderr whatever TF_CPP_MIN_LOG_LEVEL says, which
-    would land in the middle of a sample: make that first compilation a trivial one, unheard."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(0))
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def error_line(error):
-    """The one line that reports an expected error; an argument's name becomes its flag."""
-    return f"error: {'--' if getattr(error, 'argument', None) else ''}{error}"
-
-
-def main(command):
-    """Runs `command` with fire; expected failures end in one line on stderr, not a traceback."""
-    silence_xla_banner()
-    try:
-        fire.Fire(command)
-    except (ValueError, OSError) as e:
-        sys.exit(error_line(e))
-    except KeyboardInterrupt:
-        sys.exit(130)

@@ -1,8 +1,6 @@
 #!/usr/bin/env python3
 """Samples from GPT-2 with no prompt: each sample starts from <|endoftext|>."""
 import cli
-import fast
-import sample
 
 
 def sample_model(model_name="124M", seed=None, nsamples=0, batch_size=1, length=None, temperature=1,
@@ -31,6 +29,8 @@ def sample_model(model_name="124M", seed=None, nsamples=0, batch_size=1, length=
     :dtype=float32 : String, weights and matmuls in float32, bfloat16 or float16
     :stop_at_endoftext=False : Boolean, end each sample at its first <|endoftext|>
     """
+    import fast  # here, not above: cli.main answers --help and bad flags before TensorFlow loads
+    import sample
     cli.check_counts(nsamples, batch_size, forever=True)
     seed = cli.make_seed(seed)
     hparams = cli.load_hparams(model_name, models_dir)

@@ -1,34 +1,66 @@
 #!/usr/bin/env python3
 """Continues prompts typed at `Model prompt >>> ` with GPT-2 samples."""
-import select
+import codecs
+import contextlib
 import sys
 
 import cli
-import fast
-import sample
+
+
+class BadPrompt(ValueError):
+    """A prompt the session refuses, saying why; the next one is read."""
 
 
 def ask(prompt):
-    """input(prompt), where Ctrl-C at a terminal always works.
+    """The line typed after `prompt`, without its newline; EOFError at the end of input.
 
-    The SIGINT may reach one of TensorFlow's threads rather than the main one, whose read of the
-    terminal would then go on; waiting in short slices lets the main thread see it.
+    At a terminal, input() with readline: line editing, and no limit on the line's length
+    (the terminal's own line editing stops at 4,095 bytes). Ctrl-C raises KeyboardInterrupt:
+    Linux gives the signal to the main thread unless it blocks it, so TensorFlow's threads
+    never take it from the read. Elsewhere, the bytes of a line of standard input.
     """
-    if not sys.stdin.isatty():
-        return input(prompt)
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        with contextlib.suppress(ImportError):  # Windows has no readline
+            import readline
+            readline.parse_and_bind("tab: tab-insert")  # a prompt's tabs are text, not completion
+        try:
+            return utf8(input(prompt))
+        except UnicodeDecodeError as e:
+            raise BadPrompt(not_utf8(e.object[e.start])) from None
     print(prompt, end="", flush=True)
-    while not select.select([sys.stdin], [], [], 0.1)[0]:
-        pass
-    return input()
+    line = sys.stdin.buffer.readline()
+    if not line:
+        raise EOFError
+    return utf8(line.rstrip(b"\n").rstrip(b"\r").decode(sys.stdin.encoding or "utf-8", "surrogateescape"))
+
+
+def utf8(text):
+    """text, unless it holds bytes that were not valid in the terminal's encoding (which
+    Python's surrogateescape keeps as lone surrogates): then BadPrompt."""
+    for char in text:
+        if "\udc80" <= char <= "\udcff":
+            raise BadPrompt(not_utf8(ord(char) - 0xDC00))
+    return text
+
+
+def not_utf8(byte):
+    """What to say about a prompt holding `byte`, not valid in the terminal's encoding."""
+    encoding = codecs.lookup(sys.stdin.encoding or "utf-8").name.upper()
+    return (f"Prompt is not {encoding} text (byte 0x{byte:02x}): type or paste it as {encoding}, or set "
+            "PYTHONIOENCODING to your terminal's encoding.")
 
 
 def read_prompt():
-    """The next non-empty prompt; EOFError at end of input."""
-    raw_text = ask("Model prompt >>> ")
-    while not raw_text:
+    """The next prompt that is not empty and is text; EOFError at the end of input."""
+    while True:
+        try:
+            raw_text = ask("Model prompt >>> ")
+        except BadPrompt as e:
+            print(e)
+            continue
+        if raw_text:
+            return raw_text
         print("Prompt should not be empty!")
-        raw_text = ask("Model prompt >>> ")
-    return raw_text
 
 
 def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, length=None, temperature=1,
@@ -58,6 +90,8 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
     :dtype=float32 : String, weights and matmuls in float32, bfloat16 or float16
     :stop_at_endoftext=False : Boolean, end each sample at its first <|endoftext|>
     """
+    import fast  # here, not above: cli.main answers --help and bad flags before TensorFlow loads
+    import sample
     cli.check_counts(nsamples, batch_size)
     seed = cli.make_seed(seed)
     hparams = cli.load_hparams(model_name, models_dir)
@@ -66,20 +100,24 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
     enc, hparams, params = cli.load(model_name, models_dir, dtype)
     sampler = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p,
                              end_token=enc.encoder["<|endoftext|>"] if stop_at_endoftext else None)
-    try:
-        while True:
+    while True:
+        try:
             context_tokens = enc.encode(read_prompt())
-            if len(context_tokens) + length - 1 > hparams.n_ctx:
-                print(f"Prompt too long: {len(context_tokens)} tokens plus --length {length} exceed the window of "
-                      f"{hparams.n_ctx} tokens; use at most {hparams.n_ctx + 1 - length} prompt tokens.")
-                continue
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at the prompt ends the session
+            print()
+            return
+        if len(context_tokens) + length - 1 > hparams.n_ctx:
+            print(f"Prompt too long: {len(context_tokens)} tokens plus --length {length} exceed the window of "
+                  f"{hparams.n_ctx} tokens; use at most {hparams.n_ctx + 1 - length} prompt tokens.")
+            continue
+        with cli.CtrlC() as ctrl_c:  # Ctrl-C stops the sample and comes back to the prompt
             for first in range(0, nsamples, batch_size):
                 batch = min(batch_size, nsamples - first)
                 cli.print_samples(enc, sampler, [context_tokens] * batch, length, first_sample=first,
-                                  temperature=temperature, seed=seed)
-            print("=" * 80)
-    except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C ends the session
-        print()
+                                  temperature=temperature, seed=seed, stop=ctrl_c)
+                if ctrl_c.pressed:
+                    break
+        print("=" * 80)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 import model
-from checks import bad_argument, is_integer, is_number
+from checks import MAX_SEED, bad_argument, is_integer, is_number
 
 
 def top_k_logits(logits, k):
@@ -94,9 +94,6 @@ def next_token(logits, keys, step, temperature, top_k, top_p):
     logits [batch, n_vocab] float32 -> [batch] int32. `fast.next_token` makes the same draw faster.
     """
     return sample_logits(top_p_logits(top_k_logits(with_temperature(logits, temperature), top_k), top_p), keys, step)
-
-
-MAX_SEED = 2 ** 63 - 1
 
 
 def sample_keys(seed, first_sample, batch_size):

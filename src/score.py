@@ -9,11 +9,7 @@ earlier ones did not, so every token sees at least n_ctx - stride tokens of cont
 import json as jsonlib
 import math
 
-import cli  # first: it quiets TensorFlow's start-up logs
-import numpy as np
-import tensorflow as tf
-
-import model
+import cli
 from checks import bad_argument, is_integer
 
 END_OF_TEXT = 50256
@@ -31,6 +27,7 @@ def windows(n, n_ctx, stride):
 
 def logits_function(params, hparams):
     """X [1, n] int32 -> logits [1, n, n_vocab]: `model.model` compiled once for every n."""
+    import model  # here, not above: cli.main answers --help and bad flags before TensorFlow loads
     forward = model.compile_model(params, hparams)
     past = model.empty_past(hparams, 1, params["wte"].dtype)
     return lambda X: forward(X, past)["logits"]
@@ -39,6 +36,8 @@ def logits_function(params, hparams):
 def score_tokens(logits_fn, hparams, tokens, stride=None):
     """Natural-log probability of each of `tokens` after <|endoftext|> and the ones before it;
     logits_fn is `logits_function`'s."""
+    import numpy as np
+    import tensorflow as tf
     stride = hparams.n_ctx // 2 if stride is None else stride
     if not is_integer(stride) or not 1 <= stride < hparams.n_ctx:
         raise bad_argument("stride", f"must be an integer from 1 to n_ctx - 1 ({hparams.n_ctx - 1})", stride)

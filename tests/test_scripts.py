@@ -127,20 +127,37 @@ class Terminal:
         return out + marker
 
 
-@pytest.mark.parametrize("ending", [b"\x04", b"\x03"], ids=["ctrl-d", "ctrl-c"])
-def test_interactive_in_a_terminal(models_dir, tiny_model, tiny, ending):
+LEFT = b"\x1b[D"  # the terminal's left arrow key
+
+
+# In a UTF-8 locale readline drops bytes that are not UTF-8 as they are typed, so only the C
+# locale's session, where readline passes them on, can show the script refusing them.
+@pytest.mark.parametrize("ending, locale", [(b"\x04", "C.UTF-8"), (b"\x03", "C")], ids=["ctrl-d", "ctrl-c"])
+def test_interactive_in_a_terminal(models_dir, tiny_model, tiny, ending, locale):
     fd, terminal = pty.openpty()
     # setsid --ctty makes the terminal the script's controlling one, so Ctrl-C sends SIGINT.
     process = subprocess.Popen(["setsid", "--ctty", sys.executable, INTERACTIVE, "--model_name", tiny_model,
-                                "--models_dir", models_dir, "--length", "12", "--seed", "3"],
-                               stdin=terminal, stdout=terminal, stderr=terminal, env=ENV)
+                                "--models_dir", models_dir, "--length", "12", "--seed", "3",
+                                "--nsamples", "1000000"],
+                               stdin=terminal, stdout=terminal, stderr=terminal,
+                               env={**ENV, "TERM": "xterm", "LC_ALL": locale})
     os.close(terminal)
     terminal = Terminal(fd)
     try:
         terminal.read_until(b"Model prompt >>> ")
-        os.write(fd, "Caf\u00e9 au lait\n".encode())
-        out = terminal.read_until(b"=" * 80 + b"\r\n").decode("utf-8")
+        # Line editing: the arrow keys move the cursor, they do not insert `^[[D`.
+        os.write(fd, "Caf\u00e9 lait".encode() + LEFT * 4 + b"au \n")
+        out = terminal.read_until(b" SAMPLE 3 ").decode("utf-8")
+        os.write(fd, b"\x03")  # Ctrl-C stops the sample, and the session goes on
+        terminal.read_until(b"=" * 80 + b"\r\n")
         terminal.read_until(b"Model prompt >>> ")
+        if locale == "C":
+            os.write(fd, "caf\u00e9 au lait\n".encode("latin-1"))  # not UTF-8: refused; the session goes on
+            refused = terminal.read_until(b"Model prompt >>> ").decode("utf-8", "replace")
+            assert "Prompt is not UTF-8 text (byte 0xe9)" in refused
+        long_prompt = "word " * 1000  # longer than a terminal's line (4,095 bytes) in canonical mode
+        os.write(fd, long_prompt.encode() + b"\n")
+        too_long = terminal.read_until(b"Model prompt >>> ").decode("utf-8")
         os.write(fd, ending)
         rest = terminal.read_until(b"\0", timeout=60).decode("utf-8", "replace")
         process.wait(timeout=60)
@@ -149,8 +166,11 @@ def test_interactive_in_a_terminal(models_dir, tiny_model, tiny, ending):
         os.close(fd)
     assert process.returncode == 0
     assert "Traceback" not in rest
-    text = out.replace("\r\n", "\n").split("=" * 40 + " SAMPLE 1 " + "=" * 40 + "\n")[1].split("=" * 80)[0]
-    assert text == expected_sample(tiny, "Caf\u00e9 au lait", 12, 3) + "\n"
+    got = samples(out.replace("\r\n", "\n").split(" SAMPLE 3 ")[0] + " SAMPLE 3 " + "=" * 40 + "\n")
+    assert got[1] == expected_sample(tiny, "Caf\u00e9 au lait", 12, 3) + "\n"
+    assert got[2] == expected_sample(tiny, "Caf\u00e9 au lait", 12, 3, 1) + "\n"
+    n = len(tiny[0].encode(long_prompt))
+    assert f"Prompt too long: {n} tokens plus --length 12" in too_long
 
 
 class Recorder(io.StringIO):
