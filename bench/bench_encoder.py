@@ -7,16 +7,21 @@
 
 Each run encodes the whole text with a fresh Encoder, so with an empty cache; `mb_per_s` is the
 median run (`best_mb_per_s` the fastest), in MB of UTF-8 per second, and `cpu_mb_per_s` the
-median per second of this process's CPU time, which other busy processes disturb less. --original adds the original
-algorithm's speed (tests/test_encoder.py's ReferenceEncoder) and the speed-up. Before timing, the
-ids of the text's first 200,000 characters are checked against that reference.
+median per second of this process's CPU time, which other busy processes disturb less.
+--original times the original algorithm (bench/original_encoder.py) the same way, each of its
+runs right after one of ours so that both meet the same load on a shared machine, and adds its
+`original_mb_per_s`, `original_cpu_mb_per_s` and the speed-ups, ratios of the medians
+(`speedup` of wall time, `cpu_speedup` of CPU time). Before timing, the ids of the text's first
+200,000 characters are checked against the original's. --bpe_every_piece times, the same way,
+an Encoder that runs BPE on every new piece, even one that is a whole token of GPT-2's vocabulary
+(`tokens_are_own_bpe=False`), and adds `bpe_every_piece_mb_per_s` and what skipping wins
+(`whole_token_gain`, a ratio of the medians of CPU time).
 
 The text mixes English-like prose (GPT-2's whole-word tokens by frequency, a Zipf law, plus a
 tail of rarer derived words and capitalised or upper-case ones), Python-like code with indentation
 and trailing spaces, tables of numbers with "\\r\\n" line ends, and lines of CJK, emoji sequences,
 accents and non-Latin scripts. It has more rare words than the real English and code tried while
-writing this, so it is the harder case: the original algorithm runs at about 0.9-1.2 MB/s on it
-against 1.5-2 on those texts.
+writing this, so it is the harder case. Figures, with date, machine and command: bench/README.md.
 """
 import argparse
 import itertools
@@ -28,14 +33,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "src"), os.path.join(ROOT, "tests")]
+sys.path[:0] = [os.path.join(ROOT, "src"), os.path.join(ROOT, "bench")]
 
 import encoder  # noqa: E402
-
-try:
-    from test_encoder import ReferenceEncoder  # noqa: E402
-except ImportError as error:  # the reference lives with the tests, which need their requirements
-    sys.exit(f"error: {error}; run `pip install -r requirements-test.txt`")
+import original_encoder  # noqa: E402
 
 SHORT_WORDS = "a i an as at be by do go he if in is it me my no of on or so to up us we".split()
 PREFIXES = ["un", "re", "pre", "dis", "over", "non", "anti", "sub", "inter", "mis"]
@@ -151,12 +152,21 @@ def main():
     parser.add_argument("--text", help="time this UTF-8 file instead of the generated text")
     parser.add_argument("--runs", type=int, default=5, help="timed runs, each with a fresh Encoder (default 5)")
     parser.add_argument("--original", action="store_true", help="also time the original algorithm (slow)")
+    parser.add_argument("--bpe_every_piece", action="store_true",
+                        help="also time BPE on every new piece, whole tokens too (what skipping them wins)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated text (default 0)")
     args = parser.parse_args()
     folder = find_vocab(args.vocab_dir)
 
     def fresh_encoder():
         return encoder.get_encoder(os.path.basename(folder), os.path.dirname(folder))
+
+    def fresh_bpe_every_piece():
+        enc = fresh_encoder()
+        return encoder.Encoder(enc.encoder, list(enc.bpe_ranks), tokens_are_own_bpe=False)
+
+    def fresh_original():
+        return original_encoder.get_encoder(os.path.basename(folder), os.path.dirname(folder))
 
     if args.text:
         with open(args.text, encoding="utf-8") as f:
@@ -165,10 +175,16 @@ def main():
         text = make_text(fresh_encoder().encoder, args.megabytes, args.seed)
     size = len(text.encode("utf-8")) / 1e6
     sample = text[:200_000]
-    if fresh_encoder().encode(sample) != ReferenceEncoder(folder).encode(sample):
+    if fresh_encoder().encode(sample) != fresh_original().encode(sample):
         sys.exit("error: the ids differ from the original algorithm's on the first 200,000 characters")
 
-    runs = [time_encode(fresh_encoder, text) for _ in range(args.runs)]
+    runs, original_runs, plain_runs = [], [], []
+    for _ in range(args.runs):
+        runs.append(time_encode(fresh_encoder, text))
+        if args.original:
+            original_runs.append(time_encode(fresh_original, text))
+        if args.bpe_every_piece:
+            plain_runs.append(time_encode(fresh_bpe_every_piece, text))
     seconds = statistics.median(wall for wall, _, _ in runs)
     tokens = len(runs[0][2])
     result = {"mb_per_s": round(size / seconds, 3), "tokens_per_s": round(tokens / seconds),
@@ -176,10 +192,18 @@ def main():
               "best_mb_per_s": round(size / min(wall for wall, _, _ in runs), 3),
               "cpu_mb_per_s": round(size / statistics.median(cpu for _, cpu, _ in runs), 3), "runs": args.runs}
     if args.original:
-        original_seconds, _, original_ids = time_encode(lambda: ReferenceEncoder(folder), text)
-        assert original_ids == runs[0][2], "the ids differ from the original algorithm's"
+        assert all(ids == runs[0][2] for _, _, ids in original_runs), "the ids differ from the original algorithm's"
+        original_seconds = statistics.median(wall for wall, _, _ in original_runs)
+        original_cpu = statistics.median(cpu for _, cpu, _ in original_runs)
         result.update(original_mb_per_s=round(size / original_seconds, 3),
-                      speedup=round(original_seconds / seconds, 2))
+                      original_cpu_mb_per_s=round(size / original_cpu, 3),
+                      speedup=round(original_seconds / seconds, 2),
+                      cpu_speedup=round(original_cpu / statistics.median(cpu for _, cpu, _ in runs), 2))
+    if args.bpe_every_piece:
+        assert all(ids == runs[0][2] for _, _, ids in plain_runs), "the ids differ without skipping whole tokens"
+        result.update(bpe_every_piece_mb_per_s=round(size / statistics.median(wall for wall, _, _ in plain_runs), 3),
+                      whole_token_gain=round(statistics.median(cpu for _, cpu, _ in plain_runs)
+                                             / statistics.median(cpu for _, cpu, _ in runs), 2))
     print(json.dumps(result))
 
 

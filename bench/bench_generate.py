@@ -48,7 +48,17 @@ PLAIN = {
     "draw_kept": lambda: setattr(fast, "draw_kept", lambda logits, keep, keys, step: sample.sample_logits(
         tf.where(keep, logits, logits.dtype.min), keys, step)),
     "load_params": lambda: setattr(fast, "load_params", model.load_params),
+    "batch_trace": lambda: setattr(fast.Sampler, "_decoder", any_batch_decoder),
 }
+
+
+def any_batch_decoder(sampler, batch):
+    """Sampler._decoder traced once for every batch size, its batch unknown to TensorFlow."""
+    if None not in sampler._decoders:
+        sampler._decoders[None] = tf.function(sampler._decode_loop, jit_compile=sampler.choices.xla, autograph=False,
+                                              input_signature=fast.decode_signature(sampler.hparams, None,
+                                                                                    sampler.dtype))
+    return sampler._decoders[None]
 
 
 def timed(fn):
@@ -62,7 +72,9 @@ def measure(path, args):
     if not args.no_frozen_weights:
         cli.freeze_weights(dtype)  # as the scripts do
     hparams = model.load_hparams(path)
+    start = time.perf_counter()
     params = fast.load_params(model.find_checkpoint(path), hparams, dtype)
+    load_seconds = time.perf_counter() - start
     sampler = fast.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p, jit=args.jit)
     context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))
     sampler.sample(context, 4, seed=1)  # warm-up: traces and compiles
@@ -74,6 +86,7 @@ def measure(path, args):
     decode = args.batch_size * (args.new_tokens - 1) / (seconds - prefill)  # after the prompt is read
     yield dict(measure="generate", **common, new_tokens=args.new_tokens, seconds=seconds,
                tokens_per_s=args.batch_size * args.new_tokens / seconds, decode_tokens_per_s=decode)
+    yield dict(measure="load", model_name=args.model_name, dtype=args.dtype, seconds=load_seconds, plain=args.plain)
     yield dict(measure="prefill", **common, new_tokens=1, seconds=prefill,
                tokens_per_s=args.batch_size * args.prompt_len / prefill)
 

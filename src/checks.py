@@ -4,6 +4,8 @@ A bad value raises a ValueError naming the argument (`length must be ...`); the 
 the argument's name in `.argument`, so that the scripts can say `--length` instead.
 """
 
+MAX_SEED = 2 ** 63 - 1  # seeds are int64
+
 
 def is_number(value):
     """An int or float, not a bool."""

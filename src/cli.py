@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 
-from checks import is_integer
+from checks import MAX_SEED, is_integer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's own C++ logging: fatal errors only
 
@@ -294,8 +294,8 @@ def make_seed(seed):
     """The --seed to use: the given one, or a fresh random one."""
     if seed is None:
         return random.SystemRandom().randrange(2 ** 31)
-    if not is_integer(seed) or seed < 0:
-        raise ValueError(f"--seed must be a non-negative integer. Received: {seed!r}")
+    if not is_integer(seed) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1. Received: {seed!r}")
     return seed
 
 
@@ -308,11 +308,6 @@ def until_end(tokens, end_token):
     """The tokens before the first end_token (all of them without one)."""
     tokens = list(tokens)
     return tokens[:tokens.index(end_token)] if end_token in tokens else tokens
-
-
-def token_bytes(enc, tokens):
-    """The UTF-8 bytes that tokens stand for (a character may be split between tokens)."""
-    return bytes(enc.byte_decoder[c] for c in "".join(enc.decoder[t] for t in tokens))
 
 
 class CtrlC:
@@ -350,7 +345,7 @@ def print_samples(enc, sampler, context, length, *, first_sample, stop=None, **k
     print(header(first_sample + 1), flush=True)
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
     for tokens in sampler.generate(context, length, first_sample=first_sample, chunk=1, **kwargs):
-        print(text.decode(token_bytes(enc, until_end(tokens[0], sampler.end_token))), end="", flush=True)
+        print(text.decode(enc.decode_bytes(until_end(tokens[0], sampler.end_token))), end="", flush=True)
         if stop is not None and stop.pressed:
             break
     print(text.decode(b"", final=True))

@@ -36,15 +36,27 @@ class Choices:
     xla: bool = False
 
 
-def choices_for(dtype, device_type=None):
+def choices_for(dtype, device_type=None, cpu_flags=None):
     """The fast path's choices for weights of `dtype` on `device_type` ('CPU' or 'GPU'; by
-    default a GPU when TensorFlow sees one)."""
+    default a GPU when TensorFlow sees one), and a CPU with `cpu_flags` (by default this one's)."""
     if device_type is None:
         device_type = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-    if device_type == "CPU":
-        # XLA's CPU matmuls in bfloat16 and float16 are slower than oneDNN's and Eigen's.
-        return Choices(xla=dtype == tf.float32)
-    return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
+    if device_type != "CPU":
+        return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
+    # Where the CPU has instructions for a half-precision dtype, oneDNN's matmuls in it beat
+    # XLA's; elsewhere XLA's are the faster (bench_generate.py --dtype bfloat16 --jit true/false).
+    native = {tf.bfloat16: {"avx512_bf16", "amx_bf16"}, tf.float16: {"avx512_fp16", "amx_fp16"}}
+    flags = cpu_features() if cpu_flags is None else set(cpu_flags)
+    return Choices(xla=not native.get(dtype, set()) & flags)
+
+
+def cpu_features():
+    """The CPU's feature flags, as Linux names them in /proc/cpuinfo (none known elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return set()
 
 
 def check_weights_can_change(params):
@@ -189,7 +201,7 @@ def next_token(logits, keys, step, temperature, top_k, top_p, xla):
     """`sample.next_token`'s token, faster. Under XLA the whole vocabulary is drawn from, with
     `kth_largest` and `first_argmax`; outside it a filtered draw is made among the kept tokens
     only, which XLA cannot compile (its shape depends on the logits)."""
-    logits = logits / temperature
+    logits = sample.with_temperature(logits, temperature)
     if xla:
         kept = logits if top_k == 0 else tf.where(logits < kth_largest(logits, top_k), logits.dtype.min, logits)
         noise = sample.gumbel(sample.stream_state(keys, step)[:, None], tf.range(tf.shape(logits)[1])[None])
@@ -205,6 +217,13 @@ def next_token(logits, keys, step, temperature, top_k, top_p, xla):
 def cache_size(positions, n_ctx, multiple=128):
     """Positions rounded up to a multiple, so a few compiled shapes serve every length."""
     return min(-(-positions // multiple) * multiple, n_ctx + 1)
+
+
+def decode_signature(hparams, batch_size, dtype):
+    """The input signature of `Sampler._decode_loop` for `batch_size` rows (None: any)."""
+    return [cache_spec(hparams, batch_size, dtype), tf.TensorSpec([batch_size, None], tf.int32),
+            tf.TensorSpec([batch_size], tf.bool), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([batch_size, 2], tf.int64), tf.TensorSpec([], tf.float32)]
 
 
 class Sampler:
@@ -233,10 +252,7 @@ class Sampler:
         known batch lets TensorFlow fold the step's shape arithmetic (bench_generate.py)."""
         if batch not in self._decoders:
             self._decoders[batch] = tf.function(self._decode_loop, jit_compile=self.choices.xla, autograph=False,
-                                                input_signature=[
-                cache_spec(self.hparams, batch, self.dtype), tf.TensorSpec([batch, None], tf.int32),
-                tf.TensorSpec([batch], tf.bool), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
-                tf.TensorSpec([batch, 2], tf.int64), tf.TensorSpec([], tf.float32)])
+                                                input_signature=decode_signature(self.hparams, batch, self.dtype))
         return self._decoders[batch]
 
     def _decode_loop(self, cache, tokens, done, position, steps, keys, temperature):

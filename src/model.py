@@ -18,6 +18,8 @@ import re
 
 import tensorflow as tf
 
+from paths import download_command
+
 
 @dataclasses.dataclass
 class HParams:
@@ -68,18 +70,14 @@ def default_hparams():
 
 # --- Loading OpenAI's files -----------------------------------------------------------------
 
-def download_command(model_name, models_dir="models"):
-    """The command that downloads (or repairs) a model: `python3 download_model.py 124M`."""
-    flag = "" if os.path.normpath(models_dir) == "models" else f" --models_dir {models_dir}"
-    return f"python3 download_model.py {model_name}{flag}"
-
-
 def model_dir(model_name, models_dir="models"):
     """The folder of a downloaded model, or a FileNotFoundError saying how to download it."""
     path = os.path.join(models_dir, model_name)
     hparams = os.path.join(path, "hparams.json")
-    if os.path.isfile(hparams) and not os.access(hparams, os.R_OK):
-        raise PermissionError(f"cannot read {hparams}: permission denied (check the folder's owner and mode)")
+    for unreadable in (path, hparams):
+        if os.path.exists(unreadable) and not os.access(unreadable, os.R_OK | (os.X_OK * os.path.isdir(unreadable))):
+            raise PermissionError(f"{unreadable} is unreadable (permission denied); let this user read it, "
+                                  f"e.g. `chmod -R u+rX {path}`")
     if not os.path.isfile(hparams):
         raise FileNotFoundError(f"model {model_name!r} not found in {models_dir}/: "
                                 f"download it with `{download_command(model_name, models_dir)}`")

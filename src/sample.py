@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 import model
-from checks import bad_argument, is_integer, is_number
+from checks import MAX_SEED, bad_argument, is_integer, is_number
 
 
 def top_k_logits(logits, k):
@@ -50,9 +50,13 @@ def fmix32(h):
 
 
 def stream_state(keys, step):
-    """keys [batch, 2] (seed, sample number), step -> [batch] uint32: each stream's state for this draw."""
-    seed, number = tf.unstack(tf.cast(keys, tf.uint32), axis=1)  # [batch] each
-    return fmix32(fmix32(fmix32(seed) ^ number) ^ tf.cast(step, tf.uint32))
+    """keys [batch, 2] int64 (seed, sample number), step -> [batch] uint32: each stream's state
+    for this draw. Every bit of the seed counts: seeds 0 and 2**32 are different streams."""
+    low = tf.cast(keys, tf.uint32)  # [batch, 2], the low 32 bits
+    high = tf.cast(tf.bitwise.right_shift(keys, 32), tf.uint32)
+    seed = fmix32(fmix32(low[:, 0]) ^ high[:, 0])
+    number = fmix32(low[:, 1] ^ fmix32(high[:, 1]))
+    return fmix32(fmix32(seed ^ number) ^ tf.cast(step, tf.uint32))
 
 
 def gumbel(state, index):
@@ -77,17 +81,32 @@ def sample_logits(logits, keys, step):
     return tf.argmax(logits + noise, axis=-1, output_type=tf.int32)
 
 
+def with_temperature(logits, temperature):
+    """logits [batch, n_vocab] / temperature, each row's largest first brought to 0: the same
+    distribution, and finite for any temperature > 0, so that a tiny one gives its limit, the
+    most likely token (a draw among equal ones), rather than an overflow."""
+    return (logits - tf.reduce_max(logits, axis=-1, keepdims=True)) / temperature
+
+
 def next_token(logits, keys, step, temperature, top_k, top_p):
     """The sampling step: temperature, then top-k, then top-p, then a draw.
 
     logits [batch, n_vocab] float32 -> [batch] int32. `fast.next_token` makes the same draw faster.
     """
-    return sample_logits(top_p_logits(top_k_logits(logits / temperature, top_k), top_p), keys, step)
+    return sample_logits(top_p_logits(top_k_logits(with_temperature(logits, temperature), top_k), top_p), keys, step)
 
 
 def sample_keys(seed, first_sample, batch_size):
     """[batch, 2] int64 stream keys for samples first_sample .. first_sample + batch_size - 1."""
+    if not is_integer(seed) or not 0 <= seed <= MAX_SEED:
+        raise bad_argument("seed", "must be an integer from 0 to 2**63 - 1", seed)
+    if not is_integer(first_sample) or not 0 <= first_sample <= MAX_SEED - batch_size:
+        raise bad_argument("first_sample", "must be a non-negative integer", first_sample)
     return tf.constant([[seed, first_sample + i] for i in range(batch_size)], tf.int64)
+
+
+# Below float32's smallest normal number TensorFlow's CPU kernels read a temperature as 0.
+SMALLEST_TEMPERATURE = float(np.finfo(np.float32).tiny)
 
 
 def check_sampling(hparams, context_length, length, temperature, top_k, top_p):
@@ -99,8 +118,9 @@ def check_sampling(hparams, context_length, length, temperature, top_k, top_p):
         raise bad_argument("length", f"plus the prompt's {tokens} exceeds the model's window of "
                            f"{hparams.n_ctx} tokens: use at most {hparams.n_ctx + 1 - context_length} new tokens "
                            "or a shorter prompt", length)
-    if not is_number(temperature) or not temperature > 0:
-        raise bad_argument("temperature", "must be greater than 0", temperature)
+    if not is_number(temperature) or not temperature >= SMALLEST_TEMPERATURE:
+        raise bad_argument("temperature", "must be greater than 0: at least 1.2e-38, float32's smallest normal "
+                           "number", temperature)
     if not is_integer(top_k) or top_k < 0:
         raise bad_argument("top_k", "must be an integer >= 0 (0: no top-k filter)", top_k)
     if top_k > hparams.n_vocab:

@@ -27,8 +27,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import download_model
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 VARIANTS = {"cpu": "Dockerfile.cpu", "gpu": "Dockerfile.gpu"}
 SAMPLERS = ("src/generate_unconditional_samples.py", "src/interactive_conditional_samples.py")
 GPU_ONLY_ENV = "GPT2_REPORT_DEVICE"  # the one instruction Dockerfile.gpu has beyond Dockerfile.cpu's

@@ -23,8 +23,7 @@ import pytest
 import requests
 
 import download_model
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 SCRIPT = os.path.join(REPO, "download_model.py")
 MODEL = "124M"
 BIG = "model.ckpt.data-00000-of-00001"

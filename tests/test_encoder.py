@@ -1,89 +1,31 @@
 """Tokenizer tests: known ids, equality with the original algorithm, round trips, errors.
 
-`ReferenceEncoder` below is the original openai/gpt-2 encoder's algorithm, kept as plain and slow
-as it was; `src/encoder.py` must give its ids for every text. The known answers were computed
-with it once and checked by eye, so they hold whatever either implementation does.
+`bench/original_encoder.py` is the original openai/gpt-2 encoder, kept as plain and slow as it
+was; `src/encoder.py` must give its ids for every text. The known answers were computed with it
+once and checked by eye, so they hold whatever either implementation does.
 """
+import codecs
+import doctest
 import json
 import os
+import pickle
 import random
-import string
 
 import pytest
-import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import encoder
-
-# The original's pattern, written out again so that the reference does not share the code tested.
-ORIGINAL_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+from bench import original_encoder
 
 
-class ReferenceEncoder:
-    """The original openai/gpt-2 `Encoder.encode` and `bpe`, as plain and slow as they were.
+def original(folder):
+    """The original algorithm's encoder of the vocabulary in `folder`."""
+    return original_encoder.get_encoder(os.path.basename(folder), os.path.dirname(folder))
 
-    Only its bare `except:` around `word.index` became a membership test.
-    """
 
-    def __init__(self, folder):
-        with open(os.path.join(folder, "encoder.json"), encoding="utf-8") as f:
-            self.encoder = json.load(f)
-        with open(os.path.join(folder, "vocab.bpe"), encoding="utf-8") as f:
-            merges = [tuple(line.split()) for line in f.read().split("\n")[1:-1]]
-        self.bpe_ranks = dict(zip(merges, range(len(merges))))
-        self.byte_encoder = self._bytes_to_unicode()
-        self.pattern = regex.compile(ORIGINAL_PATTERN)
-        self.cache = {}
-
-    @staticmethod
-    def _bytes_to_unicode():
-        bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-              + list(range(ord("®"), ord("ÿ") + 1)))
-        cs = bs[:]
-        n = 0
-        for b in range(256):
-            if b not in bs:
-                bs.append(b)
-                cs.append(256 + n)
-                n += 1
-        return dict(zip(bs, map(chr, cs)))
-
-    def bpe(self, token):
-        if token in self.cache:
-            return self.cache[token]
-        word = tuple(token)
-        while len(word) > 1:
-            pairs = set(zip(word, word[1:]))
-            bigram = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
-            if bigram not in self.bpe_ranks:
-                break
-            first, second = bigram
-            new_word = []
-            i = 0
-            while i < len(word):
-                if first not in word[i:]:
-                    new_word.extend(word[i:])
-                    break
-                j = word.index(first, i)
-                new_word.extend(word[i:j])
-                i = j
-                if i < len(word) - 1 and word[i + 1] == second:
-                    new_word.append(first + second)
-                    i += 2
-                else:
-                    new_word.append(word[i])
-                    i += 1
-            word = tuple(new_word)
-        self.cache[token] = " ".join(word)
-        return self.cache[token]
-
-    def encode(self, text):
-        ids = []
-        for piece in self.pattern.findall(text):
-            token = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
-            ids.extend(self.encoder[t] for t in self.bpe(token).split(" "))
-        return ids
+def original_pieces(text):
+    return original_encoder.Encoder({}, []).pat.findall(text)
 
 
 @pytest.fixture(scope="session")
@@ -93,10 +35,10 @@ def enc(vocab_dir):
 
 @pytest.fixture(scope="session")
 def ref(vocab_dir):
-    return ReferenceEncoder(vocab_dir)
+    return original(vocab_dir)
 
 
-# Computed once with ReferenceEncoder and read through token by token (e.g. "I'M" is "I", "'",
+# Computed once with the original algorithm and read through token by token (e.g. "I'M" is "I", "'",
 # "M": the original's contractions are lower case only).
 KNOWN = [
     ("hello world", [31373, 995]),
@@ -177,7 +119,7 @@ def test_module_functions_are_the_originals():
     assert len(table) == 256 and len(set(table.values())) == 256
     assert table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ" and table[ord("a")] == "a"
     assert all(c.isprintable() and not c.isspace() for c in table.values())
-    assert table == ReferenceEncoder._bytes_to_unicode()
+    assert table == original_encoder.bytes_to_unicode()
     assert encoder.get_pairs(("h", "e", "l", "l", "o")) == {("h", "e"), ("e", "l"), ("l", "l"), ("l", "o")}
     assert encoder.get_pairs(("a",)) == set()
 
@@ -189,10 +131,21 @@ def test_bpe_keeps_the_originals_form(enc, ref):
 
 
 def test_every_token_is_its_own_bpe(enc, ref):
-    # encode() skips BPE for a piece that is a whole token; the original's BPE agrees for each one.
+    # What lets encode() skip BPE for a piece that is a whole token of GPT-2's files (their SHA-256
+    # in encoder.GPT2_SHA256): BPE makes each token from its own bytes, the original's BPE as ours.
+    assert enc.tokens_are_own_bpe
     tokens = [t for t in enc.encoder if t != "<|endoftext|>"]
     assert [ref.bpe(t) for t in tokens] == tokens
     assert [enc.bpe(t) for t in tokens] == tokens
+
+
+def test_a_token_that_is_not_its_own_bpe_is_merged_as_the_original_does(tmp_path):
+    # ("b", "c") ranks first, so BPE never makes "abc" from its own bytes: only GPT-2's files are
+    # taken to have every token its own BPE.
+    write_vocabulary(tmp_path / "toy", [("b", "c"), ("a", "b"), ("ab", "c")])
+    enc = encoder.get_encoder("toy", str(tmp_path))
+    assert not enc.tokens_are_own_bpe
+    assert enc.encode("abc") == original(str(tmp_path / "toy")).encode("abc") == [enc.encoder["a"], enc.encoder["bc"]]
 
 
 def test_constructor_signature(vocab_dir):
@@ -219,8 +172,10 @@ def mixed_text(seed, size):
 
 
 def test_long_mixed_text_matches_the_original(enc, ref):
-    text = mixed_text(seed=1, size=40_000)  # ~250 KB: many blocks, cut between ASCII and not
-    assert enc.encode(text) == ref.encode(text)
+    text = mixed_text(seed=1, size=40_000)  # ~250 KB of prose, code, scripts and emoji
+    ids = ref.encode(text)
+    assert enc.encode(text) == ids
+    assert encoder.Encoder(enc.encoder, list(enc.bpe_ranks)).encode(text) == ids  # BPE for every piece
     assert enc.decode(enc.encode(text)) == text
 
 
@@ -230,42 +185,97 @@ def test_a_fresh_encoder_and_a_warm_one_agree(vocab_dir, enc):
     assert first == enc.encode(text) == enc.encode(text)
 
 
+def test_cache_remembers_each_piece_s_ids(vocab_dir):
+    enc = encoder.get_encoder(os.path.basename(vocab_dir), os.path.dirname(vocab_dir))
+    assert enc.cache == {}
+    enc.encode("hello world, hello")
+    assert enc.cache == {"hello": (31373,), " world": (995,), ",": (11,), " hello": (23748,)}
+
+
 def test_cache_stays_bounded(vocab_dir, monkeypatch, ref):
     monkeypatch.setattr(encoder, "_CACHE_PIECES", 500)
-    monkeypatch.setattr(encoder, "_GROUP_PIECES", 100)
     enc = encoder.get_encoder(os.path.basename(vocab_dir), os.path.dirname(vocab_dir))
     text = " ".join(f"w{i}x" for i in range(5000))  # 5000 distinct numbers
     assert enc.encode(text) == ref.encode(text)
-    assert len(enc._cache) <= 500 + 100
+    assert 0 < len(enc.cache) <= 500
+
+
+def test_encoder_pickles_with_its_cache(enc):
+    copy = pickle.loads(pickle.dumps(enc))
+    assert copy.encode("hello world") == [31373, 995] and copy.cache[" world"] == (995,)
 
 
 def write_vocabulary(folder, merges):
     """A vocabulary of the 256 byte tokens and what `merges` make, in GPT-2's file formats."""
     folder.mkdir()
-    tokens = dict.fromkeys([*encoder.bytes_to_unicode().values(), *(left + right for left, right in merges)])
+    tokens = dict.fromkeys([*encoder.bytes_to_unicode().values(), *(left + right for left, right in merges),
+                            "<|endoftext|>"])
     (folder / "encoder.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}), encoding="utf-8")
     (folder / "vocab.bpe").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
 
 
-@pytest.mark.parametrize("in_order", [True, False])
-def test_any_vocabulary_matches_the_original(tmp_path, in_order):
-    # Out of order, a merge may use a token that only a later merge makes: no heap then.
-    rng = random.Random(4)
-    tokens, merges = list("abcd"), []
-    while len(merges) < 60:
+def random_merges(rng, symbols, count, in_order):
+    """`count` merges of `symbols` and what earlier ones make; out of order, shuffled after."""
+    tokens, merges = list(symbols), []
+    while len(merges) < count:
         pair = (rng.choice(tokens), rng.choice(tokens))
         if pair not in merges and len(pair[0] + pair[1]) <= 12:
             merges.append(pair)
             tokens.append(pair[0] + pair[1])
     if not in_order:
         rng.shuffle(merges)
+    return merges
+
+
+def is_in_order(merges):
+    """Whether each merge joins only bytes and tokens that better-ranked merges made."""
+    made = set()
+    for left, right in merges:
+        if not all(len(token) == 1 or token in made for token in (left, right)):
+            return False
+        made.add(left + right)
+    return True
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_any_vocabulary_matches_the_original(tmp_path, in_order):
+    # Out of order, a merge may make a pair that ranks before the round's, which waits for the next round.
+    rng = random.Random(4)
+    merges = random_merges(rng, "abcd", 60, in_order)
+    assert is_in_order(merges) is in_order
     write_vocabulary(tmp_path / "toy", merges)
     enc = encoder.get_encoder("toy", str(tmp_path))
-    assert enc._in_order is in_order
-    ref = ReferenceEncoder(str(tmp_path / "toy"))
+    ref = original(str(tmp_path / "toy"))
     for length in (5, 30, 200, 1000):  # short pieces, and long ones (past _LONG_PIECE)
         text = "".join(rng.choices("abcd", k=length))
         assert enc.encode(text) == ref.encode(text), text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2 ** 32), st.booleans(), st.lists(st.sampled_from("abc"), max_size=300))
+def test_both_merge_loops_are_the_originals_bpe(seed, in_order, symbols):
+    merges = random_merges(random.Random(seed), "abc", 30, in_order)
+    ranks = {merge: rank for rank, merge in enumerate(merges)}
+    bpe = original_encoder.Encoder({}, merges).bpe("".join(symbols)).split(" ") if symbols else []
+    assert encoder.merge_pairs(list(symbols), ranks) == bpe
+    assert encoder.merge_pairs_long(list(symbols), ranks) == bpe
+
+
+def test_a_round_merges_each_occurrence_before_the_pairs_it_makes(tmp_path):
+    # Out of order: ("ab", "a") ranks before ("a", "b"), which makes "ab". The original's round
+    # merges both pairs "a", "b" of "abab" before it looks at ("ab", "a").
+    merges = [("ab", "a"), ("a", "b")]
+    ranks = {merge: rank for rank, merge in enumerate(merges)}
+    assert encoder.merge_pairs(list("abab"), ranks) == ["ab", "ab"]
+    assert encoder.merge_pairs_long(list("abab"), ranks) == ["ab", "ab"]
+    write_vocabulary(tmp_path / "toy", merges)
+    assert encoder.get_encoder("toy", str(tmp_path)).encode("abab") == original(str(tmp_path / "toy")).encode("abab")
+
+
+def test_a_long_run_of_one_character(enc, ref):
+    # The original is quick on these (a few rounds); its quadratic case is a long varied piece.
+    assert enc.encode("a" * 100_000) == ref.encode("a" * 100_000) == [24794] * 25_000
+    assert enc.encode(" " + "9" * 99_999) == ref.encode(" " + "9" * 99_999)
 
 
 def test_long_words_match_the_original(enc, ref):
@@ -297,32 +307,46 @@ def test_tricky_joins_match_the_original(enc, ref, text):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(st.characters(max_codepoint=127)))
-def test_ascii_pattern_cuts_like_the_original(text):
-    assert encoder._ASCII_PIECE.findall(text) == regex.findall(ORIGINAL_PATTERN, text)
-    assert encoder._PIECE.findall(text) == regex.findall(ORIGINAL_PATTERN, text)
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.text(no_surrogates, max_size=40) | fragments.map("".join), max_size=120).map("".join))
-def test_blocks_cut_like_the_original(text):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(encoder, "_BLOCK_CHARS", 16)  # many cuts, even in short texts
-        pieces = [piece for group in encoder._split(text) for piece in group]
-    assert pieces == regex.findall(ORIGINAL_PATTERN, text)
-
-
-def test_ascii_classes_are_the_regex_modules():
-    # What _ASCII_PIECE assumes of `regex` (\x1c-\x1f, spaces to str.isspace, are not \s there).
-    ascii_chars = "".join(map(chr, range(128)))
-    assert "".join(regex.findall(r"\p{L}", ascii_chars)) == string.ascii_uppercase + string.ascii_lowercase
-    assert "".join(regex.findall(r"\p{N}", ascii_chars)) == string.digits
-    assert "".join(regex.findall(r"\s", ascii_chars)) == "\t\n\x0b\x0c\r "
+@given(st.text(st.characters(max_codepoint=127)) | st.text(no_surrogates) | fragments.map("".join))
+def test_pattern_cuts_like_the_original(enc, text):
+    assert enc.pat.findall(text) == original_pieces(text)
 
 
 def test_decode_of_a_split_character_replaces_it(enc):
     assert enc.decode([47249]) == "\ufffd"  # three of the emoji's four bytes
     assert enc.decode([]) == ""
+
+
+def test_decode_bytes_gives_the_utf8_bytes(enc):
+    assert enc.decode_bytes([31373, 995]) == b"hello world"
+    assert enc.decode_bytes([47249]) == b"\xf0\x9f\x98"  # three of the emoji's four bytes
+    assert enc.decode_bytes([47249, 222]) == "😀".encode("utf-8")
+    assert enc.decode_bytes([]) == b""
+    assert enc.decode_bytes(iter((31373, 50256))) == b"hello<|endoftext|>"  # any iterable of ids
+
+
+@pytest.mark.parametrize("text, ids", KNOWN, ids=[repr(text[:24]) for text, _ in KNOWN])
+def test_decode_bytes_of_known_ids(enc, text, ids):
+    assert enc.decode_bytes(ids) == text.encode("utf-8")
+
+
+def test_decode_bytes_streams_a_character_split_between_tokens(enc):
+    text = mixed_text(seed=5, size=300)
+    ids = enc.encode(text)
+    chunks = [enc.decode_bytes([i]) for i in ids]
+    assert sum(len(chunk.decode("utf-8", "replace")) != len(chunk.decode("utf-8", "ignore")) for chunk in chunks) > 0
+    stream = codecs.getincrementaldecoder("utf-8")()
+    assert "".join(stream.decode(chunk) for chunk in chunks) + stream.decode(b"", final=True) == text
+
+
+def test_docstring_examples(enc):
+    # The examples load GPT-2's vocabulary by name: get_encoder gives the one the tests use.
+    tests = doctest.DocTestFinder().find(encoder, extraglobs={"enc": enc, "get_encoder": lambda *names: enc})
+    assert sum(len(test.examples) for test in tests) >= 10
+    runner = doctest.DocTestRunner()
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
 
 
 def assert_one_line(error):
@@ -352,22 +376,44 @@ def test_missing_vocab_bpe_names_it(tmp_path, vocab_dir):
     assert_one_line(error)
 
 
+def real_encoder_json(vocab_dir, **changes):
+    """GPT-2's encoder.json with `changes` (token=id, or token=None to leave it out), as text."""
+    with open(os.path.join(vocab_dir, "encoder.json"), encoding="utf-8") as f:
+        tokens = json.load(f)
+    for token, i in changes.items():
+        tokens.pop(token) if i is None else tokens.__setitem__(token, i)
+    return json.dumps(tokens)
+
+
 @pytest.mark.parametrize("file, content, message", [
     ("encoder.json", '{"a": 1,', "is not valid JSON"),
     ("encoder.json", "[1, 2]", "is not a GPT-2 encoder.json"),
     ("encoder.json", '{"a": "b"}', "is not a GPT-2 encoder.json"),
     ("encoder.json", '{"a": -1}', "is not a GPT-2 encoder.json"),
+    ("encoder.json", '{"a": true}', "is not a GPT-2 encoder.json"),
+    ("encoder.json", "[" * 100_000 + "]" * 100_000, r"is not a GPT-2 encoder.json \(.*nesting too deep"),
+    ("encoder.json", '{"a": ' + "[" * 100_000, r"is not a GPT-2 encoder.json \(.*nesting too deep"),
+    ("encoder.json", '{"a": 1' + "0" * 10_000 + "}", r"is not a GPT-2 encoder.json \(a number too long"),
+    ("encoder.json", "{}", r"\(no <\|endoftext\|> token\)"),
+    ("encoder.json", lambda d: real_encoder_json(d, **{"<|endoftext|>": None}), r"\(no <\|endoftext\|> token\)"),
+    ("encoder.json", lambda d: real_encoder_json(d, hello=0), r"\('!' and 'hello' both have id 0\)"),
+    ("encoder.json", lambda d: real_encoder_json(d, Ġ=None), r"\(no token for byte 32 \('Ġ'\)\)"),
+    ("encoder.json", lambda d: real_encoder_json(d, 日本=50257), r"token '日本' is not made of bytes_to_unicode"),
     ("encoder.json", b"\xff\xfe{}", "is not UTF-8"),
     ("vocab.bpe", "#version: 0.2\nĠ t\nĠ a b\n", "line 3 is not a merge"),
     ("vocab.bpe", "#version: 0.2\n", "has no merges"),
+    ("vocab.bpe", "#version: 0.2\nĠ t\nĠt zzz\n", r"line 3: BPE merge \('Ġt', 'zzz'\) is not two tokens"),
+    ("vocab.bpe", "#version: 0.2\nĠ t\nq Ġ\n", r"line 3: BPE merge \('q', 'Ġ'\) is not two tokens .* that make a third"),
+    ("vocab.bpe", b"#version: 0.2\n\xc4 t\n", "is not UTF-8"),
 ])
 def test_corrupt_vocabulary_file_names_it_and_the_fix(tmp_path, vocab_dir, file, content, message):
     folder = copy_vocabulary(vocab_dir, tmp_path / "m")
+    content = content(vocab_dir) if callable(content) else content
     (folder / file).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     with pytest.raises(ValueError, match=message) as error:
         encoder.get_encoder("m", str(tmp_path))
     assert str(folder / file) in str(error.value)
-    assert f"delete it and download it again with `python3 download_model.py m --models_dir {tmp_path}`" in str(error.value)
+    assert f"; download it again with `python3 download_model.py m --models_dir {tmp_path}`" in str(error.value)
     assert_one_line(error)
 
 
@@ -380,6 +426,34 @@ def test_mismatched_vocabulary_files_name_the_merge(tmp_path, vocab_dir):
     assert_one_line(error)
 
 
+def test_unreadable_vocabulary_says_so(tmp_path, vocab_dir, monkeypatch):
+    # Root reads any file whatever its mode: open() is made to answer as it does for other users.
+    folder = copy_vocabulary(vocab_dir, tmp_path / "m")
+    real_open = open
+
+    def open_denied(path, *args, **kwargs):
+        if os.path.dirname(path) == str(folder):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", open_denied)
+    with pytest.raises(PermissionError, match="is unreadable") as error:
+        encoder.get_encoder("m", str(tmp_path))
+    assert str(folder / "encoder.json") in str(error.value) and "not found" not in str(error.value)
+    assert f"chmod -R u+rX {folder}" in str(error.value)
+    assert_one_line(error)
+
+
+def test_a_folder_in_place_of_a_file_is_named(tmp_path, vocab_dir):
+    folder = copy_vocabulary(vocab_dir, tmp_path / "m")
+    os.remove(folder / "vocab.bpe")
+    (folder / "vocab.bpe").mkdir()
+    with pytest.raises(IsADirectoryError, match="vocab.bpe cannot be read") as error:
+        encoder.get_encoder("m", str(tmp_path))
+    assert str(folder / "vocab.bpe") in str(error.value)
+    assert_one_line(error)
+
+
 def copy_vocabulary(vocab_dir, folder):
     folder.mkdir()
     for name in ("encoder.json", "vocab.bpe"):
@@ -387,10 +461,11 @@ def copy_vocabulary(vocab_dir, folder):
     return folder
 
 
+@pytest.mark.parametrize("method", ["decode", "decode_bytes"])
 @pytest.mark.parametrize("bad", [50257, -1, 10 ** 20, "31373", None, 1.5, [1]])
-def test_decode_rejects_what_is_not_an_id(enc, bad):
+def test_decode_rejects_what_is_not_an_id(enc, method, bad):
     with pytest.raises(ValueError, match=r"at position 1 is not a token id: ids are integers from 0 to 50256") as error:
-        enc.decode([31373, bad, 995])
+        getattr(enc, method)([31373, bad, 995])
     assert repr(bad) in str(error.value)
     assert_one_line(error)
 

@@ -169,9 +169,13 @@ def test_sampler_is_traced_once_per_batch_size(tiny):
 
 
 def test_choices_follow_the_device():
-    assert fast.choices_for(tf.float32, "CPU").xla
-    assert not fast.choices_for(tf.bfloat16, "CPU").xla
+    avx2, avx512_bf16 = {"avx2", "fma"}, {"avx2", "avx512f", "avx512_bf16"}
+    assert fast.choices_for(tf.float32, "CPU", avx2).xla and fast.choices_for(tf.float32, "CPU", avx512_bf16).xla
+    assert fast.choices_for(tf.bfloat16, "CPU", avx2).xla  # no bfloat16 instructions: XLA's matmuls win
+    assert not fast.choices_for(tf.bfloat16, "CPU", avx512_bf16).xla  # oneDNN's native ones win
+    assert fast.choices_for(tf.float16, "CPU", avx512_bf16).xla
     assert fast.choices_for(tf.float32, "GPU") == fast.Choices()  # no CPU choice imposed on a GPU
+    assert "fpu" in fast.cpu_features() or not os.path.exists("/proc/cpuinfo")
 
 
 # --- weights that change ------------------------------------------------------------------------
@@ -181,36 +185,39 @@ import json, os, sys
 import numpy as np, tensorflow as tf
 import fast, model
 
-first, second, dtype = sys.argv[1], sys.argv[2], tf.as_dtype(sys.argv[3])
+first, second = sys.argv[1], sys.argv[2]
 context = np.random.RandomState(1).randint(0, 50257, (2, 5))
+frozen = os.environ.get("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS") == "1"
 
-def load(path):
+def load(path, dtype):
     hparams = model.load_hparams(path)
     return hparams, fast.load_params(model.find_checkpoint(path), hparams, dtype)
 
 def tokens(params, hparams):
     return fast.Sampler(params, hparams, top_k=40).sample(context, 12, seed=3).tolist()
 
-hparams, a = load(first)
-_, b = load(second)
-out = {"a": tokens(a, hparams), "b_after_a": tokens(b, hparams)}
-if os.environ.get("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS") == "1":
-    try:
-        fast.Sampler(tf.nest.map_structure(tf.Variable, a), hparams)
-        out["variables"] = "accepted"
-    except ValueError as e:
-        out["variables"] = str(e)
-else:
-    weights = tf.nest.map_structure(tf.Variable, a)
-    sampler = fast.Sampler(weights, hparams, top_k=40)
-    out["variables_a"] = sampler.sample(context, 12, seed=3).tolist()
-    tf.nest.map_structure(lambda w, new: w.assign(new), weights, b)
-    out["variables_b"] = sampler.sample(context, 12, seed=3).tolist()
-# The hazard itself: a fused matmul-plus-bias whose weights change is stale under the setting.
-fused = tf.function(lambda x, w, b: tf.nn.bias_add(tf.matmul(x, w), b))
-x, bias = tf.ones([1, 64], dtype), tf.zeros([64], dtype)
-out["stale"] = bool(fused(x, tf.ones([64, 64], dtype), bias)[0, 0] == fused(x, 2 * tf.ones([64, 64], dtype), bias)[0, 0])
-print(json.dumps(out))
+runs = {}
+for dtype in (tf.float32, tf.bfloat16, tf.float16):
+    hparams, a = load(first, dtype)
+    _, b = load(second, dtype)
+    out = runs[dtype.name] = {"a": tokens(a, hparams), "b_after_a": tokens(b, hparams)}
+    if frozen:
+        try:
+            fast.Sampler(tf.nest.map_structure(tf.Variable, a), hparams)
+            out["variables"] = "accepted"
+        except ValueError as e:
+            out["variables"] = str(e)
+    else:
+        weights = tf.nest.map_structure(tf.Variable, a)
+        sampler = fast.Sampler(weights, hparams, top_k=40)
+        out["variables_a"] = sampler.sample(context, 12, seed=3).tolist()
+        tf.nest.map_structure(lambda w, new: w.assign(new), weights, b)
+        out["variables_b"] = sampler.sample(context, 12, seed=3).tolist()
+    # The hazard itself: a fused matmul-plus-bias whose weights change is stale under the setting.
+    fused = tf.function(lambda x, w, b: tf.nn.bias_add(tf.matmul(x, w), b))
+    x, bias = tf.ones([1, 64], dtype), tf.zeros([64], dtype)
+    out["stale"] = bool(fused(x, tf.ones([64, 64], dtype), bias)[0, 0] == fused(x, 2 * tf.ones([64, 64], dtype), bias)[0, 0])
+print(json.dumps(runs))
 """
 
 
@@ -227,29 +234,35 @@ def second_tiny(models_dir, vocab_dir):
     return path
 
 
-def run_changed_weights(first, second, dtype, frozen):
+def run_changed_weights(first, second, frozen):
     env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src"), "TF_CPP_MIN_LOG_LEVEL": "3",
            "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1" if frozen else "0"}
-    out = subprocess.run([sys.executable, "-c", CHANGED_WEIGHTS_RUN, first, second, dtype],
-                         capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-c", CHANGED_WEIGHTS_RUN, first, second],
+                         capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
+def changed_weights(models_dir, tiny_model, second_tiny):
+    """The runs of CHANGED_WEIGHTS_RUN: without and with the scripts' setting, and the second
+    model first in a fresh process."""
+    first = os.path.join(models_dir, tiny_model)
+    return (run_changed_weights(first, second_tiny, frozen=False), run_changed_weights(first, second_tiny, frozen=True),
+            run_changed_weights(second_tiny, first, frozen=True))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-def test_new_weights_give_the_new_models_tokens(models_dir, tiny_model, second_tiny, dtype):
+def test_new_weights_give_the_new_models_tokens(changed_weights, dtype):
     """Weights changed between two samples, as tensors (a new Sampler) and as tf.Variables (the
     same Sampler), with and without the scripts' TF_ONEDNN_ASSUME_FROZEN_WEIGHTS: each sample is
     the one its own weights give in a process that never saw the others."""
-    first = os.path.join(models_dir, tiny_model)
-    plain = run_changed_weights(first, second_tiny, dtype, frozen=False)
-    frozen = run_changed_weights(first, second_tiny, dtype, frozen=True)
-    alone = run_changed_weights(second_tiny, first, dtype, frozen=True)  # b first, in a fresh process
+    plain, frozen, alone = (run[dtype] for run in changed_weights)
     assert plain["a"] != plain["b_after_a"]  # the two models differ, so a stale one would show
-    assert not plain["stale"]
-    if dtype == "bfloat16" and ONEDNN_BF16:  # where oneDNN runs bfloat16 matmuls, the hazard is real
-        assert frozen["stale"]
     assert plain["b_after_a"] == frozen["b_after_a"] == alone["a"]
     assert plain["a"] == frozen["a"] == alone["b_after_a"]
     assert plain["variables_a"] == plain["a"] and plain["variables_b"] == plain["b_after_a"]
     assert "tf.Variables" in frozen["variables"] and "unset it" in frozen["variables"]
+    assert not plain["stale"]
+    if dtype == "bfloat16" and ONEDNN_BF16:  # where oneDNN runs bfloat16 matmuls, the hazard is real
+        assert frozen["stale"]

@@ -96,6 +96,16 @@ def test_missing_model_names_the_download_command(tmp_path):
         model.model_dir("774M", "models")
 
 
+def test_unreadable_model_folder_is_named_not_missing(models_dir, tiny_model, tmp_path, monkeypatch):
+    """A folder this user may not read (simulated: root may read any) is not "not found"."""
+    path = copy_model(models_dir, tiny_model, tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: p != path and real_access(p, mode))
+    with pytest.raises(PermissionError) as e:
+        model.model_dir(tiny_model, str(tmp_path))
+    assert str(e.value) == f"{path} is unreadable (permission denied); let this user read it, e.g. `chmod -R u+rX {path}`"
+
+
 def copy_model(models_dir, name, tmp_path):
     path = str(tmp_path / name)
     shutil.copytree(os.path.join(models_dir, name), path)

@@ -49,6 +49,29 @@ def test_temperature_sharpens():
     assert 0.22 < draws(probs, 1000).mean() < 0.32  # P(token 1) = 0.27
 
 
+def test_every_bit_of_the_seed_counts():
+    keys = lambda seed: sample.sample_keys(seed, 0, 3)
+    states = [sample.stream_state(keys(seed), 5).numpy().tolist() for seed in (0, 2 ** 32, 2 ** 62, 2 ** 63 - 1, 1)]
+    assert len({tuple(s) for s in states}) == len(states)  # 2**32 no longer aliases 0
+    numbers = sample.stream_state(tf.constant([[7, 0], [7, 2 ** 32]], tf.int64), 5).numpy()
+    assert numbers[0] != numbers[1]
+
+
+@pytest.mark.parametrize("temperature", [sample.SMALLEST_TEMPERATURE, 1e-30, 1e-12])
+def test_tiny_temperature_is_greedy(temperature):
+    logits = tf.constant(np.random.RandomState(0).randn(6, 500) * 30, tf.float32)
+    keys = sample.sample_keys(1, 0, 6)
+    for step in range(5):
+        token = sample.next_token(logits, keys, step, temperature, 0, 1.0)
+        np.testing.assert_array_equal(token, tf.argmax(logits, -1))
+
+
+def test_huge_temperature_draws_uniformly_without_nan():
+    probs = np.array([0.97, 0.01, 0.01, 0.01])
+    counts = np.bincount(draws(probs, 4000, temperature=1e38), minlength=4) / 4000
+    np.testing.assert_allclose(counts, 0.25, atol=0.03)
+
+
 def contexts(hparams, batch, n, seed=0):
     return random_tokens(hparams.n_vocab, batch, n, seed)
 
@@ -66,14 +89,18 @@ def test_sample_sequence_keeps_the_originals_arguments(tiny):
     (dict(length=64), "length plus the prompt's 3 tokens exceeds the model's window of 64 tokens: use at most 62"),
     (dict(length=0), "length must be a positive integer. Received: 0"),
     (dict(length=True), "length must be a positive integer. Received: True"),
-    (dict(temperature=0), "temperature must be greater than 0. Received: 0"),
+    (dict(temperature=0), "temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number. Received: 0"),
+    (dict(temperature=1e-39), "temperature must be greater than 0: at least 1.2e-38"),
+    (dict(temperature=float("nan")), "temperature must be greater than 0"),
+    (dict(seed=2 ** 63), "seed must be an integer from 0 to 2**63 - 1. Received: 9223372036854775808"),
+    (dict(seed=-1), "seed must be an integer from 0 to 2**63 - 1"),
     (dict(temperature=-1.0), "temperature must be greater than 0"),
     (dict(top_k=-1), "top_k must be an integer >= 0 (0: no top-k filter). Received: -1"),
     (dict(top_k=60000), "top_k must be at most the vocabulary size 50257"),
     (dict(top_p=0), "top_p must be in (0, 1]"),
     (dict(top_p=1.5), "top_p must be in (0, 1] (1: no nucleus filter). Received: 1.5"),
     (dict(top_p="high"), "top_p must be in (0, 1] (1: no nucleus filter). Received: 'high'"),
-    (dict(temperature="warm"), "temperature must be greater than 0. Received: 'warm'"),
+    (dict(temperature="warm"), "temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number. Received: 'warm'"),
     (dict(context=[[50257]]), "context tokens must be in [0, 50257)"),
     (dict(context=[[]]), "context must be [batch, n] integer tokens with n >= 1"),
 ])
@@ -84,5 +111,5 @@ def test_bad_settings_are_named(tiny, kwargs, message):
         sample.sample_sequence(params=params, hparams=hparams, **kwargs)
     assert message in str(e.value)
     name = message.split()[0]
-    flags = ("length", "temperature", "top_k", "top_p")  # the scripts say --length, ...
+    flags = ("length", "temperature", "top_k", "top_p", "seed")  # the scripts say --length, ...
     assert getattr(e.value, "argument", None) == (name if name in flags else None)

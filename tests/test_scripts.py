@@ -225,7 +225,8 @@ def test_until_end_cuts_at_the_first_end_token():
     (dict(top_p=1.5), "--top_p must be in (0, 1]"),
     (dict(batch_size=0), "--batch_size must be a positive integer. Received: 0"),
     (dict(nsamples=-1), "--nsamples must be an integer >= "),
-    (dict(seed=-3), "--seed must be a non-negative integer"),
+    (dict(seed=-3), "--seed must be an integer from 0 to 2**63 - 1. Received: -3"),
+    (dict(seed=2 ** 63), "--seed must be an integer from 0 to 2**63 - 1. Received: 9223372036854775808"),
     (dict(dtype="float64"), "--dtype must be one of float32, bfloat16, float16. Received: 'float64'"),
 ])
 @pytest.mark.parametrize("script", [generate_unconditional_samples.sample_model, interactive_conditional_samples.interact_model])
