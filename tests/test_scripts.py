@@ -367,6 +367,12 @@ def test_a_batch_too_big_for_memory_says_what_to_lower(models_dir, tiny_model):
                              "or --dtype bfloat16\n")
 
 
+def test_out_of_memory_names_the_flags_each_script_has():
+    assert cli.out_of_memory_line(score.score) == "error: out of memory: use a smaller --model_name or --dtype bfloat16"
+    assert cli.out_of_memory_line(interactive_conditional_samples.interact_model).startswith(
+        "error: out of memory: lower --batch_size or --length, or ")
+
+
 def test_unsupported_pythons_are_named_in_one_line(no_tensorflow):
     assert cli.python_problem((3, 10)) is None and cli.python_problem((3, 13, 0)) is None
     assert cli.python_problem(sys.version_info) is None
