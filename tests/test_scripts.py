@@ -200,6 +200,7 @@ def test_interactive_in_a_terminal(models_dir, tiny_model, tiny, ending, locale)
     assert got[2] == expected_sample(tiny, "Caf\u00e9 au lait", 12, 3, 1) + "\n"
     n = len(tiny[0].encode(long_prompt))
     assert f"Prompt too long: {n} tokens plus --length 12" in too_long
+    assert too_long.count("word") == 1000  # echoed once: not by the terminal, then again by readline
 
 
 class Recorder(io.StringIO):
