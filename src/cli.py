@@ -38,8 +38,10 @@ def python_problem(version=None):
     major, minor = tuple(version or sys.version_info)[:2]
     if PYTHONS[0] <= (major, minor) <= PYTHONS[1]:
         return None
-    return (f"error: this is Python {major}.{minor}; the scripts run on Python 3.10 to 3.13, for which "
-            "TensorFlow 2.20 is built: make the virtual environment with one of those (README.md, Set up)")
+    (low_major, low_minor), (high_major, high_minor) = PYTHONS
+    return (f"error: this is Python {major}.{minor}; the scripts run on Python {low_major}.{low_minor} to "
+            f"{high_major}.{high_minor}, for which TensorFlow 2.20 is built: make the virtual environment "
+            "with one of those (README.md, Set up)")
 
 
 def is_flag(word):
@@ -118,7 +120,8 @@ def main(command, argv=None):
     The flags are checked first, with nothing loaded: `-h`/`--help` anywhere prints fire's help,
     and a command line `read_flags` cannot read ends in one line. Then TensorFlow starts, and
     expected failures end in one line on stderr, not a traceback. Exit status: 1 for an error
-    the command reports, 2 for a command line that cannot be read, 130 after Ctrl-C.
+    the command reports, 2 for a command line that cannot be read, 130 after Ctrl-C, 141 when
+    the output's reader has gone (as for a process that SIGPIPE ends).
     """
     problem = python_problem()
     if problem:
@@ -144,6 +147,9 @@ def main(command, argv=None):
         sys.exit(f"error: {e} in {sys.executable}: install the requirements (pip install -r requirements.txt)")
     except out_of_memory:
         sys.exit(out_of_memory_line(command))
+    except BrokenPipeError:  # the reader went away (`| head`): stop as quietly as `yes | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush has nowhere to go
+        sys.exit(141)
     except (ValueError, OSError) as e:
         sys.exit(error_line(e))
     except KeyboardInterrupt:

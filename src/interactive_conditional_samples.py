@@ -2,6 +2,7 @@
 """Continues prompts typed at `Model prompt >>> ` with GPT-2 samples."""
 import codecs
 import contextlib
+import signal
 import sys
 
 import cli
@@ -15,23 +16,45 @@ def ask(prompt):
     """The line typed after `prompt`, without its newline; EOFError at the end of input.
 
     At a terminal, input() with readline: line editing, and no limit on the line's length
-    (the terminal's own line editing stops at 4,095 bytes). Ctrl-C raises KeyboardInterrupt:
-    Linux gives the signal to the main thread unless it blocks it, so TensorFlow's threads
-    never take it from the read. Elsewhere, the bytes of a line of standard input.
+    (the terminal's own line editing stops at 4,095 bytes). Elsewhere, the bytes of a line of
+    standard input. Ctrl-C raises KeyboardInterrupt (see `reads_woken`).
     """
     if sys.stdin.isatty() and sys.stdout.isatty():
         with contextlib.suppress(ImportError):  # Windows has no readline
             import readline
             readline.parse_and_bind("tab: tab-insert")  # a prompt's tabs are text, not completion
         try:
-            return utf8(input(prompt))
+            with reads_woken():
+                return utf8(input(prompt))
         except UnicodeDecodeError as e:
             raise BadPrompt(not_utf8(e.object[e.start])) from None
     print(prompt, end="", flush=True)
-    line = sys.stdin.buffer.readline()
+    with reads_woken():
+        line = sys.stdin.buffer.readline()
     if not line:
         raise EOFError
     return utf8(line.rstrip(b"\n").rstrip(b"\r").decode(sys.stdin.encoding or "utf-8", "surrogateescape"))
+
+
+@contextlib.contextmanager
+def reads_woken(interval=0.1):
+    """A `with` block whose blocking reads are interrupted every `interval` seconds (SIGALRM).
+
+    Python's line reading, readline's too, acts on a Ctrl-C only when it interrupts the read:
+    one that lands just before the read begins (as the prompt appears) would otherwise wait for
+    the next key. (Where it lands is no worry: Linux gives a process's SIGINT to its main thread,
+    which does not block it, rather than to one of TensorFlow's threads.)
+    """
+    if not hasattr(signal, "setitimer"):  # Windows
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    signal.setitimer(signal.ITIMER_REAL, interval, interval)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def utf8(text):

@@ -67,8 +67,9 @@ def test_bad_stride_is_rejected(odd_model, stride):
 
 
 def run_score(*args):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the script's own level
     return subprocess.run([sys.executable, os.path.join(REPO, "src", "score.py"), *args],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_cli_json_is_the_last_line_and_matches_reference(models_dir, tiny_model, tmp_path):
@@ -76,6 +77,7 @@ def test_cli_json_is_the_last_line_and_matches_reference(models_dir, tiny_model,
     text_file.write_text("Hello world! GPT-2 scores text, token by token.\n", encoding="utf-8")
     result = run_score("--model_name", tiny_model, "--models_dir", models_dir, "--text_file", str(text_file), "--json")
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no TensorFlow start-up lines
     lines = result.stdout.strip().splitlines()
     assert "tokens, mean negative log-likelihood" in lines[0]
     out = json.loads(lines[-1])
@@ -111,6 +113,7 @@ def test_cli_error_exits_nonzero_with_one_line(models_dir, tmp_path):
     result = run_score("--model_name", "774M", "--models_dir", models_dir, "--text_file", str(tmp_path / "x.txt"))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert result.stderr.count("\n") == 1  # that line alone
 
 
 def test_cli_names_a_bad_argument_as_its_flag(models_dir, tiny_model, tmp_path):

@@ -93,6 +93,19 @@ def test_unconditional_forever_ends_cleanly_on_ctrl_c(models_dir, tiny_model):
     assert process.returncode == 0 and "Traceback" not in stderr
 
 
+def test_unconditional_forever_ends_quietly_when_its_reader_goes(models_dir, tiny_model):
+    # As in `generate_unconditional_samples.py | head`.
+    process = subprocess.Popen([sys.executable, UNCONDITIONAL, "--model_name", tiny_model, "--models_dir", models_dir,
+                                "--length", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    try:
+        assert b"SAMPLE 1" in process.stdout.readline()
+        process.stdout.close()
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert (process.returncode, stderr) == (141, b"")
+
+
 def expected_sample(tiny, prompt, length, seed, number=0):
     enc, hparams, params = tiny
     context = [enc.encode(prompt)]
@@ -352,6 +365,12 @@ def test_a_batch_too_big_for_memory_says_what_to_lower(models_dir, tiny_model):
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == ("error: out of memory: lower --batch_size or --length, or use a smaller --model_name "
                              "or --dtype bfloat16\n")
+
+
+def test_out_of_memory_names_the_flags_each_script_has():
+    assert cli.out_of_memory_line(score.score) == "error: out of memory: use a smaller --model_name or --dtype bfloat16"
+    assert cli.out_of_memory_line(interactive_conditional_samples.interact_model).startswith(
+        "error: out of memory: lower --batch_size or --length, or ")
 
 
 def test_unsupported_pythons_are_named_in_one_line(no_tensorflow):
