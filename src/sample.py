@@ -67,7 +67,9 @@ def gumbel(state, index):
     and the noise of a token does not depend on which other tokens it is drawn for.
     """
     h = fmix32(state ^ tf.cast(index, tf.uint32) * tf.constant(0x9E3779B9, tf.uint32))
-    uniform = (tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) + 0.5) * 2.0 ** -24  # 24 random bits, in (0, 1)
+    # 23 random bits, in (0, 1): (2**23 - 1 + 0.5) * 2**-23 = 1 - 2**-24 is a float32 below 1, where
+    # 24 bits would round their largest value up to 1.0 and give that token infinite noise.
+    uniform = (tf.cast(tf.bitwise.right_shift(h, 9), tf.float32) + 0.5) * 2.0 ** -23
     return -tf.math.log(-tf.math.log(uniform))
 
 
