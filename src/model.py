@@ -183,10 +183,33 @@ def nest_params(values, hparams, dtype=tf.float32):
         for scope in scopes:
             node = node.setdefault(scope, {})
         if len(value.shape) == 3:  # conv1d weights [1, nx, nf] -> [nx, nf]
-            value = value[0]
-        is_norm = bool(scopes) and scopes[-1].startswith("ln_")
-        node[leaf] = tf.cast(value, tf.float32 if is_norm else dtype)
-    return params
+            value = tf.reshape(value, value.shape[1:])
+        node[leaf] = value
+    return cast_params(params, dtype)
+
+
+def cast_params(params, dtype):
+    """params with every weight in `dtype`, but the norms' gains and biases, which stay float32,
+    the precision `norm` computes in."""
+    if isinstance(params, list):
+        return [cast_params(p, dtype) for p in params]
+    return {key: tf.nest.map_structure(lambda v: tf.cast(v, tf.float32), value) if key.startswith("ln_")
+            else cast_params(value, dtype) if isinstance(value, (dict, list)) else tf.cast(value, dtype)
+            for key, value in params.items()}
+
+
+def checkpoint_values(params):
+    """The inverse of `nest_params`: {checkpoint name: value in the checkpoint's shape}."""
+    def walk(node, scope):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{scope}/{key}")
+            else:  # conv1d weights [nx, nf] -> the checkpoint's [1, nx, nf]
+                yield f"{scope}/{key}", value[None] if key == "w" else value
+    values = dict(walk({key: value for key, value in params.items() if key != "h"}, "model"))
+    for i, layer in enumerate(params["h"]):
+        values.update(walk(layer, f"model/h{i}"))
+    return values
 
 
 # --- The math (the original's, function for function) ---------------------------------------
@@ -289,18 +312,27 @@ def model(params, hparams, X, past=None):
     which the caller concatenates onto `past` (axis -2) for the next call.
     """
     past_length = 0 if past is None else tf.shape(past)[-2]
-    positions = past_length + tf.range(tf.shape(X)[1])  # [seq]
-    h = tf.gather(params["wte"], X) + tf.gather(params["wpe"], positions)  # [batch, seq, n_embd]
+    h = embed(params, X, past_length)
     pasts = tf.unstack(past, axis=1) if past is not None else [None] * hparams.n_layer
     presents = []
     for p, layer_past in zip(params["h"], pasts):
         h, present = block(h, p, layer_past, hparams.n_head)
         presents.append(present)
-    h = norm(h, params["ln_f"])
-    batch, seq = tf.shape(X)[0], tf.shape(X)[1]
+    return {"logits": unembed(params, norm(h, params["ln_f"])), "present": tf.stack(presents, axis=1)}
+
+
+def embed(params, X, past_length=0):
+    """Tokens X [batch, seq] at positions past_length.. -> [batch, seq, n_embd]"""
+    positions = past_length + tf.range(tf.shape(X)[1])  # [seq]
+    return tf.gather(params["wte"], X) + tf.gather(params["wpe"], positions)
+
+
+def unembed(params, h):
+    """The logits of the final hidden states h [batch, seq, n_embd] -> [batch, seq, n_vocab]
+    float32: the token embeddings are the output layer too."""
+    batch, seq = tf.shape(h)[0], tf.shape(h)[1]
     logits = tf.matmul(tf.reshape(h, [batch * seq, -1]), params["wte"], transpose_b=True)  # [batch * seq, n_vocab]
-    return {"logits": tf.reshape(tf.cast(logits, tf.float32), [batch, seq, -1]),
-            "present": tf.stack(presents, axis=1)}
+    return tf.reshape(tf.cast(logits, tf.float32), [batch, seq, -1])
 
 
 def empty_past(hparams, batch_size, dtype=tf.float32):

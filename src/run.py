@@ -1,0 +1,229 @@
+"""A fine-tuning run: the data, the weights to start from, and the loop that trains, samples,
+validates and saves (train.py's flags; see there).
+
+The data position is the number of windows taken so far: step after step the run takes the
+next windows of `dataset.Windows`'s seeded order, so that a run saved at step n and resumed
+takes the very windows, and makes the very updates, of a run that never stopped.
+"""
+import math
+import os
+import signal
+import sys
+import time
+
+import tensorflow as tf
+from tqdm import tqdm
+
+import cli
+import dataset
+import encoder
+import fast
+import model
+import saving
+import training
+from checks import MAX_SEED
+
+
+def strategy_from_environment():
+    """TensorFlow's strategy for where this process runs: MultiWorkerMirroredStrategy when
+    TF_CONFIG names a cluster, MirroredStrategy over several GPUs, else the default (one device)."""
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """Whether this process writes checkpoints, samples and summaries: the only one, or the
+    cluster's chief (worker 0 where TF_CONFIG names no chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+class NonFiniteLoss(ValueError):
+    """The loss became NaN or infinite: the run stops without saving the weights it made."""
+
+
+class Run:
+    """One training run; `settings` are train.py's checked flags."""
+
+    def __init__(self, settings):
+        self.s = settings
+        self.strategy = strategy_from_environment()
+        self.chief = is_chief(self.strategy)
+        self.model_path = model.model_dir(settings["model_name"], settings["models_dir"])
+        self.hparams = model.load_hparams(self.model_path)
+        self.enc = encoder.get_encoder(settings["model_name"], settings["models_dir"])
+        self.run_dir = os.path.join(settings["checkpoint_dir"], settings["run_name"])
+        self.samples_dir = os.path.join("samples", settings["run_name"])
+        self.check_writable()
+        self.tokens = dataset.load_dataset(self.enc, settings["dataset"], n_vocab=self.hparams.n_vocab)
+        self.val_tokens = (self.tokens if settings["val_dataset"] is None else
+                           dataset.load_dataset(self.enc, settings["val_dataset"], n_vocab=self.hparams.n_vocab))
+        self.length = min(settings["sequence_length"] or self.hparams.n_ctx, self.hparams.n_ctx)
+        self.restore()
+
+    def check_writable(self):
+        """Refuses, before any work, a run folder or samples folder this user cannot write."""
+        for folder in (self.run_dir, self.samples_dir) if self.chief else ():
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as e:
+                raise PermissionError(f"cannot create {folder} ({e.strerror}): choose another --checkpoint_dir "
+                                      "or --run_name, or let this user write there") from None
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PermissionError(f"{folder} is not writable: choose another --checkpoint_dir or --run_name, "
+                                      f"or let this user write there (`chmod -R u+w {folder}`)")
+
+    def start_prefix(self):
+        """The checkpoint to start from, and whether it is a save of a run (with its state)."""
+        restore_from = str(self.s["restore_from"])
+        if restore_from == "latest" and saving.saved_steps(self.run_dir):
+            return model.find_checkpoint(self.run_dir), True
+        if restore_from in ("latest", "fresh"):
+            return model.find_checkpoint(self.model_path), False
+        path = cli.expand_dir(restore_from)
+        if os.path.isdir(path):
+            return model.find_checkpoint(path), True
+        if not tf.io.gfile.exists(path + ".index"):
+            raise FileNotFoundError(f"--restore_from {restore_from}: no checkpoint there (neither a folder with a "
+                                    "`checkpoint` file nor a prefix with a .index file); use latest, fresh or a path")
+        return path, True
+
+    def restore(self):
+        """Builds the trainer from the starting weights, and the run's state when it has one."""
+        prefix, resumed = self.start_prefix()
+        try:
+            reader = model.checkpoint_reader(prefix, self.hparams)
+        except ValueError as e:
+            raise ValueError(f"--restore_from {self.s['restore_from']}: {prefix} is not a checkpoint of "
+                             f"{self.s['model_name']} ({e})") from None
+        values = {name: reader.get_tensor(name) for name in model.checkpoint_shapes(self.hparams)}
+        s = self.s
+        self.trainer = training.Trainer(
+            values, self.hparams, optimizer=s["optimizer"], learning_rate=s["learning_rate"], dtype=s["dtype"],
+            memory_saving=s["memory_saving_gradients"], noise=s["noise"], strategy=self.strategy,
+            only_train_transformer_layers=s["only_train_transformer_layers"])
+        state = saving.read_state(prefix, self.trainer.optimizer.variables) if resumed else None
+        self.trainer.optimizer.learning_rate = s["learning_rate"]  # a resume may change it
+        if state and s["seed"] is not None and s["seed"] != state["seed"]:
+            raise ValueError(f"--seed {s['seed']}: {prefix} was trained with --seed {state['seed']}; resume "
+                             "with that seed (or without --seed), or start again with --restore_from fresh")
+        self.step, self.position = (state["step"], state["position"]) if state else (0, 0)
+        self.seed = state["seed"] if state else (s["seed"] if s["seed"] is not None else
+                                                 int.from_bytes(os.urandom(8), "big") & MAX_SEED)
+        self.restored_from = prefix
+        self.windows = dataset.Windows(self.tokens, self.length, self.seed)
+        self.val_windows = dataset.Windows(self.val_tokens, self.length, 0)
+
+    # --- The loop ------------------------------------------------------------------------------
+
+    def train(self):
+        """Trains until --steps (or Ctrl-C), then saves."""
+        s = self.s
+        if s["steps"] and self.step >= s["steps"]:
+            print(f"{self.run_dir} is at step {self.step} already: raise --steps to train on", file=sys.stderr)
+            return
+        print(f"training {s['model_name']} from {self.restored_from} at step {self.step}, seed {self.seed}: "
+              f"{len(self.tokens):,} tokens in windows of {self.windows.length}", file=sys.stderr)
+        writer = tf.summary.create_file_writer(self.run_dir) if self.chief else tf.summary.create_noop_writer()
+        per_step = self.windows_per_step()
+        bar = tqdm(initial=self.step, total=s["steps"] or None, unit="step", file=sys.stderr, dynamic_ncols=True)
+        average, started, stop = Average(), time.perf_counter(), cli.CtrlC()
+        with writer.as_default(), stop:
+            while not stop.pressed and (not s["steps"] or self.step < s["steps"]):
+                loss = self.train_step(per_step)
+                average.add(loss)
+                tokens_per_s = (bar.n - bar.initial + 1) * per_step * self.windows.length / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{loss:.3f}", avg=f"{average.value:.3f}", tokens_per_s=f"{tokens_per_s:.0f}")
+                bar.update()
+                tf.summary.scalar("loss", loss, self.step)
+                tf.summary.scalar("learning_rate", s["learning_rate"], self.step)
+                self.every(bar)
+        bar.close()
+        self.save()
+        if stop.pressed:
+            sys.exit(130)
+
+    def windows_per_step(self):
+        """Windows in one step, over every replica and accumulated batch."""
+        return self.s["accumulate_gradients"] * self.s["batch_size"] * self.strategy.num_replicas_in_sync
+
+    def train_step(self, per_step):
+        """One update from the next windows; the loss, or NonFiniteLoss (nothing saved)."""
+        windows = self.windows.batch(self.position, per_step)  # [per_step, T]
+        windows = windows.reshape(self.s["accumulate_gradients"], -1, windows.shape[-1])
+        loss = float(self.trainer.step(windows, seed=(self.seed, self.step)))
+        if not math.isfinite(loss):
+            last = saving.saved_steps(self.run_dir)
+            kept = f"the checkpoint of step {last[-1]} is kept" if last else "nothing was saved"
+            raise NonFiniteLoss(f"the loss is {loss} at step {self.step + 1}: stopped; {kept} in {self.run_dir}. "
+                                "Lower --learning_rate, or use --dtype float32 or bfloat16")
+        self.step += 1
+        self.position += per_step
+        return loss
+
+    def every(self, bar):
+        """Samples, validates and saves on the steps the flags ask for."""
+        s = self.s
+        if s["sample_every"] and self.step % s["sample_every"] == 0:
+            bar.clear()
+            self.generate_samples()
+        if s["val_every"] and self.step % s["val_every"] == 0:
+            loss = self.validation_loss()
+            tf.summary.scalar("validation_loss", loss, self.step)
+            bar.write(f"[step {self.step}] validation loss {loss:.4f}", file=sys.stderr)
+        if s["save_every"] and self.step % s["save_every"] == 0:
+            self.save()
+
+    def validation_loss(self):
+        """The mean loss of the same --val_batch_count batches each time."""
+        size = self.s["val_batch_size"]
+        losses = [float(self.trainer.loss(self.val_windows.batch(i * size, size)))
+                  for i in range(self.s["val_batch_count"])]
+        return sum(losses) / len(losses)
+
+    def generate_samples(self):
+        """Prints --sample_num samples from <|endoftext|>, and writes them under samples/RUN_NAME."""
+        if not self.chief:
+            return
+        s, end = self.s, self.enc.encoder["<|endoftext|>"]
+        length = s["sample_length"] or self.hparams.n_ctx - 1
+        if not hasattr(self, "sampler"):  # reads the variables at each call: samples of the current weights
+            self.sampler = fast.Sampler(self.trainer.params, self.hparams, top_k=s["top_k"], top_p=s["top_p"])
+        out = self.sampler.sample([[end]] * s["sample_num"], min(length, self.hparams.n_ctx - 1),
+                                  seed=(self.seed + self.step) % (MAX_SEED + 1))[:, 1:]
+        texts = [self.enc.decode(tokens) for tokens in out]
+        text = "".join(f"{'=' * 20} SAMPLE {i + 1} {'=' * 20}\n{t}\n" for i, t in enumerate(texts))
+        print(f"[step {self.step}]\n{text}", end="", flush=True)
+        saving.atomic_write(os.path.join(self.samples_dir, f"samples-{self.step}"), text)
+        tf.summary.text("samples", text, self.step)
+
+    def save(self):
+        """Saves the weights and the state of the current step (the chief alone)."""
+        if not self.chief or self.step in saving.saved_steps(self.run_dir):
+            return
+        saving.copy_model_files(self.model_path, self.run_dir)
+        saving.save(self.run_dir, self.step, self.trainer.checkpoint_values(), self.trainer.optimizer.variables,
+                    {"step": self.step, "position": self.position, "seed": self.seed})
+        print(f"saved {os.path.join(self.run_dir, f'model-{self.step}')}", file=sys.stderr)
+
+
+class Average:
+    """The exponential moving average of the loss over about the last 100 steps, corrected for
+    its start at zero."""
+
+    def __init__(self, decay=0.99):
+        self.decay, self.total, self.weight = decay, 0.0, 0.0
+
+    def add(self, value):
+        self.total = self.decay * self.total + value
+        self.weight = self.decay * self.weight + 1
+
+    @property
+    def value(self):
+        return self.total / self.weight

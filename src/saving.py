@@ -1,0 +1,114 @@
+"""A fine-tuning run's folder: a model folder in OpenAI's layout, plus what resumes training.
+
+    RUN_DIR/checkpoint                    which model-STEP is the latest (TF1's text format)
+    RUN_DIR/model-STEP.{index,data-*}     the weights: OpenAI's variable names and shapes
+    RUN_DIR/hparams.json, encoder.json, vocab.bpe
+    RUN_DIR/state-STEP.{index,data-*}     optimizer variables, step, data position, seed
+
+The sampling scripts, `score.py` and OpenAI's TensorFlow 1 code read RUN_DIR as a model
+(`--models_dir CHECKPOINT_DIR --model_name RUN_NAME`). A save writes the new step's files
+beside the old ones, then replaces `checkpoint` in one rename: a save cut short leaves the
+previous step the latest, whole.
+"""
+import os
+import re
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+KEEP = 2  # saves kept: the latest, and the one before in case the latest turns out bad (a NaN)
+STATE = ("step", "position", "seed")  # int64 scalars saved beside the optimizer's variables
+MODEL_FILES = ("hparams.json", "encoder.json", "vocab.bpe")
+
+
+def write_tensors(prefix, tensors):
+    """Writes {name: tensor} as a name-based checkpoint at `prefix`, as TF1's Saver did."""
+    names = list(tensors)
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf.convert_to_tensor(tensors[name]) for name in names])
+
+
+def read_tensors(prefix, dtypes):
+    """{name: tensor} read from the checkpoint at `prefix`, for {name: dtype}."""
+    names = list(dtypes)
+    values = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                                  dtypes=[dtypes[name] for name in names])
+    return dict(zip(names, values))
+
+
+def atomic_write(path, text):
+    """Writes `text` to `path` in one rename: readers see the old file or the new, never half."""
+    folder = os.path.dirname(path) or "."
+    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".tmp-", delete=False) as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
+
+
+def saved_steps(run_dir):
+    """The steps listed in RUN_DIR/checkpoint, oldest first ([] without one)."""
+    try:
+        with open(os.path.join(run_dir, "checkpoint"), encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    return [int(step) for step in re.findall(r'^all_model_checkpoint_paths: "model-(\d+)"$', text, re.M)]
+
+
+def checkpoint_text(steps):
+    """The `checkpoint` file that makes model-{steps[-1]} the latest, with relative paths so
+    that the folder can be moved."""
+    lines = [f'model_checkpoint_path: "model-{steps[-1]}"']
+    return "\n".join(lines + [f'all_model_checkpoint_paths: "model-{step}"' for step in steps]) + "\n"
+
+
+def copy_model_files(source_dir, run_dir):
+    """hparams.json, encoder.json and vocab.bpe from the model trained, once."""
+    for name in MODEL_FILES:
+        target = os.path.join(run_dir, name)
+        if not os.path.exists(target):
+            temporary = os.path.join(run_dir, f".tmp-{name}")
+            shutil.copyfile(os.path.join(source_dir, name), temporary)
+            os.replace(temporary, target)
+
+
+def save(run_dir, step, variables, optimizer_variables, state):
+    """Saves step `step` into run_dir: variables {checkpoint name: variable}, the optimizer's
+    variables (by position) and state {step, position, seed}; keeps the last KEEP saves."""
+    write_tensors(os.path.join(run_dir, f"model-{step}"), variables)
+    extra = {f"optimizer/{i}": v for i, v in enumerate(optimizer_variables)}
+    extra.update({name: tf.constant(state[name], tf.int64) for name in STATE})
+    write_tensors(os.path.join(run_dir, f"state-{step}"), extra)
+    steps = [s for s in saved_steps(run_dir) if s != step] + [step]
+    atomic_write(os.path.join(run_dir, "checkpoint"), checkpoint_text(steps[-KEEP:]))
+    for old in steps[:-KEEP]:
+        remove_step(run_dir, old)
+
+
+def remove_step(run_dir, step):
+    """Deletes the files of one saved step."""
+    for name in os.listdir(run_dir):
+        if re.fullmatch(rf"(model|state)-{step}\.(index|data-\d+-of-\d+)", name):
+            os.remove(os.path.join(run_dir, name))
+
+
+def read_state(prefix, optimizer_variables):
+    """The state saved beside the weights at `prefix` (RUN_DIR/model-STEP), assigned to the
+    optimizer's variables; returns {step, position, seed}, or None when there is none (weights
+    from elsewhere). ValueError when it belongs to another optimizer or model."""
+    state_prefix = re.sub(r"model-(\d+)$", r"state-\1", prefix)
+    if state_prefix == prefix or not tf.io.gfile.exists(state_prefix + ".index"):
+        return None
+    saved = dict(tf.train.list_variables(state_prefix))
+    expected = {f"optimizer/{i}": v for i, v in enumerate(optimizer_variables)}
+    if set(saved) != set(expected) | set(STATE) or any(
+            list(saved[name]) != list(v.shape) for name, v in expected.items()):
+        raise ValueError(f"{state_prefix} holds the state of another optimizer or model: resume with the "
+                         "--optimizer and --dtype it was trained with, or use --restore_from fresh")
+    values = read_tensors(state_prefix, {**{name: v.dtype for name, v in expected.items()},
+                                         **{name: tf.int64 for name in STATE}})
+    for name, variable in expected.items():
+        variable.assign(values[name])
+    return {name: int(values[name]) for name in STATE}

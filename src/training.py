@@ -1,0 +1,148 @@
+"""Fine-tuning GPT-2: the loss, and a training step over float32 weights kept in tf.Variables
+named and shaped exactly as in OpenAI's checkpoints, on one device or many (tf.distribute).
+
+    trainer = Trainer(values, hparams)     # values: {checkpoint name: array}
+    loss = trainer.step(windows)           # windows [accumulate, batch, T] int32
+    trainer.params["h"][0]["attn"]["c_attn"]["w"]          # a tf.Variable [n_embd, 3 * n_embd]
+    trainer.checkpoint_values()["model/h0/attn/c_attn/w"]  # its value [1, n_embd, 3 * n_embd]
+
+The loss of a window of T tokens is the mean cross-entropy (nats) of its T - 1 next-token
+predictions; a step's loss is the mean over all the windows of the step, on every replica.
+Mixed precision computes in bfloat16 or float16 from the float32 weights, which the optimizer
+updates (float16 with a dynamic loss scale, as Keras's LossScaleOptimizer keeps it).
+"""
+import keras
+import tensorflow as tf
+
+import model
+
+OPTIMIZERS = ("adam", "sgd")
+FIXED_EMBEDDINGS = ("wte", "wpe")  # what --only_train_transformer_layers leaves as it is
+
+
+def predictions_loss(logits, tokens):
+    """The cross-entropies (nats) of predicting each token of tokens [batch, T] from the ones
+    before it, given logits [batch, T, n_vocab] -> [batch, T - 1]."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits[:, :-1])
+
+
+def forward(params, hparams, X, memory_saving=False):
+    """`model.model`'s logits [batch, seq, n_vocab] for X [batch, seq], without a cache. With
+    memory_saving each block keeps only its input for the backward pass, which computes the
+    block again (tf.recompute_grad): activations of one block in memory instead of all of them."""
+    h = model.embed(params, X)  # [batch, seq, n_embd]
+    for p in params["h"]:
+        h = recomputed_block(h, p, hparams.n_head) if memory_saving else model.block(h, p, None, hparams.n_head)[0]
+    return model.unembed(params, model.norm(h, params["ln_f"]))
+
+
+def recomputed_block(h, p, n_head):
+    """`model.block`'s output for h [batch, seq, n_embd], recomputed in the backward pass."""
+    flat = [tf.convert_to_tensor(value) for value in tf.nest.flatten(p)]  # tensors: no variables inside
+
+    def block(h, *flat):
+        return model.block(h, tf.nest.pack_sequence_as(p, flat), None, n_head)[0]
+    return tf.recompute_grad(block)(h, *flat)
+
+
+def add_noise(tokens, noise, n_vocab, seed):
+    """tokens [..., T] with each replaced, with probability `noise`, by a uniformly drawn token:
+    the input a model learns to read through typos from (nshepperd's --noise). seed: 2 ints."""
+    replace_seed, token_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    replace = tf.random.stateless_uniform(tf.shape(tokens), replace_seed) < noise
+    random = tf.random.stateless_uniform(tf.shape(tokens), token_seed, maxval=n_vocab, dtype=tf.int32)
+    return tf.where(replace, random, tokens)
+
+
+def make_optimizer(name, learning_rate, dtype):
+    """Adam with the epsilon of TF1's AdamOptimizer that GPT-2 fine-tuning used, or plain SGD
+    (no momentum); with a dynamic loss scale for float16, whose gradients would underflow."""
+    if name == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate, epsilon=1e-8)
+    elif name == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate)
+    else:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}. Received: {name!r}")
+    return keras.optimizers.LossScaleOptimizer(optimizer) if dtype == tf.float16 else optimizer
+
+
+class Trainer:
+    """The weights, the optimizer and a compiled training step.
+
+    values: {checkpoint name: array in the checkpoint's shape}, the weights to start from.
+    strategy: a tf.distribute strategy (default: the current one, a single device). A step
+    takes windows [accumulate, batch, T] on each replica, that is `accumulate` micro-batches,
+    whose gradients are summed before the one update: the same update as one batch of
+    accumulate * batch windows (and, over replicas, of replicas * accumulate * batch).
+    """
+
+    def __init__(self, values, hparams, *, optimizer="adam", learning_rate=2e-5, dtype=tf.float32,
+                 memory_saving=False, only_train_transformer_layers=False, noise=0.0, strategy=None):
+        self.hparams, self.dtype, self.memory_saving, self.noise = hparams, tf.as_dtype(dtype), memory_saving, noise
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with self.strategy.scope():
+            # Variables in `model.model`'s layout, so that a Sampler given them reads their values
+            # at each call (fast.check_weights_can_change).
+            self.params = tf.nest.map_structure(tf.Variable, model.nest_params(values, hparams, tf.float32))
+            fixed = [self.params[name] for name in FIXED_EMBEDDINGS] if only_train_transformer_layers else []
+            self.trainable = [v for v in tf.nest.flatten(self.params) if all(v is not f for f in fixed)]
+            self.optimizer = make_optimizer(optimizer, learning_rate, self.dtype)
+            self.optimizer.build(self.trainable)
+        self._step = tf.function(self._distributed_step)
+        self._loss = tf.function(self._mean_loss, input_signature=[tf.TensorSpec([None, None], tf.int32)])
+
+    def checkpoint_values(self):
+        """{checkpoint name: the weights' value in the checkpoint's shape}, for saving."""
+        return model.checkpoint_values(self.params)
+
+    def assign(self, values):
+        """Sets the weights to values {checkpoint name: array in the checkpoint's shape}."""
+        for variable, value in zip(tf.nest.flatten(self.params),
+                                   tf.nest.flatten(model.nest_params(values, self.hparams, tf.float32))):
+            variable.assign(value)
+
+    def loss(self, tokens):
+        """The mean next-token cross-entropy of tokens [batch, T] under the current weights."""
+        return self._loss(tf.convert_to_tensor(tokens, tf.int32))
+
+    def _mean_loss(self, tokens):
+        logits = forward(model.cast_params(self.params, self.dtype), self.hparams, tokens)
+        return tf.reduce_mean(predictions_loss(logits, tokens))
+
+    def step(self, windows, seed=(0, 0)):
+        """One update from windows [accumulate, replicas * batch, T] (replica r takes rows
+        r * batch .. of each micro-batch); returns the step's loss. `seed` (two integers)
+        draws the --noise, window by window, however the windows are spread over replicas."""
+        windows = tf.convert_to_tensor(windows, tf.int32)
+        inputs = windows if not self.noise else add_noise(windows, self.noise, self.hparams.n_vocab,
+                                                         tf.constant(seed, tf.int64))
+        predictions = tf.cast(tf.size(windows[..., 1:]), tf.float32)  # every replica's, for the mean
+        replicas = self.strategy.num_replicas_in_sync
+
+        def shard(context):  # [accumulate, batch, T] of the replica
+            r, batch = context.replica_id_in_sync_group, windows.shape[1] // replicas
+            return inputs[:, r * batch:(r + 1) * batch], windows[:, r * batch:(r + 1) * batch]
+        if windows.shape[1] % replicas:
+            raise ValueError(f"a step's {windows.shape[1]} windows do not split over {replicas} replicas")
+        return self._step(self.strategy.experimental_distribute_values_from_function(shard), predictions)
+
+    def _distributed_step(self, shards, predictions):
+        losses = self.strategy.run(self._replica_step, args=(*shards, predictions))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    def _replica_step(self, inputs, targets, predictions):
+        """inputs, targets [accumulate, batch, T] of this replica; `predictions` in the step
+        on all replicas. The gradients of the micro-batches add up; the optimizer sums them over
+        the replicas (Keras's all-reduce) and updates the weights once."""
+        total = tf.constant(0.0)
+        gradients = [tf.zeros_like(v) for v in self.trainable]
+        for i in tf.range(tf.shape(inputs)[0]):
+            with tf.GradientTape() as tape:
+                logits = forward(model.cast_params(self.params, self.dtype), self.hparams, inputs[i], self.memory_saving)
+                loss = tf.reduce_sum(predictions_loss(logits, targets[i])) / predictions
+                scaled = self.optimizer.scale_loss(loss) if self.dtype == tf.float16 else loss
+            step_gradients = tape.gradient(scaled, self.trainable)
+            gradients = [a + tf.convert_to_tensor(g) for a, g in zip(gradients, step_gradients)]
+            total += loss
+        self.optimizer.apply_gradients(zip(gradients, self.trainable))
+        return total
