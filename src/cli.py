@@ -114,11 +114,12 @@ def read_flags(command, words):
     return {name: boolean(name, value) if name in booleans else value for name, value in values.items()}
 
 
-def main(command, argv=None):
+def main(command, argv=None, *, tensorflow=True):
     """Runs `command` with the command line's flags (argv, default sys.argv[1:]) through fire.
 
     The flags are checked first, with nothing loaded: `-h`/`--help` anywhere prints fire's help,
-    and a command line `read_flags` cannot read ends in one line. Then TensorFlow starts, and
+    and a command line `read_flags` cannot read ends in one line. Then TensorFlow starts (unless
+    `tensorflow` is False, for a command that does not use it), and
     expected failures end in one line on stderr, not a traceback. Exit status: 1 for an error
     the command reports, 2 for a command line that cannot be read, 130 after Ctrl-C, 141 when
     the output's reader has gone (as for a process that SIGPIPE ends).
@@ -135,8 +136,8 @@ def main(command, argv=None):
             fire.Fire(command, ["--", "--help"], name=name)
         words, fire_flags = (argv[:argv.index("--")], argv[argv.index("--"):]) if "--" in argv else (argv, [])
         values = read_flags(command, words)
-        tf = start_tensorflow()
-        out_of_memory += (tf.errors.ResourceExhaustedError,)
+        if tensorflow:
+            out_of_memory += (start_tensorflow().errors.ResourceExhaustedError,)
         fire.Fire(command, [f"--{flag}={value}" for flag, value in values.items()] + fire_flags, name=name)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
