@@ -158,9 +158,9 @@ class Run:
         windows = self.windows.batch(self.position, per_step)  # [per_step, T]
         windows = windows.reshape(self.s["accumulate_gradients"], -1, windows.shape[-1])
         loss = float(self.trainer.step(windows, seed=(self.seed, self.step)))
-        if not math.isfinite(loss):
-            last = saving.saved_steps(self.run_dir)
-            kept = f"the checkpoint of step {last[-1]} is kept" if last else "nothing was saved"
+        if not math.isfinite(loss):  # the weights of this step made it: a save of them is no good either
+            last = saving.forget_step(self.run_dir, self.step) if self.chief else []
+            kept = f"the checkpoint of step {last[-1]} is kept" if last else "no checkpoint is kept"
             raise NonFiniteLoss(f"the loss is {loss} at step {self.step + 1}: stopped; {kept} in {self.run_dir}. "
                                 "Lower --learning_rate, or use --dtype float32 or bfloat16")
         self.step += 1

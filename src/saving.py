@@ -87,6 +87,20 @@ def save(run_dir, step, variables, optimizer_variables, state):
         remove_step(run_dir, old)
 
 
+def forget_step(run_dir, step):
+    """Takes a bad save of `step` out of RUN_DIR/checkpoint, which then names the one before
+    (or is removed); returns the steps left."""
+    steps = saved_steps(run_dir)
+    if step in steps:
+        steps.remove(step)
+        if steps:
+            atomic_write(os.path.join(run_dir, "checkpoint"), checkpoint_text(steps))
+        else:
+            os.remove(os.path.join(run_dir, "checkpoint"))
+        remove_step(run_dir, step)
+    return steps
+
+
 def remove_step(run_dir, step):
     """Deletes the files of one saved step."""
     for name in os.listdir(run_dir):

@@ -1,0 +1,163 @@
+"""training.py: the loss and the update, held to known answers, to finite differences of the
+NumPy reference, and to each other (accumulation, memory-saving blocks, precision, replicas)."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import helpers
+import model
+import reference
+import training
+
+
+@pytest.fixture(scope="module")
+def values(models_dir, tiny_model):
+    """{checkpoint name: float32 array} of the tiny model."""
+    path = os.path.join(models_dir, tiny_model)
+    hparams = model.load_hparams(path)
+    reader = model.checkpoint_reader(model.find_checkpoint(path), hparams)
+    return hparams, {name: reader.get_tensor(name) for name in model.checkpoint_shapes(hparams)}
+
+
+def tokens(hparams, batch, seq, seed=0):
+    return helpers.random_tokens(hparams.n_vocab, batch, seq, seed)
+
+
+def weights(trainer):
+    return {name: value.numpy() for name, value in trainer.checkpoint_values().items()}
+
+
+def gradients(values, hparams, batch, dtype=tf.float32, memory_saving=False):
+    """{checkpoint name: gradient of the mean loss of batch}, in the checkpoint's shapes."""
+    params = tf.nest.map_structure(tf.Variable, model.nest_params(values, hparams))
+    with tf.GradientTape() as tape:
+        logits = training.forward(model.cast_params(params, dtype), hparams, tf.constant(batch), memory_saving)
+        loss = tf.reduce_mean(training.predictions_loss(logits, batch))
+    flat = tape.gradient(loss, tf.nest.flatten(params))
+    nested = tf.nest.pack_sequence_as(params, [tf.convert_to_tensor(g) for g in flat])
+    return {name: value.numpy() for name, value in model.checkpoint_values(nested).items()}
+
+
+def reference_loss(hparams, w, batch):
+    return -np.mean([reference.logprobs(hparams, w, row) for row in batch])
+
+
+# --- Known answers -------------------------------------------------------------------------
+
+def test_a_model_with_zero_embeddings_has_the_loss_of_a_uniform_guess(values):
+    """wte = 0 makes every logit 0: each prediction costs log(n_vocab) nats."""
+    hparams, v = values
+    trainer = training.Trainer({**v, "model/wte": np.zeros_like(v["model/wte"])}, hparams)
+    np.testing.assert_allclose(trainer.loss(tokens(hparams, 2, 9)), np.log(hparams.n_vocab), rtol=1e-6)
+
+
+def test_the_loss_is_the_mean_cross_entropy_of_the_next_token_predictions(values, models_dir, tiny_model):
+    hparams, v = values
+    batch = tokens(hparams, 3, 12)
+    rh, rw = reference.load(os.path.join(models_dir, tiny_model))
+    np.testing.assert_allclose(training.Trainer(v, hparams).loss(batch), reference_loss(rh, rw, batch), rtol=1e-5)
+
+
+# --- Equivalence with an independent implementation ------------------------------------------
+
+def test_gradients_agree_with_finite_differences_of_the_reference(values, models_dir, tiny_model):
+    """For each variable, the derivative of the reference's float64 loss along a random
+    direction, by central differences, equals the gradient's dot product with that direction."""
+    hparams, v = values
+    batch = tokens(hparams, 2, 10, seed=1)
+    rh, rw = reference.load(os.path.join(models_dir, tiny_model))
+    grads = gradients(v, hparams, batch)
+    rng, eps = np.random.RandomState(0), 1e-5
+    for name in model.checkpoint_shapes(hparams):
+        direction = rng.randn(*rw[name].shape)
+        direction /= np.linalg.norm(direction)
+        plus, minus = dict(rw), dict(rw)
+        plus[name], minus[name] = rw[name] + eps * direction, rw[name] - eps * direction
+        numeric = (reference_loss(rh, plus, batch) - reference_loss(rh, minus, batch)) / (2 * eps)
+        assert np.sum(grads[name] * direction) == pytest.approx(numeric, rel=1e-3, abs=1e-6), name
+
+
+def test_a_step_moves_the_weights_down_the_gradient(values):
+    hparams, v = values
+    batch = tokens(hparams, 2, 16)
+    trainer = training.Trainer(v, hparams, optimizer="sgd", learning_rate=0.1)
+    loss = trainer.step(batch[None])
+    np.testing.assert_allclose(loss, training.Trainer(v, hparams).loss(batch), rtol=1e-6)  # the loss before the update
+    grads = gradients(v, hparams, batch)
+    for name, value in weights(trainer).items():
+        np.testing.assert_allclose(value, v[name] - 0.1 * grads[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+# --- Behaviour on the tiny model -------------------------------------------------------------
+
+def test_accumulating_k_batches_of_b_is_one_batch_of_k_times_b(values):
+    """With SGD, whose update is the gradient itself: Adam divides each gradient by its own
+    size, which turns a rounding-level gradient's rounding into an update of learning-rate size."""
+    hparams, v = values
+    batch = tokens(hparams, 4, 16)
+    whole = training.Trainer(v, hparams, optimizer="sgd", learning_rate=0.1)
+    parts = training.Trainer(v, hparams, optimizer="sgd", learning_rate=0.1)
+    for _ in range(2):
+        np.testing.assert_allclose(whole.step(batch[None]), parts.step(batch.reshape(2, 2, 16)), rtol=1e-6)
+    for name, value in weights(parts).items():
+        np.testing.assert_allclose(value, weights(whole)[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_memory_saving_gradients_equal_the_plain_ones(values):
+    hparams, v = values
+    batch = tokens(hparams, 2, 16)
+    plain, saving = gradients(v, hparams, batch), gradients(v, hparams, batch, memory_saving=True)
+    for name, value in plain.items():
+        np.testing.assert_allclose(saving[name], value, rtol=1e-5, atol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("bfloat16", 0.05), ("float16", 0.01)])
+def test_half_precision_gradients_stay_within_its_rounding(values, dtype, tolerance):
+    """bfloat16 keeps 8 bits of mantissa (0.4% a rounding), float16 11 (0.05%): summed over
+    a few dozen roundings, the gradient of each variable stays within a few percent (bfloat16)
+    or under a percent (float16) of float32's, by norm."""
+    hparams, v = values
+    batch = tokens(hparams, 2, 16)
+    exact, half = gradients(v, hparams, batch), gradients(v, hparams, batch, tf.as_dtype(dtype))
+    for name, value in exact.items():
+        assert np.linalg.norm(half[name] - value) <= tolerance * np.linalg.norm(value), name
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_keeps_float32_weights_and_learns(values, dtype):
+    hparams, v = values
+    batch = tokens(hparams, 2, 16)
+    trainer = training.Trainer(v, hparams, dtype=dtype, learning_rate=1e-2)
+    losses = [float(trainer.step(batch[None])) for _ in range(5)]
+    assert all(variable.dtype == tf.float32 for variable in tf.nest.flatten(trainer.params))
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_only_transformer_layers_leaves_the_embeddings(values):
+    hparams, v = values
+    trainer = training.Trainer(v, hparams, only_train_transformer_layers=True, learning_rate=1e-2)
+    trainer.step(tokens(hparams, 1, 16)[None])
+    after = weights(trainer)
+    for name in v:
+        changed = not np.array_equal(after[name], v[name])
+        assert changed == (name not in ("model/wte", "model/wpe")), name
+
+
+def test_noise_is_drawn_from_the_seed_and_replaces_about_that_share(values):
+    hparams, _ = values
+    batch = tf.constant(tokens(hparams, 4, 256))
+    a = training.add_noise(batch, 0.25, hparams.n_vocab, tf.constant([3, 1], tf.int64))
+    b = training.add_noise(batch, 0.25, hparams.n_vocab, tf.constant([3, 1], tf.int64))
+    c = training.add_noise(batch, 0.25, hparams.n_vocab, tf.constant([3, 2], tf.int64))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert 0.2 < np.mean(a.numpy() != batch.numpy()) < 0.3
+
+
+def test_sgd_has_no_momentum_and_adam_the_epsilon_of_tf1():
+    sgd, adam = training.make_optimizer("sgd", 0.1, tf.float32), training.make_optimizer("adam", 0.1, tf.float32)
+    assert sgd.momentum == 0 and adam.epsilon == 1e-8
+    with pytest.raises(ValueError, match="optimizer must be one of adam, sgd"):
+        training.make_optimizer("adagrad", 0.1, tf.float32)
