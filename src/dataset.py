@@ -71,6 +71,7 @@ def folder_files(folder):
 
 
 def is_npz(path):
+    """Whether the dataset's file at `path` holds token ids rather than text."""
     return path.lower().endswith(".npz")
 
 
@@ -160,6 +161,7 @@ _worker_encoder = None  # a pool process's Encoder
 
 
 def start_worker(enc):
+    """A pool process's start: it keeps `enc` for `encode_batch`."""
     global _worker_encoder
     _worker_encoder = enc
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the pool
@@ -274,12 +276,17 @@ class Windows:
         self.length = min(length, len(self.tokens))
         self.per_epoch = len(self.tokens) // self.length
         self.seed = seed
+        self._epoch_starts = None, None  # (epoch, its starts): drawn once per epoch, not once per batch
 
     def starts(self, epoch):
-        """Where each of epoch `epoch`'s windows starts, in the epoch's order."""
-        rng = np.random.default_rng([self.seed, epoch])
-        shift = rng.integers(0, len(self.tokens) % self.length + 1)
-        return rng.permutation(shift + self.length * np.arange(self.per_epoch))
+        """Where each of epoch `epoch`'s windows starts, in the epoch's order (read-only)."""
+        if self._epoch_starts[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            shift = rng.integers(0, len(self.tokens) % self.length + 1)
+            starts = rng.permutation(shift + self.length * np.arange(self.per_epoch))
+            starts.flags.writeable = False
+            self._epoch_starts = epoch, starts
+        return self._epoch_starts[1]
 
     def batch(self, position, size):
         """Windows number position .. position + size - 1, as int32 [size, length]."""
