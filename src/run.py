@@ -64,7 +64,10 @@ class Run:
         self.tokens = dataset.load_dataset(self.enc, settings["dataset"], n_vocab=self.hparams.n_vocab)
         self.val_tokens = (self.tokens if settings["val_dataset"] is None else
                            dataset.load_dataset(self.enc, settings["val_dataset"], n_vocab=self.hparams.n_vocab))
-        self.length = min(settings["sequence_length"] or self.hparams.n_ctx, self.hparams.n_ctx)
+        self.length = settings["sequence_length"] or self.hparams.n_ctx
+        if self.length > self.hparams.n_ctx:
+            raise ValueError(f"--sequence_length {self.length} is longer than the model's window "
+                             f"(n_ctx {self.hparams.n_ctx}): use at most {self.hparams.n_ctx}")
         self.restore()
 
     def check_writable(self):

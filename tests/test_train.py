@@ -1,0 +1,183 @@
+"""train.py end to end on the tiny checkpoint: the run folder is a model in OpenAI's format,
+a resume continues exactly, Ctrl-C saves, a NaN keeps the last good save, bad input is one line."""
+import inspect
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import checkpoints
+import model
+import train as train_script
+from helpers import REPO
+from test_scripts import ENV, UNCONDITIONAL
+
+TRAIN = os.path.join(REPO, "src", "train.py")
+WORDS = "the cat sat on a mat and then it ran to the big red house where nobody lived".split()
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    """A small text dataset: two documents in one file."""
+    rng = np.random.RandomState(0)
+    lines = [" ".join(rng.choice(WORDS, 12)) for _ in range(60)]
+    path = tmp_path_factory.mktemp("data") / "data.txt"
+    path.write_text("\n".join(lines[:40]) + "<|endoftext|>" + "\n".join(lines[40:]))
+    return str(path)
+
+
+def train(models_dir, model_name, cwd, *flags, timeout=300):
+    """train.py's CompletedProcess, run in `cwd` (where samples/ goes), text output."""
+    return subprocess.run([sys.executable, TRAIN, "--model_name", model_name, "--models_dir", models_dir,
+                           "--sample_every", "0", *flags], capture_output=True, text=True, timeout=timeout,
+                          env=ENV, cwd=cwd)
+
+
+def weights(prefix):
+    reader = tf.train.load_checkpoint(prefix)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def one_error_line(result):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) >= 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith("error: "), result.stderr
+    return lines[-1]
+
+
+def test_the_run_folder_is_a_model_that_the_scripts_and_tf1_read(models_dir, tiny_model, text, tmp_path):
+    result = train(models_dir, tiny_model, tmp_path, "--dataset", text, "--steps", "3", "--batch_size", "2",
+                   "--sequence_length", "32", "--sample_every", "2", "--sample_length", "8", "--save_every", "2",
+                   "--val_every", "3", "--val_batch_count", "2", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "checkpoint" / "run1"
+    assert {"checkpoint", "hparams.json", "encoder.json", "vocab.bpe", "model-3.index",
+            "model-3.data-00000-of-00001", "model-2.index", "state-3.index"} <= set(os.listdir(run))
+    assert model.find_checkpoint(str(run)) == str(run / "model-3")
+    assert "SAMPLE 1" in result.stdout and (tmp_path / "samples" / "run1" / "samples-2").exists()
+    assert "validation loss" in result.stderr and any(name.startswith("events.") for name in os.listdir(run))
+    hparams = model.load_hparams(str(run))
+    model.check_checkpoint(dict(tf.train.list_variables(str(run / "model-3"))), hparams)
+    sampled = subprocess.run([sys.executable, UNCONDITIONAL, "--models_dir", str(tmp_path / "checkpoint"),
+                              "--model_name", "run1", "--nsamples", "1", "--length", "5", "--seed", "0"],
+                             capture_output=True, text=True, timeout=300, env=ENV)
+    assert sampled.returncode == 0 and "SAMPLE 1" in sampled.stdout, sampled.stderr
+    with tf.Graph().as_default():  # OpenAI's TF1 code: variables by name, restored by a Saver
+        variables = [tf.compat.v1.get_variable(name, shape) for name, shape in model.checkpoint_shapes(hparams).items()]
+        with tf.compat.v1.Session() as sess:
+            tf.compat.v1.train.Saver(variables).restore(sess, tf.train.latest_checkpoint(str(run)))
+            restored = dict(zip(model.checkpoint_shapes(hparams), sess.run(variables)))
+    for name, value in weights(str(run / "model-3")).items():
+        np.testing.assert_array_equal(restored[name], value)
+
+
+def test_a_resumed_run_makes_the_updates_of_one_that_never_stopped(models_dir, tiny_model, text, tmp_path):
+    flags = ["--dataset", text, "--batch_size", "2", "--sequence_length", "16", "--accumulate_gradients", "2",
+             "--noise", "0.1", "--seed", "7", "--checkpoint_dir", str(tmp_path)]
+    straight = train(models_dir, tiny_model, tmp_path, *flags, "--run_name", "straight", "--steps", "6")
+    half = train(models_dir, tiny_model, tmp_path, *flags, "--run_name", "resumed", "--steps", "3")
+    resumed = train(models_dir, tiny_model, tmp_path, *flags[:-4], "--run_name", "resumed", "--steps", "6",
+                    "--checkpoint_dir", str(tmp_path))  # the seed comes from the saved state
+    for result in (straight, half, resumed):
+        assert result.returncode == 0, result.stderr
+    assert "at step 3, seed 7" in resumed.stderr
+    a, b = weights(str(tmp_path / "straight" / "model-6")), weights(str(tmp_path / "resumed" / "model-6"))
+    for name, value in a.items():
+        np.testing.assert_array_equal(b[name], value, err_msg=name)
+    again = train(models_dir, tiny_model, tmp_path, *flags, "--run_name", "resumed", "--steps", "6")
+    assert again.returncode == 0 and "at step 6 already" in again.stderr
+
+
+def test_ctrl_c_saves_then_exits(models_dir, tiny_model, text, tmp_path):
+    process = subprocess.Popen([sys.executable, TRAIN, "--model_name", tiny_model, "--models_dir", models_dir,
+                                "--dataset", text, "--sequence_length", "16", "--sample_every", "1",
+                                "--sample_length", "2", "--save_every", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "samples" / "run1" / "samples-2").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    steps = [int(name[6:-6]) for name in os.listdir(tmp_path / "checkpoint" / "run1") if name.endswith(".index")
+             and name.startswith("model-")]
+    assert len(steps) == 1 and steps[0] >= 2
+    assert model.find_checkpoint(str(tmp_path / "checkpoint" / "run1")).endswith(f"model-{steps[0]}")
+
+
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(models_dir, tiny_model, text, tmp_path):
+    flags = ["--dataset", text, "--sequence_length", "16", "--seed", "3"]
+    assert train(models_dir, tiny_model, tmp_path, *flags, "--steps", "2").returncode == 0
+    blown = train(models_dir, tiny_model, tmp_path, *flags, "--steps", "9", "--learning_rate", "1e30",
+                  "--save_every", "1")
+    line = one_error_line(blown)
+    assert "the loss is nan" in line or "the loss is inf" in line, line
+    assert "the checkpoint of step 2 is kept" in line and "--learning_rate" in line
+    run = tmp_path / "checkpoint" / "run1"
+    assert model.find_checkpoint(str(run)) == str(run / "model-2")
+    assert all(np.isfinite(value).all() for value in weights(str(run / "model-2")).values())
+
+
+@pytest.fixture(scope="module")
+def other_model(models_dir, vocab_dir):
+    """A model of another shape (width 16) beside the tiny one."""
+    checkpoints.write_checkpoint(os.path.join(models_dir, "other"), {**checkpoints.TINY, "n_embd": 16}, vocab_dir)
+    return "other"
+
+
+def test_bad_input_is_one_line(models_dir, tiny_model, other_model, text, tmp_path):
+    cases = [
+        (["--restore_from", str(tmp_path / "nowhere")], "no checkpoint there"),
+        (["--restore_from", os.path.join(models_dir, other_model)], "is not a checkpoint of tiny"),
+        (["--checkpoint_dir", text], "cannot create"),
+        (["--dataset", str(tmp_path / "*.nothing")], "*.nothing"),
+        (["--sequence_length", "65"], "longer than the model's window (n_ctx 64)"),
+    ]
+    for flags, message in cases:
+        result = train(models_dir, tiny_model, tmp_path, "--dataset", text, "--steps", "1", *flags)
+        assert message in one_error_line(result), (flags, result.stderr)
+    assert not (tmp_path / "checkpoint" / "run1" / "checkpoint").exists()
+
+
+def test_a_resume_with_another_seed_or_optimizer_is_refused(models_dir, tiny_model, text, tmp_path):
+    flags = ["--dataset", text, "--sequence_length", "16"]
+    assert train(models_dir, tiny_model, tmp_path, *flags, "--steps", "1", "--seed", "1").returncode == 0
+    seed = train(models_dir, tiny_model, tmp_path, *flags, "--steps", "2", "--seed", "2")
+    assert "was trained with --seed 1" in one_error_line(seed)
+    optimizer = train(models_dir, tiny_model, tmp_path, *flags, "--steps", "2", "--optimizer", "sgd")
+    assert "another optimizer" in one_error_line(optimizer)
+
+
+def flags(**changes):
+    """train_model's defaults, with changes."""
+    defaults = {name: p.default for name, p in inspect.signature(train_script.train_model).parameters.items()}
+    return {**defaults, "dataset": "x", **changes}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"dataset": None}, "--dataset is needed"),
+    ({"optimizer": "adagrad"}, "--optimizer must be adam or sgd"),
+    ({"noise": 2}, "--noise must be a number from 0 to 1"),
+    ({"sequence_length": 1}, "--sequence_length must be a positive integer >= 2"),
+    ({"sample_length": 0}, "--sample_length must be a positive integer or None"),
+    ({"learning_rate": -1}, "--learning_rate must be a positive number"),
+    ({"batch_size": 0}, "--batch_size must be an integer >= 1"),
+    ({"steps": 1.5}, "--steps must be an integer >= 0"),
+    ({"seed": 2 ** 63}, "--seed must be an integer from 0 to 2**63 - 1"),
+])
+def test_bad_flags_are_named(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train_script.check_flags(**flags(**changes))
+
+
+def test_a_bad_flag_is_one_line(models_dir, tiny_model, tmp_path):
+    assert "--noise must be" in one_error_line(train(models_dir, tiny_model, tmp_path, "--dataset", "x", "--noise", "2"))
