@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Times fine-tuning steps: one JSON line with tokens/s and peak memory, and the peer's beside it
+with --peer.
+
+    python bench/bench_train.py --batch_size 1 --sequence_length 256 --dtype bfloat16 \
+        --peer ~/.cache/gpt2-peer-venv/bin/python
+
+Steps of `training.Trainer` on random tokens [batch, T], timed after a warm-up step (which
+traces and compiles). The peak memory is the process's peak resident set (ru_maxrss), so each
+configuration runs in a process of its own: this one. The model is read from --models_dir/
+--model_name; for the four official names a checkpoint of that shape with random weights is
+written there first if none is present (speed does not depend on the weights).
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "src"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import model  # noqa: E402
+import training  # noqa: E402
+from bench_generate import ensure_model  # noqa: E402
+
+
+def measure(path, args):
+    hparams = model.load_hparams(path)
+    reader = model.checkpoint_reader(model.find_checkpoint(path), hparams)
+    trainer = training.Trainer({name: reader.get_tensor(name) for name in model.checkpoint_shapes(hparams)},
+                               hparams, optimizer=args.optimizer, dtype=args.dtype,
+                               memory_saving=args.memory_saving_gradients)
+    windows = np.random.RandomState(0).randint(0, hparams.n_vocab, (1, args.batch_size, args.sequence_length))
+    trainer.step(windows)  # warm-up: traces and compiles
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        loss = float(trainer.step(windows))
+    seconds = time.perf_counter() - start
+    return {"model": args.model_name, "batch": args.batch_size, "seq": args.sequence_length, "steps": args.steps,
+            "dtype": args.dtype, "optimizer": args.optimizer, "memory_saving_gradients": args.memory_saving_gradients,
+            "tokens_per_s": args.batch_size * args.sequence_length * args.steps / seconds, "loss": loss,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def peer(python, path, args):
+    """The peer's train_bench on the very checkpoint (float32 Adam)."""
+    command = [python, os.path.join(ROOT, "..", "shared", "peer", "hf_generate.py"), path, "train_bench",
+               str(args.batch_size), str(args.sequence_length), str(args.steps)]
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model_name", default="124M")
+    parser.add_argument("--models_dir", default=os.path.join(ROOT, "bench", "models"))
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--sequence_length", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--optimizer", default="adam", choices=training.OPTIMIZERS)
+    parser.add_argument("--memory_saving_gradients", action="store_true")
+    parser.add_argument("--peer", metavar="PYTHON", help="the peer venv's python: run hf_generate.py train_bench too")
+    args = parser.parse_args()
+    path = ensure_model(args.models_dir, args.model_name)
+    print(json.dumps(measure(path, args)), flush=True)
+    if args.peer:
+        result = peer(args.peer, path, args)
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
