@@ -134,15 +134,17 @@ class Trainer:
         """inputs, targets [accumulate, batch, T] of this replica; `predictions` in the step
         on all replicas. The gradients of the micro-batches add up; the optimizer sums them over
         the replicas (Keras's all-reduce) and updates the weights once."""
-        total = tf.constant(0.0)
-        gradients = [tf.zeros_like(v) for v in self.trainable]
-        for i in tf.range(tf.shape(inputs)[0]):
-            with tf.GradientTape() as tape:
-                logits = forward(model.cast_params(self.params, self.dtype), self.hparams, inputs[i], self.memory_saving)
-                loss = tf.reduce_sum(predictions_loss(logits, targets[i])) / predictions
-                scaled = self.optimizer.scale_loss(loss) if self.dtype == tf.float16 else loss
-            step_gradients = tape.gradient(scaled, self.trainable)
-            gradients = [a + tf.convert_to_tensor(g) for a, g in zip(gradients, step_gradients)]
-            total += loss
+        total, gradients = self._gradients(inputs[0], targets[0], predictions)
+        for i in tf.range(1, tf.shape(inputs)[0]):  # a loop in the graph: one micro-batch in memory at a time
+            loss, more = self._gradients(inputs[i], targets[i], predictions)
+            total, gradients = total + loss, [a + b for a, b in zip(gradients, more)]
         self.optimizer.apply_gradients(zip(gradients, self.trainable))
         return total
+
+    def _gradients(self, inputs, targets, predictions):
+        """(the loss's share of inputs, targets [batch, T], its gradients, as dense tensors)."""
+        with tf.GradientTape() as tape:
+            logits = forward(model.cast_params(self.params, self.dtype), self.hparams, inputs, self.memory_saving)
+            loss = tf.reduce_sum(predictions_loss(logits, targets)) / predictions
+            scaled = self.optimizer.scale_loss(loss) if self.dtype == tf.float16 else loss
+        return loss, [tf.convert_to_tensor(g) for g in tape.gradient(scaled, self.trainable)]
