@@ -36,7 +36,7 @@ def measure(path, args):
     reader = model.checkpoint_reader(model.find_checkpoint(path), hparams)
     trainer = training.Trainer({name: reader.get_tensor(name) for name in model.checkpoint_shapes(hparams)},
                                hparams, optimizer=args.optimizer, dtype=args.dtype,
-                               memory_saving=args.memory_saving_gradients)
+                               memory_saving=args.memory_saving_gradients, xla=args.xla)
     windows = np.random.RandomState(0).randint(0, hparams.n_vocab, (1, args.batch_size, args.sequence_length))
     trainer.step(windows)  # warm-up: traces and compiles
     start = time.perf_counter()
@@ -44,7 +44,7 @@ def measure(path, args):
         loss = float(trainer.step(windows))
     seconds = time.perf_counter() - start
     return {"model": args.model_name, "batch": args.batch_size, "seq": args.sequence_length, "steps": args.steps,
-            "dtype": args.dtype, "optimizer": args.optimizer, "memory_saving_gradients": args.memory_saving_gradients,
+            "dtype": args.dtype, "optimizer": args.optimizer, "memory_saving_gradients": args.memory_saving_gradients, "xla": trainer.xla,
             "tokens_per_s": args.batch_size * args.sequence_length * args.steps / seconds, "loss": loss,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
@@ -66,6 +66,8 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--optimizer", default="adam", choices=training.OPTIMIZERS)
     parser.add_argument("--memory_saving_gradients", action="store_true")
+    parser.add_argument("--xla", type=lambda v: {"true": True, "false": False}[v.lower()], default=None,
+                        help="true/false: compile the forward and backward pass with XLA (default: training.compile_on)")
     parser.add_argument("--peer", metavar="PYTHON", help="the peer venv's python: run hf_generate.py train_bench too")
     args = parser.parse_args()
     path = ensure_model(args.models_dir, args.model_name)

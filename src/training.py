@@ -66,6 +66,15 @@ def make_optimizer(name, learning_rate, dtype):
     return keras.optimizers.LossScaleOptimizer(optimizer) if dtype == tf.float16 else optimizer
 
 
+def compile_on(device_type=None):
+    """Whether the training step's forward and backward pass go through XLA: on a CPU, where it
+    fuses the hundreds of small ops around the matmuls (bench_train.py --xla false); on a GPU,
+    where nothing was measured yet, TensorFlow's default."""
+    if device_type is None:
+        device_type = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    return device_type == "CPU"
+
+
 class Trainer:
     """The weights, the optimizer and a compiled training step.
 
@@ -77,8 +86,9 @@ class Trainer:
     """
 
     def __init__(self, values, hparams, *, optimizer="adam", learning_rate=2e-5, dtype=tf.float32,
-                 memory_saving=False, only_train_transformer_layers=False, noise=0.0, strategy=None):
+                 memory_saving=False, only_train_transformer_layers=False, noise=0.0, strategy=None, xla=None):
         self.hparams, self.dtype, self.memory_saving, self.noise = hparams, tf.as_dtype(dtype), memory_saving, noise
+        self.xla = compile_on() if xla is None else xla
         self.strategy = strategy or tf.distribute.get_strategy()
         with self.strategy.scope():
             # Variables in `model.model`'s layout, so that a Sampler given them reads their values
@@ -89,6 +99,9 @@ class Trainer:
             self.optimizer = make_optimizer(optimizer, learning_rate, self.dtype)
             self.optimizer.build(self.trainable)
         self._step = tf.function(self._distributed_step)
+        # The forward and backward pass, compiled by XLA where it wins; the update, with its
+        # cross-replica sum, stays TensorFlow's.
+        self._compiled_gradients = tf.function(self._gradients, jit_compile=self.xla)
         self._loss = tf.function(self._mean_loss, input_signature=[tf.TensorSpec([None, None], tf.int32)])
 
     def checkpoint_values(self):
@@ -134,9 +147,9 @@ class Trainer:
         """inputs, targets [accumulate, batch, T] of this replica; `predictions` in the step
         on all replicas. The gradients of the micro-batches add up; the optimizer sums them over
         the replicas (Keras's all-reduce) and updates the weights once."""
-        total, gradients = self._gradients(inputs[0], targets[0], predictions)
+        total, gradients = self._compiled_gradients(inputs[0], targets[0], predictions)
         for i in tf.range(1, tf.shape(inputs)[0]):  # a loop in the graph: one micro-batch in memory at a time
-            loss, more = self._gradients(inputs[i], targets[i], predictions)
+            loss, more = self._compiled_gradients(inputs[i], targets[i], predictions)
             total, gradients = total + loss, [a + b for a, b in zip(gradients, more)]
         self.optimizer.apply_gradients(zip(gradients, self.trainable))
         return total
