@@ -220,6 +220,8 @@ def start_tensorflow():
     """
     with log_lines_held_back():
         import tensorflow as tf
+        if os.environ.get("TF_CONFIG"):  # a cluster's strategy must set up the devices before they start (run.py)
+            return tf
         tf.config.list_logical_devices()  # the devices start, and log
         tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(0))
     return tf

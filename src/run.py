@@ -26,9 +26,13 @@ from checks import MAX_SEED
 
 def strategy_from_environment():
     """TensorFlow's strategy for where this process runs: MultiWorkerMirroredStrategy when
-    TF_CONFIG names a cluster, MirroredStrategy over several GPUs, else the default (one device)."""
+    TF_CONFIG names a cluster, MirroredStrategy over several GPUs, else the default (one device).
+    Under TF_CONFIG it must come first: it sets up the collective ops, which TensorFlow allows only
+    before its devices start (cli.start_tensorflow leaves them to it), so the devices' log lines
+    are held back here."""
     if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        with cli.log_lines_held_back():
+            return tf.distribute.MultiWorkerMirroredStrategy()
     if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()

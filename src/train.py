@@ -58,7 +58,8 @@ def train_model(dataset=None, model_name="124M", models_dir="models", run_name="
     :restore_from=latest : latest (the run's last checkpoint, or the model when the run has
      none), fresh (the model, at step 0), or the path of a checkpoint or its folder
     :seed=None : Integer seed of the data order, the noise and the samples (None: a new seed,
-     which the run keeps when it resumes)
+     which the run keeps when it resumes). Needed when TF_CONFIG names a cluster: every worker
+     takes its share of the same windows
     """
     settings = check_flags(**locals())
     import run
@@ -86,6 +87,10 @@ def check_flags(**flags):
         raise ValueError("--dataset is needed: a text file, folder, glob pattern or .npz to train on")
     if flags["seed"] is not None and (not is_integer(flags["seed"]) or not 0 <= flags["seed"] <= MAX_SEED):
         raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1. Received: {flags['seed']!r}")
+    if flags["seed"] is None and os.environ.get("TF_CONFIG"):
+        raise ValueError("--seed is needed when TF_CONFIG names a cluster: each worker takes its replicas' rows "
+                         "of the step's windows, which must be the same windows on every worker; give all the "
+                         "same --seed")
     flags["models_dir"], flags["checkpoint_dir"] = map(cli.expand_dir, (flags["models_dir"], flags["checkpoint_dir"]))
     return flags
 
