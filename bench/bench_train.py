@@ -26,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import checkpoints  # noqa: E402
 import model  # noqa: E402
 import training  # noqa: E402
 from bench_generate import ensure_model  # noqa: E402
@@ -43,7 +44,7 @@ def measure(path, args):
     for _ in range(args.steps):
         loss = float(trainer.step(windows))
     seconds = time.perf_counter() - start
-    return {"model": args.model_name, "batch": args.batch_size, "seq": args.sequence_length, "steps": args.steps,
+    return {"model": os.path.basename(path), "batch": args.batch_size, "seq": args.sequence_length, "steps": args.steps,
             "dtype": args.dtype, "optimizer": args.optimizer, "memory_saving_gradients": args.memory_saving_gradients, "xla": trainer.xla,
             "tokens_per_s": args.batch_size * args.sequence_length * args.steps / seconds, "loss": loss,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
@@ -60,6 +61,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_name", default="124M")
     parser.add_argument("--models_dir", default=os.path.join(ROOT, "bench", "models"))
+    parser.add_argument("--n_layer", type=int, help="keep only this many of the model's layers")
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--sequence_length", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5)
@@ -71,6 +73,10 @@ def main():
     parser.add_argument("--peer", metavar="PYTHON", help="the peer venv's python: run hf_generate.py train_bench too")
     args = parser.parse_args()
     path = ensure_model(args.models_dir, args.model_name)
+    if args.n_layer:  # the model's layer shapes, fewer of them: a model that fits where the whole would not
+        path = os.path.join(args.models_dir, f"{args.model_name}-{args.n_layer}-layers")
+        if not os.path.isfile(os.path.join(path, "checkpoint")):
+            checkpoints.write_checkpoint(path, {**checkpoints.OFFICIAL[args.model_name], "n_layer": args.n_layer})
     print(json.dumps(measure(path, args)), flush=True)
     if args.peer:
         result = peer(args.peer, path, args)

@@ -14,6 +14,7 @@ updates (float16 with a dynamic loss scale, as Keras's LossScaleOptimizer keeps 
 import keras
 import tensorflow as tf
 
+import fast
 import model
 
 OPTIMIZERS = ("adam", "sgd")
@@ -66,13 +67,13 @@ def make_optimizer(name, learning_rate, dtype):
     return keras.optimizers.LossScaleOptimizer(optimizer) if dtype == tf.float16 else optimizer
 
 
-def compile_on(device_type=None):
-    """Whether the training step's forward and backward pass go through XLA: on a CPU, where it
-    fuses the hundreds of small ops around the matmuls (bench_train.py --xla false); on a GPU,
-    where nothing was measured yet, TensorFlow's default."""
-    if device_type is None:
-        device_type = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-    return device_type == "CPU"
+def compile_on(dtype, device_type=None, cpu_flags=None):
+    """Whether the forward and backward pass go through XLA: only in half precision on a CPU
+    without instructions for it, where XLA's conversions beat oneDNN's (bench_train.py --dtype
+    bfloat16 --xla true/false). In float32 on a CPU it wins under 10% (bench_train.py --xla
+    true/false), and it weakens --memory_saving_gradients, whose recomputation XLA may merge
+    back into the forward pass; on a GPU nothing is measured yet: TensorFlow's default."""
+    return dtype != tf.float32 and fast.choices_for(dtype, device_type, cpu_flags).xla
 
 
 class Trainer:
@@ -88,7 +89,7 @@ class Trainer:
     def __init__(self, values, hparams, *, optimizer="adam", learning_rate=2e-5, dtype=tf.float32,
                  memory_saving=False, only_train_transformer_layers=False, noise=0.0, strategy=None, xla=None):
         self.hparams, self.dtype, self.memory_saving, self.noise = hparams, tf.as_dtype(dtype), memory_saving, noise
-        self.xla = compile_on() if xla is None else xla
+        self.xla = compile_on(self.dtype) if xla is None else xla
         self.strategy = strategy or tf.distribute.get_strategy()
         with self.strategy.scope():
             # Variables in `model.model`'s layout, so that a Sampler given them reads their values

@@ -1,0 +1,76 @@
+"""saving.py: a run folder's saves are whole or absent, TF1 reads them, the last KEEP stay."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import saving
+
+
+def variables(value):
+    return {"model/wte": tf.fill([3, 2], float(value)), "model/h0/attn/c_attn/w": tf.fill([1, 2, 6], float(value))}
+
+
+def optimizer_variables():
+    return [tf.Variable(0, dtype=tf.int64), tf.Variable(tf.zeros([3, 2]))]
+
+
+def save(run_dir, step):
+    saving.save(str(run_dir), step, variables(step), optimizer_variables(),
+                {"step": step, "position": 10 * step, "seed": 7})
+
+
+def test_the_checkpoint_file_names_the_latest_save_as_tf1_reads_it(tmp_path):
+    save(tmp_path, 1)
+    save(tmp_path, 2)
+    state = tf.compat.v1.train.get_checkpoint_state(str(tmp_path))
+    assert state.model_checkpoint_path.endswith("model-2")
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == ["model-1", "model-2"]
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path)))
+    np.testing.assert_array_equal(reader.get_tensor("model/h0/attn/c_attn/w"), np.full([1, 2, 6], 2.0))
+
+
+def test_only_the_last_saves_are_kept(tmp_path):
+    for step in (1, 2, 3):
+        save(tmp_path, step)
+    assert saving.saved_steps(str(tmp_path)) == [2, 3]
+    assert not any(name.startswith(("model-1.", "state-1.")) for name in os.listdir(tmp_path))
+
+
+def test_a_save_cut_short_leaves_the_previous_one_the_latest(tmp_path, monkeypatch):
+    save(tmp_path, 1)
+    write = saving.write_tensors
+
+    def write_then_fail(prefix, tensors):
+        write(prefix, tensors)
+        if "state-" in prefix:
+            raise KeyboardInterrupt  # killed between the weights and the checkpoint file
+    monkeypatch.setattr(saving, "write_tensors", write_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        save(tmp_path, 2)
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("model-1")
+    state = saving.read_state(str(tmp_path / "model-1"), optimizer_variables())
+    assert state == {"step": 1, "position": 10, "seed": 7}
+
+
+def test_the_state_restores_the_optimizer_and_refuses_another(tmp_path):
+    saved = optimizer_variables()
+    saved[1].assign(tf.ones([3, 2]))
+    saving.save(str(tmp_path), 4, variables(4), saved, {"step": 4, "position": 40, "seed": 9})
+    fresh = optimizer_variables()
+    assert saving.read_state(str(tmp_path / "model-4"), fresh) == {"step": 4, "position": 40, "seed": 9}
+    np.testing.assert_array_equal(fresh[1], np.ones([3, 2]))
+    with pytest.raises(ValueError, match="another optimizer or model"):
+        saving.read_state(str(tmp_path / "model-4"), [tf.Variable(0, dtype=tf.int64)])
+    assert saving.read_state(str(tmp_path / "elsewhere" / "model.ckpt"), fresh) is None
+
+
+def test_forgetting_a_bad_save_makes_the_one_before_the_latest(tmp_path):
+    save(tmp_path, 1)
+    save(tmp_path, 2)
+    assert saving.forget_step(str(tmp_path), 2) == [1]
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("model-1")
+    assert not (tmp_path / "model-2.index").exists()
+    assert saving.forget_step(str(tmp_path), 1) == []
+    assert tf.train.latest_checkpoint(str(tmp_path)) is None
