@@ -9,6 +9,7 @@ import codecs
 import contextlib
 import difflib
 import inspect
+import math
 import os
 import random
 import re
@@ -146,8 +147,8 @@ def main(command, argv=None, *, tensorflow=True):
         if (e.name or "").split(".")[0] not in REQUIREMENTS:
             raise
         sys.exit(f"error: {e} in {sys.executable}: install the requirements (pip install -r requirements.txt)")
-    except out_of_memory:
-        sys.exit(out_of_memory_line(command))
+    except out_of_memory as e:
+        sys.exit(out_of_memory_line(command, e if isinstance(e, MemoryError) else None))
     except BrokenPipeError:  # the reader went away (`| head`): stop as quietly as `yes | head` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush has nowhere to go
         sys.exit(141)
@@ -162,11 +163,13 @@ def error_line(error):
     return f"error: {'--' if getattr(error, 'argument', None) else ''}{error}"
 
 
-def out_of_memory_line(command):
-    """What to lower when a run does not fit in memory, among the command's flags."""
+def out_of_memory_line(command, error=None):
+    """What to lower when a run does not fit in memory, among the command's flags; with what
+    a MemoryError says it needed."""
     flags = [f"--{name}" for name in ("batch_size", "length") if name in inspect.signature(command).parameters]
     lower = f"lower {' or '.join(flags)}, or " if flags else ""
-    return f"error: out of memory: {lower}use a smaller --model_name or --dtype bfloat16"
+    needed = f" ({error})" if error is not None and str(error) else ""
+    return f"error: out of memory{needed}: {lower}use a smaller --model_name or --dtype bfloat16"
 
 
 # --- TensorFlow's start --------------------------------------------------------------------------
@@ -287,6 +290,38 @@ def load(model_name, models_dir, dtype="float32"):
     enc = encoder.get_encoder(model_name, models_dir)
     hparams = model.load_hparams(path)
     return enc, hparams, fast.load_params(model.find_checkpoint(path), hparams, dtype)
+
+
+def available_memory():
+    """Bytes of memory the kernel can give this process without swapping (MemAvailable), or
+    None where /proc/meminfo does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            kib = [int(line.split()[1]) for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        return None
+    return kib[0] * 1024 if kib else None
+
+
+def sampling_memory(hparams, batch_size, positions, dtype):
+    """Bytes that sampling batch_size rows of `positions` tokens takes, about: the weights, the
+    key/value cache (fast.py), and a step's float32 logits, a few copies of them."""
+    import fast
+    import model
+    itemsize = parse_dtype(dtype).size
+    weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values()) * itemsize
+    cache = 2 * hparams.n_layer * batch_size * fast.cache_size(positions, hparams.n_ctx) * hparams.n_embd * itemsize
+    return weights + cache + 4 * batch_size * hparams.n_vocab * 4
+
+
+def check_memory(hparams, batch_size, positions, dtype, available=None):
+    """MemoryError when sampling would take more memory than is available: there, rather than
+    being killed by the kernel without a word, a run says what to lower (`main`)."""
+    needed = sampling_memory(hparams, batch_size, positions, dtype)
+    available = available_memory() if available is None else available
+    if available is not None and needed > available:
+        raise MemoryError(f"a batch of {batch_size} needs about {needed / 2 ** 30:.1f} GiB, "
+                          f"{available / 2 ** 30:.1f} GiB is available")
 
 
 def check_counts(nsamples, batch_size, *, forever=False):

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+import checkpoints
 import cli
 import encoder
 import fast
@@ -355,8 +356,9 @@ def test_ctrl_c_while_tensorflow_loads_exits_130_quietly(models_dir, tiny_model)
 
 
 def test_a_batch_too_big_for_memory_says_what_to_lower(models_dir, tiny_model):
-    # The cache of 2,000,000 samples needs tens of GB; within 8 GiB of address space its
-    # allocation fails, without taking the memory.
+    """The cache and logits of 2,000,000 samples need about 1.5 TiB: refused before they are allocated, where
+    the kernel would kill the process without a word. Should the check let it through, the
+    allocation fails within 8 GiB of address space, without taking the memory, and says less."""
     code = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30)); "
             f"sys.path.insert(0, {os.path.dirname(UNCONDITIONAL)!r}); sys.argv = sys.argv[1:]; "
             "runpy.run_path(sys.argv[0], run_name='__main__')")
@@ -364,8 +366,21 @@ def test_a_batch_too_big_for_memory_says_what_to_lower(models_dir, tiny_model):
                              models_dir, "--nsamples", "2000000", "--batch_size", "2000000", "--length", "2"],
                             capture_output=True, text=True, timeout=300, env={**ENV, "MALLOC_ARENA_MAX": "2"})
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == ("error: out of memory: lower --batch_size or --length, or use a smaller --model_name "
-                             "or --dtype bfloat16\n")
+    assert re.fullmatch(r"error: out of memory \(a batch of 2000000 needs about \d+\.\d GiB, [\d.]+ GiB is available\): "
+                        r"lower --batch_size or --length, or use a smaller --model_name or --dtype bfloat16\n",
+                        result.stderr), result.stderr
+
+
+def test_memory_is_checked_against_what_is_available():
+    hparams = model.HParams(**{**checkpoints.TINY, "n_ctx": 1024})
+    needed = cli.sampling_memory(hparams, 64, 100, "float32")
+    cli.check_memory(hparams, 64, 100, "float32", available=needed)
+    with pytest.raises(MemoryError, match=r"a batch of 64 needs about 0\.\d GiB, 0\.\d GiB is available"):
+        cli.check_memory(hparams, 64, 100, "float32", available=needed - 1)
+    # The cache grows with the batch and the positions (rounded up to 128), in the dtype's bytes.
+    cache = cli.sampling_memory(hparams, 2, 129, "float32") - cli.sampling_memory(hparams, 1, 129, "float32")
+    assert cache == 2 * hparams.n_layer * 256 * hparams.n_embd * 4 + 4 * hparams.n_vocab * 4
+    assert cli.sampling_memory(hparams, 1, 100, "bfloat16") < cli.sampling_memory(hparams, 1, 100, "float32")
 
 
 def test_out_of_memory_names_the_flags_each_script_has():
