@@ -230,6 +230,10 @@ def openai_values(weights, hparams, tied, where):
     there is one, or where tie_word_embeddings is false) against the token embedding."""
     weights = dict(weights)
     head = weights.pop("lm_head.weight", None)
+    layers = {int(m.group(1)) for m in map(re.compile(r"h\.(\d+)\.").match, weights) if m}
+    if len(layers) != hparams.n_layer:
+        raise ValueError(f"{where} does not match config.json: n_layer is {hparams.n_layer}, "
+                         f"the weights have {len(layers)} layers")
     expected = hf_shapes(hparams)
     problems = [f"missing {name} {shape}" for name, (_, shape) in expected.items() if name not in weights]
     problems += [f"unexpected {name} {list(weights[name].shape)}" for name in weights if name not in expected]
@@ -251,10 +255,6 @@ def openai_values(weights, hparams, tied, where):
 def read_hf(src):
     """(hparams, {OpenAI's name: float32 array}) of a Hugging Face GPT-2 folder."""
     config_file = os.path.join(src, "config.json")
-    if not os.path.isfile(config_file):
-        hint = "; it looks like an OpenAI-format folder: use --from openai" if os.path.isfile(
-            os.path.join(src, "hparams.json")) else ""
-        raise FileNotFoundError(f"{src} has no config.json: it is not a Hugging Face model folder{hint}")
     config = read_json(config_file)
     hparams = hparams_from_config(config, config_file)
     tied = config.get("tie_word_embeddings", True) is not False
@@ -269,10 +269,6 @@ def read_openai(src):
     import numpy as np
     import model
     import tensorflow as tf
-    if not os.path.isfile(os.path.join(src, "hparams.json")):
-        hint = "; it looks like a Hugging Face folder: use --from hf" if os.path.isfile(
-            os.path.join(src, "config.json")) else ""
-        raise FileNotFoundError(f"{src} has no hparams.json: it is not an OpenAI-format model folder{hint}")
     hparams = model.load_hparams(src)
     prefix = model.find_checkpoint(src)
     reader = model.checkpoint_reader(prefix, hparams)
@@ -281,6 +277,19 @@ def read_openai(src):
     except (tf.errors.OpError, IndexError, ValueError) as e:
         raise model.checkpoint_error(prefix, e) from None
     return hparams, {name: np.asarray(value, np.float32) for name, value in values.items()}
+
+
+def check_folder(src, source):
+    """FileNotFoundError unless `src` has the files of a folder of format `source`, the weights
+    apart (reading checks those): its config, and the tokenizer's files."""
+    configs = {"hf": "config.json", "openai": "hparams.json"}
+    kinds = {"hf": "a Hugging Face", "openai": "an OpenAI-format"}
+    other = "openai" if source == "hf" else "hf"
+    if not os.path.isfile(os.path.join(src, configs[source])):
+        hint = (f"; it looks like {kinds[other]} folder: use --from {other}"
+                if os.path.isfile(os.path.join(src, configs[other])) else "")
+        raise FileNotFoundError(f"{src} has no {configs[source]}: it is not {kinds[source]} model folder{hint}")
+    tokenizer_files(src, TOKENIZER.values() if source == "hf" else TOKENIZER)
 
 
 def tokenizer_files(src, names):
@@ -377,6 +386,7 @@ def convert(src, dst, source, target):
         raise FileNotFoundError(f"{src} is not a folder: give the model's folder")
     if os.path.lexists(dst):  # before the reading, which can take a while
         raise FileExistsError(f"{dst} exists: give a destination that does not, or remove it first")
+    check_folder(src, source)
     hparams, values = read_hf(src) if source == "hf" else read_openai(src)
     with new_folder(dst) as folder:
         (write_openai if target == "openai" else write_hf)(folder, hparams, values, src)
