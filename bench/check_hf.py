@@ -5,7 +5,9 @@
 
 - openai -> hf: a random OpenAI-format model is exported; the peer loads the folder with
   `GPT2LMHeadModel.from_pretrained` (no missing, unexpected or mismatched keys allowed) and its
-  log-probabilities on random tokens are held to ours (model.py) on the original folder.
+  log-probabilities on random tokens are held to ours (model.py) on the original folder, and
+  to its own on the original checkpoint (../shared/peer/hf_generate.py, which reads it with
+  transformers' TF converter): the same weights, so the same bits.
 - hf -> openai: the peer makes a random GPT2LMHeadModel and saves it with its own
   `save_pretrained`, in float32 and sharded, and in bfloat16; each is imported, and model.py's
   log-probabilities on the imported folder are held to the peer's on the saved model.
@@ -36,6 +38,7 @@ VOCAB_DIR = os.environ.get("GPT2_VOCAB_DIR") or os.path.join(ROOT, "tests", "gpt
 SHAPES = {"tiny": checkpoints.TINY,
           "distilgpt2": dict(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=6),
           **checkpoints.OFFICIAL}
+PEER_SCRIPT = os.path.join(ROOT, "..", "shared", "peer", "hf_generate.py")  # reads OpenAI's checkpoints
 TOLERANCE = 1e-4  # nats: float32 sums in another order (TensorFlow vs PyTorch)
 
 PEER = r'''
@@ -103,8 +106,15 @@ def check_export(python, shape, folder, tokens):
     exported = os.path.join(folder, "hf")
     convert_checkpoint.convert(source, exported, "openai", "hf")
     answer = peer(python, do="load", dir=exported, tokens=tokens)
-    return report("openai->hf", shape, our_logprobs(source, tokens), answer["logprobs"], answer["loading"],
-                  sorted(os.listdir(exported)))
+    # transformers reading the original TF checkpoint itself: the same weights give the same bits
+    result = subprocess.run([python, PEER_SCRIPT, source, "logprobs", json.dumps(tokens)], capture_output=True,
+                            text=True, check=True)
+    from_checkpoint = json.loads(result.stdout.splitlines()[-1])["logprobs"]
+    same = float(np.abs(np.asarray(from_checkpoint) - answer["logprobs"]).max())
+    print(json.dumps({"check": "openai->hf, the peer on the export vs on the original checkpoint", "shape": shape,
+                      "max_logprob_difference": same, "passed": same == 0}), flush=True)
+    return same == 0 and report("openai->hf", shape, our_logprobs(source, tokens), answer["logprobs"],
+                                answer["loading"], sorted(os.listdir(exported)))
 
 
 def check_import(python, shape, folder, tokens, dtype, max_shard_size):

@@ -309,6 +309,7 @@ def test_untied_output_weights_are_refused(hf_copy, tmp_path):
 @pytest.mark.parametrize("case, message", [
     ("float64", "h.0.attn.c_attn.bias is F64; only F32, F16, BF16 weights convert"),
     ("twice", "holds wte.weight twice"),
+    ("missing", "does not match config.json: missing h.1.mlp.c_fc.bias [128]"),
     ("missing shard", "model-00002-of-00002.safetensors, which model.safetensors.index.json lists, is missing"),
     ("no vocab.json", "has no vocab.json: copy GPT-2's tokenizer files there"),
     ("bad config", "config.json is not valid JSON"),
@@ -323,6 +324,9 @@ def test_other_bad_hf_folders(hf_copy, tmp_path, case, message):
         save_file(tensors, path)
     elif case == "twice":
         save_file({**tensors, "wte.weight": tensors["transformer.wte.weight"]}, path)
+    elif case == "missing":
+        del tensors["transformer.h.1.mlp.c_fc.bias"]
+        save_file(tensors, path)
     elif case == "missing shard":
         os.rename(path, os.path.join(hf_copy, "model-00001-of-00002.safetensors"))
         with open(os.path.join(hf_copy, "model.safetensors.index.json"), "w") as f:
