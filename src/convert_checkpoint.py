@@ -103,7 +103,8 @@ def hparams_from_config(config, filename):
         raise ValueError(f"{filename} is not a JSON object: it should hold GPT2Config's fields")
     differences = config_differences(config)
     if differences:
-        raise ValueError(f"{filename} is not GPT-2's architecture, which is all this converts: {'; '.join(differences)}")
+        raise ValueError(f"{filename} is not GPT-2's architecture, which is all this converts: "
+                         f"{'; '.join(differences)}")
     try:
         return model.HParams(n_vocab=config.get("vocab_size", 50257),
                              n_ctx=config.get("n_positions", config.get("n_ctx", 1024)),
@@ -128,8 +129,8 @@ def config_from_hparams(hparams, end_token):
 
 def end_token(encoder_json):
     """The id of <|endoftext|> in an encoder.json (50256 in GPT-2's), or None without one."""
-    with open(encoder_json, encoding="utf-8") as f:
-        token = json.load(f).get(END_OF_TEXT)
+    encoder = read_json(encoder_json)
+    token = encoder.get(END_OF_TEXT) if isinstance(encoder, dict) else None
     return token if isinstance(token, int) else None
 
 

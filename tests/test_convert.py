@@ -134,6 +134,10 @@ def test_the_export_is_transformers_layout(openai_dir, hf_dir, vocab_dir):
     np.testing.assert_array_equal(tensors["transformer.h.0.ln_2.weight"], original["model/h0/ln_2/g"])
     np.testing.assert_array_equal(tensors["transformer.wpe.weight"], original["model/wpe"])
     assert all(value.dtype == np.float32 for value in tensors.values())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {os.stat(os.path.join(hf_dir, name)).st_mode & 0o777 for name in os.listdir(hf_dir)} == {0o666 & ~umask}
+    assert os.stat(hf_dir).st_mode & 0o777 == 0o777 & ~umask
 
 
 # --- Behaviour: round trips, transformers' layouts, shards, half precision ----------------------
