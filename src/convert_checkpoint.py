@@ -227,8 +227,8 @@ def read_weights(src):
 
 def openai_values(weights, hparams, tied, where):
     """Hugging Face's weights -> {OpenAI's name: array in the checkpoint's shape}, after
-    checking them against config.json's hparams, and the output layer (lm_head.weight, when
-    there is one, or where tie_word_embeddings is false) against the token embedding."""
+    checking them against config.json's hparams and the output layer against the embedding."""
+    import model
     weights = dict(weights)
     head = weights.pop("lm_head.weight", None)
     layers = {int(m.group(1)) for m in map(re.compile(r"h\.(\d+)\.").match, weights) if m}
@@ -243,14 +243,18 @@ def openai_values(weights, hparams, tied, where):
     if problems:
         shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
         raise ValueError(f"{where} does not match config.json: {shown}")
-    untied = (head is None and not tied) or (head is not None and not (
-        head.shape == weights["wte.weight"].shape and (head == weights["wte.weight"]).all()))
-    if untied:
-        raise ValueError(f"{where}: the output layer (lm_head.weight) is not the token embedding (wte.weight); "
-                         "GPT-2 ties them, and a model with untied output weights does not convert")
-    import model
+    check_tied(head, weights["wte.weight"], tied, where)
     shapes = model.checkpoint_shapes(hparams)
     return {openai: weights[name].reshape(shapes[openai]) for name, (openai, _) in expected.items()}
+
+
+def check_tied(head, wte, tied, where):
+    """ValueError unless GPT-2's output layer is its token embedding: lm_head.weight, where a
+    file has one, equal to wte.weight; and none only where config.json ties them."""
+    same = head is not None and head.shape == wte.shape and (head == wte).all()
+    if not same and (head is not None or not tied):
+        raise ValueError(f"{where}: the output layer (lm_head.weight) is not the token embedding (wte.weight); "
+                         "GPT-2 ties them, and a model with untied output weights does not convert")
 
 
 def read_hf(src):

@@ -302,6 +302,14 @@ def test_what_computes_the_same_is_accepted(hf_copy, tmp_path):
     convert(hf_copy, str(tmp_path / "dst"), "hf", "openai")
 
 
+def test_an_output_layer_equal_to_the_embedding_is_tied_whatever_the_config_says(hf_copy, tmp_path):
+    path = os.path.join(hf_copy, "model.safetensors")
+    tensors = load_file(path)
+    save_file({**tensors, "lm_head.weight": tensors["transformer.wte.weight"]}, path, {"format": "pt"})
+    write_config(hf_copy, tie_word_embeddings=False)
+    convert(hf_copy, str(tmp_path / "dst"), "hf", "openai")
+
+
 def test_untied_output_weights_are_refused(hf_copy, tmp_path):
     path = os.path.join(hf_copy, "model.safetensors")
     tensors = load_file(path)
