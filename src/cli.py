@@ -9,6 +9,7 @@ import codecs
 import contextlib
 import difflib
 import inspect
+import keyword
 import math
 import os
 import random
@@ -23,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's own C++ loggi
 
 PYTHONS = ((3, 10), (3, 13))  # the oldest and newest Python tested (README.md, Set up)
 DTYPES = ("float32", "bfloat16", "float16")
-REQUIREMENTS = {"tensorflow", "numpy", "fire", "regex", "requests", "tqdm"}  # top-level modules
+REQUIREMENTS = {"tensorflow", "numpy", "fire", "regex", "requests", "tqdm", "safetensors"}  # top-level modules
 TRUE, FALSE = ("true", "yes", "1"), ("false", "no", "0")
 
 
@@ -50,21 +51,30 @@ def is_flag(word):
     return word.startswith("--") or re.match(r"-[a-zA-Z]", word) is not None
 
 
+def flag(name):
+    """The flag of a parameter: `--length`; `--from` for `from_`, a keyword's parameter."""
+    return "--" + (name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name)
+
+
 def parameter_named(key, word, parameters):
-    """The parameter a flag names: its whole name, or a unique initial (`-l` for --length)."""
+    """The parameter a flag names: its whole name, or a unique initial (`-l` for --length).
+    A Python keyword names the parameter of that name with a `_` after it (PEP 8's spelling):
+    `--from` is `from_`."""
+    if keyword.iskeyword(key) and key + "_" in parameters:
+        return key + "_"
     if key in parameters:
         return key
     initials = [name for name in parameters if len(key) == 1 and name[0] == key]
     if len(initials) == 1:
         return initials[0]
-    flag = word.partition("=")[0]
+    flag_word = word.partition("=")[0]
     if initials:
-        raise UsageError(f"{flag} is ambiguous: write {' or '.join('--' + name for name in initials)}")
+        raise UsageError(f"{flag_word} is ambiguous: write {' or '.join(map(flag, initials))}")
     near = [name for name in parameters if name.startswith(key)]
     near += [name for name in difflib.get_close_matches(key, parameters, n=3, cutoff=0.6) if name not in near]
     if near:
-        raise UsageError(f"unknown flag {flag}: did you mean {' or '.join('--' + name for name in near)}?")
-    raise UsageError(f"unknown flag {flag}: the flags are {', '.join('--' + name for name in parameters)}")
+        raise UsageError(f"unknown flag {flag_word}: did you mean {' or '.join(map(flag, near))}?")
+    raise UsageError(f"unknown flag {flag_word}: the flags are {', '.join(map(flag, parameters))}")
 
 
 def boolean(name, value):
@@ -105,7 +115,7 @@ def read_flags(command, words):
             elif name in booleans:
                 value = True
             else:
-                raise UsageError(f"--{name} needs a value: --{name} VALUE")
+                raise UsageError(f"{flag(name)} needs a value: {flag(name)} VALUE")
         values[name] = value
     for word in loose:
         free = [name for name in parameters if name not in values]
