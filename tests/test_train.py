@@ -39,6 +39,11 @@ def train(models_dir, model_name, cwd, *flags, timeout=300):
                           env=ENV, cwd=cwd)
 
 
+def train_here(models_dir, model_name, **changes):
+    """train_model's run in this process (the command line's part is test_a_bad_flag_is_one_line's)."""
+    train_script.train_model(**{**flags(model_name=model_name, models_dir=models_dir, sample_every=0), **changes})
+
+
 def weights(prefix):
     reader = tf.train.load_checkpoint(prefix)
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
@@ -77,21 +82,21 @@ def test_the_run_folder_is_a_model_that_the_scripts_and_tf1_read(models_dir, tin
         np.testing.assert_array_equal(restored[name], value)
 
 
-def test_a_resumed_run_makes_the_updates_of_one_that_never_stopped(models_dir, tiny_model, text, tmp_path):
-    flags = ["--dataset", text, "--batch_size", "2", "--sequence_length", "16", "--accumulate_gradients", "2",
-             "--noise", "0.1", "--seed", "7", "--checkpoint_dir", str(tmp_path)]
-    straight = train(models_dir, tiny_model, tmp_path, *flags, "--run_name", "straight", "--steps", "6")
-    half = train(models_dir, tiny_model, tmp_path, *flags, "--run_name", "resumed", "--steps", "3")
-    resumed = train(models_dir, tiny_model, tmp_path, *flags[:-4], "--run_name", "resumed", "--steps", "6",
-                    "--checkpoint_dir", str(tmp_path))  # the seed comes from the saved state
-    for result in (straight, half, resumed):
-        assert result.returncode == 0, result.stderr
-    assert "at step 3, seed 7" in resumed.stderr
+def test_a_resumed_run_makes_the_updates_of_one_that_never_stopped(models_dir, tiny_model, text, tmp_path,
+                                                                  monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    common = dict(dataset=text, batch_size=2, sequence_length=16, accumulate_gradients=2, noise=0.1,
+                  checkpoint_dir=str(tmp_path))
+    train_here(models_dir, tiny_model, **common, run_name="straight", steps=6, seed=7)
+    train_here(models_dir, tiny_model, **common, run_name="resumed", steps=3, seed=7)
+    capsys.readouterr()
+    train_here(models_dir, tiny_model, **common, run_name="resumed", steps=6)  # the seed comes from the saved state
+    assert "at step 3, seed 7" in capsys.readouterr().err
     a, b = weights(str(tmp_path / "straight" / "model-6")), weights(str(tmp_path / "resumed" / "model-6"))
     for name, value in a.items():
         np.testing.assert_array_equal(b[name], value, err_msg=name)
-    again = train(models_dir, tiny_model, tmp_path, *flags, "--run_name", "resumed", "--steps", "6")
-    assert again.returncode == 0 and "at step 6 already" in again.stderr
+    train_here(models_dir, tiny_model, **common, run_name="resumed", steps=6, seed=7)
+    assert "at step 6 already" in capsys.readouterr().err
 
 
 def test_ctrl_c_saves_then_exits(models_dir, tiny_model, text, tmp_path):
@@ -114,9 +119,10 @@ def test_ctrl_c_saves_then_exits(models_dir, tiny_model, text, tmp_path):
     assert model.find_checkpoint(str(tmp_path / "checkpoint" / "run1")).endswith(f"model-{steps[0]}")
 
 
-def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(models_dir, tiny_model, text, tmp_path):
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(models_dir, tiny_model, text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     flags = ["--dataset", text, "--sequence_length", "16", "--seed", "3"]
-    assert train(models_dir, tiny_model, tmp_path, *flags, "--steps", "2").returncode == 0
+    train_here(models_dir, tiny_model, dataset=text, sequence_length=16, seed=3, steps=2)
     blown = train(models_dir, tiny_model, tmp_path, *flags, "--steps", "9", "--learning_rate", "1e30",
                   "--save_every", "1")
     line = one_error_line(blown)
@@ -134,27 +140,31 @@ def other_model(models_dir, vocab_dir):
     return "other"
 
 
-def test_bad_input_is_one_line(models_dir, tiny_model, other_model, text, tmp_path):
-    cases = [
-        (["--restore_from", str(tmp_path / "nowhere")], "no checkpoint there"),
-        (["--restore_from", os.path.join(models_dir, other_model)], "is not a checkpoint of tiny"),
-        (["--checkpoint_dir", text], "cannot create"),
-        (["--dataset", str(tmp_path / "*.nothing")], "*.nothing"),
-        (["--sequence_length", "65"], "longer than the model's window (n_ctx 64)"),
-    ]
-    for flags, message in cases:
-        result = train(models_dir, tiny_model, tmp_path, "--dataset", text, "--steps", "1", *flags)
-        assert message in one_error_line(result), (flags, result.stderr)
+@pytest.mark.parametrize("changes, error, message", [
+    ({"restore_from": "{tmp}/nowhere"}, FileNotFoundError, "no checkpoint there"),
+    ({"restore_from": "{models}/other"}, ValueError, "is not a checkpoint of tiny"),
+    ({"checkpoint_dir": "{text}"}, PermissionError, "cannot create"),
+    ({"dataset": "{tmp}/*.nothing"}, FileNotFoundError, "*.nothing"),
+    ({"sequence_length": 65}, ValueError, "longer than the model's window (n_ctx 64)"),
+])
+def test_bad_input_is_refused_before_any_work(models_dir, tiny_model, other_model, text, tmp_path, monkeypatch,
+                                              changes, error, message):
+    monkeypatch.chdir(tmp_path)
+    changes = {name: value.format(tmp=tmp_path, models=models_dir, text=text) if isinstance(value, str) else value
+               for name, value in changes.items()}
+    with pytest.raises(error, match=re.escape(message)):
+        train_here(models_dir, tiny_model, **{"dataset": text, "steps": 1, **changes})
     assert not (tmp_path / "checkpoint" / "run1" / "checkpoint").exists()
 
 
-def test_a_resume_with_another_seed_or_optimizer_is_refused(models_dir, tiny_model, text, tmp_path):
-    flags = ["--dataset", text, "--sequence_length", "16"]
-    assert train(models_dir, tiny_model, tmp_path, *flags, "--steps", "1", "--seed", "1").returncode == 0
-    seed = train(models_dir, tiny_model, tmp_path, *flags, "--steps", "2", "--seed", "2")
-    assert "was trained with --seed 1" in one_error_line(seed)
-    optimizer = train(models_dir, tiny_model, tmp_path, *flags, "--steps", "2", "--optimizer", "sgd")
-    assert "another optimizer" in one_error_line(optimizer)
+def test_a_resume_with_another_seed_or_optimizer_is_refused(models_dir, tiny_model, text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = dict(dataset=text, sequence_length=16)
+    train_here(models_dir, tiny_model, **common, steps=1, seed=1)
+    with pytest.raises(ValueError, match="was trained with --seed 1"):
+        train_here(models_dir, tiny_model, **common, steps=2, seed=2)
+    with pytest.raises(ValueError, match="another optimizer"):
+        train_here(models_dir, tiny_model, **common, steps=2, optimizer="sgd")
 
 
 def flags(**changes):
