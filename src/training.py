@@ -1,5 +1,6 @@
 """Fine-tuning GPT-2: the loss, and a training step over float32 weights kept in tf.Variables
-named and shaped exactly as in OpenAI's checkpoints, on one device or many (tf.distribute).
+in `model.model`'s layout, saved under OpenAI's names and shapes, on one device or many
+(tf.distribute).
 
     trainer = Trainer(values, hparams)     # values: {checkpoint name: array}
     loss = trainer.step(windows)           # windows [accumulate, batch, T] int32
