@@ -71,8 +71,8 @@ def check_generate(hparams, context, context_length, length, temperature, top_k,
         checks += [
             require(length >= 1, "length must be a positive integer", length),
             require(longest + length - 1 <= hparams.n_ctx,
-                    f"length plus the longest prompt must be at most the model's window of {hparams.n_ctx} + 1 "
-                    "tokens", tf.stack([length, longest])),
+                    f"length must be at most {hparams.n_ctx + 1} less the longest context_length: the model's "
+                    f"window is {hparams.n_ctx} tokens (length, context_length)", tf.stack([length, longest])),
             require(temperature >= sample.SMALLEST_TEMPERATURE,
                     "temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number",
                     temperature),
