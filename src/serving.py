@@ -136,11 +136,16 @@ class Servable(tf.Module):
         self.generate = tf.function(self._generate, input_signature=GENERATE_SIGNATURE, autograph=False)
         self.score = tf.function(self._score, input_signature=SCORE_SIGNATURE, autograph=False)
 
+    def _weights(self):
+        """The weights' values, read once, before the decode loop: variables read in the loop, at
+        every step, slowed it down severalfold on a CPU (bench/README.md, Serving)."""
+        return tf.nest.map_structure(tf.convert_to_tensor, self.params)
+
     def _generate(self, context, context_length, length, temperature, top_k, top_p, seed):
         with tf.control_dependencies(check_generate(self._hparams, context, context_length, length, temperature,
                                                     top_k, top_p, seed)):
             context = tf.identity(context)
-        return {"tokens": generate_tokens(self.params, self._hparams, context, context_length, length, temperature,
+        return {"tokens": generate_tokens(self._weights(), self._hparams, context, context_length, length, temperature,
                                           top_k, top_p, seed)}
 
     def _score(self, tokens, lengths):
@@ -150,7 +155,7 @@ class Servable(tf.Module):
                               tf.shape(tokens)))
         with tf.control_dependencies(checks):
             tokens = tf.identity(tokens)
-        return {"logprobs": token_logprobs(self.params, self._hparams, tokens, lengths)}
+        return {"logprobs": token_logprobs(self._weights(), self._hparams, tokens, lengths)}
 
 
 # --- Writing the export -------------------------------------------------------------------------
