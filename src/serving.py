@@ -138,7 +138,7 @@ class Servable(tf.Module):
 
     def _weights(self):
         """The weights' values, read once, before the decode loop: variables read in the loop, at
-        every step, slowed it down severalfold on a CPU (bench/README.md, Serving)."""
+        every step, slow it down (bench_serving.py --weights_in_loop)."""
         return tf.nest.map_structure(tf.convert_to_tensor, self.params)
 
     def _generate(self, context, context_length, length, temperature, top_k, top_p, seed):
