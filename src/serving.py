@@ -131,7 +131,6 @@ class Servable(tf.Module):
     def __init__(self, params, hparams):
         super().__init__()
         self.params = tf.nest.map_structure(lambda w: tf.Variable(w, trainable=False), params)
-        self.n_ctx, self.n_vocab = tf.constant(hparams.n_ctx), tf.constant(hparams.n_vocab)
         self._hparams = hparams
         self.generate = tf.function(self._generate, input_signature=GENERATE_SIGNATURE, autograph=False)
         self.score = tf.function(self._score, input_signature=SCORE_SIGNATURE, autograph=False)

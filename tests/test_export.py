@@ -142,7 +142,7 @@ def tokens_of(answer):
 
 def test_script_writes_the_export_and_says_so(export):
     export_dir, result = export
-    assert sorted(os.listdir(export_dir)) == ["assets", "fingerprint.pb", "saved_model.pb", "variables"]
+    assert {"assets", "fingerprint.pb", "saved_model.pb", "variables"} <= set(os.listdir(export_dir))
     assert os.listdir(os.path.dirname(export_dir)) == ["1"]  # no temporary folder left
     assert oct(os.stat(export_dir).st_mode & 0o777) == oct(0o777 & ~current_umask())
     assert result.stdout.strip() == (f"exported tiny (float32) to {export_dir}: "
@@ -152,8 +152,13 @@ def test_script_writes_the_export_and_says_so(export):
     except ImportError:
         assert result.stderr == ("no assets.extra/tf_serving_warmup_requests written: TF Serving warmup requests "
                                  "need the tensorflow-serving-api package\n")
-    else:
-        assert result.stderr == "" and os.path.isfile(os.path.join(export_dir, serving.WARMUP))
+    else:  # the warmup requests are the two signatures'
+        from tensorflow_serving.apis import prediction_log_pb2
+        import tensorflow as tf
+        assert result.stderr == ""
+        logs = [prediction_log_pb2.PredictionLog.FromString(record.numpy())
+                for record in tf.data.TFRecordDataset(os.path.join(export_dir, serving.WARMUP))]
+        assert [log.predict_log.request.model_spec.signature_name for log in logs] == ["generate", "score"]
 
 
 def current_umask():
@@ -281,3 +286,18 @@ def test_filters_take_tensors_as_numbers(tiny):
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(sample.top_p_logits(sample.top_k_logits(logits, tf.constant(k)), tf.constant(p)),
                                       sample.top_p_logits(sample.top_k_logits(logits, k), p))
+
+
+def test_a_bfloat16_export_gives_the_bfloat16_samplers_tokens(models_dir, tiny_model, tmp_path):
+    import tensorflow as tf
+    path = os.path.join(models_dir, tiny_model)
+    hparams = model.load_hparams(path)
+    params = fast.load_params(model.find_checkpoint(path), hparams, tf.bfloat16)
+    serving.export(params, hparams, str(tmp_path / "1"))
+    loaded = tf.saved_model.load(str(tmp_path / "1"))
+    assert {v.dtype for v in tf.nest.flatten(loaded.params)} == {tf.bfloat16, tf.float32}  # norms: float32
+    got = loaded.signatures["generate"](context=UNIFORM, context_length=[6] * 3, length=tf.constant(10),
+                                        temperature=tf.constant(1.0), top_k=tf.constant(10),
+                                        top_p=tf.constant(0.9), seed=tf.constant(4, tf.int64))["tokens"]
+    want = fast.Sampler(params, hparams, top_k=10, top_p=0.9, jit=False).sample(UNIFORM, 10, seed=4)[:, 6:]
+    np.testing.assert_array_equal(got, want)
