@@ -200,23 +200,26 @@ def draw_kept(logits, keep, keys, step):
 def next_token(logits, keys, step, temperature, top_k, top_p, xla):
     """`sample.next_token`'s token, faster. Under XLA the whole vocabulary is drawn from, with
     `kth_largest` and `first_argmax`; outside it a filtered draw is made among the kept tokens
-    only, which XLA cannot compile (its shape depends on the logits)."""
+    only, which XLA cannot compile (its shape depends on the logits). Outside XLA, top_k and
+    top_p may be scalar tensors (the exported model's runtime inputs)."""
     logits = sample.with_temperature(logits, temperature)
     if xla:
         kept = logits if top_k == 0 else tf.where(logits < kth_largest(logits, top_k), logits.dtype.min, logits)
         noise = sample.gumbel(sample.stream_state(keys, step)[:, None], tf.range(tf.shape(logits)[1])[None])
         return first_argmax(sample.top_p_logits(kept, top_p) + noise)
-    if top_k == 0 and top_p >= 1:
-        return sample.sample_logits(logits, keys, step)
-    keep = sample.top_p_logits(sample.top_k_logits(logits, top_k), top_p) > logits.dtype.min
-    return draw_kept(logits, keep, keys, step)
+    def filtered():
+        keep = sample.top_p_logits(sample.top_k_logits(logits, top_k), top_p) > logits.dtype.min
+        return draw_kept(logits, keep, keys, step)
+    return sample.branch((top_k == 0) & (top_p >= 1), lambda: sample.sample_logits(logits, keys, step), filtered)
 
 
 # --- The sampler ----------------------------------------------------------------------------
 
 def cache_size(positions, n_ctx, multiple=128):
-    """Positions rounded up to a multiple, so a few compiled shapes serve every length."""
-    return min(-(-positions // multiple) * multiple, n_ctx + 1)
+    """Positions rounded up to a multiple, so a few compiled shapes serve every length;
+    positions may be a scalar tensor."""
+    rounded = -(-positions // multiple) * multiple
+    return tf.minimum(rounded, n_ctx + 1) if tf.is_tensor(rounded) else min(rounded, n_ctx + 1)
 
 
 def decode_signature(hparams, batch_size, dtype):

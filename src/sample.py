@@ -19,27 +19,36 @@ def top_k_logits(logits, k):
     """Keeps each row's k largest logits (and ties with the k-th); k = 0 keeps all.
 
     logits [batch, n_vocab] float32 -> [batch, n_vocab], removed ones set to float32's lowest.
+    k may be a scalar tensor (the exported model's runtime input).
     """
-    if k == 0:
-        return logits
-    kth = tf.math.top_k(logits, k=k).values[:, -1:]  # [batch, 1]
-    return tf.where(logits < kth, logits.dtype.min, logits)
+    def cut():
+        kth = tf.math.top_k(logits, k=k).values[:, -1:]  # [batch, 1]
+        return tf.where(logits < kth, logits.dtype.min, logits)
+    return branch(k == 0, lambda: logits, cut)
 
 
 def top_p_logits(logits, p):
     """Nucleus filter, as the original: keeps the most probable tokens whose cumulative
     probability is <= p, and always at least the most probable one; p = 1 keeps all.
 
-    logits [batch, n_vocab] -> [batch, n_vocab]
+    logits [batch, n_vocab] -> [batch, n_vocab]; p may be a scalar tensor.
     """
-    if p >= 1:
-        return logits
-    sorted_logits = tf.sort(logits, direction="DESCENDING", axis=-1)  # [batch, n_vocab]
-    cumulative_probs = tf.cumsum(tf.nn.softmax(sorted_logits, axis=-1), axis=-1)
-    last = tf.maximum(tf.reduce_sum(tf.cast(cumulative_probs <= p, tf.int32), axis=-1) - 1, 0)  # [batch]
-    # [batch, 1]: the original's min_values had no second axis, which broke batch_size > 1.
-    min_values = tf.gather(sorted_logits, last, batch_dims=1)[:, tf.newaxis]
-    return tf.where(logits < min_values, logits.dtype.min, logits)
+    def cut():
+        sorted_logits = tf.sort(logits, direction="DESCENDING", axis=-1)  # [batch, n_vocab]
+        cumulative_probs = tf.cumsum(tf.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        last = tf.maximum(tf.reduce_sum(tf.cast(cumulative_probs <= p, tf.int32), axis=-1) - 1, 0)  # [batch]
+        # [batch, 1]: the original's min_values had no second axis, which broke batch_size > 1.
+        min_values = tf.gather(sorted_logits, last, batch_dims=1)[:, tf.newaxis]
+        return tf.where(logits < min_values, logits.dtype.min, logits)
+    return branch(p >= 1, lambda: logits, cut)
+
+
+def branch(condition, if_true, if_false):
+    """if_true() or if_false(): chosen now for a Python bool, at run time (tf.cond) for a tensor,
+    so that the filters take their settings as Python numbers or as tensors alike."""
+    if tf.is_tensor(condition):
+        return tf.cond(condition, if_true, if_false)
+    return if_true() if condition else if_false()
 
 
 def fmix32(h):

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Times the exported model's `generate` signature against `fast.Sampler`: one JSON line each.
+
+    python bench/bench_serving.py --model_name 124M --models_dir bench/models --new_tokens 32
+
+The model is exported to a temporary folder and loaded back, as a server loads it; the same
+prompt, filters and seed then run through the signature and through Sampler (without XLA, as the
+export runs, and with the device's choices, as the scripts run). --weights_in_loop exports with
+the variables read at every step of the decode loop instead of once per request
+(`serving.Servable._weights`), to measure what reading them once wins.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "src"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import fast  # noqa: E402
+import model  # noqa: E402
+import serving  # noqa: E402
+from bench_generate import ensure_model  # noqa: E402
+
+
+def timed(run, new_tokens):
+    """Tokens per second of run(n) making new_tokens, after a warm-up of 2."""
+    run(2)
+    start = time.perf_counter()
+    tokens = run(new_tokens)
+    return new_tokens / (time.perf_counter() - start), tokens
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_name", default="124M")
+    parser.add_argument("--models_dir", default=os.path.join(ROOT, "bench", "models"))
+    parser.add_argument("--new_tokens", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--weights_in_loop", action="store_true")
+    args = parser.parse_args()
+    path = ensure_model(args.models_dir, args.model_name)
+    hparams = model.load_hparams(path)
+    params = fast.load_params(model.find_checkpoint(path), hparams)
+    if args.weights_in_loop:
+        serving.Servable._weights = lambda self: self.params
+    context = np.full([args.batch_size, 1], 464, np.int32)
+    with tempfile.TemporaryDirectory() as folder:
+        serving.export(params, hparams, os.path.join(folder, "1"))
+        generate = tf.saved_model.load(os.path.join(folder, "1")).signatures["generate"]
+        request = dict(context=tf.constant(context), context_length=tf.fill([args.batch_size], 1),
+                       temperature=tf.constant(1.0), top_k=tf.constant(40), top_p=tf.constant(1.0),
+                       seed=tf.constant(1, tf.int64))
+        speed, want = timed(lambda n: generate(length=tf.constant(n), **request)["tokens"].numpy(), args.new_tokens)
+        print(json.dumps({"what": "export" + (" --weights_in_loop" if args.weights_in_loop else ""),
+                          "tokens_per_s": round(speed * args.batch_size, 2)}))
+    for jit in (False, None):
+        sampler = fast.Sampler(params, hparams, top_k=40, jit=jit)
+        speed, got = timed(lambda n: sampler.sample(context, n, seed=1)[:, 1:], args.new_tokens)
+        print(json.dumps({"what": f"Sampler xla={sampler.choices.xla}", "same_tokens": bool((got == want).all()),
+                          "tokens_per_s": round(speed * args.batch_size, 2)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""GPT-2 as a SavedModel that runs without this project's code: TF Serving, or any TensorFlow
+(`tf.saved_model.load(dir)`), runs its two signatures.
+
+- `generate` (also `serving_default`): context int32 [batch, n] (right-padded),
+  context_length int32 [batch], length, temperature, top_k (0: none), top_p (1: none), seed
+  -> tokens int32 [batch, length], the new tokens of each row. Row i is sample i of the seed:
+  the tokens `fast.Sampler` gives for that prompt alone, with those filters.
+- `score`: tokens int32 [batch, n] (right-padded), lengths int32 [batch] -> logprobs float32
+  [batch, n - 1], each token's natural-log probability given the ones before it (0 past a row's
+  length).
+
+The signatures are plain TensorFlow, no XLA, so that a GPU server runs them too; the decode
+loop is one `tf.while_loop`. Bad requests end in an InvalidArgumentError naming the input.
+"""
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+import fast
+import model
+import sample
+from checks import MAX_SEED
+
+WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+GENERATE_SIGNATURE = [
+    tf.TensorSpec([None, None], tf.int32, name="context"),
+    tf.TensorSpec([None], tf.int32, name="context_length"),
+    tf.TensorSpec([], tf.int32, name="length"),
+    tf.TensorSpec([], tf.float32, name="temperature"),
+    tf.TensorSpec([], tf.int32, name="top_k"),
+    tf.TensorSpec([], tf.float32, name="top_p"),
+    tf.TensorSpec([], tf.int64, name="seed"),
+]
+SCORE_SIGNATURE = [tf.TensorSpec([None, None], tf.int32, name="tokens"),
+                   tf.TensorSpec([None], tf.int32, name="lengths")]
+
+
+# --- Checking a request ---------------------------------------------------------------------
+
+def require(condition, message, received):
+    """An assertion op: InvalidArgumentError 'message' with the value received, unless condition."""
+    return tf.debugging.Assert(condition, [message + ". Received:", received], summarize=8)
+
+
+def check_rows(hparams, tokens, lengths, tokens_name, lengths_name):
+    """Assertions that lengths [batch] gives, for each row of tokens [batch, n], a length from 1
+    to n, and that the tokens within it are ids of the vocabulary."""
+    n = tf.shape(tokens)[1]
+    shape = require(tf.equal(tf.size(lengths), tf.shape(tokens)[0]),
+                    f"{lengths_name} must have one entry for each row of {tokens_name}", tf.shape(lengths))
+    with tf.control_dependencies([shape]):
+        checks = [require(tf.reduce_all((lengths >= 1) & (lengths <= n)),
+                          f"{lengths_name} must be from 1 to the width of {tokens_name}", lengths)]
+    with tf.control_dependencies(checks):
+        inside = tf.range(n)[None] < lengths[:, None]  # [batch, n]
+        bad = inside & ((tokens < 0) | (tokens >= hparams.n_vocab))
+        checks.append(require(~tf.reduce_any(bad), f"{tokens_name} must hold ids from 0 to {hparams.n_vocab - 1}",
+                              tf.boolean_mask(tokens, bad)))
+    return checks
+
+
+def check_generate(hparams, context, context_length, length, temperature, top_k, top_p, seed):
+    """The assertions of a `generate` request, as `sample.check_sampling` checks arguments."""
+    checks = check_rows(hparams, context, context_length, "context", "context_length")
+    with tf.control_dependencies(checks):
+        longest = tf.reduce_max(context_length)
+        checks += [
+            require(length >= 1, "length must be a positive integer", length),
+            require(longest + length - 1 <= hparams.n_ctx,
+                    f"length must be at most {hparams.n_ctx + 1} less the longest context_length: the model's "
+                    f"window is {hparams.n_ctx} tokens (length, context_length)", tf.stack([length, longest])),
+            require(temperature >= sample.SMALLEST_TEMPERATURE,
+                    "temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number",
+                    temperature),
+            require((top_k >= 0) & (top_k <= hparams.n_vocab),
+                    f"top_k must be from 0 (no top-k filter) to the vocabulary size {hparams.n_vocab}", top_k),
+            require((top_p > 0) & (top_p <= 1), "top_p must be in (0, 1] (1: no nucleus filter)", top_p),
+            require((seed >= 0) & (seed <= MAX_SEED), "seed must be an integer from 0 to 2**63 - 1", seed),
+        ]
+    return checks
+
+
+# --- The computations -------------------------------------------------------------------------
+
+def generate_tokens(params, hparams, context, lengths, length, temperature, top_k, top_p, seed):
+    """context [batch, n] right-padded, lengths [batch] -> [batch, length]: row r's new tokens,
+    sample r of `seed`, as the prompt context[r, :lengths[r]] alone gives them.
+
+    The prompts' common prefix is fed at once, then one position a step for every row: a row
+    still inside its prompt takes its next prompt token rather than the one drawn. So each row
+    sees the positions, and draws the random numbers, of its prompt alone (see sample.py).
+    """
+    batch = tf.shape(context)[0]
+    shortest, total = tf.reduce_min(lengths), tf.reduce_max(lengths) + length
+    tokens = tf.pad(context[:, :total - length], [[0, 0], [0, length]])  # [batch, total]
+    tokens = tf.where(tf.range(total)[None] < lengths[:, None], tokens, 0)  # padding need not be ids
+    cache = fast.empty_cache(hparams, batch, fast.cache_size(total, hparams.n_ctx), params["wte"].dtype)
+    _, cache = fast.decode(params, hparams, tokens[:, :shortest - 1], cache, 0)
+    keys = tf.stack([tf.fill([batch], seed), tf.range(batch, dtype=tf.int64)], 1)  # sample.sample_keys(seed, 0, batch)
+    rows = tf.range(batch)
+
+    def body(p, tokens, cache):  # feeds position p, fills position p + 1
+        h, cache = fast.decode(params, hparams, tokens[:, p:p + 1], cache, p)
+        drawn = fast.next_token(fast.last_logits(params, h), keys, p + 1, temperature, top_k, top_p, xla=False)
+        token = tf.where(p + 1 < lengths, tokens[:, p + 1], drawn)
+        tokens = tf.tensor_scatter_nd_update(tokens, tf.stack([rows, tf.fill([batch], p + 1)], 1), token)
+        return p + 1, tokens, cache
+
+    _, tokens, _ = tf.while_loop(lambda p, tokens, cache: p < total - 1, body, [shortest - 1, tokens, cache])
+    return tf.gather(tokens, lengths[:, None] + tf.range(length)[None], batch_dims=1)  # [batch, length]
+
+
+def token_logprobs(params, hparams, tokens, lengths):
+    """tokens [batch, n] right-padded, lengths [batch] -> [batch, n - 1] float32: the natural-log
+    probability of tokens[:, 1:], each given the ones before it; 0 past a row's length."""
+    n = tf.shape(tokens)[1]
+    inside = tf.range(n)[None] < lengths[:, None]  # [batch, n]
+    tokens = tf.where(inside, tokens, 0)  # padding need not be ids; causal attention never sees it
+    logits = model.model(params, hparams, tokens)["logits"][:, :-1]  # [batch, n - 1, n_vocab]
+    logp = tf.gather(tf.nn.log_softmax(logits), tokens[:, 1:, None], batch_dims=2)[..., 0]  # [batch, n - 1]
+    return tf.where(inside[:, 1:], logp, 0.0)
+
+
+class Servable(tf.Module):
+    """The weights, as variables, and the two signatures' functions."""
+
+    def __init__(self, params, hparams):
+        super().__init__()
+        self.params = tf.nest.map_structure(lambda w: tf.Variable(w, trainable=False), params)
+        self._hparams = hparams
+        self.generate = tf.function(self._generate, input_signature=GENERATE_SIGNATURE, autograph=False)
+        self.score = tf.function(self._score, input_signature=SCORE_SIGNATURE, autograph=False)
+
+    def _weights(self):
+        """The weights' values, read once, before the decode loop: variables read in the loop, at
+        every step, slow it down (bench_serving.py --weights_in_loop)."""
+        return tf.nest.map_structure(tf.convert_to_tensor, self.params)
+
+    def _generate(self, context, context_length, length, temperature, top_k, top_p, seed):
+        with tf.control_dependencies(check_generate(self._hparams, context, context_length, length, temperature,
+                                                    top_k, top_p, seed)):
+            context = tf.identity(context)
+        return {"tokens": generate_tokens(self._weights(), self._hparams, context, context_length, length, temperature,
+                                          top_k, top_p, seed)}
+
+    def _score(self, tokens, lengths):
+        checks = check_rows(self._hparams, tokens, lengths, "tokens", "lengths")
+        checks.append(require(tf.shape(tokens)[1] <= self._hparams.n_ctx,
+                              f"tokens must be at most the model's window of {self._hparams.n_ctx} wide",
+                              tf.shape(tokens)))
+        with tf.control_dependencies(checks):
+            tokens = tf.identity(tokens)
+        return {"logprobs": token_logprobs(self._weights(), self._hparams, tokens, lengths)}
+
+
+# --- Writing the export -------------------------------------------------------------------------
+
+def warmup_requests():
+    """(signature name, inputs) of the requests TF Serving runs once before serving."""
+    generate = dict(context=np.array([[50256]], np.int32), context_length=np.array([1], np.int32),
+                    length=np.int32(2), temperature=np.float32(1), top_k=np.int32(40), top_p=np.float32(1),
+                    seed=np.int64(0))
+    score = dict(tokens=np.array([[50256, 50256]], np.int32), lengths=np.array([2], np.int32))
+    return [("generate", generate), ("score", score)]
+
+
+def write_warmup(export_dir, model_name="gpt2"):
+    """Writes assets.extra/tf_serving_warmup_requests; False, writing nothing, when the
+    tensorflow-serving-api package (which has the request's format) is not installed."""
+    try:
+        from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+    except ImportError:
+        return False
+    os.makedirs(os.path.join(export_dir, os.path.dirname(WARMUP)), exist_ok=True)
+    with tf.io.TFRecordWriter(os.path.join(export_dir, WARMUP)) as writer:
+        for name, inputs in warmup_requests():
+            request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name))
+            for key, value in inputs.items():
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return True
+
+
+def export(params, hparams, export_dir):
+    """Writes the SavedModel to export_dir, which must not exist: into a temporary folder beside
+    it, renamed when complete, so that no server ever sees half an export. Returns whether the
+    TF Serving warmup file was written (see `write_warmup`)."""
+    if os.path.exists(export_dir):
+        raise FileExistsError(f"{export_dir} exists already: remove it, or export to a new version folder")
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(export_dir))}.", dir=parent)
+    try:
+        servable = Servable(params, hparams)
+        signatures = {"serving_default": servable.generate, "generate": servable.generate, "score": servable.score}
+        tf.saved_model.save(servable, temporary, signatures=signatures)
+        warmup = write_warmup(temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o777 & ~umask)  # mkdtemp's folder is private; an export is read by a server
+        os.rename(temporary, export_dir)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return warmup
