@@ -21,16 +21,15 @@ layer that is not the token embedding) is refused with a line saying what differ
 destination is written in a temporary folder beside it and renamed when complete: it is whole
 or absent.
 """
-import contextlib
 import json
 import math
 import os
 import re
 import shutil
 import struct
-import tempfile
 
 import cli
+import paths
 
 FORMATS = ("openai", "hf")
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -346,36 +345,6 @@ def write_json(filename, value):
         f.write(json.dumps(value, indent=2) + "\n")
 
 
-@contextlib.contextmanager
-def new_folder(dst):
-    """A temporary folder beside `dst`, renamed to `dst` when the block ends and removed if it
-    fails (Ctrl-C too): `dst` is a whole folder, or absent. FileExistsError if `dst` exists."""
-    if os.path.lexists(dst):
-        raise FileExistsError(f"{dst} exists: give a destination that does not, or remove it first")
-    parent = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(parent, exist_ok=True)
-    temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(dst))}.tmp-", dir=parent)
-    try:
-        yield temporary
-        usual_modes(temporary)
-        if os.path.lexists(dst):  # made meanwhile: os.rename would replace an empty folder
-            raise FileExistsError(f"{dst} appeared while converting: give a destination that does not exist")
-        os.rename(temporary, dst)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-
-
-def usual_modes(folder):
-    """Gives `folder` and its files the modes the umask gives new ones: mkdtemp makes a private
-    folder, and safetensors private files."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for name in os.listdir(folder):
-        os.chmod(os.path.join(folder, name), 0o666 & ~umask)
-
-
 # --- The conversion -----------------------------------------------------------------------------
 
 def convert(src, dst, source, target):
@@ -393,7 +362,7 @@ def convert(src, dst, source, target):
         raise FileExistsError(f"{dst} exists: give a destination that does not, or remove it first")
     check_folder(src, source)
     hparams, values = read_hf(src) if source == "hf" else read_openai(src)
-    with new_folder(dst) as folder:
+    with paths.new_folder(dst) as folder:
         (write_openai if target == "openai" else write_hf)(folder, hparams, values, src)
     return hparams
 

@@ -23,7 +23,7 @@ def export_model(model_name="124M", models_dir="models", export_dir=None, dtype=
     import serving
     export_dir = os.path.join("exported", str(model_name), "1") if export_dir is None else str(export_dir)
     if os.path.exists(export_dir):  # before the minutes of loading
-        raise FileExistsError(f"{export_dir} exists already: remove it, or export to a new version folder")
+        raise FileExistsError(f"{export_dir} exists: remove it, or export to a new version folder")
     tf_dtype = cli.parse_dtype(dtype)
     path = model.model_dir(str(model_name), cli.expand_dir(models_dir))
     hparams = model.load_hparams(path)

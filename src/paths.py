@@ -1,5 +1,9 @@
-"""Where a downloaded model lives, and the command that downloads (or repairs) it."""
+"""Where a downloaded model lives, the command that downloads (or repairs) it, and writing a
+folder whole or not at all."""
+import contextlib
 import os
+import shutil
+import tempfile
 
 
 def download_command(model_name, models_dir="models"):
@@ -12,3 +16,35 @@ def download_command(model_name, models_dir="models"):
     """
     flag = "" if os.path.normpath(models_dir) == "models" else f" --models_dir {models_dir}"
     return f"python3 download_model.py {model_name}{flag}"
+
+
+@contextlib.contextmanager
+def new_folder(dst, fix="give a destination that does not, or remove it first"):
+    """A temporary folder beside `dst`, renamed to `dst` when the block ends and removed if it
+    fails (Ctrl-C too): `dst` is a whole folder, or absent. FileExistsError, saying `fix`, if
+    `dst` exists."""
+    if os.path.lexists(dst):
+        raise FileExistsError(f"{dst} exists: {fix}")
+    parent = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(dst))}.tmp-", dir=parent)
+    try:
+        yield temporary
+        usual_modes(temporary)
+        if os.path.lexists(dst):  # made meanwhile: os.rename would replace an empty folder
+            raise FileExistsError(f"{dst} appeared meanwhile: {fix}")
+        os.rename(temporary, dst)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def usual_modes(folder):
+    """Gives `folder` and what it holds the modes the umask gives new ones: mkdtemp makes a
+    private folder, and safetensors private files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for name in os.listdir(folder):  # the files written directly in it; folders below are the umask's
+        path = os.path.join(folder, name)
+        os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)

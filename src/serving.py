@@ -13,14 +13,13 @@ The signatures are plain TensorFlow, no XLA, so that a GPU server runs them too;
 loop is one `tf.while_loop`. Bad requests end in an InvalidArgumentError naming the input.
 """
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
 import fast
 import model
+import paths
 import sample
 from checks import MAX_SEED
 
@@ -190,21 +189,9 @@ def export(params, hparams, export_dir):
     """Writes the SavedModel to export_dir, which must not exist: into a temporary folder beside
     it, renamed when complete, so that no server ever sees half an export. Returns whether the
     TF Serving warmup file was written (see `write_warmup`)."""
-    if os.path.exists(export_dir):
-        raise FileExistsError(f"{export_dir} exists already: remove it, or export to a new version folder")
-    parent = os.path.dirname(os.path.abspath(export_dir))
-    os.makedirs(parent, exist_ok=True)
-    temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(export_dir))}.", dir=parent)
-    try:
+    with paths.new_folder(export_dir, fix="remove it, or export to a new version folder") as temporary:
         servable = Servable(params, hparams)
         signatures = {"serving_default": servable.generate, "generate": servable.generate, "score": servable.score}
         tf.saved_model.save(servable, temporary, signatures=signatures)
         warmup = write_warmup(temporary)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o777 & ~umask)  # mkdtemp's folder is private; an export is read by a server
-        os.rename(temporary, export_dir)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return warmup

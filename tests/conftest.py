@@ -35,3 +35,14 @@ def tiny_model(models_dir, vocab_dir):
 def tiny(models_dir, tiny_model):
     """(hparams, float32 params) of `tiny_model`."""
     return helpers.load(os.path.join(models_dir, tiny_model))
+
+
+@pytest.fixture(scope="session")
+def no_tensorflow(tmp_path_factory):
+    """The environment a script runs in as a user starts it, but where importing TensorFlow
+    fails: a script that gets its work done in it has not loaded TensorFlow."""
+    folder = tmp_path_factory.mktemp("no-tensorflow")
+    (folder / "tensorflow").mkdir()
+    (folder / "tensorflow" / "__init__.py").write_text('raise ImportError("TensorFlow was imported")\n')
+    environ = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+    return {**environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "UTF-8", "PYTHONPATH": str(folder)}

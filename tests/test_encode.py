@@ -17,16 +17,6 @@ ENCODE = os.path.join(REPO, "src", "encode.py")
 
 
 @pytest.fixture(scope="module")
-def no_tensorflow(tmp_path_factory):
-    """An environment in which importing TensorFlow fails: a script that gets its work done in
-    it has not loaded TensorFlow."""
-    folder = tmp_path_factory.mktemp("no-tensorflow")
-    (folder / "tensorflow").mkdir()
-    (folder / "tensorflow" / "__init__.py").write_text('raise ImportError("TensorFlow was imported")\n')
-    return {**os.environ, "PYTHONPATH": str(folder), "PYTHONIOENCODING": "UTF-8"}
-
-
-@pytest.fixture(scope="module")
 def run(vocab_dir, no_tensorflow):
     """Runs encode.py with GPT-2's vocabulary (the model folder `vocab_dir`) and these words;
     the CompletedProcess, its output as text."""

@@ -170,7 +170,7 @@ def current_umask():
 def test_an_existing_export_dir_is_refused_in_one_line(export, models_dir, tiny_model):
     with pytest.raises(FileExistsError) as e:
         export_model.export_model(tiny_model, models_dir, export[0])
-    assert cli.error_line(e.value) == f"error: {export[0]} exists already: remove it, or export to a new version folder"
+    assert cli.error_line(e.value) == f"error: {export[0]} exists: remove it, or export to a new version folder"
 
 
 def test_a_failed_export_leaves_nothing(tiny, tmp_path, monkeypatch):

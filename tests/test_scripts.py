@@ -266,16 +266,6 @@ COMMANDS = {UNCONDITIONAL: generate_unconditional_samples.sample_model,
             INTERACTIVE: interactive_conditional_samples.interact_model, SCORE: score.score}
 
 
-@pytest.fixture(scope="module")
-def no_tensorflow(tmp_path_factory):
-    """An environment in which importing TensorFlow fails: a script that gets its work done in
-    it has not loaded TensorFlow."""
-    folder = tmp_path_factory.mktemp("no-tensorflow")
-    (folder / "tensorflow").mkdir()
-    (folder / "tensorflow" / "__init__.py").write_text('raise ImportError("TensorFlow was imported")\n')
-    return {**ENV, "PYTHONPATH": str(folder)}
-
-
 def run_words(script, *words, env=ENV):
     return subprocess.run([sys.executable, script, *words], capture_output=True, text=True, timeout=300, env=env)
 
