@@ -48,3 +48,33 @@ def test_before_end_cuts_at_the_first_end_token():
     assert stopping.before_end([5, 6, 50256, 7, 50256], 50256) == ([5, 6], True)
     assert stopping.before_end([5, 6], 50256) == ([5, 6], False)
     assert stopping.before_end([5, 6], None) == ([5, 6], False)
+
+
+class Counting:
+    """A Sampler that counts the chunks it yields."""
+
+    def __init__(self, sampler):
+        self.sampler, self.end_token, self.chunks = sampler, sampler.end_token, 0
+
+    def generate(self, *args, **kwargs):
+        for tokens in self.sampler.generate(*args, **kwargs):
+            self.chunks += 1
+            yield tokens
+
+
+def test_sample_text_ends_ragged_rows_at_their_stop_strings_and_stops_early(tiny, models_dir, tiny_model):
+    import encoder
+    import fast
+    hparams, params = tiny
+    enc = encoder.get_encoder(tiny_model, models_dir)
+    sampler = fast.Sampler(params, hparams)
+    prompts = [enc.encode("Hello"), enc.encode("A longer prompt than that")]
+    free = [enc.decode(row[len(p):]) for row, p in zip(sampler.sample(prompts, 60, seed=3), prompts)]
+    stops = [free[0][3:6], free[1][5:8]]  # early in each row
+    counting = Counting(sampler)
+    texts = stopping.sample_text(counting, enc, prompts, 60, stop=stops, chunk=8, seed=3)
+    assert counting.chunks < 60 // 8
+    for text, full in zip(texts, free):
+        ends = [full.index(stop) for stop in stops if stop in full]
+        assert text == full[:min(ends)]
+    assert stopping.sample_text(sampler, enc, prompts, 60, seed=3) == free  # no stop strings
