@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 
+import stopping
 from checks import MAX_SEED, is_integer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's own C++ logging: fatal errors only
@@ -94,9 +95,11 @@ def read_flags(command, words):
     for booleans (a bool default): `--flag`, `--noflag`, or true/false, yes/no, 1/0, which
     fire would take as strings, all true. UsageError for what fire would have found only after
     running the command, or never: an unknown flag, a value too many, a flag without a value.
+    A flag whose default is a tuple or list may be repeated: its values, in order, as a list.
     """
     parameters = inspect.signature(command).parameters
     booleans = {name for name, parameter in parameters.items() if isinstance(parameter.default, bool)}
+    repeated = {name for name, parameter in parameters.items() if isinstance(parameter.default, (tuple, list))}
     values, loose, words = {}, [], list(words)
     while words:
         word = words.pop(0)
@@ -116,12 +119,12 @@ def read_flags(command, words):
                 value = True
             else:
                 raise UsageError(f"{flag(name)} needs a value: {flag(name)} VALUE")
-        values[name] = value
+        values[name] = values.get(name, []) + [value] if name in repeated else value
     for word in loose:
         free = [name for name in parameters if name not in values]
         if not free:
             raise UsageError(f"unexpected argument {word!r}: every flag has a value already (--help lists them)")
-        values[free[0]] = word
+        values[free[0]] = [word] if free[0] in repeated else word
     return {name: boolean(name, value) if name in booleans else value for name, value in values.items()}
 
 
@@ -358,12 +361,6 @@ def header(number):
     return "=" * 40 + " SAMPLE " + str(number) + " " + "=" * 40
 
 
-def until_end(tokens, end_token):
-    """The tokens before the first end_token (all of them without one)."""
-    tokens = list(tokens)
-    return tokens[:tokens.index(end_token)] if end_token in tokens else tokens
-
-
 class CtrlC:
     """A `with` block in which Ctrl-C asks the sample in progress to stop: `print_samples`
     checks `.pressed` between tokens and ends the sample cleanly, where KeyboardInterrupt would
@@ -384,22 +381,23 @@ class CtrlC:
         signal.signal(signal.SIGINT, self.previous)
 
 
-def print_samples(enc, sampler, context, length, *, first_sample, stop=None, **kwargs):
-    """Prints samples first_sample + 1 .. with the original's headers. A lone sample is
-    streamed token by token, and ends early once `stop.pressed` (a CtrlC); a batch is printed
-    when it is done."""
-    import numpy as np
-    context = np.asarray(context, np.int32)  # [batch, n]
+def print_samples(enc, sampler, context, length, *, first_sample, stop=None, ctrl_c=None, **kwargs):
+    """Prints samples first_sample + 1 .. with the original's headers, each ended at its first
+    stop string (`stop`: a list of them, see stopping.py), which is not printed. A lone sample is
+    streamed token by token, never printing what may yet be part of a stop string, and ends
+    early once `ctrl_c.pressed` (a CtrlC); a batch is printed when it is done."""
     if len(context) > 1:
-        out = sampler.sample(context, length, first_sample=first_sample, **kwargs)[:, context.shape[1]:]
-        for i, tokens in enumerate(out):
+        texts = stopping.sample_text(sampler, enc, context, length, stop=stop, first_sample=first_sample, **kwargs)
+        for i, text in enumerate(texts):
             print(header(first_sample + i + 1))
-            print(enc.decode(until_end(tokens, sampler.end_token)))
+            print(text)
         return
     print(header(first_sample + 1), flush=True)
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
+    stop_text = stopping.StopText(stop)
     for tokens in sampler.generate(context, length, first_sample=first_sample, chunk=1, **kwargs):
-        print(text.decode(enc.decode_bytes(until_end(tokens[0], sampler.end_token))), end="", flush=True)
-        if stop is not None and stop.pressed:
+        row, ended = stopping.before_end(tokens[0], sampler.end_token)
+        print(text.decode(stop_text.feed(enc.decode_bytes(row))), end="", flush=True)
+        if ended or stop_text.stopped or (ctrl_c is not None and ctrl_c.pressed):
             break
-    print(text.decode(b"", final=True))
+    print(text.decode(stop_text.finish(), final=True))

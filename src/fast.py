@@ -225,7 +225,8 @@ def cache_size(positions, n_ctx, multiple=128):
 def decode_signature(hparams, batch_size, dtype):
     """The input signature of `Sampler._decode_loop` for `batch_size` rows (None: any)."""
     return [cache_spec(hparams, batch_size, dtype), tf.TensorSpec([batch_size, None], tf.int32),
-            tf.TensorSpec([batch_size], tf.bool), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([batch_size], tf.int32), tf.TensorSpec([batch_size], tf.bool),
+            tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
             tf.TensorSpec([batch_size, 2], tf.int64), tf.TensorSpec([], tf.float32)]
 
 
@@ -236,6 +237,11 @@ class Sampler:
     pass is traced once, the decode loop once per batch size, and with XLA compiled once per
     batch size and cache size. Row r of a call is sample number first_sample + r of its seed,
     whatever the batch (see sample.py).
+
+    The prompts of a batch may differ in length (a list of token lists): the common prefix is
+    fed at once, then one position a step, a row still inside its prompt taking its own next
+    prompt token rather than the one drawn, as `serving.generate_tokens` does. So each row gives
+    the tokens its prompt gives alone.
     """
 
     def __init__(self, params, hparams, *, top_k=0, top_p=1.0, end_token=None, jit=None):
@@ -258,10 +264,11 @@ class Sampler:
                                                 input_signature=decode_signature(self.hparams, batch, self.dtype))
         return self._decoders[batch]
 
-    def _decode_loop(self, cache, tokens, done, position, steps, keys, temperature):
-        """Feeds tokens[:, position] and samples up to `steps` tokens into tokens[:, position + 1:].
+    def _decode_loop(self, cache, tokens, lengths, done, position, steps, keys, temperature):
+        """Feeds tokens[:, position] and fills up to `steps` positions of tokens[:, position + 1:].
 
-        tokens [batch, size] holds the whole sequence. Returns (tokens, cache, done, made).
+        tokens [batch, size] holds the whole sequence; row r's prompt is its first lengths[r]
+        tokens, which a row keeps where it is still inside it. Returns (tokens, cache, done, made).
         """
         rows = tf.range(tf.shape(tokens)[0])
 
@@ -272,7 +279,10 @@ class Sampler:
                                self.choices.xla)
             if self.end_token is not None:  # a finished sample only repeats end_token
                 token = tf.where(done, self.end_token, token)
-                done = done | (token == self.end_token)
+            prompt = p + 1 < lengths  # [batch]: rows still inside their prompts, never done
+            token = tf.where(prompt, tf.gather(tokens, p + 1, axis=1), token)
+            if self.end_token is not None:
+                done = done | (~prompt & (token == self.end_token))
             tokens = tf.tensor_scatter_nd_update(tokens, tf.stack([rows, tf.fill(tf.shape(rows), p + 1)], 1), token)
             return i + 1, tokens, cache, done
 
@@ -283,32 +293,43 @@ class Sampler:
         return tokens, cache, done, made
 
     def generate(self, context, length, *, temperature=1.0, seed=0, first_sample=0, chunk=None):
-        """Yields new tokens as [batch, k] arrays, `chunk` tokens at a time (all at once by default).
+        """Yields new tokens as [batch, k] arrays, `chunk` tokens at a time (all at once by default):
+        column j is each row's j-th new token, whatever the length of its prompt.
 
-        context [batch, n]: row r is sample number first_sample + r. With an end_token, rows
-        that have ended repeat it, and generation stops early when every row has ended.
+        context [batch, n], or a list of prompts of different lengths: row r is sample number
+        first_sample + r. With an end_token, rows that have ended repeat it, and generation stops
+        early when every row has ended.
         """
-        context = sample.as_context(self.hparams, context)
-        batch, n = context.shape
-        sample.check_sampling(self.hparams, n, length, temperature, self.top_k, self.top_p)
-        size = cache_size(n + length, self.hparams.n_ctx)
+        context, lengths = sample.as_prompts(self.hparams, context)
+        batch, longest = context.shape
+        shortest = int(lengths.min())
+        sample.check_sampling(self.hparams, longest, length, temperature, self.top_k, self.top_p)
+        size = cache_size(longest + length, self.hparams.n_ctx)
         cache = empty_cache(self.hparams, batch, size, self.dtype)
-        if n > 1:  # the prompt's keys and values, all but the last token's, which the loop feeds
-            cache = self._prefill(context[:, :-1], cache)
-        tokens = tf.constant(np.pad(context, [(0, 0), (0, size - n)]))
+        if shortest > 1:  # the common prefix's keys and values, but the last token's, which the loop feeds
+            cache = self._prefill(context[:, :shortest - 1], cache)
+        tokens = tf.constant(np.pad(context, [(0, 0), (0, size - longest)]))
         done, keys = tf.zeros([batch], tf.bool), sample.sample_keys(seed, first_sample, batch)
-        made = 0
+        position, made = shortest - 1, 0  # the position fed next; new tokens yielded of every row
         while made < length and not done.numpy().all():
-            steps = min(chunk or length, length - made)
-            tokens, cache, done, k = self._decoder(batch)(cache, tokens, done, tf.constant(n - 1 + made),
-                                                          tf.constant(steps), keys, tf.constant(temperature, tf.float32))
-            yield tokens[:, n + made:n + made + int(k)].numpy()
-            made += steps
+            want = min(chunk or length, length - made)
+            steps = longest - 1 + made + want - position  # the longest prompt's row has `want` more
+            tokens, cache, done, k = self._decoder(batch)(
+                cache, tokens, tf.constant(lengths), done, tf.constant(position), tf.constant(steps), keys,
+                tf.constant(temperature, tf.float32))
+            position += int(k)
+            new = position + 1 - longest - made  # of every row
+            yield np.take_along_axis(tokens.numpy(), lengths[:, None] + made + np.arange(new)[None], axis=1)
+            made += new
 
     def sample(self, context, length, **kwargs):
         """context [batch, n] -> [batch, n + length]: the context, then the samples (end_token
-        repeated after a sample ends)."""
-        context = sample.as_context(self.hparams, context)
-        tokens = np.concatenate([context] + list(self.generate(context, length, **kwargs)), axis=1)
-        return np.pad(tokens, [(0, 0), (0, context.shape[1] + length - tokens.shape[1])],
-                      constant_values=self.end_token or 0)
+        repeated after a sample ends). For prompts of different lengths, a list of arrays, row
+        r its prompt then its `length` new tokens: what `sample([prompt r])[0]` gives."""
+        prompts, lengths = sample.as_prompts(self.hparams, context)
+        new = np.concatenate([np.zeros([len(prompts), 0], np.int32)] + list(self.generate(context, length, **kwargs)),
+                             axis=1)
+        new = np.pad(new, [(0, 0), (0, length - new.shape[1])], constant_values=self.end_token or 0)
+        if len(set(lengths)) > 1:
+            return [np.concatenate([row[:n], tokens]) for row, n, tokens in zip(prompts, lengths, new)]
+        return np.concatenate([prompts, new], axis=1)

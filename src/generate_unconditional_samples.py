@@ -4,7 +4,7 @@ import cli
 
 
 def sample_model(model_name="124M", seed=None, nsamples=0, batch_size=1, length=None, temperature=1,
-                 top_k=0, top_p=1, models_dir="models", dtype="float32", stop_at_endoftext=False):
+                 top_k=0, top_p=1, models_dir="models", dtype="float32", stop_at_endoftext=False, stop=()):
     """Run the sample_model
 
     :model_name=124M : String, which model to use
@@ -28,9 +28,13 @@ def sample_model(model_name="124M", seed=None, nsamples=0, batch_size=1, length=
      <model_name> folder)
     :dtype=float32 : String, weights and matmuls in float32, bfloat16 or float16
     :stop_at_endoftext=False : Boolean, end each sample at its first <|endoftext|>
+    :stop=() : String: end each sample where its text first contains it, however it falls
+     across tokens; it is not printed. Repeat the flag for several: --stop END --stop "###"
     """
     import fast  # here, not above: cli.main answers --help and bad flags before TensorFlow loads
     import sample
+    import stopping
+    stopping.check_stops(stop)
     cli.check_counts(nsamples, batch_size, forever=True)
     seed = cli.make_seed(seed)
     hparams = cli.load_hparams(model_name, models_dir)
@@ -46,7 +50,7 @@ def sample_model(model_name="124M", seed=None, nsamples=0, batch_size=1, length=
         while nsamples == 0 or generated < nsamples:
             batch = batch_size if nsamples == 0 else min(batch_size, nsamples - generated)
             cli.print_samples(enc, sampler, [[end_token]] * batch, length, first_sample=generated,
-                              temperature=temperature, seed=seed)
+                              temperature=temperature, seed=seed, stop=stop)
             generated += batch
     except KeyboardInterrupt:  # the way to end nsamples=0
         print()

@@ -87,7 +87,7 @@ def read_prompt():
 
 
 def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, length=None, temperature=1,
-                   top_k=0, top_p=1, models_dir="models", dtype="float32", stop_at_endoftext=False):
+                   top_k=0, top_p=1, models_dir="models", dtype="float32", stop_at_endoftext=False, stop=()):
     """Interactively run the model
 
     :model_name=124M : String, which model to use
@@ -112,9 +112,13 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
      <model_name> folder)
     :dtype=float32 : String, weights and matmuls in float32, bfloat16 or float16
     :stop_at_endoftext=False : Boolean, end each sample at its first <|endoftext|>
+    :stop=() : String: end each sample where its text first contains it, however it falls
+     across tokens; it is not printed. Repeat the flag for several: --stop END --stop "###"
     """
     import fast  # here, not above: cli.main answers --help and bad flags before TensorFlow loads
     import sample
+    import stopping
+    stopping.check_stops(stop)
     cli.check_counts(nsamples, batch_size)
     seed = cli.make_seed(seed)
     hparams = cli.load_hparams(model_name, models_dir)
@@ -138,7 +142,7 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
             for first in range(0, nsamples, batch_size):
                 batch = min(batch_size, nsamples - first)
                 cli.print_samples(enc, sampler, [context_tokens] * batch, length, first_sample=first,
-                                  temperature=temperature, seed=seed, stop=ctrl_c)
+                                  temperature=temperature, seed=seed, stop=stop, ctrl_c=ctrl_c)
                 if ctrl_c.pressed:
                     break
         print("=" * 80)

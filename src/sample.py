@@ -154,6 +154,17 @@ def as_context(hparams, context=None, start_token=None, batch_size=None):
     return context.astype(np.int32)
 
 
+def as_prompts(hparams, context):
+    """Prompts of any lengths -> (tokens int32 [batch, longest], right-padded with 0, lengths
+    int32 [batch]). context is [batch, n] tokens (`as_context`) or a list of token lists."""
+    if isinstance(context, np.ndarray) or len({np.size(row) for row in context}) <= 1:
+        context = as_context(hparams, context)
+        return context, np.full([len(context)], context.shape[1], np.int32)
+    rows = [as_context(hparams, [row])[0] for row in context]
+    lengths = np.array([len(row) for row in rows], np.int32)
+    return np.stack([np.pad(row, [0, lengths.max() - len(row)]) for row in rows]), lengths
+
+
 def sample_sequence(*, params, hparams, length, start_token=None, batch_size=None, context=None,
                     temperature=1, top_k=0, top_p=1, seed=0, end_token=None):
     """The original's entry point: the context (or start_token) followed by `length` sampled

@@ -157,6 +157,37 @@ def test_end_token_ends_each_sample(tiny):
     assert (stopped[0, 7:] == end).all()
 
 
+def ragged_prompts(hparams):
+    return [list(row[:n]) for row, n in zip(contexts(hparams, 4, 9, seed=7), [3, 9, 1, 5])]
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["xla", "no-xla"])
+@pytest.mark.parametrize("top_k", [1, 0], ids=["greedy", "sampled"])
+def test_each_ragged_row_is_its_prompt_alone(tiny, top_k, jit):
+    hparams, params = tiny
+    sampler = fast.Sampler(params, hparams, top_k=top_k, jit=jit)
+    prompts = ragged_prompts(hparams)
+    got = sampler.sample(prompts, 10, seed=6, first_sample=1)
+    for i, prompt in enumerate(prompts):
+        np.testing.assert_array_equal(got[i], sampler.sample([prompt], 10, seed=6, first_sample=1 + i)[0])
+    chunks = list(sampler.generate(prompts, 10, seed=6, first_sample=1, chunk=4))
+    assert [c.shape for c in chunks] == [(4, 4), (4, 4), (4, 2)]
+    np.testing.assert_array_equal(np.concatenate(chunks, 1), [row[len(p):] for row, p in zip(got, prompts)])
+
+
+def test_ragged_rows_end_at_their_own_end_token(tiny):
+    hparams, params = tiny
+    prompts = ragged_prompts(hparams)
+    free = fast.Sampler(params, hparams).sample(prompts, 12, seed=9)
+    end = int(free[1][9 + 3])  # row 1's fourth new token
+    prompts[0][1] = end  # an end_token inside a prompt ends nothing
+    sampler = fast.Sampler(params, hparams, end_token=end)
+    stopped = sampler.sample(prompts, 12, seed=9)
+    for i, prompt in enumerate(prompts):
+        np.testing.assert_array_equal(stopped[i], sampler.sample([prompt], 12, seed=9, first_sample=i)[0])
+    assert (stopped[1][9 + 3:] == end).all()
+
+
 def test_sampler_is_traced_once_per_batch_size(tiny):
     hparams, params = tiny
     sampler = fast.Sampler(params, hparams, top_k=3)

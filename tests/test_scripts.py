@@ -22,6 +22,7 @@ import generate_unconditional_samples
 import interactive_conditional_samples
 import model
 import score
+import stopping
 
 from helpers import REPO
 UNCONDITIONAL = os.path.join(REPO, "src", "generate_unconditional_samples.py")
@@ -226,10 +227,63 @@ def test_a_lone_sample_is_streamed_token_by_token(tiny, monkeypatch):
     assert out.getvalue() == cli.header(1) + "\n" + expected_sample(tiny, "Streaming \u65e5\u672c\u8a9e", 15, 2) + "\n"
 
 
-def test_until_end_cuts_at_the_first_end_token():
-    assert cli.until_end([5, 6, 50256, 7, 50256], 50256) == [5, 6]
-    assert cli.until_end([5, 6], 50256) == [5, 6]
-    assert cli.until_end([5, 6], None) == [5, 6]
+def stop_across_tokens(enc, tokens):
+    """A stop string of the last two characters of one token's text and the first two of the
+    next's, for tokens whose text is plain ASCII."""
+    texts = [enc.decode([token]) for token in tokens]
+    for a, b in zip(texts, texts[1:]):
+        if len(a.strip()) >= 2 and len(b.strip()) >= 2 and (a + b).isascii() and (a + b).isprintable():
+            return a[-2:] + b[:2]
+    raise AssertionError(f"no two ASCII tokens in a row in {texts}")
+
+
+def test_a_stop_string_across_tokens_is_never_printed(tiny, monkeypatch):
+    enc, hparams, params = tiny
+    sampler = fast.Sampler(params, hparams)
+    context = [enc.encode("Hello")]
+    new = sampler.sample(context, 40, seed=2)[0, len(context[0]):]
+    text, stop = enc.decode(new), stop_across_tokens(enc, new)
+    out = Recorder()
+    monkeypatch.setattr(sys, "stdout", out)
+    cli.print_samples(enc, sampler, context, 40, first_sample=0, seed=2, stop=["never in it", stop])
+    monkeypatch.undo()
+    # Streamed token by token, and only ever added to: no part of the stop string was printed.
+    assert len(out.flushed) >= 3
+    assert out.getvalue() == cli.header(1) + "\n" + text[:text.index(stop)] + "\n"
+
+
+def test_a_batch_ends_each_sample_at_its_first_stop_string_or_end_token(tiny, monkeypatch):
+    enc, hparams, params = tiny
+    context = [enc.encode("Hello")] * 3
+    free = fast.Sampler(params, hparams).sample(context, 30, seed=4)[:, 1:]
+    texts = [enc.decode(row) for row in free]
+    stop = stop_across_tokens(enc, free[0])
+    end = int(free[1, 5])
+    sampler = fast.Sampler(params, hparams, end_token=end)
+    out = Recorder()
+    monkeypatch.setattr(sys, "stdout", out)
+    cli.print_samples(enc, sampler, context, 30, first_sample=0, seed=4, stop=[stop, "zzzz"])
+    monkeypatch.undo()
+    want = []
+    for row, text in zip(free, texts):
+        before_end = enc.decode(stopping.before_end(row, end)[0])
+        cut = text.index(stop) if stop in text else len(text)
+        want.append(before_end if len(before_end) < cut else text[:cut])
+    assert samples(out.getvalue()) == {i + 1: want[i] + "\n" for i in range(3)}
+    assert want[0] == texts[0][:texts[0].index(stop)] and want[1] == enc.decode(free[1, :5])
+
+
+def test_the_scripts_stop_at_stop_strings(models_dir, tiny_model, tiny):
+    enc, hparams, params = tiny
+    new = fast.Sampler(params, hparams).sample([[50256]], 30, seed=7)[0, 1:]
+    text, stop = enc.decode(new), stop_across_tokens(enc, new)
+    result = run(UNCONDITIONAL, models_dir, tiny_model, "--nsamples", "1", "--length", "30", "--seed", "7",
+                 "--stop", "never in it", "--stop_at_endoftext", "--stop", stop)
+    assert result.returncode == 0, result.stderr
+    assert samples(result.stdout) == {1: text[:text.index(stop)] + "\n"}
+    result = run(UNCONDITIONAL, models_dir, tiny_model, "--nsamples", "1", "--stop", "")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "error: --stop must be a non-empty string (one for each stop string). Received: ''\n"
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -243,6 +297,7 @@ def test_until_end_cuts_at_the_first_end_token():
     (dict(seed=-3), "--seed must be an integer from 0 to 2**63 - 1. Received: -3"),
     (dict(seed=2 ** 63), "--seed must be an integer from 0 to 2**63 - 1. Received: 9223372036854775808"),
     (dict(dtype="float64"), "--dtype must be one of float32, bfloat16, float16. Received: 'float64'"),
+    (dict(stop=["\\n", ""]), "--stop must be a non-empty string (one for each stop string). Received: ''"),
 ])
 @pytest.mark.parametrize("script", [generate_unconditional_samples.sample_model, interactive_conditional_samples.interact_model])
 def test_bad_flags_are_named(models_dir, tiny_model, script, flags, message):
@@ -284,7 +339,7 @@ def test_help_anywhere_prints_help_before_tensorflow_loads(script, words, no_ten
 
 @pytest.mark.parametrize("script, words, line", [
     (UNCONDITIONAL, ["--lenght", "10", "--nsamples", "0"], "unknown flag --lenght: did you mean --length?"),
-    (INTERACTIVE, ["--top-kk=40"], "unknown flag --top-kk: did you mean --top_k or --top_p?"),
+    (INTERACTIVE, ["--top-kk=40"], "unknown flag --top-kk: did you mean --top_k or --top_p or --stop?"),
     (SCORE, ["--text", "essay.txt"], "unknown flag --text: did you mean --text_file?"),
     (SCORE, ["--colour"], "unknown flag --colour: the flags are --model_name, --models_dir, --text_file, --json, "
                           "--stride, --dtype"),
@@ -314,6 +369,8 @@ def test_a_command_line_that_cannot_be_read_is_one_line_before_any_work(script, 
     (generate_unconditional_samples.sample_model, ["--stop_at_endoftext", "no"], {"stop_at_endoftext": False}),
     (generate_unconditional_samples.sample_model, ["--stop-at-endoftext"], {"stop_at_endoftext": True}),
     (generate_unconditional_samples.sample_model, ["--seed", "-1", "-l", "5"], {"seed": "-1", "length": "5"}),
+    (generate_unconditional_samples.sample_model, ["--stop", "a"], {"stop": ["a"]}),
+    (interactive_conditional_samples.interact_model, ["--stop", "a", "--stop=b", "--stop", ""], {"stop": ["a", "b", ""]}),
 ])
 def test_flags_are_read_as_fire_reads_them_and_booleans_strictly(command, words, values):
     assert cli.read_flags(command, words) == values
@@ -322,11 +379,11 @@ def test_flags_are_read_as_fire_reads_them_and_booleans_strictly(command, words,
 def test_main_runs_the_command_with_the_values_fire_parses():
     seen = {}
 
-    def command(model_name="124M", seed=None, json=False, top_p=1):
-        seen.update(model_name=model_name, seed=seed, json=json, top_p=top_p)
+    def command(model_name="124M", seed=None, json=False, top_p=1, stop=()):
+        seen.update(model_name=model_name, seed=seed, json=json, top_p=top_p, stop=stop)
 
-    cli.main(command, ["355M", "--json=no", "--seed", "7", "--top-p=0.9"])
-    assert seen == {"model_name": "355M", "seed": 7, "json": False, "top_p": 0.9}
+    cli.main(command, ["355M", "--json=no", "--seed", "7", "--top-p=0.9", "--stop", "5", "--stop", "it's \"]"])
+    assert seen == {"model_name": "355M", "seed": 7, "json": False, "top_p": 0.9, "stop": ["5", "it's \"]"]}
 
 
 def test_ctrl_c_while_tensorflow_loads_exits_130_quietly(models_dir, tiny_model):
