@@ -34,9 +34,7 @@ from bench_generate import ensure_model  # noqa: E402
 
 def measure(path, args):
     hparams = model.load_hparams(path)
-    reader = model.checkpoint_reader(model.find_checkpoint(path), hparams)
-    trainer = training.Trainer({name: reader.get_tensor(name) for name in model.checkpoint_shapes(hparams)},
-                               hparams, optimizer=args.optimizer, dtype=args.dtype,
+    trainer = training.Trainer(model.read_checkpoint(model.find_checkpoint(path), hparams), hparams, optimizer=args.optimizer, dtype=args.dtype,
                                memory_saving=args.memory_saving_gradients, xla=args.xla)
     windows = np.random.RandomState(0).randint(0, hparams.n_vocab, (1, args.batch_size, args.sequence_length))
     trainer.step(windows)  # warm-up: traces and compiles

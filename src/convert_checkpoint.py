@@ -272,14 +272,8 @@ def read_openai(src):
     train.py: its latest checkpoint), checked as the scripts check it."""
     import numpy as np
     import model
-    import tensorflow as tf
     hparams = model.load_hparams(src)
-    prefix = model.find_checkpoint(src)
-    reader = model.checkpoint_reader(prefix, hparams)
-    try:
-        values = {name: reader.get_tensor(name) for name in model.checkpoint_shapes(hparams)}
-    except (tf.errors.OpError, IndexError, ValueError) as e:
-        raise model.checkpoint_error(prefix, e) from None
+    values = model.read_checkpoint(model.find_checkpoint(src), hparams)
     return hparams, {name: np.asarray(value, np.float32) for name, value in values.items()}
 
 

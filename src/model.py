@@ -153,12 +153,17 @@ def checkpoint_error(prefix, error):
 def load_params(prefix, hparams, dtype=tf.float32):
     """Reads every variable of the checkpoint at `prefix`, checked against `hparams`, into a
     nested dict of `dtype` tensors (see `nest_params`)."""
+    return nest_params(read_checkpoint(prefix, hparams), hparams, dtype)
+
+
+def read_checkpoint(prefix, hparams):
+    """{checkpoint name: array in the checkpoint's shape} of the checkpoint at `prefix`,
+    checked against `hparams`."""
     reader = checkpoint_reader(prefix, hparams)
     try:
-        values = {name: reader.get_tensor(name) for name in checkpoint_shapes(hparams)}
+        return {name: reader.get_tensor(name) for name in checkpoint_shapes(hparams)}
     except (tf.errors.OpError, IndexError, ValueError) as e:  # the reader's translations of TensorFlow's errors
         raise checkpoint_error(prefix, e) from None
-    return nest_params(values, hparams, dtype)
 
 
 def checkpoint_reader(prefix, hparams):

@@ -105,11 +105,10 @@ class Run:
         """Builds the trainer from the starting weights, and the run's state when it has one."""
         prefix, resumed = self.start_prefix()
         try:
-            reader = model.checkpoint_reader(prefix, self.hparams)
+            values = model.read_checkpoint(prefix, self.hparams)
         except ValueError as e:
             raise ValueError(f"--restore_from {self.s['restore_from']}: {prefix} is not a checkpoint of "
                              f"{self.s['model_name']} ({e})") from None
-        values = {name: reader.get_tensor(name) for name in model.checkpoint_shapes(self.hparams)}
         s = self.s
         self.trainer = training.Trainer(
             values, self.hparams, optimizer=s["optimizer"], learning_rate=s["learning_rate"], dtype=s["dtype"],

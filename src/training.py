@@ -110,12 +110,6 @@ class Trainer:
         """{checkpoint name: the weights' value in the checkpoint's shape}, for saving."""
         return model.checkpoint_values(self.params)
 
-    def assign(self, values):
-        """Sets the weights to values {checkpoint name: array in the checkpoint's shape}."""
-        for variable, value in zip(tf.nest.flatten(self.params),
-                                   tf.nest.flatten(model.nest_params(values, self.hparams, tf.float32))):
-            variable.assign(value)
-
     def loss(self, tokens):
         """The mean next-token cross-entropy of tokens [batch, T] under the current weights."""
         return self._loss(tf.convert_to_tensor(tokens, tf.int32))

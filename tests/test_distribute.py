@@ -60,8 +60,7 @@ def mirrored_steps(model_path):
     import model
     import training
     hparams = model.load_hparams(model_path)
-    reader = model.checkpoint_reader(model.find_checkpoint(model_path), hparams)
-    values = {name: reader.get_tensor(name) for name in model.checkpoint_shapes(hparams)}
+    values = model.read_checkpoint(model.find_checkpoint(model_path), hparams)
     two_cpus = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     rng, results = np.random.default_rng(0), {}
     for optimizer, (learning_rate, accumulates) in MIRRORED_STEPS.items():

@@ -17,8 +17,7 @@ def values(models_dir, tiny_model):
     """{checkpoint name: float32 array} of the tiny model."""
     path = os.path.join(models_dir, tiny_model)
     hparams = model.load_hparams(path)
-    reader = model.checkpoint_reader(model.find_checkpoint(path), hparams)
-    return hparams, {name: reader.get_tensor(name) for name in model.checkpoint_shapes(hparams)}
+    return hparams, model.read_checkpoint(model.find_checkpoint(path), hparams)
 
 
 def tokens(hparams, batch, seq, seed=0):
