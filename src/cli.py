@@ -6,7 +6,6 @@ are answered at once, and `main` starts TensorFlow with its C++ start-up lines h
 This file must stay readable by old Pythons, to tell their users which ones to use.
 """
 import codecs
-import contextlib
 import difflib
 import inspect
 import keyword
@@ -16,8 +15,9 @@ import random
 import re
 import signal
 import sys
-import tempfile
 
+import compile_cache
+import logs
 import stopping
 from checks import MAX_SEED, is_integer
 
@@ -187,54 +187,13 @@ def out_of_memory_line(command, error=None):
 
 # --- TensorFlow's start --------------------------------------------------------------------------
 
-LOG_LINE = re.compile(r"([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "  # absl's
-                      r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) ")  # TensorFlow's own
-ABSL_WARNING = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
-
-
-def min_log_level():
-    """TF_CPP_MIN_LOG_LEVEL as a number: 0 shows info, 1 warnings, 2 errors, 3 fatal errors."""
-    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
-    return int(level) if level.isdigit() else 0
-
-
-def below_level(line, level):
-    """Whether `line` is a C++ log line of a severity below `level` (see min_log_level)."""
-    match = LOG_LINE.match(line)
-    if match:
-        return "IWEF".index(match.group(1) or match.group(2)) < level
-    return level > 0 and line.startswith(ABSL_WARNING)
-
-
-@contextlib.contextmanager
-def log_lines_held_back():
-    """Within the block, what is written to file descriptor 2 goes to a temporary file; at its
-    end, all of it but the C++ log lines below TF_CPP_MIN_LOG_LEVEL goes on to stderr."""
-    level = min_log_level()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not below_level(line, level)))
-            sys.stderr.flush()
-
-
 def start_tensorflow():
-    """Imports TensorFlow, starts its devices and compiles one trivial XLA function; returns the
-    module. TF_CPP_MIN_LOG_LEVEL quiets TensorFlow's own C++ logging, but not what XLA and the
-    device libraries log through absl before anything calls absl::InitializeLog(), nor XLA's
-    banner at its first compilation, which would land in the middle of a sample: the lines
-    written meanwhile are held back and those below the level dropped (`log_lines_held_back`).
-    """
-    with log_lines_held_back():
+    """Imports TensorFlow, starts its devices and compiles one trivial XLA function, with their
+    C++ log lines held back (logs.py), which would otherwise land in the middle of a sample;
+    returns the module. XLA's compiled programs are kept on disk for the next start
+    (compile_cache.py)."""
+    compile_cache.start()
+    with logs.held_back():
         import tensorflow as tf
         if os.environ.get("TF_CONFIG"):  # a cluster's strategy must set up the devices before they start (run.py)
             return tf

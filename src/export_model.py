@@ -6,6 +6,7 @@ import os
 import sys
 
 import cli
+import logs
 
 
 def export_model(model_name="124M", models_dir="models", export_dir=None, dtype="float32"):
@@ -28,7 +29,7 @@ def export_model(model_name="124M", models_dir="models", export_dir=None, dtype=
     path = model.model_dir(str(model_name), cli.expand_dir(models_dir))
     hparams = model.load_hparams(path)
     params = fast.load_params(model.find_checkpoint(path), hparams, tf_dtype)
-    with cli.log_lines_held_back():  # the C++ lines that saving graphs logs before absl is set up
+    with logs.held_back():  # the C++ lines that saving graphs logs before absl is set up
         warmup = serving.export(params, hparams, export_dir)
     if not warmup:
         print(f"no {serving.WARMUP} written: TF Serving warmup requests need the tensorflow-serving-api package",

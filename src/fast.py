@@ -16,12 +16,14 @@ It computes what `model.model` and `sample.next_token` compute, in another order
 Weights must not change under a compiled Sampler's feet in a way the kernels cannot see: see
 `check_weights_can_change`.
 """
+import contextlib
 import dataclasses
 import os
 
 import numpy as np
 import tensorflow as tf
 
+import logs
 import model
 import sample
 
@@ -255,6 +257,7 @@ class Sampler:
         self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, cache, 0)[1], input_signature=[
             tf.TensorSpec([None, None], tf.int32), cache_spec(hparams, None, self.dtype)])
         self._decoders = {}  # batch size -> the compiled decode loop
+        self._compiled = set()  # (batch size, cache size) of the decode loops called
 
     def _decoder(self, batch):
         """The decode loop (`_decode_loop`) compiled for `batch` rows, traced on first use: a
@@ -263,6 +266,16 @@ class Sampler:
             self._decoders[batch] = tf.function(self._decode_loop, jit_compile=self.choices.xla, autograph=False,
                                                 input_signature=decode_signature(self.hparams, batch, self.dtype))
         return self._decoders[batch]
+
+    def _decode(self, cache, *args):
+        """Runs the decode loop. The first call for a batch and cache size compiles it, and the C++
+        lines TensorFlow logs then (a program loaded from the disk cache, compile_cache.py, logs an
+        error line it recovers from) are held back (logs.py)."""
+        shape = tuple(cache[0].shape[1::2])  # (batch, cache size)
+        first = shape not in self._compiled
+        self._compiled.add(shape)
+        with logs.held_back() if first else contextlib.nullcontext():
+            return self._decoder(shape[0])(cache, *args)
 
     def _decode_loop(self, cache, tokens, lengths, done, position, steps, keys, temperature):
         """Feeds tokens[:, position] and fills up to `steps` positions of tokens[:, position + 1:].
@@ -314,7 +327,7 @@ class Sampler:
         while made < length and not done.numpy().all():
             want = min(chunk or length, length - made)
             steps = longest - 1 + made + want - position  # the longest prompt's row has `want` more
-            tokens, cache, done, k = self._decoder(batch)(
+            tokens, cache, done, k = self._decode(
                 cache, tokens, tf.constant(lengths), done, tf.constant(position), tf.constant(steps), keys,
                 tf.constant(temperature, tf.float32))
             position += int(k)

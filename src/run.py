@@ -5,6 +5,7 @@ The data position is the number of windows taken so far: step after step the run
 next windows of `dataset.Windows`'s seeded order, so that a run saved at step n and resumed
 takes the very windows, and makes the very updates, of a run that never stopped.
 """
+import contextlib
 import math
 import os
 import signal
@@ -18,6 +19,7 @@ import cli
 import dataset
 import encoder
 import fast
+import logs
 import model
 import saving
 import training
@@ -31,7 +33,7 @@ def strategy_from_environment():
     before its devices start (cli.start_tensorflow leaves them to it), so the devices' log lines
     are held back here."""
     if os.environ.get("TF_CONFIG"):
-        with cli.log_lines_held_back():
+        with logs.held_back():
             return tf.distribute.MultiWorkerMirroredStrategy()
     if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
@@ -69,6 +71,7 @@ class Run:
         self.val_tokens = (self.tokens if settings["val_dataset"] is None else
                            dataset.load_dataset(self.enc, settings["val_dataset"], n_vocab=self.hparams.n_vocab))
         self.length = settings["sequence_length"] or self.hparams.n_ctx
+        self.stepped = False  # whether a step has run, compiled
         if self.length > self.hparams.n_ctx:
             raise ValueError(f"--sequence_length {self.length} is longer than the model's window "
                              f"(n_ctx {self.hparams.n_ctx}): use at most {self.hparams.n_ctx}")
@@ -163,7 +166,9 @@ class Run:
         """One update from the next windows; the loss, or NonFiniteLoss (nothing saved)."""
         windows = self.windows.batch(self.position, per_step)  # [per_step, T]
         windows = windows.reshape(self.s["accumulate_gradients"], -1, windows.shape[-1])
-        loss = float(self.trainer.step(windows, seed=(self.seed, self.step)))
+        with logs.held_back() if not self.stepped else contextlib.nullcontext():  # the first compiles (logs.py)
+            loss = float(self.trainer.step(windows, seed=(self.seed, self.step)))
+        self.stepped = True
         if not math.isfinite(loss):  # the weights of this step made it: a save of them is no good either
             last = saving.forget_step(self.run_dir, self.step) if self.chief else []
             kept = f"the checkpoint of step {last[-1]} is kept" if last else "no checkpoint is kept"

@@ -1,9 +1,20 @@
 """Fixtures shared by the test layers."""
 import os
+import shutil
+import tempfile
 
 import pytest
 
 import helpers
+
+# The scripts the tests start keep XLA's compiled programs in a folder of the session's
+# (compile_cache.py), not in the user's ~/.cache.
+os.environ.setdefault("GPT2_XLA_CACHE", tempfile.mkdtemp(prefix="gpt2-tests-xla-"))
+
+
+def pytest_sessionfinish(session):
+    if os.path.basename(os.environ["GPT2_XLA_CACHE"]).startswith("gpt2-tests-xla-"):
+        shutil.rmtree(os.environ["GPT2_XLA_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
