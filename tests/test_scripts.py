@@ -1,5 +1,6 @@
 """The two sampling scripts end to end on a tiny checkpoint: output format, numbering, seeds,
 streaming, Ctrl-C / Ctrl-D, and one-line errors."""
+import fcntl
 import inspect
 import io
 import os
@@ -7,8 +8,10 @@ import pty
 import re
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import numpy as np
@@ -167,6 +170,9 @@ LEFT = b"\x1b[D"  # the terminal's left arrow key
 @pytest.mark.parametrize("ending, locale", [(b"\x04", "C.UTF-8"), (b"\x03", "C")], ids=["ctrl-d", "ctrl-c"])
 def test_interactive_in_a_terminal(models_dir, tiny_model, tiny, ending, locale):
     fd, terminal = pty.openpty()
+    # A line wide enough for the long prompt below: readline then echoes it as typed, where on a
+    # narrow one it redraws the wrapped line in pieces that depend on how the input arrives.
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 8000, 0, 0))
     # setsid --ctty makes the terminal the script's controlling one, so Ctrl-C sends SIGINT.
     process = subprocess.Popen(["setsid", "--ctty", sys.executable, INTERACTIVE, "--model_name", tiny_model,
                                 "--models_dir", models_dir, "--length", "12", "--seed", "3",
