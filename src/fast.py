@@ -18,6 +18,7 @@ Weights must not change under a compiled Sampler's feet in a way the kernels can
 """
 import contextlib
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -120,6 +121,7 @@ def attend(q, k, v, mask):
     return tf.matmul(tf.cast(w, v.dtype), v)
 
 
+@functools.partial(tf.function, autograph=False)  # one trace serves every layer: start-up (bench_startup.py)
 def block(x, p, cache, positions, mask, n_head):
     """`model.block` writing its keys and values into the cache: x [batch, seq, n_embd],
     cache [2, batch, heads, size, head_dim] -> (x, cache)."""
