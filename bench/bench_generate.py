@@ -49,6 +49,7 @@ PLAIN = {
         tf.where(keep, logits, logits.dtype.min), keys, step)),
     "load_params": lambda: setattr(fast, "load_params", model.load_params),
     "batch_trace": lambda: setattr(fast.Sampler, "_decoder", any_batch_decoder),
+    "block_function": lambda: setattr(fast, "block", fast.block.python_function),  # each layer traced inline
 }
 
 
@@ -77,7 +78,7 @@ def measure(path, args):
     load_seconds = time.perf_counter() - start
     sampler = fast.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p, jit=args.jit)
     context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))
-    sampler.sample(context, 4, seed=1)  # warm-up: traces and compiles
+    warm_up = timed(lambda: sampler.sample(context, 4, seed=1))  # traces and compiles
     seconds = min(timed(lambda: sampler.sample(context, args.new_tokens, seed=2)) for _ in range(args.repeats))
     prefill = min(timed(lambda: sampler.sample(context, 1, seed=2)) for _ in range(args.repeats))
     common = dict(model_name=args.model_name, batch_size=args.batch_size, prompt_len=args.prompt_len, dtype=args.dtype,
@@ -87,6 +88,7 @@ def measure(path, args):
     yield dict(measure="generate", **common, new_tokens=args.new_tokens, seconds=seconds,
                tokens_per_s=args.batch_size * args.new_tokens / seconds, decode_tokens_per_s=decode)
     yield dict(measure="load", model_name=args.model_name, dtype=args.dtype, seconds=load_seconds, plain=args.plain)
+    yield dict(measure="warm_up", **common, new_tokens=4, seconds=warm_up)  # tracing and compiling, mostly
     yield dict(measure="prefill", **common, new_tokens=1, seconds=prefill,
                tokens_per_s=args.batch_size * args.prompt_len / prefill)
 
