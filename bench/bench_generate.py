@@ -5,9 +5,12 @@
 
 The model is read from --models_dir/--model_name; for the four official names a checkpoint of
 that shape with random weights is written there first if none is present (speed does not
-depend on the weights). The whole generate call (prefill, then new_tokens sampled with the cache
-and top-k 40, or --top_k and --top_p) is timed after a warm-up; `prefill` times a call making
-one token, and `decode_tokens_per_s` is the speed after the prompt is read (the difference).
+depend on the weights, but top-p's on how spread out they make the distribution: see
+--temperature). The whole generate call (prefill, then new_tokens sampled with the cache and
+top-k 40, or --top_k, --top_p and --temperature) is timed after a warm-up; `prefill` times a call
+making one token, and `decode_tokens_per_s` is the speed after the prompt is read (the
+difference). With --top_p, the nucleus's sizes and the share of rows whose nucleus was found
+among the largest logits (`fast.nucleus_among_largest`) come with it.
 """
 import argparse
 import json
@@ -97,14 +100,14 @@ def measure(path, args):
 
 def nucleus_stats(params, hparams, tokens, args):
     """How the sample's steps went for top-p: the nucleus's size (median, 90th percentile) and
-    the share of steps `fast.nucleus_among_largest` decided for every row (the others sort)."""
+    the share of rows whose nucleus `fast.nucleus_among_largest` found (the others are sorted)."""
     logits = tf.cast(model.model(params, hparams, tokens)["logits"][:, args.prompt_len - 1:-1], tf.float32)
     steps = tf.reshape(tf.transpose(logits, [1, 0, 2]), [-1, args.batch_size, hparams.n_vocab])  # [step, batch, vocab]
     sizes, found = [], []
     for step_logits in steps:
         kept = sample.top_k_logits(sample.with_temperature(step_logits, args.temperature), args.top_k)
         sizes += list(tf.reduce_sum(tf.cast(sample.top_p_logits(kept, args.top_p) > kept.dtype.min, tf.int32), -1).numpy())
-        found.append(bool(tf.reduce_all(fast.nucleus_among_largest(kept, args.top_p)[1])))
+        found += list(fast.nucleus_among_largest(kept, args.top_p)[1].numpy())
     return dict(nucleus_median=float(np.median(sizes)), nucleus_p90=float(np.percentile(sizes, 90)),
                 found_share=float(np.mean(found)))
 
@@ -128,7 +131,7 @@ def main():
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="random weights give a peaked distribution (top-p 0.9's nucleus is one token): "
-                             "2.8 spreads it like real GPT-2's (see bench/README.md)")
+                             "3 spreads it out, as real GPT-2's often is (bench/README.md)")
     parser.add_argument("--jit", type=lambda s: {"true": True, "false": False}[s.lower()], default=None,
                         help="true or false: force XLA on or off for the decode loop (default: fast.choices_for)")
     parser.add_argument("--no_frozen_weights", action="store_true",
