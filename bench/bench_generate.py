@@ -106,7 +106,8 @@ def nucleus_stats(params, hparams, tokens, args):
     sizes, found = [], []
     for step_logits in steps:
         kept = sample.top_k_logits(sample.with_temperature(step_logits, args.temperature), args.top_k)
-        sizes += list(tf.reduce_sum(tf.cast(sample.top_p_logits(kept, args.top_p) > kept.dtype.min, tf.int32), -1).numpy())
+        nucleus = sample.top_p_logits(kept, args.top_p) > kept.dtype.min  # [batch, vocab]
+        sizes += list(tf.reduce_sum(tf.cast(nucleus, tf.int32), -1).numpy())
         found += list(fast.nucleus_among_largest(kept, args.top_p)[1].numpy())
     return dict(nucleus_median=float(np.median(sizes)), nucleus_p90=float(np.percentile(sizes, 90)),
                 found_share=float(np.mean(found)))

@@ -238,9 +238,10 @@ def top_p_logits(logits, p):
 
 def next_token(logits, keys, step, temperature, top_k, top_p, xla):
     """`sample.next_token`'s token, faster. Both ways filter top-p with `top_p_logits`. Under XLA
-    the whole vocabulary is drawn from, with `kth_largest` and `first_argmax`; outside it a filtered draw is made among the kept tokens
-    only, which XLA cannot compile (its shape depends on the logits). Outside XLA, top_k and
-    top_p may be scalar tensors (the exported model's runtime inputs)."""
+    the whole vocabulary is drawn from, with `kth_largest` and `first_argmax`; outside it a
+    filtered draw is made among the kept tokens only, which XLA cannot compile (its shape depends
+    on the logits). Outside XLA, top_k and top_p may be scalar tensors (the exported model's
+    runtime inputs)."""
     logits = sample.with_temperature(logits, temperature)
     if xla:
         kept = logits if top_k == 0 else tf.where(logits < kth_largest(logits, top_k), logits.dtype.min, logits)
