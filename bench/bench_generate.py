@@ -5,9 +5,12 @@
 
 The model is read from --models_dir/--model_name; for the four official names a checkpoint of
 that shape with random weights is written there first if none is present (speed does not
-depend on the weights). The whole generate call (prefill, then new_tokens sampled with the cache
-and top-k 40, or --top_k and --top_p) is timed after a warm-up; `prefill` times a call making
-one token, and `decode_tokens_per_s` is the speed after the prompt is read (the difference).
+depend on the weights, but top-p's on how spread out they make the distribution: see
+--temperature). The whole generate call (prefill, then new_tokens sampled with the cache and
+top-k 40, or --top_k, --top_p and --temperature) is timed after a warm-up; `prefill` times a call
+making one token, and `decode_tokens_per_s` is the speed after the prompt is read (the
+difference). With --top_p, the nucleus's sizes and the share of rows whose nucleus was found
+among the largest logits (`fast.nucleus_among_largest`) come with it.
 """
 import argparse
 import json
@@ -48,6 +51,7 @@ PLAIN = {
     "draw_kept": lambda: setattr(fast, "draw_kept", lambda logits, keep, keys, step: sample.sample_logits(
         tf.where(keep, logits, logits.dtype.min), keys, step)),
     "load_params": lambda: setattr(fast, "load_params", model.load_params),
+    "top_p_logits": lambda: setattr(fast, "top_p_logits", sample.top_p_logits),
     "batch_trace": lambda: setattr(fast.Sampler, "_decoder", any_batch_decoder),
     "block_function": lambda: setattr(fast, "block", fast.block.python_function),  # each layer traced inline
 }
@@ -78,19 +82,37 @@ def measure(path, args):
     load_seconds = time.perf_counter() - start
     sampler = fast.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p, jit=args.jit)
     context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))
-    warm_up = timed(lambda: sampler.sample(context, 4, seed=1))  # traces and compiles
-    seconds = min(timed(lambda: sampler.sample(context, args.new_tokens, seed=2)) for _ in range(args.repeats))
-    prefill = min(timed(lambda: sampler.sample(context, 1, seed=2)) for _ in range(args.repeats))
+    run = dict(seed=2, temperature=args.temperature)
+    warm_up = timed(lambda: sampler.sample(context, 4, **run))  # traces and compiles
+    seconds = min(timed(lambda: sampler.sample(context, args.new_tokens, **run)) for _ in range(args.repeats))
+    prefill = min(timed(lambda: sampler.sample(context, 1, **run)) for _ in range(args.repeats))
     common = dict(model_name=args.model_name, batch_size=args.batch_size, prompt_len=args.prompt_len, dtype=args.dtype,
-                  top_k=args.top_k, top_p=args.top_p, xla=sampler.choices.xla,
+                  top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, xla=sampler.choices.xla,
                   frozen_weights=os.environ.get(fast.FROZEN_WEIGHTS, "0") == "1", plain=args.plain)
     decode = args.batch_size * (args.new_tokens - 1) / (seconds - prefill)  # after the prompt is read
     yield dict(measure="generate", **common, new_tokens=args.new_tokens, seconds=seconds,
-               tokens_per_s=args.batch_size * args.new_tokens / seconds, decode_tokens_per_s=decode)
+               tokens_per_s=args.batch_size * args.new_tokens / seconds, decode_tokens_per_s=decode,
+               **(nucleus_stats(params, hparams, sampler.sample(context, args.new_tokens, **run), args)
+                  if args.top_p < 1 else {}))
     yield dict(measure="load", model_name=args.model_name, dtype=args.dtype, seconds=load_seconds, plain=args.plain)
     yield dict(measure="warm_up", **common, new_tokens=4, seconds=warm_up)  # tracing and compiling, mostly
     yield dict(measure="prefill", **common, new_tokens=1, seconds=prefill,
                tokens_per_s=args.batch_size * args.prompt_len / prefill)
+
+
+def nucleus_stats(params, hparams, tokens, args):
+    """How the sample's steps went for top-p: the nucleus's size (median, 90th percentile) and
+    the share of rows whose nucleus `fast.nucleus_among_largest` found (the others are sorted)."""
+    logits = tf.cast(model.model(params, hparams, tokens)["logits"][:, args.prompt_len - 1:-1], tf.float32)
+    steps = tf.reshape(tf.transpose(logits, [1, 0, 2]), [-1, args.batch_size, hparams.n_vocab])  # [step, batch, vocab]
+    sizes, found = [], []
+    for step_logits in steps:
+        kept = sample.top_k_logits(sample.with_temperature(step_logits, args.temperature), args.top_k)
+        nucleus = sample.top_p_logits(kept, args.top_p) > kept.dtype.min  # [batch, vocab]
+        sizes += list(tf.reduce_sum(tf.cast(nucleus, tf.int32), -1).numpy())
+        found += list(fast.nucleus_among_largest(kept, args.top_p)[1].numpy())
+    return dict(nucleus_median=float(np.median(sizes)), nucleus_p90=float(np.percentile(sizes, 90)),
+                found_share=float(np.mean(found)))
 
 
 def peer(python, path, args):
@@ -110,6 +132,9 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=sorted(cli.DTYPES))
     parser.add_argument("--top_k", type=int, default=40)
     parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="random weights give a peaked distribution (top-p 0.9's nucleus is one token): "
+                             "3 spreads it out, as real GPT-2's often is (bench/README.md)")
     parser.add_argument("--jit", type=lambda s: {"true": True, "false": False}[s.lower()], default=None,
                         help="true or false: force XLA on or off for the decode loop (default: fast.choices_for)")
     parser.add_argument("--no_frozen_weights", action="store_true",
@@ -119,8 +144,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the fastest is reported")
     parser.add_argument("--peer", metavar="VENV_PYTHON", help="also time the peer (bash ../shared/peer/setup.sh)")
     args = parser.parse_args()
-    if args.peer and (args.top_k, args.top_p) != (40, 1.0):
-        parser.error("--peer samples with top-k 40 only: leave --top_k and --top_p at their defaults")
+    if args.peer and (args.top_k, args.top_p, args.temperature) != (40, 1.0, 1.0):
+        parser.error("--peer samples with top-k 40 only: leave --top_k, --top_p and --temperature at their defaults")
     path = ensure_model(args.models_dir, args.model_name)
     for name in args.plain:
         PLAIN[name]()

@@ -55,6 +55,70 @@ def test_fast_step_draws_the_reference_token(top_k, top_p, xla):
         np.testing.assert_array_equal(step(logits, keys, tf.constant(i), 0.8, top_k, top_p, xla), want)  # traced once
 
 
+@pytest.mark.parametrize("xla", [True, False], ids=["xla", "no-xla"])
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.9), (0, 1e-6), (300, 0.95)])
+def test_fast_top_p_draws_the_reference_token_with_or_without_the_sort(top_k, top_p, xla):
+    # Whole vocabularies, a row with a nucleus of thousands (sorted) beside spiky ones (not).
+    scales = np.array([[6.0], [1.0], [6.0]], np.float32)
+    logits = tf.constant(np.random.RandomState(5).randn(3, 50257).astype(np.float32) * scales)
+    keys = sample.sample_keys(4, 0, 3)
+    step = tf.function(fast.next_token, jit_compile=xla, autograph=False)
+    for i in range(4):
+        want = sample.next_token(logits, keys, i, 1.3, top_k, top_p)
+        np.testing.assert_array_equal(step(logits, keys, tf.constant(i), 1.3, top_k, top_p, xla), want)
+
+
+def nucleus_cases():
+    """(name, logits [batch, n_vocab], p): spiky rows whose nucleus is among the largest, flat
+    ones whose nucleus is thousands of tokens, ties at the threshold, p from tiny to almost 1."""
+    rng = np.random.RandomState(0)
+    vocab = lambda scale: rng.randn(4, 50257).astype(np.float32) * scale
+    ties = np.repeat(np.array([[4.0, 2.0, 1.0, 1.0, 1.0, 1.0, 0.0]], np.float32), 2, 0)  # mass 0.64 .. 0.85 in 1.0s
+    yield "ties", np.pad(ties, [(0, 0), (0, 300)], constant_values=-30.0), [0.3, 0.7, 0.8]
+    yield "bfloat16-ties", tf.cast(tf.cast(vocab(3), tf.bfloat16), tf.float32).numpy(), [0.5, 0.9, 0.95]
+    yield "spiky", vocab(5), [1e-6, 0.5, 0.9, 0.99]
+    yield "flat", vocab(1), [0.05, 0.9]
+    yield "mixed-rows", np.stack([vocab(6)[0], vocab(0.5)[0]]), [0.9]
+    yield "uniform", np.zeros([2, 50257], np.float32), [0.5, 1.0]
+
+
+@pytest.mark.parametrize("xla", [True, False], ids=["xla", "no-xla"])
+def test_fast_top_p_keeps_what_the_reference_keeps(xla):
+    """Row by row, as the reference computes it in the same mode: where XLA's full sort rounds
+    its cumulative sum differently from TensorFlow's kernels (flat rows), either one."""
+    fast_filter = tf.function(fast.top_p_logits, jit_compile=xla, autograph=False)
+    compiled = tf.function(sample.top_p_logits, jit_compile=xla, autograph=False)
+    for name, logits, ps in nucleus_cases():
+        logits = tf.constant(logits)
+        for p in ps:
+            p = tf.constant(p, tf.float32)  # one trace for every p
+            got, want, also = (f(logits, p).numpy() for f in (fast_filter, sample.top_p_logits, compiled))
+            for row in range(len(got)):
+                if not (got[row] == also[row]).all():
+                    np.testing.assert_array_equal(got[row], want[row], err_msg=f"{name}, p {p}, row {row}")
+
+
+def test_nucleus_is_found_among_the_largest_or_left_to_the_sort():
+    rng = np.random.RandomState(1)
+    spiky, flat = (tf.constant(rng.randn(3, 50257).astype(np.float32) * scale) for scale in (5, 1))
+    assert fast.nucleus_among_largest(spiky, 0.9)[1].numpy().all()
+    assert not fast.nucleus_among_largest(flat, 0.9)[1].numpy().any()  # thousands of tokens
+
+
+@pytest.mark.parametrize("xla", [True, False], ids=["xla", "no-xla"])
+def test_a_cumulative_probability_at_p_is_left_to_the_sort(xla):
+    """p a float32 ulp from the reference's cumulative probability, where the rounding of the
+    normaliser could decide: the reference decides, and both keep the same."""
+    logits = tf.constant(np.random.RandomState(2).randn(2, 50257).astype(np.float32) * 5)
+    reference = tf.function(sample.top_p_logits, jit_compile=xla, autograph=False)  # as the branch computes it
+    fast_filter = tf.function(fast.top_p_logits, jit_compile=xla, autograph=False)
+    cumulative = np.cumsum(tf.nn.softmax(tf.sort(logits, direction="DESCENDING")).numpy()[0], dtype=np.float32)
+    for at in cumulative[[2, 5, 20]]:
+        for p in [np.nextafter(at, 0, dtype=np.float32), at, np.nextafter(at, 1, dtype=np.float32)]:
+            assert not fast.nucleus_among_largest(logits, p)[1].numpy()[0]
+            np.testing.assert_array_equal(fast_filter(logits, p), reference(logits, p))
+
+
 # --- decoding into the cache ------------------------------------------------------------------
 
 def reference_logits(path, tokens):
