@@ -34,7 +34,6 @@ having he her here hers herself him himself his how i if in into is it its itsel
 nor not now of off on once only or other our ours ourselves out over own same she should so some such than that
 the their theirs them themselves then there these they this those through to too under until up very was we were
 what when where which while who whom why will with would you your yours yourself yourselves""".split())
-LENGTH_STEP = 32  # rows are padded to a multiple of this, so a few shapes cover every batch
 
 
 def continuation_function(params, hparams):
@@ -63,10 +62,10 @@ def fit_window(context, target, n_ctx):
     return context[max(0, len(context) + len(target) - n_ctx):], list(target)
 
 
-def batch_rows(pairs, n_ctx):
+def batch_rows(pairs):
     """(X [batch, seq], positions [batch, k], targets [batch, k]) for pairs that fit the window:
     position j of a row holds the logits that predict its target token j."""
-    length = min(n_ctx, -(-max(len(c) + len(t) for c, t in pairs) // LENGTH_STEP) * LENGTH_STEP)
+    length = max(len(c) + len(t) for c, t in pairs)  # any length runs the one trace; no padding to a bucket
     k = max(len(t) for _, t in pairs)
     X = np.zeros([len(pairs), length], np.int32)
     positions = np.zeros([len(pairs), k], np.int32)
@@ -80,7 +79,8 @@ def batch_rows(pairs, n_ctx):
 
 def score_pairs(function, hparams, pairs, batch_size, banned, desc="scoring"):
     """[(context ids, target ids)] -> (logprobs, greedy, filtered), each a list with one array
-    per pair of its target's length; see `continuation_function`. Shows a progress bar."""
+    per pair of its target's length; see `continuation_function`. Shows a progress bar. Pairs
+    are batched in order of length, so that a batch's rows are padded little."""
     from tqdm import tqdm
     pairs = [fit_window(c, t, hparams.n_ctx) for c, t in pairs]
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
@@ -88,7 +88,7 @@ def score_pairs(function, hparams, pairs, batch_size, banned, desc="scoring"):
     with tqdm(total=len(pairs), desc=desc, unit="row", disable=None) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            outputs = [o.numpy() for o in function(*batch_rows([pairs[i] for i in chunk], hparams.n_ctx), banned)]
+            outputs = [o.numpy() for o in function(*batch_rows([pairs[i] for i in chunk]), banned)]
             for row, i in enumerate(chunk):
                 results[i] = [o[row, :len(pairs[i][1])] for o in outputs]
             bar.update(len(chunk))
