@@ -81,6 +81,8 @@ def read_lambada(path):
             raise ValueError(f"{path} line {number}: expected an object whose \"text\" is a passage of "
                              f"several words, e.g. {{\"text\": \"... he said\"}}. Received: {line[:80]!r}")
         passages.append(text)
+    if not passages:
+        raise ValueError(f"{path} holds no passage: LAMBADA's file has one {{\"text\": \"...\"}} object per line")
     return passages
 
 

@@ -231,6 +231,7 @@ def test_count_words_counts_an_end_of_sentence_per_line():
 
 @pytest.mark.parametrize("content, message", [
     (b"", "is empty: give the benchmark's test file"),
+    (b"\n \n", "holds no passage"),
     (b'{"text": "a b"}\nnot json\n', "line 2: not JSON"),
     (b'{"text": "a b"}\n{"txt": "a b"}\n', r"line 2: expected an object whose \"text\" is a passage of several words"),
     (b'{"text": "alone"}\n', "line 1: expected an object"),
