@@ -96,10 +96,13 @@ def score_pairs(function, hparams, pairs, batch_size, banned, desc="scoring"):
 
 
 def split_encoding(enc, context, target):
-    """(ids of context, ids of target) as lm-evaluation-harness splits them: the target's are
-    those `encode(context + target)` adds to `encode(context)`."""
-    whole, head = enc.encode(context + target), enc.encode(context)
-    return whole[:len(head)], whole[len(head):]
+    """(ids of context, ids of target) as lm-evaluation-harness makes them: white space ending
+    the context moves to the target, the context is `encode(context)`, and the target is what
+    `encode(context + target)` holds after as many ids."""
+    spaces = len(context) - len(context.rstrip())
+    context, target = context[:len(context) - spaces], context[len(context) - spaces:] + target
+    head = enc.encode(context)
+    return head, enc.encode(context + target)[len(head):]
 
 
 def lambada_pairs(enc, passages, last_token=False):

@@ -245,6 +245,13 @@ def test_lambada_file_errors_name_the_line(tmp_path, content, message):
     assert "\n" not in str(e.value) and str(path) in str(e.value)
 
 
+def test_split_encoding_as_lm_evaluation_harness(loaded, certain):
+    enc = loaded[certain][0]
+    assert evaluation.split_encoding(enc, "hello", " world") == ([31373], [995])
+    assert evaluation.split_encoding(enc, "hello ", "world") == ([31373], [995])  # the space moves to the target
+    assert evaluation.split_encoding(enc, "", " world") == ([], [995])
+
+
 def test_lambada_file_reads_passages_and_skips_blank_lines(tmp_path):
     path = tmp_path / "lambada.jsonl"
     path.write_text('{"text": "one two"}\n\n{"text": "three four five"}\n', encoding="utf-8")
