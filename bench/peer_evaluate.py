@@ -34,8 +34,12 @@ def continuation(m, context, target, n_ctx):
 
 
 def split(tok, context, target):
-    whole, head = tok.encode(context + target), tok.encode(context)
-    return whole[:len(head)], whole[len(head):]
+    """lm-evaluation-harness's: trailing white space moves to the target; the target's ids are
+    those of context + target past encode(context)'s length."""
+    spaces = len(context) - len(context.rstrip())
+    context, target = context[:len(context) - spaces], context[len(context) - spaces:] + target
+    head = tok.encode(context)
+    return head, tok.encode(context + target)[len(head):]
 
 
 def lambada(m, tok, job, n_ctx):
