@@ -9,7 +9,10 @@ and the one-line errors that name the file, the line and the fix.
 | 1bw | `news.en.heldout-00000-of-00050` | one tokenized sentence per line |
 | enwik8 | the test split: the last 5,000,000 bytes of `enwik8` | raw bytes |
 | text8 | the test split: the last 5,000,000 characters of `text8` | lowercase letters and spaces |
-| cbt-cn, cbt-ne | `cbtest_CN_test_2500ex.txt`, `cbtest_NE_test_2500ex.txt` | 20 numbered lines, then `21 query\\tanswer\\t\\tc1\\|...\\|c10`, a blank line between examples |
+| cbt-cn, cbt-ne | `cbtest_CN_test_2500ex.txt`, `cbtest_NE_test_2500ex.txt` | see below |
+
+A CBT example is 20 numbered lines (`1 sentence` .. `20 sentence`), then
+`21 query with XXXXX<TAB>answer<TAB><TAB>candidate|...|candidate`; a blank line between examples.
 """
 import dataclasses
 import json

@@ -69,5 +69,6 @@ def test_the_documented_limit_an_abbreviation_with_its_period():
 
 
 def test_unknown_detokenizer_names_the_known_ones():
-    with pytest.raises(ValueError, match="unknown detokenizer 'moses': the detokenizers are wikitext, ptb, 1bw, cbt, none"):
+    with pytest.raises(ValueError, match="unknown detokenizer 'moses': the detokenizers are "
+                                         "wikitext, ptb, 1bw, cbt, none"):
         detokenizers.detokenize("moses", "x")

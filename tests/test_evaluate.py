@@ -3,7 +3,6 @@ tiny model, the file formats and their errors, LAMBADA's download, the command l
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -15,7 +14,6 @@ import pytest
 import benchmarks
 import checkpoints
 import detokenizers
-import encoder
 import evaluate
 import evaluation
 import model
@@ -133,7 +131,8 @@ def test_cbt_known_answers(loaded, functions, certain, tmp_path):
         ("XXXXX barked .", "dog", ["cat", "dog"]),                           # " dog" beats " cat": right
         ("The XXXXX barked .", "cat", ["cat", "dog"]),                       # wrong
     ]))
-    assert examples[0].context[0] == "`` Line 1 , '' said the boy ." and examples[0].candidates == ["cat", "the", "dog"]
+    assert examples[0].context[0] == "`` Line 1 , '' said the boy ."
+    assert examples[0].candidates == ["cat", "the", "dog"]
     assert evaluation.cbt(functions[certain][0], hparams, enc, examples, 4) == {"accuracy": 2 / 3, "n_questions": 3}
 
 
@@ -304,7 +303,8 @@ def test_bad_flags_are_refused_before_loading(flags, message):
 
 def test_missing_data_file_is_one_line(models_dir, tiny_model, tmp_path):
     with pytest.raises(OSError, match="No such file or directory") as e:
-        evaluate.evaluate(model_name=tiny_model, models_dir=models_dir, task="wikitext2", data_file=str(tmp_path / "no"))
+        evaluate.evaluate(model_name=tiny_model, models_dir=models_dir, task="wikitext2",
+                          data_file=str(tmp_path / "no"))
     assert "\n" not in str(e.value)
 
 
@@ -350,7 +350,8 @@ def store(monkeypatch):
 def test_lambada_is_downloaded_once(store, tmp_path):
     url = store.url + "/gpt-2/data/lambada_test.jsonl"
     path = benchmarks.fetch_lambada(tmp_path / "data", url)
-    assert open(path, "rb").read() == b'{"text": "one two"}\n' and os.listdir(tmp_path / "data") == ["lambada_test.jsonl"]
+    assert open(path, "rb").read() == b'{"text": "one two"}\n'
+    assert os.listdir(tmp_path / "data") == ["lambada_test.jsonl"]
     assert benchmarks.fetch_lambada(tmp_path / "data", url) == path and len(store.gets) == 1
 
 
