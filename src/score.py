@@ -44,14 +44,13 @@ def score_tokens(logits_fn, hparams, tokens, stride=None, bar=False):
         raise bad_argument("stride", f"must be an integer from 1 to n_ctx - 1 ({hparams.n_ctx - 1})", stride)
     sequence = np.array([END_OF_TEXT] + list(tokens), np.int32)
     logprobs = []
-    progress = tqdm(total=len(tokens), unit="token", unit_scale=True, desc="scoring", disable=not bar or None)
-    for start, first, end in windows(len(sequence), hparams.n_ctx, stride):
-        progress.update(end - first)
-        logits = logits_fn(sequence[None, start:end])[0]  # [end - start, n_vocab]
-        logp = tf.nn.log_softmax(logits[first - 1 - start:end - 1 - start])  # predicts first..end-1
-        targets = sequence[first:end]
-        logprobs.append(tf.gather(logp, targets, batch_dims=1).numpy())
-    progress.close()
+    with tqdm(total=len(tokens), unit="token", unit_scale=True, desc="scoring", disable=not bar or None) as progress:
+        for start, first, end in windows(len(sequence), hparams.n_ctx, stride):
+            logits = logits_fn(sequence[None, start:end])[0]  # [end - start, n_vocab]
+            logp = tf.nn.log_softmax(logits[first - 1 - start:end - 1 - start])  # predicts first..end-1
+            targets = sequence[first:end]
+            logprobs.append(tf.gather(logp, targets, batch_dims=1).numpy())
+            progress.update(end - first)
     return np.concatenate(logprobs).astype(np.float64)
 
 
