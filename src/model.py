@@ -316,6 +316,14 @@ def model(params, hparams, X, past=None):
              'present': [batch, n_layer, 2, heads, seq, head_dim]}, the keys and values of X,
     which the caller concatenates onto `past` (axis -2) for the next call.
     """
+    h, present = hidden_states(params, hparams, X, past)
+    return {"logits": unembed(params, h), "present": present}
+
+
+def hidden_states(params, hparams, X, past=None):
+    """`model` without the output layer: X [batch, seq] following `past` -> (h [batch, seq,
+    n_embd], the final norm's output, whose `unembed` is the logits; present). For a caller
+    that needs the logits of a few positions only (evaluate.py's targets)."""
     past_length = 0 if past is None else tf.shape(past)[-2]
     h = embed(params, X, past_length)
     pasts = tf.unstack(past, axis=1) if past is not None else [None] * hparams.n_layer
@@ -323,7 +331,7 @@ def model(params, hparams, X, past=None):
     for p, layer_past in zip(params["h"], pasts):
         h, present = block(h, p, layer_past, hparams.n_head)
         presents.append(present)
-    return {"logits": unembed(params, norm(h, params["ln_f"])), "present": tf.stack(presents, axis=1)}
+    return norm(h, params["ln_f"]), tf.stack(presents, axis=1)
 
 
 def embed(params, X, past_length=0):

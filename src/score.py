@@ -33,21 +33,24 @@ def logits_function(params, hparams):
     return lambda X: forward(X, past)["logits"]
 
 
-def score_tokens(logits_fn, hparams, tokens, stride=None):
+def score_tokens(logits_fn, hparams, tokens, stride=None, bar=False):
     """Natural-log probability of each of `tokens` after <|endoftext|> and the ones before it;
-    logits_fn is `logits_function`'s."""
+    logits_fn is `logits_function`'s. `bar` shows a progress bar of the tokens on stderr."""
     import numpy as np
     import tensorflow as tf
+    from tqdm import tqdm
     stride = hparams.n_ctx // 2 if stride is None else stride
     if not is_integer(stride) or not 1 <= stride < hparams.n_ctx:
         raise bad_argument("stride", f"must be an integer from 1 to n_ctx - 1 ({hparams.n_ctx - 1})", stride)
     sequence = np.array([END_OF_TEXT] + list(tokens), np.int32)
     logprobs = []
-    for start, first, end in windows(len(sequence), hparams.n_ctx, stride):
-        logits = logits_fn(sequence[None, start:end])[0]  # [end - start, n_vocab]
-        logp = tf.nn.log_softmax(logits[first - 1 - start:end - 1 - start])  # predicts first..end-1
-        targets = sequence[first:end]
-        logprobs.append(tf.gather(logp, targets, batch_dims=1).numpy())
+    with tqdm(total=len(tokens), unit="token", unit_scale=True, desc="scoring", disable=not bar or None) as progress:
+        for start, first, end in windows(len(sequence), hparams.n_ctx, stride):
+            logits = logits_fn(sequence[None, start:end])[0]  # [end - start, n_vocab]
+            logp = tf.nn.log_softmax(logits[first - 1 - start:end - 1 - start])  # predicts first..end-1
+            targets = sequence[first:end]
+            logprobs.append(tf.gather(logp, targets, batch_dims=1).numpy())
+            progress.update(end - first)
     return np.concatenate(logprobs).astype(np.float64)
 
 

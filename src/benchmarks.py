@@ -1,0 +1,185 @@
+"""The benchmarks of the GPT-2 paper's Table 3 as files: which file each task reads, its format,
+and the one-line errors that name the file, the line and the fix.
+
+| task | file | format |
+|---|---|---|
+| lambada | `lambada_test.jsonl` (OpenAI's; fetched when not given) | one JSON object per line, `{"text": passage}` |
+| wikitext2, wikitext103 | `wiki.test.tokens` (or `wiki.test.raw`) | WikiText's tokenized text |
+| ptb | `ptb.test.txt` (Mikolov's) | one sentence per line, numbers as `N` |
+| 1bw | `news.en.heldout-00000-of-00050` | one tokenized sentence per line |
+| enwik8 | the test split: the last 5,000,000 bytes of `enwik8` | raw bytes |
+| text8 | the test split: the last 5,000,000 characters of `text8` | lowercase letters and spaces |
+| cbt-cn, cbt-ne | `cbtest_CN_test_2500ex.txt`, `cbtest_NE_test_2500ex.txt` | see below |
+
+A CBT example is 20 numbered lines (`1 sentence` .. `20 sentence`), then
+`21 query with XXXXX<TAB>answer<TAB><TAB>candidate|...|candidate`; a blank line between examples.
+"""
+import dataclasses
+import json
+
+LANGUAGE_MODELLING = {  # task: (detokenizer, the unit its paper figure is per)
+    "wikitext2": ("wikitext", "word"),
+    "wikitext103": ("wikitext", "word"),
+    "ptb": ("ptb", "word"),
+    "1bw": ("1bw", "word"),
+    "enwik8": ("none", "byte"),
+    "text8": ("none", "character"),
+}
+TASKS = ("lambada", *LANGUAGE_MODELLING, "cbt-cn", "cbt-ne")
+CBT_CANDIDATES = 10
+CBT_CONTEXT_LINES = 20
+BLANK = "XXXXX"  # where the answer goes in a CBT query
+
+
+@dataclasses.dataclass
+class CbtExample:
+    """One Children's Book Test question: 20 sentences, the query with BLANK, the answer among
+    the candidates."""
+    context: list
+    query: str
+    answer: str
+    candidates: list
+
+
+def check_task(task):
+    """`task`, or a ValueError naming the tasks."""
+    if task not in TASKS:
+        raise ValueError(f"--task must be one of {', '.join(TASKS)}. Received: {task!r}")
+    return task
+
+
+def read_bytes(path):
+    """The bytes of a non-empty file."""
+    with open(str(path), "rb") as f:
+        data = f.read()
+    if not data:
+        raise ValueError(f"{path} is empty: give the benchmark's test file")
+    return data
+
+
+def read_utf8(path):
+    """The text of a non-empty UTF-8 file."""
+    data = read_bytes(path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                         "give the benchmark's test file as it was published") from None
+
+
+def read_lambada(path):
+    """The passages of a LAMBADA jsonl file: one `{"text": "..."}` per line."""
+    passages = []
+    for number, line in enumerate(read_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path} line {number}: not JSON ({e.msg}); LAMBADA's file has one "
+                             '{"text": "..."} object per line (OpenAI\'s lambada_test.jsonl)') from None
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str) or " " not in text.strip():
+            raise ValueError(f"{path} line {number}: expected an object whose \"text\" is a passage of "
+                             f"several words, e.g. {{\"text\": \"... he said\"}}. Received: {line[:80]!r}")
+        passages.append(text)
+    if not passages:
+        raise ValueError(f"{path} holds no passage: LAMBADA's file has one {{\"text\": \"...\"}} object per line")
+    return passages
+
+
+def read_language_modelling(path, task):
+    """(text to detokenize and score, its length in the task's unit)."""
+    if task == "enwik8":
+        data = read_bytes(path)
+        return data.decode("utf-8", errors="replace"), len(data)  # a split may cut a character
+    text = read_utf8(path)
+    if task == "text8":
+        if not set(text) <= set("abcdefghijklmnopqrstuvwxyz "):
+            raise ValueError(f"{path} is not text8: text8 holds lowercase a-z and spaces only; give its test split")
+        return text, len(text)
+    if not text.strip():
+        raise ValueError(f"{path} holds only white space: give the benchmark's test file")
+    return text, count_words(text)
+
+
+def count_words(text):
+    """Words as these benchmarks count them: the whitespace-separated tokens, and one end of
+    sentence for each line (WikiText-2's test set: 245,569; PTB's: 82,430)."""
+    return len(text.split()) + text.count("\n") + (0 if text.endswith("\n") else 1)
+
+
+def read_cbt(path):
+    """The examples of a Children's Book Test file."""
+    lines = read_utf8(path).splitlines()
+    examples, context = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            if context:
+                raise ValueError(f"{path} line {number}: example cut short after {len(context)} lines; "
+                                 f"each has {CBT_CONTEXT_LINES} numbered lines and a query line")
+            continue
+        index, _, sentence = line.partition(" ")
+        expected = len(context) + 1
+        if index != str(expected):
+            raise ValueError(f"{path} line {number}: expected line number {expected} of an example, "
+                             f"found {index!r}; give a CBT file such as cbtest_NE_test_2500ex.txt")
+        if expected <= CBT_CONTEXT_LINES:
+            context.append(sentence)
+            continue
+        examples.append(cbt_query(path, number, sentence, context))
+        context = []
+    if context:
+        raise ValueError(f"{path}: the last example is cut short after {len(context)} lines")
+    if not examples:
+        raise ValueError(f"{path} holds no CBT example")
+    return examples
+
+
+def cbt_query(path, number, line, context):
+    """The CbtExample of a query line `query\\tanswer\\t\\tc1|...|c10`."""
+    fields = line.split("\t")
+    if len(fields) != 4 or BLANK not in fields[0]:
+        raise ValueError(f"{path} line {number}: expected 'query with {BLANK}<TAB>answer<TAB><TAB>"
+                         f"candidate|candidate|...'. Received: {line[:80]!r}")
+    query, answer, _, candidates = fields
+    candidates = candidates.split("|")
+    if answer not in candidates:
+        raise ValueError(f"{path} line {number}: the answer {answer!r} is not among the candidates")
+    return CbtExample(context, query, answer, candidates)
+
+
+LAMBADA_URL = "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"  # the file OpenAI evaluated on
+LAMBADA_FILE = "lambada_test.jsonl"
+
+
+def fetch_lambada(data_dir, url=LAMBADA_URL):
+    """The path of OpenAI's LAMBADA test set in `data_dir`, downloaded first when absent, by
+    download_model.py's fetch: retried, resumed, checked against the size and MD5 the server
+    sends, written to a `.part` file and renamed when whole."""
+    import os
+    path = os.path.join(str(data_dir), LAMBADA_FILE)
+    if os.path.isfile(path):
+        return path
+    import requests
+    downloader = download_module()
+    os.makedirs(str(data_dir), exist_ok=True)
+    try:
+        with requests.Session() as session:
+            downloader.fetch_file(session, url, path)
+    except downloader.DownloadError as e:
+        raise OSError(f"cannot download LAMBADA: {e}; run again to resume, or give --data_file") from None
+    return path
+
+
+def download_module():
+    """download_model.py, which lives beside src/ (the scripts' folder is on the path, its parent
+    is not)."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "download_model.py")
+    spec = importlib.util.spec_from_file_location("download_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,179 @@
+"""The protocols of the GPT-2 paper's zero-shot benchmarks and their metrics (README, Evaluate).
+
+- LAMBADA, as lm-evaluation-harness's `lambada_openai`: the context is the passage before its
+  last space, the target " " + the last word, tokenized as `encode(context + target)` less
+  `encode(context)`. Accuracy: every target token is the greedy choice. Perplexity: exp of the
+  mean over passages of the target's negative log-likelihood (summed over its tokens).
+  `last_token`: the paper's variant, the target is the passage's last BPE token alone.
+  `stop_word_filter`: the paper's variant, the greedy choice at the target's first token is made
+  among the tokens that are not a stop word (STOP_WORDS, after stripping spaces, any case).
+- Language modelling: the detokenized text is scored as one text, as `score.py` scores one
+  (`score.score_tokens`: after <|endoftext|>, in windows moving `stride`); perplexity per BPE
+  token, per original word (the paper's scaling: the same log-likelihood over the benchmark's
+  own word count), bits per byte or per character.
+- CBT: the candidate whose completed query, given the 20 sentences before it, is most likely:
+  the log-likelihood of the query from the candidate to its end (the paper's "probability of
+  each choice and the rest of the sentence conditioned on this choice").
+
+A pair (context, target) is scored in batches of equal-length rows, right-padded: attention is
+causal, so padding after a row's tokens changes none of its logits; the output layer runs at
+the target positions only.
+"""
+import math
+import os
+
+import numpy as np
+
+import benchmarks
+import detokenizers
+import score
+
+STOP_WORDS = frozenset("""a about above after again against all am an and any are as at be because been before
+being below between both but by can could did do does doing down during each few for from further had has have
+having he her here hers herself him himself his how i if in into is it its itself just me more most my myself no
+nor not now of off on once only or other our ours ourselves out over own same she should so some such than that
+the their theirs them themselves then there these they this those through to too under until up very was we were
+what when where which while who whom why will with would you your yours yourself yourselves""".split())
+
+
+def continuation_function(params, hparams):
+    """Compiled once: (X [batch, seq] int32, positions [batch, k] int32, targets [batch, k] int32,
+    banned [n_vocab] float32) -> (logprobs [batch, k] of targets at positions, greedy [batch, k],
+    greedy with `banned` added to the logits [batch, k])."""
+    import tensorflow as tf
+    import model
+
+    def run(X, positions, targets, banned):
+        h, _ = model.hidden_states(params, hparams, X)  # [batch, seq, n_embd]
+        logits = model.unembed(params, tf.gather(h, positions, batch_dims=1))  # [batch, k, n_vocab]
+        logprobs = tf.gather(tf.nn.log_softmax(logits), targets, batch_dims=2)  # [batch, k]
+        return (logprobs, tf.argmax(logits, -1, output_type=tf.int32),
+                tf.argmax(logits + banned, -1, output_type=tf.int32))
+    signature = [tf.TensorSpec([None, None], tf.int32)] * 3 + [tf.TensorSpec([hparams.n_vocab], tf.float32)]
+    return tf.function(run, input_signature=signature)
+
+
+def fit_window(context, target, n_ctx):
+    """(context, target) with the context cut from the left to fit the window, as
+    lm-evaluation-harness does; an empty context becomes <|endoftext|>."""
+    context = list(context) or [score.END_OF_TEXT]
+    if len(target) >= n_ctx:
+        raise ValueError(f"a target of {len(target)} tokens does not fit the model's window of {n_ctx}")
+    return context[max(0, len(context) + len(target) - n_ctx):], list(target)
+
+
+def batch_rows(pairs):
+    """(X [batch, seq], positions [batch, k], targets [batch, k]) for pairs that fit the window:
+    position j of a row holds the logits that predict its target token j."""
+    length = max(len(c) + len(t) for c, t in pairs)  # any length runs the one trace; no padding to a bucket
+    k = max(len(t) for _, t in pairs)
+    X = np.zeros([len(pairs), length], np.int32)
+    positions = np.zeros([len(pairs), k], np.int32)
+    targets = np.zeros([len(pairs), k], np.int32)
+    for row, (context, target) in enumerate(pairs):
+        X[row, :len(context) + len(target)] = context + target
+        positions[row, :len(target)] = len(context) - 1 + np.arange(len(target))
+        targets[row, :len(target)] = target
+    return X, positions, targets
+
+
+def score_pairs(function, hparams, pairs, batch_size, banned, desc="scoring"):
+    """[(context ids, target ids)] -> (logprobs, greedy, filtered), each a list with one array
+    per pair of its target's length; see `continuation_function`. Shows a progress bar. Pairs
+    are batched in order of length, so that a batch's rows are padded little."""
+    from tqdm import tqdm
+    pairs = [fit_window(c, t, hparams.n_ctx) for c, t in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    results = [None] * len(pairs)
+    with tqdm(total=len(pairs), desc=desc, unit="row", disable=None) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            outputs = [o.numpy() for o in function(*batch_rows([pairs[i] for i in chunk]), banned)]
+            for row, i in enumerate(chunk):
+                results[i] = [o[row, :len(pairs[i][1])] for o in outputs]
+            bar.update(len(chunk))
+    return [list(column) for column in zip(*results)]
+
+
+def split_encoding(enc, context, target):
+    """(ids of context, ids of target) as lm-evaluation-harness makes them: white space ending
+    the context moves to the target, the context is `encode(context)`, and the target is what
+    `encode(context + target)` holds after as many ids."""
+    spaces = len(context) - len(context.rstrip())
+    context, target = context[:len(context) - spaces], context[len(context) - spaces:] + target
+    head = enc.encode(context)
+    return head, enc.encode(context + target)[len(head):]
+
+
+def lambada_pairs(enc, passages, last_token=False):
+    """(context ids, target ids) of each passage."""
+    if last_token:
+        return [(ids[:-1], ids[-1:]) for ids in map(enc.encode, passages)]
+    return [split_encoding(enc, *passage_split(passage)) for passage in passages]
+
+
+def passage_split(passage):
+    """lambada_openai's split: (the passage before its last space, " " + its last word)."""
+    context, word = passage.rsplit(" ", 1)
+    return context, " " + word
+
+
+def banned_tokens(enc, n_vocab, stop_word_filter):
+    """[n_vocab] float32: -1e9 at each token whose text, stripped of spaces, is a stop word
+    (in any case) when filtering, else 0."""
+    banned = np.zeros([n_vocab], np.float32)
+    if stop_word_filter:
+        for token, text in enumerate(enc.decode([t]) for t in range(min(n_vocab, len(enc.decoder)))):
+            if text.strip().lower() in STOP_WORDS:
+                banned[token] = -1e9
+    return banned
+
+
+def lambada(function, hparams, enc, passages, batch_size, *, last_token=False, stop_word_filter=False):
+    """{"accuracy", "perplexity", "n_passages", "n_target_tokens"}."""
+    pairs = lambada_pairs(enc, passages, last_token)
+    logprobs, greedy, filtered = score_pairs(function, hparams, pairs, batch_size,
+                                             banned_tokens(enc, hparams.n_vocab, stop_word_filter), desc="LAMBADA")
+    chosen = [np.concatenate([f[:1], g[1:]]) for f, g in zip(filtered, greedy)] if stop_word_filter else greedy
+    correct = [np.array_equal(c, target) for c, (_, target) in zip(chosen, pairs)]
+    nll = [-float(np.sum(lp)) for lp in logprobs]
+    return {"accuracy": float(np.mean(correct)), "perplexity": math.exp(np.mean(nll)),
+            "n_passages": len(pairs), "n_target_tokens": int(sum(len(t) for _, t in pairs))}
+
+
+def language_modelling(logits_fn, hparams, enc, text, units, task, stride=None):
+    """{"nll", "n_tokens", "token_perplexity", and the paper's metric}: `units` is the original
+    text's length in the task's unit (benchmarks.LANGUAGE_MODELLING)."""
+    detokenizer, unit = benchmarks.LANGUAGE_MODELLING[task]
+    tokens = enc.encode(detokenizers.detokenize(detokenizer, text))
+    nll = -float(np.sum(score.score_tokens(logits_fn, hparams, tokens, stride, bar=True)))
+    metrics = {"nll": nll, "n_tokens": len(tokens), "token_perplexity": math.exp(nll / len(tokens))}
+    if unit == "word":
+        metrics["word_perplexity"] = math.exp(nll / units)
+    else:
+        metrics[f"bits_per_{unit}"] = nll / math.log(2) / units
+    return metrics
+
+
+def cbt_pairs(enc, example):
+    """(context ids, target ids) of each candidate: every candidate's completed text, detokenized,
+    split at the last space before the texts first differ, so that all share one context."""
+    texts = [detokenizers.detokenize("cbt", " ".join(example.context + [example.query.replace(benchmarks.BLANK, c)]))
+             for c in example.candidates]
+    common = os.path.commonprefix(texts)
+    cut = max(common.rfind(" "), 0) if len(set(texts)) > 1 else len(common)
+    return [split_encoding(enc, text[:cut], text[cut:]) for text in texts]
+
+
+def cbt(function, hparams, enc, examples, batch_size):
+    """{"accuracy", "n_questions"}: a question is right when its answer's completed query is the
+    most likely (ties: the first candidate in the file's order)."""
+    pairs = [pair for example in examples for pair in cbt_pairs(enc, example)]
+    logprobs, _, _ = score_pairs(function, hparams, pairs, batch_size, np.zeros([hparams.n_vocab], np.float32),
+                                 desc="CBT")
+    totals, correct, first = [float(np.sum(lp)) for lp in logprobs], [], 0
+    for example in examples:
+        scores = totals[first:first + len(example.candidates)]
+        correct.append(example.candidates[int(np.argmax(scores))] == example.answer)
+        first += len(example.candidates)
+    return {"accuracy": float(np.mean(correct)), "n_questions": len(examples)}

@@ -1,0 +1,391 @@
+"""evaluate.py: known answers on a hand-built model, metrics equal to the NumPy reference's on the
+tiny model, the file formats and their errors, LAMBADA's download, the command line."""
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+import benchmarks
+import checkpoints
+import detokenizers
+import evaluate
+import evaluation
+import model
+import reference
+import saving
+import score
+
+from helpers import REPO
+
+THE, DOG, CAT = 262, 3290, 3797  # " the", " dog", " cat": one token each
+BOUL, TER = 347, 353  # " Boulter" is [347, 2852, 353]
+
+
+# --- A hand-built model: the same distribution at every position ------------------------------
+
+@pytest.fixture(scope="module")
+def certain(models_dir, vocab_dir):
+    """A tiny model whose blocks are zero and whose final norm has gain 0 and bias e0: every
+    position's logits are wte @ e0, which is 3 for " the", 2 for " dog", 0 for every other token."""
+    path = os.path.join(models_dir, "certain")
+    checkpoints.write_checkpoint(path, checkpoints.TINY, vocab_dir)
+    hparams = model.load_hparams(path)
+    values = {name: np.zeros(shape, np.float32) for name, shape in model.checkpoint_shapes(hparams).items()}
+    values["model/wte"][THE, 0], values["model/wte"][DOG, 0] = 3, 2
+    values["model/ln_f/b"][0] = 1
+    saving.write_tensors(os.path.join(path, "model.ckpt"), values)
+    return "certain"
+
+
+def logp(token, n_vocab=50257):
+    """The hand-built model's log-probability of a token, by hand."""
+    log_z = math.log(math.exp(3) + math.exp(2) + (n_vocab - 2))
+    return {THE: 3, DOG: 2}.get(token, 0) - log_z
+
+
+@pytest.fixture(scope="module")
+def loaded(models_dir, certain, tiny_model):
+    """name -> (enc, hparams, params), loaded once."""
+    import cli
+    return {name: cli.load(name, models_dir) for name in (certain, tiny_model)}
+
+
+@pytest.fixture(scope="module")
+def functions(loaded):
+    """name -> the compiled continuation function and score.py's logits function."""
+    return {name: (evaluation.continuation_function(params, hparams), score.logits_function(params, hparams))
+            for name, (_, hparams, params) in loaded.items()}
+
+
+PASSAGES = ["He walked over to the", "They all went to see the dog", "Then she sat on a cat",
+            "The actor was Robert Boulter"]
+
+
+def test_lambada_known_answers(loaded, functions, certain):
+    enc, hparams, _ = loaded[certain]
+    metrics = evaluation.lambada(functions[certain][0], hparams, enc, PASSAGES, 3)
+    nll = [-logp(THE), -logp(DOG), -logp(CAT), -3 * logp(0)]  # " Boulter" is 3 tokens of logit 0
+    assert metrics == {"accuracy": 0.25, "perplexity": pytest.approx(math.exp(np.mean(nll)), rel=1e-5),
+                       "n_passages": 4, "n_target_tokens": 6}
+
+
+def test_lambada_stop_word_filter_known_answer(loaded, functions, certain):
+    enc, hparams, _ = loaded[certain]
+    metrics = evaluation.lambada(functions[certain][0], hparams, enc, PASSAGES, 2, stop_word_filter=True)
+    assert metrics["accuracy"] == 0.25  # " the" is banned: " dog" is chosen, and right once
+    plain = evaluation.lambada(functions[certain][0], hparams, enc, PASSAGES, 2)
+    assert metrics["perplexity"] == plain["perplexity"]  # the filter changes the choice, not the scores
+
+
+def test_lambada_last_token_known_answer(loaded, functions, certain):
+    enc, hparams, _ = loaded[certain]
+    metrics = evaluation.lambada(functions[certain][0], hparams, enc, PASSAGES, 4, last_token=True)
+    nll = [-logp(THE), -logp(DOG), -logp(CAT), -logp(TER)]
+    assert metrics["accuracy"] == 0.25 and metrics["n_target_tokens"] == 4
+    assert metrics["perplexity"] == pytest.approx(math.exp(np.mean(nll)), rel=1e-5)
+
+
+def test_stop_words_banned_are_the_listed_words_only(loaded, certain):
+    enc, hparams, _ = loaded[certain]
+    banned = evaluation.banned_tokens(enc, hparams.n_vocab, True)
+    assert banned[THE] == banned[enc.encode("The")[0]] == banned[enc.encode(" and")[0]] == -1e9
+    assert banned[DOG] == banned[CAT] == banned[13] == 0
+    assert not evaluation.banned_tokens(enc, hparams.n_vocab, False).any()
+
+
+def test_language_modelling_known_answers(loaded, functions, certain, tmp_path):
+    enc, hparams, _ = loaded[certain]
+    text = " = Title = \n \n The dog 's 1 @,@ 000 @-@ year reign ( and more ) . \n"
+    tokens = enc.encode(detokenizers.detokenize("wikitext", text))
+    nll = -sum(map(logp, tokens))
+    words = 3 + 14 + 3  # the tokens between spaces (3 on the first line, 14 on the third), an end of sentence a line
+    got = evaluation.language_modelling(functions[certain][1], hparams, enc, text, benchmarks.count_words(text),
+                                        "wikitext2", stride=8)
+    assert got == pytest.approx({"nll": nll, "n_tokens": len(tokens), "token_perplexity": math.exp(nll / len(tokens)),
+                                 "word_perplexity": math.exp(nll / words)}, rel=1e-5)
+    data = "<page><title>the dog</title></page>\n".encode() * 3
+    (tmp_path / "enwik8").write_bytes(data)
+    read, n_bytes = benchmarks.read_language_modelling(tmp_path / "enwik8", "enwik8")
+    got = evaluation.language_modelling(functions[certain][1], hparams, enc, read, n_bytes, "enwik8")
+    assert got["bits_per_byte"] == pytest.approx(-sum(map(logp, enc.encode(data.decode()))) / math.log(2) / len(data))
+
+
+CBT_CONTEXT = "".join(f"{i} `` Line {i} , '' said the boy .\n" for i in range(1, 21))
+
+
+def cbt_file(path, queries):
+    path.write_text("\n".join(CBT_CONTEXT + f"21 {q}\t{a}\t\t{'|'.join(c)}\n" for q, a, c in queries), encoding="utf-8")
+    return path
+
+
+def test_cbt_known_answers(loaded, functions, certain, tmp_path):
+    enc, hparams, _ = loaded[certain]
+    examples = benchmarks.read_cbt(cbt_file(tmp_path / "cbt.txt", [
+        ("`` Look at XXXXX , '' he said .", "the", ["cat", "the", "dog"]),  # " the" is likeliest: right
+        ("XXXXX barked .", "dog", ["cat", "dog"]),                           # " dog" beats " cat": right
+        ("The XXXXX barked .", "cat", ["cat", "dog"]),                       # wrong
+    ]))
+    assert examples[0].context[0] == "`` Line 1 , '' said the boy ."
+    assert examples[0].candidates == ["cat", "the", "dog"]
+    assert evaluation.cbt(functions[certain][0], hparams, enc, examples, 4) == {"accuracy": 2 / 3, "n_questions": 3}
+
+
+def test_cbt_pairs_share_the_context_and_differ_from_the_candidate_on(loaded, certain):
+    enc = loaded[certain][0]
+    example = benchmarks.CbtExample(["Tom ran ."], "`` XXXXX , '' said Tom .", "Tom", ["Tom", "Ann"])
+    (context, tom), (context2, ann) = evaluation.cbt_pairs(enc, example)
+    assert context == context2 and enc.decode(context) == "Tom ran."
+    assert enc.decode(tom) == ' "Tom," said Tom.' and enc.decode(ann) == ' "Ann," said Tom.'
+
+
+# --- The tiny model against the NumPy reference --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ref(models_dir, tiny_model):
+    return reference.load(os.path.join(models_dir, tiny_model))
+
+
+def reference_scores(ref, pairs, n_ctx):
+    """(target logprobs, greedy tokens) of each pair by reference.py, the context cut to the window."""
+    rh, rw = ref
+    out = []
+    for context, target in pairs:
+        context, target = evaluation.fit_window(context, target, n_ctx)
+        z = reference.logits(rh, rw, np.array(context + target))[len(context) - 1:-1]  # predicts the target
+        lp = z - z.max(-1, keepdims=True)
+        lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+        out.append((lp[np.arange(len(target)), target], z.argmax(-1)))
+    return out
+
+
+LONG_PASSAGES = PASSAGES + ["In a hole in the ground there lived a hobbit, not a nasty, dirty, wet hole, filled with "
+                            "the ends of worms and an oozy smell, nor yet a dry, bare, sandy hole with nothing in it "
+                            "to sit down on or to eat: it was a hobbit-hole, and that means comfort"]  # > 64 tokens
+
+
+@pytest.mark.parametrize("last_token", [False, True])
+def test_lambada_equals_reference(loaded, functions, tiny_model, ref, last_token):
+    enc, hparams, _ = loaded[tiny_model]
+    got = evaluation.lambada(functions[tiny_model][0], hparams, enc, LONG_PASSAGES, 2, last_token=last_token)
+    pairs = evaluation.lambada_pairs(enc, LONG_PASSAGES, last_token)
+    want = reference_scores(ref, pairs, hparams.n_ctx)
+    correct = [np.array_equal(greedy, target) for (lp, greedy), (_, target) in zip(want, pairs)]
+    assert got["accuracy"] == np.mean(correct)
+    assert got["perplexity"] == pytest.approx(math.exp(np.mean([-lp.sum() for lp, _ in want])), rel=1e-4)
+
+
+def test_lambada_rows_are_independent_of_the_batch(loaded, functions, tiny_model):
+    enc, hparams, _ = loaded[tiny_model]
+    pairs = evaluation.lambada_pairs(enc, LONG_PASSAGES)
+    banned = np.zeros([hparams.n_vocab], np.float32)
+    alone = [evaluation.score_pairs(functions[tiny_model][0], hparams, [p], 1, banned)[0][0] for p in pairs]
+    together = evaluation.score_pairs(functions[tiny_model][0], hparams, pairs, 5, banned)[0]
+    for a, b in zip(alone, together):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_language_modelling_equals_reference(loaded, functions, tiny_model, ref):
+    enc, hparams, _ = loaded[tiny_model]
+    text = PTB_TEXT * 3  # longer than the window: windows of stride 16
+    got = evaluation.language_modelling(functions[tiny_model][1], hparams, enc, text, benchmarks.count_words(text),
+                                        "ptb", stride=16)
+    tokens = [score.END_OF_TEXT] + enc.encode(detokenizers.detokenize("ptb", text))
+    rh, rw = ref
+    want = np.concatenate([reference.logprobs(rh, rw, np.array(tokens[start:end]))[first - start - 1:]
+                           for start, first, end in score.windows(len(tokens), hparams.n_ctx, 16)])
+    assert got["n_tokens"] == len(tokens) - 1 and len(want) == len(tokens) - 1
+    assert got["nll"] == pytest.approx(-want.sum(), rel=1e-5)
+    assert got["word_perplexity"] == pytest.approx(math.exp(-want.sum() / (3 * 21 + 3 * 2)), rel=1e-4)
+
+
+def test_cbt_equals_reference(loaded, functions, tiny_model, ref, tmp_path):
+    enc, hparams, _ = loaded[tiny_model]
+    examples = benchmarks.read_cbt(cbt_file(tmp_path / "cbt.txt", [
+        ("XXXXX barked at the boy .", "dog", ["cat", "dog", "boy", "King"]),
+        ("The boy saw the XXXXX .", "King", ["cat", "dog", "boy", "King"])]))
+    got = evaluation.cbt(functions[tiny_model][0], hparams, enc, examples, 3)
+    right = []
+    for example in examples:
+        totals = [lp.sum() for lp, _ in reference_scores(ref, evaluation.cbt_pairs(enc, example), hparams.n_ctx)]
+        right.append(example.candidates[int(np.argmax(totals))] == example.answer)
+    assert got == {"accuracy": np.mean(right), "n_questions": 2}
+
+
+# --- Files: formats and errors ---------------------------------------------------------------------
+
+PTB_TEXT = (" no it was n't black monday \n"  # 6 words, then an end of sentence
+            " but while the new york stock exchange did n't fall apart friday as the dow \n")  # 15
+
+
+def test_count_words_counts_an_end_of_sentence_per_line():
+    assert benchmarks.count_words(PTB_TEXT) == 6 + 15 + 2
+    assert benchmarks.count_words("a b\nc") == 5
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty: give the benchmark's test file"),
+    (b"\n \n", "holds no passage"),
+    (b'{"text": "a b"}\nnot json\n', "line 2: not JSON"),
+    (b'{"text": "a b"}\n{"txt": "a b"}\n', r"line 2: expected an object whose \"text\" is a passage of several words"),
+    (b'{"text": "alone"}\n', "line 1: expected an object"),
+    (b'{"text": "caf\xe9 au lait"}\n', r"line 1: not UTF-8 text \(invalid continuation byte at byte 13\)"),
+])
+def test_lambada_file_errors_name_the_line(tmp_path, content, message):
+    path = tmp_path / "lambada.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as e:
+        benchmarks.read_lambada(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_split_encoding_as_lm_evaluation_harness(loaded, certain):
+    enc = loaded[certain][0]
+    assert evaluation.split_encoding(enc, "hello", " world") == ([31373], [995])
+    assert evaluation.split_encoding(enc, "hello ", "world") == ([31373], [995])  # the space moves to the target
+    assert evaluation.split_encoding(enc, "", " world") == ([], [995])
+
+
+def test_lambada_file_reads_passages_and_skips_blank_lines(tmp_path):
+    path = tmp_path / "lambada.jsonl"
+    path.write_text('{"text": "one two"}\n\n{"text": "three four five"}\n', encoding="utf-8")
+    assert benchmarks.read_lambada(path) == ["one two", "three four five"]
+    assert evaluation.passage_split("three four five") == ("three four", " five")
+
+
+@pytest.mark.parametrize("content, message", [
+    (CBT_CONTEXT + "21 no blank here\tdog\t\tcat|dog\n", "line 21: expected 'query with XXXXX"),
+    (CBT_CONTEXT + "21 The XXXXX ran .\tcow\t\tcat|dog\n", "line 21: the answer 'cow' is not among the candidates"),
+    (CBT_CONTEXT.replace("7 ``", "8 ``"), "line 7: expected line number 7 of an example, found '8'"),
+    (CBT_CONTEXT[:200] + "\n\n", "example cut short after"),
+    ("\n\n", "holds no CBT example"),
+])
+def test_cbt_file_errors_name_the_line(tmp_path, content, message):
+    path = tmp_path / "cbt.txt"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as e:
+        benchmarks.read_cbt(path)
+    assert "\n" not in str(e.value)
+
+
+def test_text8_refuses_other_text(tmp_path):
+    path = tmp_path / "text8"
+    path.write_text(" anarchism originated as a term", encoding="utf-8")
+    assert benchmarks.read_language_modelling(path, "text8") == (" anarchism originated as a term", 31)
+    path.write_text("Anarchism.", encoding="utf-8")
+    with pytest.raises(ValueError, match="is not text8: text8 holds lowercase a-z and spaces only"):
+        benchmarks.read_language_modelling(path, "text8")
+
+
+def test_enwik8_counts_bytes_and_reads_a_cut_character(tmp_path):
+    path = tmp_path / "enwik8"
+    path.write_bytes("café".encode()[:-1])  # the split cut é
+    assert benchmarks.read_language_modelling(path, "enwik8") == ("caf\ufffd", 4)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(task="squad"), "--task must be one of lambada, wikitext2, wikitext103, ptb, 1bw, enwik8, text8, cbt-cn, "
+                         "cbt-ne. Received: 'squad'"),
+    (dict(task=None), "--task must be one of"),
+    (dict(task="ptb"), "--data_file is required for --task ptb"),
+    (dict(task="ptb", data_file="x", last_token=True), "--last_token and --stop_word_filter are LAMBADA's variants"),
+    (dict(task="lambada", batch_size=0), "--batch_size must be a positive integer. Received: 0"),
+])
+def test_bad_flags_are_refused_before_loading(flags, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate.evaluate(model_name="absent", models_dir="/nonexistent", **flags)
+
+
+def test_missing_data_file_is_one_line(models_dir, tiny_model, tmp_path):
+    with pytest.raises(OSError, match="No such file or directory") as e:
+        evaluate.evaluate(model_name=tiny_model, models_dir=models_dir, task="wikitext2",
+                          data_file=str(tmp_path / "no"))
+    assert "\n" not in str(e.value)
+
+
+# --- LAMBADA's download ------------------------------------------------------------------------
+
+class Store(ThreadingHTTPServer):
+    """127.0.0.1: serves `files` {path: bytes} with Content-Length; any other path is a 404."""
+
+    def __init__(self, files):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.files, self.gets = files, []
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.server.gets.append(self.path)
+        body = self.server.files.get(self.path)
+        self.send_response(200 if body is not None else 404)
+        body = b"not found" if body is None else body
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def store(monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    server = Store({"/gpt-2/data/lambada_test.jsonl": b'{"text": "one two"}\n'})
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_lambada_is_downloaded_once(store, tmp_path):
+    url = store.url + "/gpt-2/data/lambada_test.jsonl"
+    path = benchmarks.fetch_lambada(tmp_path / "data", url)
+    assert open(path, "rb").read() == b'{"text": "one two"}\n'
+    assert os.listdir(tmp_path / "data") == ["lambada_test.jsonl"]
+    assert benchmarks.fetch_lambada(tmp_path / "data", url) == path and len(store.gets) == 1
+
+
+def test_lambada_download_failure_is_one_line_and_leaves_nothing(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2_DOWNLOAD_BACKOFF", "0")
+    with pytest.raises(OSError, match=r"cannot download LAMBADA: GET .*/missing.jsonl: HTTP 404") as e:
+        benchmarks.fetch_lambada(tmp_path / "data", store.url + "/missing.jsonl")
+    assert "\n" not in str(e.value) and os.listdir(tmp_path / "data") == []
+
+
+# --- The command line ------------------------------------------------------------------------------
+
+def run_evaluate(*args):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, os.path.join(REPO, "src", "evaluate.py"), *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_cli_json_echoes_the_protocol(models_dir, certain, tmp_path):
+    path = tmp_path / "lambada.jsonl"
+    path.write_text("".join(json.dumps({"text": p}) + "\n" for p in PASSAGES), encoding="utf-8")
+    result = run_evaluate("--model_name", certain, "--models_dir", models_dir, "--task", "lambada",
+                          "--data_file", str(path), "--json", "--stop_word_filter")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith(f"lambada ({path}, 4 items): accuracy 0.2500, perplexity ")
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out["task"] == "lambada" and out["detokenizer"] == "none" and out["n_items"] == 4
+    assert "greedy choice among non-stop-words" in out["scoring"] and out["metrics"]["accuracy"] == 0.25
+
+
+def test_cli_bad_input_is_one_line_exit_1(models_dir, tiny_model, tmp_path):
+    path = tmp_path / "wiki.txt"
+    path.write_bytes(b"")
+    result = run_evaluate("--model_name", tiny_model, "--models_dir", models_dir, "--task", "wikitext2",
+                          "--data_file", str(path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr == f"error: {path} is empty: give the benchmark's test file\n"
