@@ -58,7 +58,10 @@ PLAIN = {
 
 
 def any_batch_decoder(sampler, batch):
-    """Sampler._decoder traced once for every batch size, its batch unknown to TensorFlow."""
+    """Sampler._decoder traced once for every batch size, its batch unknown to TensorFlow (a
+    Sampler that traced its batch before the patch, --alternate's first, keeps that trace)."""
+    if batch in sampler._decoders:
+        return sampler._decoders[batch]
     if None not in sampler._decoders:
         sampler._decoders[None] = tf.function(sampler._decode_loop, jit_compile=sampler.choices.xla, autograph=False,
                                               input_signature=fast.decode_signature(sampler.hparams, None,
@@ -115,6 +118,38 @@ def nucleus_stats(params, hparams, tokens, args):
                 found_share=float(np.mean(found)))
 
 
+def alternate(path, args):
+    """--alternate NAME: two Samplers in one process, fast.py's as it is and with NAME's plain
+    way, called in turn --repeats times each: medians of tokens/s and their ratio, steadier than
+    two processes on a shared machine."""
+    dtype = cli.parse_dtype(args.dtype)
+    hparams = model.load_hparams(path)
+    prefix = model.find_checkpoint(path)
+    if args.alternate == "load_params":
+        loaders = {"fast": fast.load_params, "plain": model.load_params}
+        seconds = {name: [timed(lambda: loader(prefix, hparams, dtype)) for _ in range(args.repeats)]
+                   for name, loader in loaders.items()}
+        return dict(measure="alternate", plain=args.alternate, seconds_fast=float(np.median(seconds["fast"])),
+                    seconds_plain=float(np.median(seconds["plain"])))
+    params = fast.load_params(prefix, hparams, dtype)
+    context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))
+    samplers = {}
+    for name in ("fast", "plain"):  # each traced before the next is made: the plain way goes in between
+        if name == "plain":
+            PLAIN[args.alternate]()
+        samplers[name] = fast.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p, jit=args.jit)
+        samplers[name].sample(context, 4, seed=1)
+    rates = {name: [] for name in samplers}
+    for _ in range(args.repeats):
+        for name, sampler in samplers.items():
+            rates[name].append(args.batch_size * args.new_tokens / timed(
+                lambda: sampler.sample(context, args.new_tokens, seed=2, temperature=args.temperature)))
+    fast_rate, plain_rate = (float(np.median(rates[name])) for name in ("fast", "plain"))
+    return dict(measure="alternate", plain=args.alternate, batch_size=args.batch_size, dtype=args.dtype,
+                xla=samplers["fast"].choices.xla, repeats=args.repeats, tokens_per_s_fast=fast_rate,
+                tokens_per_s_plain=plain_rate, gain=fast_rate / plain_rate)
+
+
 def peer(python, path, args):
     out = subprocess.run([python, os.path.join(ROOT, "..", "shared", "peer", "hf_generate.py"), path, "bench",
                           str(args.batch_size), str(args.prompt_len), str(args.new_tokens)],
@@ -141,12 +176,17 @@ def main():
                         help=f"leave {fast.FROZEN_WEIGHTS} unset in half precision (the scripts set it)")
     parser.add_argument("--plain", choices=sorted(PLAIN), action="append", default=[],
                         help="measure without this speed-up of fast.py (repeatable)")
+    parser.add_argument("--alternate", choices=sorted(PLAIN),
+                        help="time fast.py's way and this plain one in turn in one process (medians)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the fastest is reported")
     parser.add_argument("--peer", metavar="VENV_PYTHON", help="also time the peer (bash ../shared/peer/setup.sh)")
     args = parser.parse_args()
     if args.peer and (args.top_k, args.top_p, args.temperature) != (40, 1.0, 1.0):
         parser.error("--peer samples with top-k 40 only: leave --top_k, --top_p and --temperature at their defaults")
     path = ensure_model(args.models_dir, args.model_name)
+    if args.alternate:
+        print(json.dumps(alternate(path, args)))
+        return
     for name in args.plain:
         PLAIN[name]()
     results = list(measure(path, args))

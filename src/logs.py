@@ -15,6 +15,7 @@ import tempfile
 LOG_LINE = re.compile(r"([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "  # absl's
                       r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) ")  # TensorFlow's own
 ABSL_WARNING = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+CACHE_READ = "] Error parsing text-format tensorflow.XlaSerializedCacheEntry:"
 
 
 def min_log_level():
@@ -24,10 +25,13 @@ def min_log_level():
 
 
 def below_level(line, level):
-    """Whether `line` is a C++ log line of a severity below `level` (see min_log_level)."""
+    """Whether `line` is a C++ log line of a severity below `level` (see min_log_level). The
+    error line at each program read from XLA's disk cache counts as information: TensorFlow
+    tries the file as text before reading it as the binary it is, and logs the failed try."""
     match = LOG_LINE.match(line)
     if match:
-        return "IWEF".index(match.group(1) or match.group(2)) < level
+        severity = "I" if CACHE_READ in line else match.group(1) or match.group(2)
+        return "IWEF".index(severity) < level
     return level > 0 and line.startswith(ABSL_WARNING)
 
 

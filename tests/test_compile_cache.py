@@ -10,6 +10,7 @@ import time
 import pytest
 
 import compile_cache
+import logs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAM = "xla_compile_cache__1__2__XLA_CPU_JIT.pb"
@@ -120,10 +121,18 @@ def test_a_second_start_loads_the_programs_the_first_compiled(cached_runs):
         name.startswith("run-") for name in os.listdir(os.path.join(folder, shared)))
 
 
-def test_loading_from_the_cache_prints_nothing_at_the_default_log_level(models_dir, tiny_model, cached_runs):
+def test_the_error_line_of_a_cache_read_counts_as_information():
+    line = ("E0000 00:00:1795673917.853639   18208 text_format.cc:430] Error parsing text-format "
+            "tensorflow.XlaSerializedCacheEntry: 2:1: Expected identifier, got: 4\n")
+    assert [logs.below_level(line, level) for level in range(4)] == [False, True, True, True]
+    other = line.replace("tensorflow.XlaSerializedCacheEntry", "tensorflow.GraphDef")
+    assert [logs.below_level(other, level) for level in range(4)] == [False, False, False, True]
+
+
+def test_loading_from_the_cache_prints_nothing(models_dir, tiny_model, cached_runs):
+    # TF_CPP_MIN_LOG_LEVEL=2, errors only, as many users set it (the scripts' default is 3).
     folder, _ = cached_runs
-    environ = {**os.environ, "GPT2_XLA_CACHE": folder}
-    environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    environ = {**os.environ, "GPT2_XLA_CACHE": folder, "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run([sys.executable, os.path.join(REPO, "src", "generate_unconditional_samples.py"),
                              "--model_name", tiny_model, "--models_dir", models_dir, "--nsamples", "2",
                              "--batch_size", "2", "--length", "5", "--seed", "3", "--top_k", "5"],
