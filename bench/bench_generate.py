@@ -47,26 +47,10 @@ def ensure_model(models_dir, model_name):
 # measure what it wins.
 PLAIN = {
     "kth_largest": lambda: setattr(fast, "kth_largest", lambda logits, k: tf.math.top_k(logits, k).values[:, -1:]),
-    "first_argmax": lambda: setattr(fast, "first_argmax", lambda x: tf.argmax(x, -1, output_type=tf.int32)),
-    "draw_kept": lambda: setattr(fast, "draw_kept", lambda logits, keep, keys, step: sample.sample_logits(
-        tf.where(keep, logits, logits.dtype.min), keys, step)),
     "load_params": lambda: setattr(fast, "load_params", model.load_params),
     "top_p_logits": lambda: setattr(fast, "top_p_logits", sample.top_p_logits),
-    "batch_trace": lambda: setattr(fast.Sampler, "_decoder", any_batch_decoder),
     "block_function": lambda: setattr(fast, "block", fast.block.python_function),  # each layer traced inline
 }
-
-
-def any_batch_decoder(sampler, batch):
-    """Sampler._decoder traced once for every batch size, its batch unknown to TensorFlow (a
-    Sampler that traced its batch before the patch, --alternate's first, keeps that trace)."""
-    if batch in sampler._decoders:
-        return sampler._decoders[batch]
-    if None not in sampler._decoders:
-        sampler._decoders[None] = tf.function(sampler._decode_loop, jit_compile=sampler.choices.xla, autograph=False,
-                                              input_signature=fast.decode_signature(sampler.hparams, None,
-                                                                                    sampler.dtype))
-    return sampler._decoders[None]
 
 
 def timed(fn):

@@ -9,7 +9,7 @@ It computes what `model.model` and `sample.next_token` compute, in another order
   shapes serve every length. `decode` fills it, for the prompt and for each new token alike.
   It writes with `tf.tensor_scatter_nd_update`, which returns a new tensor: XLA writes it in
   place, plain TensorFlow copies the cache. No write relies on undocumented aliasing.
-- The decode loop is one `tf.while_loop` in one `tf.function`, traced once per batch size.
+- The decode loop is one `tf.while_loop` in one `tf.function`, traced once for every batch.
 - `Choices` holds what depends on the device and dtype; each says what it wins and which
   bench command shows it (figures: bench/README.md).
 
@@ -176,31 +176,6 @@ def kth_largest(logits, k):
     return tf.bitcast(tf.where(bits < 0, bits ^ 0x7FFFFFFF, bits), tf.float32)
 
 
-def first_argmax(x):
-    """[batch, n] -> [batch] int32: tf.argmax (the first index of each row's maximum), as two
-    plain reductions, which XLA runs faster than argmax's one (bench_generate.py --batch_size 8)."""
-    top = tf.reduce_max(x, axis=-1, keepdims=True)
-    n = tf.shape(x)[1]
-    return tf.reduce_min(tf.where(x >= top, tf.range(n)[None], n), axis=-1)
-
-
-def draw_kept(logits, keep, keys, step):
-    """`sample.sample_logits` for logits a filter has cut to the few where `keep` [batch, n_vocab]
-    is True, with noise for those only: a few dozen hashes, not one per vocabulary entry.
-
-    The same token: a removed logit (float32's lowest) plus any noise (at most 17.4) stays
-    float32's lowest and is never drawn, and a token's noise does not depend on the others.
-    """
-    kept = tf.where(keep)  # [m, 2] (row, token), rows in order
-    rows, index = kept[:, 0], tf.cast(kept[:, 1], tf.int32)
-    noise = sample.gumbel(tf.gather(sample.stream_state(keys, step), rows), index)
-    scores = tf.gather_nd(logits, kept) + noise  # [m]
-    batch = tf.shape(logits)[0]
-    best = tf.math.unsorted_segment_max(scores, rows, batch)  # [batch]
-    first = tf.where(scores >= tf.gather(best, rows), index, tf.shape(logits)[1])  # the maximum's first token
-    return tf.math.unsorted_segment_min(first, rows, batch)
-
-
 # Top-p sorts the vocabulary only where the nucleus is not among this many of the largest logits
 # (bench_generate.py --top_k 0 --top_p 0.9 --temperature 3, and with --plain top_p_logits).
 NUCLEUS_CANDIDATES = 256
@@ -241,20 +216,15 @@ def top_p_logits(logits, p):
 
 
 def next_token(logits, keys, step, temperature, top_k, top_p, xla):
-    """`sample.next_token`'s token, faster. Both ways filter top-p with `top_p_logits`. Under XLA
-    the whole vocabulary is drawn from, with `kth_largest` and `first_argmax`; outside it a
-    filtered draw is made among the kept tokens only, which XLA cannot compile (its shape depends
-    on the logits). Outside XLA, top_k and top_p may be scalar tensors (the exported model's
+    """`sample.next_token`'s token, faster: top-p filtered by `top_p_logits`, and under XLA top-k
+    by `kth_largest`. Outside XLA, top_k and top_p may be scalar tensors (the exported model's
     runtime inputs)."""
     logits = sample.with_temperature(logits, temperature)
-    if xla:
-        kept = logits if top_k == 0 else tf.where(logits < kth_largest(logits, top_k), logits.dtype.min, logits)
-        noise = sample.gumbel(sample.stream_state(keys, step)[:, None], tf.range(tf.shape(logits)[1])[None])
-        return first_argmax(top_p_logits(kept, top_p) + noise)
-    def filtered():
-        keep = top_p_logits(sample.top_k_logits(logits, top_k), top_p) > logits.dtype.min
-        return draw_kept(logits, keep, keys, step)
-    return sample.branch((top_k == 0) & (top_p >= 1), lambda: sample.sample_logits(logits, keys, step), filtered)
+    if not xla:
+        return sample.sample_logits(top_p_logits(sample.top_k_logits(logits, top_k), top_p), keys, step)
+    kept = logits if top_k == 0 else tf.where(logits < kth_largest(logits, top_k), logits.dtype.min, logits)
+    noise = sample.gumbel(sample.stream_state(keys, step)[:, None], tf.range(tf.shape(logits)[1])[None])
+    return tf.argmax(top_p_logits(kept, top_p) + noise, axis=-1, output_type=tf.int32)
 
 
 # --- The sampler ----------------------------------------------------------------------------
@@ -266,20 +236,20 @@ def cache_size(positions, n_ctx, multiple=128):
     return tf.minimum(rounded, n_ctx + 1) if tf.is_tensor(rounded) else min(rounded, n_ctx + 1)
 
 
-def decode_signature(hparams, batch_size, dtype):
-    """The input signature of `Sampler._decode_loop` for `batch_size` rows (None: any)."""
-    return [cache_spec(hparams, batch_size, dtype), tf.TensorSpec([batch_size, None], tf.int32),
-            tf.TensorSpec([batch_size], tf.int32), tf.TensorSpec([batch_size], tf.bool),
+def decode_signature(hparams, dtype):
+    """The input signature of `Sampler._decode_loop`, for any batch size."""
+    return [cache_spec(hparams, None, dtype), tf.TensorSpec([None, None], tf.int32),
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.bool),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
-            tf.TensorSpec([batch_size, 2], tf.int64), tf.TensorSpec([], tf.float32)]
+            tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.float32)]
 
 
 class Sampler:
     """Compiled sampling for one model and one choice of filters.
 
     Create a Sampler once and call `generate` (streaming) or `sample` many times: the prompt's
-    pass is traced once, the decode loop once per batch size, and with XLA compiled once per
-    batch size and cache size. Row r of a call is sample number first_sample + r of its seed,
+    pass and the decode loop are traced once, and with XLA compiled once per batch size and
+    cache size. Row r of a call is sample number first_sample + r of its seed,
     whatever the batch (see sample.py).
 
     The prompts of a batch may differ in length (a list of token lists): the common prefix is
@@ -298,16 +268,9 @@ class Sampler:
             self.choices = dataclasses.replace(self.choices, xla=jit)
         self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, cache, 0)[1], input_signature=[
             tf.TensorSpec([None, None], tf.int32), cache_spec(hparams, None, self.dtype)])
-        self._decoders = {}  # batch size -> the compiled decode loop
+        self._decoder = tf.function(self._decode_loop, jit_compile=self.choices.xla, autograph=False,
+                                    input_signature=decode_signature(hparams, self.dtype))
         self._compiled = set()  # (batch size, cache size) of the decode loops called
-
-    def _decoder(self, batch):
-        """The decode loop (`_decode_loop`) compiled for `batch` rows, traced on first use: a
-        known batch lets TensorFlow fold the step's shape arithmetic (bench_generate.py)."""
-        if batch not in self._decoders:
-            self._decoders[batch] = tf.function(self._decode_loop, jit_compile=self.choices.xla, autograph=False,
-                                                input_signature=decode_signature(self.hparams, batch, self.dtype))
-        return self._decoders[batch]
 
     def _decode(self, cache, *args):
         """Runs the decode loop. The first call for a batch and cache size compiles it, and the C++
@@ -317,7 +280,7 @@ class Sampler:
         first = shape not in self._compiled
         self._compiled.add(shape)
         with logs.held_back() if first else contextlib.nullcontext():
-            return self._decoder(shape[0])(cache, *args)
+            return self._decoder(cache, *args)
 
     def _decode_loop(self, cache, tokens, lengths, done, position, steps, keys, temperature):
         """Feeds tokens[:, position] and fills up to `steps` positions of tokens[:, position + 1:].
