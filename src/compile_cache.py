@@ -15,11 +15,11 @@ file makes every later compilation that finds it fail. So each process gets a fo
 The shared folder is one per TensorFlow build and processor, since a program compiled for one is
 not valid for another, and is kept under LIMIT bytes, least recently used first. GPT2_XLA_CACHE
 names another folder, or 0 turns the cache off.
+This file must stay readable by old Pythons, as cli.py, which imports it.
 """
 import atexit
 import contextlib
 import hashlib
-import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -45,6 +45,7 @@ def default_folder(environ=os.environ):
 
 def build_identity():
     """A short hash naming this TensorFlow build and this processor."""
+    import importlib.metadata  # here: cli.py imports this file, and old Pythons lack it (cli.python_problem)
     spec = importlib.util.find_spec("tensorflow")
     versions = []
     for name in ("tensorflow", "tensorflow-cpu", "tf-nightly", "tensorflow-intel"):
