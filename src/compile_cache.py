@@ -126,7 +126,7 @@ def publish(shared, private):
 def prune(shared, limit=LIMIT):
     """Removes the least recently used programs until those left take at most `limit` bytes."""
     paths = [os.path.join(shared, name) for name in programs(shared)]
-    stats = sorted((os.stat(path).st_mtime, os.stat(path).st_size, path) for path in paths)
+    stats = sorted((stat.st_mtime, stat.st_size, path) for path, stat in zip(paths, map(os.stat, paths)))
     total = sum(size for _, size, _ in stats)
     for _, size, path in stats:
         if total <= limit:
