@@ -61,8 +61,6 @@ def timed(fn):
 
 def measure(path, args):
     dtype = cli.parse_dtype(args.dtype)
-    if not args.no_frozen_weights:
-        cli.freeze_weights(dtype)  # as the scripts do
     hparams = model.load_hparams(path)
     start = time.perf_counter()
     params = fast.load_params(model.find_checkpoint(path), hparams, dtype)
@@ -75,7 +73,7 @@ def measure(path, args):
     prefill = min(timed(lambda: sampler.sample(context, 1, **run)) for _ in range(args.repeats))
     common = dict(model_name=args.model_name, batch_size=args.batch_size, prompt_len=args.prompt_len, dtype=args.dtype,
                   top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, xla=sampler.choices.xla,
-                  frozen_weights=os.environ.get(fast.FROZEN_WEIGHTS, "0") == "1", plain=args.plain)
+                  plain=args.plain)
     decode = args.batch_size * (args.new_tokens - 1) / (seconds - prefill)  # after the prompt is read
     yield dict(measure="generate", **common, new_tokens=args.new_tokens, seconds=seconds,
                tokens_per_s=args.batch_size * args.new_tokens / seconds, decode_tokens_per_s=decode,
@@ -156,8 +154,6 @@ def main():
                              "3 spreads it out, as real GPT-2's often is (bench/README.md)")
     parser.add_argument("--jit", type=lambda s: {"true": True, "false": False}[s.lower()], default=None,
                         help="true or false: force XLA on or off for the decode loop (default: fast.choices_for)")
-    parser.add_argument("--no_frozen_weights", action="store_true",
-                        help=f"leave {fast.FROZEN_WEIGHTS} unset in half precision (the scripts set it)")
     parser.add_argument("--plain", choices=sorted(PLAIN), action="append", default=[],
                         help="measure without this speed-up of fast.py (repeatable)")
     parser.add_argument("--alternate", choices=sorted(PLAIN),

@@ -24,7 +24,6 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import checkpoints  # noqa: E402
 import model  # noqa: E402

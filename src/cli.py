@@ -212,15 +212,6 @@ def parse_dtype(dtype):
     return tf.as_dtype(dtype)
 
 
-def freeze_weights(dtype):
-    """In half precision, lets oneDNN convert each weight matrix to its own layout once rather
-    than at every call (bench_generate.py --dtype bfloat16 --no_frozen_weights). Safe in
-    the scripts: they load their weights once, as tensors (see fast.check_weights_can_change)."""
-    import fast
-    if dtype.name != "float32":
-        os.environ.setdefault(fast.FROZEN_WEIGHTS, "1")
-
-
 def expand_dir(models_dir):
     """--models_dir with `~` and environment variables expanded, as the original's scripts did."""
     return os.path.expanduser(os.path.expandvars(str(models_dir)))
@@ -256,7 +247,6 @@ def load(model_name, models_dir, dtype="float32"):
     import model
     report_device()
     dtype = parse_dtype(dtype)
-    freeze_weights(dtype)
     model_name, models_dir = str(model_name), expand_dir(models_dir)
     path = model.model_dir(model_name, models_dir)
     enc = encoder.get_encoder(model_name, models_dir)

@@ -34,32 +34,19 @@ FROZEN_WEIGHTS = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 @dataclasses.dataclass(frozen=True)
 class Choices:
     """How the fast path runs: see `choices_for`."""
-    # Compile the decode loop with XLA: it fuses a step's hundreds of small ops
-    # (bench_generate.py --jit false).
+    # Compile the decode loop with XLA: it fuses a step's hundreds of small ops, and in half
+    # precision its matmuls beat oneDNN's conversions (bench_generate.py [--dtype D] --jit false).
     xla: bool = False
 
 
-def choices_for(dtype, device_type=None, cpu_flags=None):
-    """The fast path's choices for weights of `dtype` on `device_type` ('CPU' or 'GPU'; by
-    default a GPU when TensorFlow sees one), and a CPU with `cpu_flags` (by default this one's)."""
+def choices_for(device_type=None):
+    """The fast path's choices on `device_type` ('CPU' or 'GPU'; by default a GPU when
+    TensorFlow sees one)."""
     if device_type is None:
         device_type = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
     if device_type != "CPU":
         return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
-    # Where the CPU has instructions for a half-precision dtype, oneDNN's matmuls in it beat
-    # XLA's; elsewhere XLA's are the faster (bench_generate.py --dtype bfloat16 --jit true/false).
-    native = {tf.bfloat16: {"avx512_bf16", "amx_bf16"}, tf.float16: {"avx512_fp16", "amx_fp16"}}
-    flags = cpu_features() if cpu_flags is None else set(cpu_flags)
-    return Choices(xla=not native.get(dtype, set()) & flags)
-
-
-def cpu_features():
-    """The CPU's feature flags, as Linux names them in /proc/cpuinfo (none known elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-    except OSError:
-        return set()
+    return Choices(xla=True)
 
 
 def check_weights_can_change(params):
@@ -67,13 +54,13 @@ def check_weights_can_change(params):
 
     With it, oneDNN converts each weight matrix of a fused matmul once and keeps the result for
     every later call of that kernel: a graph that reads variables would go on computing with
-    their old values once they change. Weights given as tensors cannot change: a new set of
-    weights makes a new Sampler, whose graphs have kernels of their own. Only the scripts set
-    the variable (`cli.freeze_weights`), and they load their weights once, as tensors.
+    their old values once they change. The project never sets it (it could not be shown to win
+    here: bench/README.md); this guards against an environment that does. Weights given as
+    tensors cannot change: a new set of weights makes a new Sampler, with kernels of its own.
     """
     if os.environ.get(FROZEN_WEIGHTS, "0") not in ("", "0") and any(
             isinstance(value, tf.Variable) for value in tf.nest.flatten(params)):
-        raise ValueError(f"params holds tf.Variables, whose values can change, while {FROZEN_WEIGHTS} is set, "
+        raise ValueError(f"the weights are tf.Variables, whose values can change, while {FROZEN_WEIGHTS} is set, "
                          "which would keep computing with their first values: unset it, or pass tensors")
 
 
@@ -263,7 +250,7 @@ class Sampler:
         self.params, self.hparams = params, hparams
         self.top_k, self.top_p, self.end_token = top_k, top_p, end_token
         self.dtype = params["wte"].dtype
-        self.choices = choices_for(self.dtype)
+        self.choices = choices_for()
         if jit is not None:
             self.choices = dataclasses.replace(self.choices, xla=jit)
         self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, cache, 0)[1], input_signature=[

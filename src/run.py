@@ -8,7 +8,6 @@ takes the very windows, and makes the very updates, of a run that never stopped.
 import contextlib
 import math
 import os
-import signal
 import sys
 import time
 

@@ -9,7 +9,6 @@ with the optimizer's state, the step and the data position beside the weights, s
 `--restore_from latest` (the default) continues a run exactly where it stopped.
 """
 import os
-import sys
 
 import cli
 from checks import MAX_SEED, is_integer, is_number

@@ -68,13 +68,13 @@ def make_optimizer(name, learning_rate, dtype):
     return keras.optimizers.LossScaleOptimizer(optimizer) if dtype == tf.float16 else optimizer
 
 
-def compile_on(dtype, device_type=None, cpu_flags=None):
-    """Whether the forward and backward pass go through XLA: only in half precision on a CPU
-    without instructions for it, where XLA's conversions beat oneDNN's (bench_train.py --dtype
-    bfloat16 --xla true/false). In float32 on a CPU it wins under 10% (bench_train.py --xla
-    true/false), and it weakens --memory_saving_gradients, whose recomputation XLA may merge
-    back into the forward pass; on a GPU nothing is measured yet: TensorFlow's default."""
-    return dtype != tf.float32 and fast.choices_for(dtype, device_type, cpu_flags).xla
+def compile_on(dtype, device_type=None):
+    """Whether the forward and backward pass go through XLA: only in half precision on a CPU,
+    where XLA's matmuls beat oneDNN's conversions (bench_train.py --dtype bfloat16 --xla
+    true/false). In float32 on a CPU it wins under 10% (bench_train.py --xla true/false), and it
+    weakens --memory_saving_gradients, whose recomputation XLA may merge back into the forward
+    pass; on a GPU nothing is measured yet: TensorFlow's default."""
+    return dtype != tf.float32 and fast.choices_for(device_type).xla
 
 
 class Trainer:
@@ -94,8 +94,9 @@ class Trainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         with self.strategy.scope():
             # Variables in `model.model`'s layout, so that a Sampler given them reads their values
-            # at each call (fast.check_weights_can_change).
+            # at each call; refused where oneDNN is told weights never change.
             self.params = tf.nest.map_structure(tf.Variable, model.nest_params(values, hparams, tf.float32))
+            fast.check_weights_can_change(self.params)
             fixed = [self.params[name] for name in FIXED_EMBEDDINGS] if only_train_transformer_layers else []
             self.trainable = [v for v in tf.nest.flatten(self.params) if all(v is not f for f in fixed)]
             self.optimizer = make_optimizer(optimizer, learning_rate, self.dtype)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import cli
 import fast
 import model
 import score
@@ -61,9 +60,3 @@ def test_masked_scores_do_not_overflow_in_float16(tiny):
     assert np.isfinite(logits.numpy()).all()
 
 
-def test_scripts_freeze_weights_only_in_half_precision(monkeypatch):
-    monkeypatch.delenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", raising=False)
-    cli.freeze_weights(tf.float32)
-    assert "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS" not in os.environ
-    cli.freeze_weights(tf.bfloat16)
-    assert os.environ["TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"] == "1"

@@ -1,5 +1,4 @@
 """sample.py: the filters on hand-computed examples, and the sampler on a tiny model."""
-import os
 
 import numpy as np
 import pytest
