@@ -86,9 +86,10 @@ def plant_answers(files, enc, hparams, params):
     with open(files["lambada"], "w", encoding="utf-8") as f:
         f.write("".join(json.dumps({"text": p}) + "\n" for p in passages))
     examples = benchmarks.read_cbt(files["cbt-cn"])
+    shared = evaluation.shared_context_function(params, hparams)
     for example in examples[::2]:
-        logprobs = evaluation.score_pairs(function, hparams, evaluation.cbt_pairs(enc, example), 10, zeros)[0]
-        example.answer = example.candidates[int(np.argmax([lp.sum() for lp in logprobs]))]
+        scores = evaluation.shared_context_scores(shared, hparams, evaluation.cbt_pairs(enc, example))
+        example.answer = example.candidates[int(np.argmax(scores))]
     with open(files["cbt-cn"], "w", encoding="utf-8") as f:
         f.write("\n".join("".join(f"{i} {line}\n" for i, line in enumerate(e.context, 1)) + f"21 {e.query}\t{e.answer}"
                           f"\t\t{'|'.join(e.candidates)}\n" for e in examples))

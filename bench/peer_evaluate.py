@@ -83,7 +83,10 @@ def cbt(m, tok, job, n_ctx):
         texts = question["texts"]
         common = os.path.commonprefix(texts)
         cut = max(common.rfind(" "), 0)
-        scores = [float(continuation(m, *split(tok, t[:cut], t[cut:]), n_ctx)[0].sum()) for t in texts]
+        pairs = [split(tok, t[:cut], t[cut:]) for t in texts]
+        keep = n_ctx - max(len(target) for _, target in pairs)  # the shared context is cut once (evaluation.py)
+        scores = [float(continuation(m, (context or [EOT])[-keep:], target, n_ctx)[0].sum())
+                  for context, target in pairs]
         right.append(scores.index(max(scores)) == question["answer"])
     return {"accuracy": sum(right) / len(right)}
 

@@ -49,14 +49,13 @@ def run_task(task, enc, hparams, params, data_file, batch_size, stride, last_tok
         text, units = benchmarks.read_language_modelling(data_file, task)
         logits_fn = score.logits_function(params, hparams)
         return evaluation.language_modelling(logits_fn, hparams, enc, text, units, task, stride), units
-    function = evaluation.continuation_function(params, hparams)
     if task == "lambada":
         passages = benchmarks.read_lambada(data_file)
-        metrics = evaluation.lambada(function, hparams, enc, passages, batch_size,
-                                     last_token=last_token, stop_word_filter=stop_word_filter)
+        metrics = evaluation.lambada(evaluation.continuation_function(params, hparams), hparams, enc, passages,
+                                     batch_size, last_token=last_token, stop_word_filter=stop_word_filter)
         return metrics, len(passages)
     examples = benchmarks.read_cbt(data_file)
-    return evaluation.cbt(function, hparams, enc, examples, batch_size), len(examples)
+    return evaluation.cbt(evaluation.shared_context_function(params, hparams), hparams, enc, examples), len(examples)
 
 
 def evaluate(model_name="124M", models_dir="models", task=None, data_file=None, data_dir="data", json=False,
@@ -71,7 +70,8 @@ def evaluate(model_name="124M", models_dir="models", task=None, data_file=None, 
      lambada, default: OpenAI's lambada_test.jsonl in --data_dir, downloaded when absent
     :data_dir=data : String, where LAMBADA is downloaded to
     :json=False : Boolean, end the output with one line of JSON: the task, protocol and metrics
-    :batch_size=16 : Integer, passages scored together (lambada, cbt-*)
+    :batch_size=16 : Integer, passages scored together (lambada); cbt-* scores a question's
+     candidates together, after its context
     :stride=None : Integer, how far each window moves on a text longer than the window
      (language-modelling tasks; default n_ctx // 2, as score.py)
     :last_token=False : Boolean, lambada: the paper's variant, score the last BPE token only

@@ -13,11 +13,16 @@
   own word count), bits per byte or per character.
 - CBT: the candidate whose completed query, given the 20 sentences before it, is most likely:
   the log-likelihood of the query from the candidate to its end (the paper's "probability of
-  each choice and the rest of the sentence conditioned on this choice").
+  each choice and the rest of the sentence conditioned on this choice"). The candidates share
+  one context, which runs once per question: its keys and values (`past`) are tiled across the
+  candidates, a batch of right-padded rows (`shared_context_function`). When the context and the
+  longest candidate's target do not fit the window, the context is cut from the left once, to
+  fit beside that longest target, and every candidate is scored after the same cut context
+  (a row of its own per candidate would let a shorter target keep more of the context).
 
-A pair (context, target) is scored in batches of equal-length rows, right-padded: attention is
-causal, so padding after a row's tokens changes none of its logits; the output layer runs at
-the target positions only.
+LAMBADA's pairs (context, target) are scored in batches of equal-length rows, right-padded:
+attention is causal, so padding after a row's tokens changes none of its logits; the output
+layer runs at the target positions only.
 """
 import math
 import os
@@ -50,6 +55,25 @@ def continuation_function(params, hparams):
         return (logprobs, tf.argmax(logits, -1, output_type=tf.int32),
                 tf.argmax(logits + banned, -1, output_type=tf.int32))
     signature = [tf.TensorSpec([None, None], tf.int32)] * 3 + [tf.TensorSpec([hparams.n_vocab], tf.float32)]
+    return tf.function(run, input_signature=signature)
+
+
+def shared_context_function(params, hparams):
+    """Compiled once: (context [1, c] int32, targets [n, k] int32, rows right-padded) ->
+    logprobs [n, k] of each row's targets following the one context. The context runs once;
+    its keys and values are tiled across the rows, which attend to them as `past`."""
+    import tensorflow as tf
+    import model
+
+    def run(context, targets):
+        h, past = model.hidden_states(params, hparams, context)  # [1, c, n_embd], [1, n_layer, 2, heads, c, head_dim]
+        n = tf.shape(targets)[0]
+        past = tf.tile(past, [n, 1, 1, 1, 1, 1])  # [n, n_layer, 2, heads, c, head_dim]
+        g, _ = model.hidden_states(params, hparams, targets[:, :-1], past)  # [n, k - 1, n_embd]
+        states = tf.concat([tf.tile(h[:, -1:], [n, 1, 1]), g], axis=1)  # [n, k, n_embd]: state j predicts target j
+        logits = model.unembed(params, states)  # [n, k, n_vocab]
+        return tf.gather(tf.nn.log_softmax(logits), targets, batch_dims=2)  # [n, k]
+    signature = [tf.TensorSpec([1, None], tf.int32), tf.TensorSpec([None, None], tf.int32)]
     return tf.function(run, input_signature=signature)
 
 
@@ -165,15 +189,28 @@ def cbt_pairs(enc, example):
     return [split_encoding(enc, text[:cut], text[cut:]) for text in texts]
 
 
-def cbt(function, hparams, enc, examples, batch_size):
-    """{"accuracy", "n_questions"}: a question is right when its answer's completed query is the
-    most likely (ties: the first candidate in the file's order)."""
-    pairs = [pair for example in examples for pair in cbt_pairs(enc, example)]
-    logprobs, _, _ = score_pairs(function, hparams, pairs, batch_size, np.zeros([hparams.n_vocab], np.float32),
-                                 desc="CBT")
-    totals, correct, first = [float(np.sum(lp)) for lp in logprobs], [], 0
-    for example in examples:
-        scores = totals[first:first + len(example.candidates)]
+def shared_context_scores(function, hparams, pairs):
+    """[(context ids, target ids)] sharing one context -> each target's log-likelihood (a float),
+    by `shared_context_function`: the context cut from the left once, to fit beside the longest
+    target (fit_window)."""
+    contexts, targets = zip(*pairs)
+    assert all(c == contexts[0] for c in contexts), "the pairs must share one context"
+    k = max(1, *map(len, targets))  # a row needs a column even when no candidate has a target
+    context, _ = fit_window(contexts[0], [0] * k, hparams.n_ctx)
+    rows = np.zeros([len(targets), k], np.int32)  # [n, k], right-padded
+    for row, target in enumerate(targets):
+        rows[row, :len(target)] = target
+    logprobs = function(np.array([context], np.int32), rows).numpy()  # [n, k]
+    return [float(np.sum(lp[:len(t)])) for lp, t in zip(logprobs, targets)]
+
+
+def cbt(function, hparams, enc, examples):
+    """{"accuracy", "n_questions"}, `function` being `shared_context_function`'s: a question is
+    right when its answer's completed query is the most likely (ties: the first candidate in the
+    file's order). Shows a progress bar."""
+    from tqdm import tqdm
+    correct = []
+    for example in tqdm(examples, desc="CBT", unit="question", disable=None):
+        scores = shared_context_scores(function, hparams, cbt_pairs(enc, example))
         correct.append(example.candidates[int(np.argmax(scores))] == example.answer)
-        first += len(example.candidates)
     return {"accuracy": float(np.mean(correct)), "n_questions": len(examples)}

@@ -58,8 +58,10 @@ def loaded(models_dir, certain, tiny_model):
 
 @pytest.fixture(scope="module")
 def functions(loaded):
-    """name -> the compiled continuation function and score.py's logits function."""
-    return {name: (evaluation.continuation_function(params, hparams), score.logits_function(params, hparams))
+    """name -> the compiled continuation function, score.py's logits function and the compiled
+    shared-context function (CBT's)."""
+    return {name: (evaluation.continuation_function(params, hparams), score.logits_function(params, hparams),
+                   evaluation.shared_context_function(params, hparams))
             for name, (_, hparams, params) in loaded.items()}
 
 
@@ -133,7 +135,7 @@ def test_cbt_known_answers(loaded, functions, certain, tmp_path):
     ]))
     assert examples[0].context[0] == "`` Line 1 , '' said the boy ."
     assert examples[0].candidates == ["cat", "the", "dog"]
-    assert evaluation.cbt(functions[certain][0], hparams, enc, examples, 4) == {"accuracy": 2 / 3, "n_questions": 3}
+    assert evaluation.cbt(functions[certain][2], hparams, enc, examples) == {"accuracy": 2 / 3, "n_questions": 3}
 
 
 def test_cbt_pairs_share_the_context_and_differ_from_the_candidate_on(loaded, certain):
@@ -204,17 +206,55 @@ def test_language_modelling_equals_reference(loaded, functions, tiny_model, ref)
     assert got["word_perplexity"] == pytest.approx(math.exp(-want.sum() / (3 * 21 + 3 * 2)), rel=1e-4)
 
 
+CBT_QUERIES = [("XXXXX barked at the boy .", "dog", ["cat", "dog", "boy", "Boulter"]),
+               ("The boy saw the XXXXX .", "King", ["cat", "dog", "boy", "King"])]
+
+
+def shared_cut(pairs, n_ctx):
+    """CBT's pairs with their shared context cut once, to fit beside the longest target."""
+    context, _ = evaluation.fit_window(pairs[0][0], max((t for _, t in pairs), key=len), n_ctx)
+    return [(context, target) for _, target in pairs]
+
+
 def test_cbt_equals_reference(loaded, functions, tiny_model, ref, tmp_path):
     enc, hparams, _ = loaded[tiny_model]
-    examples = benchmarks.read_cbt(cbt_file(tmp_path / "cbt.txt", [
-        ("XXXXX barked at the boy .", "dog", ["cat", "dog", "boy", "King"]),
-        ("The boy saw the XXXXX .", "King", ["cat", "dog", "boy", "King"])]))
-    got = evaluation.cbt(functions[tiny_model][0], hparams, enc, examples, 3)
+    examples = benchmarks.read_cbt(cbt_file(tmp_path / "cbt.txt", CBT_QUERIES))
+    got = evaluation.cbt(functions[tiny_model][2], hparams, enc, examples)
     right = []
     for example in examples:
-        totals = [lp.sum() for lp, _ in reference_scores(ref, evaluation.cbt_pairs(enc, example), hparams.n_ctx)]
+        pairs = evaluation.cbt_pairs(enc, example)
+        assert len(pairs[0][0]) + max(len(t) for _, t in pairs) > hparams.n_ctx  # the context is cut
+        totals = [lp.sum() for lp, _ in reference_scores(ref, shared_cut(pairs, hparams.n_ctx), hparams.n_ctx)]
+        np.testing.assert_allclose(evaluation.shared_context_scores(functions[tiny_model][2], hparams, pairs), totals,
+                                   rtol=1e-5)
         right.append(example.candidates[int(np.argmax(totals))] == example.answer)
     assert got == {"accuracy": np.mean(right), "n_questions": 2}
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_cbt_shared_context_equals_a_row_per_candidate(loaded, functions, tiny_model, tmp_path, cut):
+    """The context run once, its past tiled across the candidates, scores each candidate as
+    score_pairs does a row of its own (the per-row way CBT was scored before)."""
+    enc, hparams, _ = loaded[tiny_model]
+    if cut:  # 20 sentences: longer than the tiny model's window of 64
+        example = benchmarks.read_cbt(cbt_file(tmp_path / "cbt.txt", CBT_QUERIES[:1]))[0]
+    else:
+        example = benchmarks.CbtExample(["Tom ran ."], "`` XXXXX , '' said Tom .", "Tom", ["Tom", "Ann", "Boulter"])
+    pairs = evaluation.cbt_pairs(enc, example)
+    assert len({len(t) for _, t in pairs}) > 1  # right-padded rows
+    assert (len(pairs[0][0]) + max(len(t) for _, t in pairs) > hparams.n_ctx) == cut
+    per_row = evaluation.score_pairs(functions[tiny_model][0], hparams, shared_cut(pairs, hparams.n_ctx), 3,
+                                     np.zeros([hparams.n_vocab], np.float32))[0]
+    got = evaluation.shared_context_scores(functions[tiny_model][2], hparams, pairs)
+    np.testing.assert_allclose(got, [lp.sum() for lp in per_row], rtol=1e-5)
+
+
+def test_cbt_without_targets_scores_zero(loaded, functions, tiny_model):
+    enc, hparams, _ = loaded[tiny_model]
+    example = benchmarks.CbtExample(["Tom ran ."], "XXXXX ran .", "Tom", ["Tom"])  # one text: no target
+    pairs = evaluation.cbt_pairs(enc, example)
+    assert pairs[0][1] == []
+    assert evaluation.shared_context_scores(functions[tiny_model][2], hparams, pairs) == [0.0]
 
 
 # --- Files: formats and errors ---------------------------------------------------------------------
