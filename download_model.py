@@ -146,7 +146,8 @@ def check_base_url(base_url: str) -> str:
 
 
 def repair_command(model: str, models_dir: str, base_url: str) -> str:
-    """The command line that runs this download again, with the flags that differ from defaults.
+    """The command line that runs this download again, with the flags that differ from defaults:
+    src/paths.py's download_command, and --base_url (this script runs without src/).
 
     >>> repair_command("124M", "models", DEFAULT_BASE_URL)
     'python3 download_model.py 124M'

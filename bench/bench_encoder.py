@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "src"), os.path.join(ROOT, "bench")]
 
 import encoder  # noqa: E402
+import paths  # noqa: E402
 import original_encoder  # noqa: E402
 
 SHORT_WORDS = "a i an as at be by do go he if in is it me my no of on or so to up us we".split()
@@ -133,7 +134,7 @@ def find_vocab(vocab_dir):
         if folder and has_vocab(folder):
             return folder
     sys.exit("error: no encoder.json and vocab.bpe: pass --vocab_dir, set GPT2_VOCAB_DIR, or run "
-             "`python3 download_model.py 124M`")
+             f"`{paths.download_command('124M')}`")
 
 
 def time_encode(make_encoder, text):

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Times generation: one JSON line per measurement, and the peer's beside it with --peer.
+"""Times generation: one JSON line per measurement, and the peers' beside it with --peer (Hugging
+Face's PyTorch GPT-2) and --llamacpp (llama.cpp on a GGUF of the same weights).
 
     python bench/bench_generate.py --batch_size 8 --dtype bfloat16 --peer ~/.cache/gpt2-peer-venv/bin/python
+    python bench/bench_generate.py --batch_size 8 --llamacpp ~/.cache/gpt2-llamacpp/gguf/124M-f32.gguf
 
 The model is read from --models_dir/--model_name; for the four official names a checkpoint of
 that shape with random weights is written there first if none is present (speed does not
@@ -9,12 +11,14 @@ depend on the weights, but top-p's on how spread out they make the distribution:
 --temperature). The whole generate call (prefill, then new_tokens sampled with the cache and
 top-k 40, or --top_k, --top_p and --temperature) is timed after a warm-up; `prefill` times a call
 making one token, and `decode_tokens_per_s` is the speed after the prompt is read (the
-difference). With --top_p, the nucleus's sizes and the share of rows whose nucleus was found
-among the largest logits (`fast.nucleus_among_largest`) come with it.
+difference); `peak_memory` is the process's peak resident memory up to then. With --top_p,
+the nucleus's sizes and the share of rows whose nucleus was found among the largest logits
+(`fast.nucleus_among_largest`) come with it.
 """
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -71,6 +75,7 @@ def measure(path, args):
     warm_up = timed(lambda: sampler.sample(context, 4, **run))  # traces and compiles
     seconds = min(timed(lambda: sampler.sample(context, args.new_tokens, **run)) for _ in range(args.repeats))
     prefill = min(timed(lambda: sampler.sample(context, 1, **run)) for _ in range(args.repeats))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes: loading, compiling and sampling
     common = dict(model_name=args.model_name, batch_size=args.batch_size, prompt_len=args.prompt_len, dtype=args.dtype,
                   top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, xla=sampler.choices.xla,
                   plain=args.plain)
@@ -83,6 +88,7 @@ def measure(path, args):
     yield dict(measure="warm_up", **common, new_tokens=4, seconds=warm_up)  # tracing and compiling, mostly
     yield dict(measure="prefill", **common, new_tokens=1, seconds=prefill,
                tokens_per_s=args.batch_size * args.prompt_len / prefill)
+    yield dict(measure="peak_memory", **common, new_tokens=args.new_tokens, peak_rss_gb=peak / 1e9)
 
 
 def nucleus_stats(params, hparams, tokens, args):
@@ -139,6 +145,16 @@ def peer(python, path, args):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def llamacpp(gguf, args):
+    """llama.cpp's figures on `gguf` (bash ../shared/peer/llamacpp_setup.sh MODEL_DIR makes it):
+    its new_tokens_per_s_incl_prompt is timed as ours is, the prompt's pass included (its tools
+    time the model's passes, with no sampling)."""
+    out = subprocess.run(["bash", os.path.join(ROOT, "..", "shared", "peer", "llamacpp_bench.sh"), gguf,
+                          "--batch", str(args.batch_size), "--prompt", str(args.prompt_len),
+                          "--new", str(args.new_tokens)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name", default="124M")
@@ -160,6 +176,8 @@ def main():
                         help="time fast.py's way and this plain one in turn in one process (medians)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the fastest is reported")
     parser.add_argument("--peer", metavar="VENV_PYTHON", help="also time the peer (bash ../shared/peer/setup.sh)")
+    parser.add_argument("--llamacpp", metavar="GGUF", help="also time llama.cpp on this GGUF of the same weights, "
+                        "its dtype matching --dtype (bash ../shared/peer/llamacpp_setup.sh MODEL_DIR)")
     args = parser.parse_args()
     if args.peer and (args.top_k, args.top_p, args.temperature) != (40, 1.0, 1.0):
         parser.error("--peer samples with top-k 40 only: leave --top_k, --top_p and --temperature at their defaults")
@@ -177,6 +195,11 @@ def main():
         print(json.dumps(dict(measure="peer", **theirs)))
         print(json.dumps(dict(measure="ratio", dtype=args.dtype, batch_size=args.batch_size,
                               ratio=results[0]["tokens_per_s"] / theirs["tokens_per_s"])))
+    if args.llamacpp:
+        theirs = llamacpp(args.llamacpp, args)
+        print(json.dumps(dict(measure="llamacpp", **theirs)))
+        print(json.dumps(dict(measure="ratio_llamacpp", dtype=args.dtype, batch_size=args.batch_size,
+                              ratio=results[0]["tokens_per_s"] / theirs["new_tokens_per_s_incl_prompt"])))
 
 
 if __name__ == "__main__":

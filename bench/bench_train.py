@@ -66,7 +66,7 @@ def main():
     parser.add_argument("--optimizer", default="adam", choices=training.OPTIMIZERS)
     parser.add_argument("--memory_saving_gradients", action="store_true")
     parser.add_argument("--xla", type=lambda v: {"true": True, "false": False}[v.lower()], default=None,
-                        help="true/false: compile the forward and backward pass with XLA (default: training.compile_on)")
+                        help="true/false: compile the forward and backward pass with XLA (default: fast.train_with_xla)")
     parser.add_argument("--peer", metavar="PYTHON", help="the peer venv's python: run hf_generate.py train_bench too")
     args = parser.parse_args()
     path = ensure_model(args.models_dir, args.model_name)

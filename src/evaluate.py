@@ -44,10 +44,10 @@ def check_flags(task, data_file, batch_size, last_token, stop_word_filter):
 def run_task(task, enc, hparams, params, data_file, batch_size, stride, last_token, stop_word_filter):
     """The task's metrics and the number of items scored."""
     import evaluation
-    import score
+    import scoring
     if task in benchmarks.LANGUAGE_MODELLING:
         text, units = benchmarks.read_language_modelling(data_file, task)
-        logits_fn = score.logits_function(params, hparams)
+        logits_fn = scoring.logits_function(params, hparams)
         return evaluation.language_modelling(logits_fn, hparams, enc, text, units, task, stride), units
     if task == "lambada":
         passages = benchmarks.read_lambada(data_file)

@@ -8,7 +8,7 @@
   `stop_word_filter`: the paper's variant, the greedy choice at the target's first token is made
   among the tokens that are not a stop word (STOP_WORDS, after stripping spaces, any case).
 - Language modelling: the detokenized text is scored as one text, as `score.py` scores one
-  (`score.score_tokens`: after <|endoftext|>, in windows moving `stride`); perplexity per BPE
+  (`scoring.score_tokens`: after <|endoftext|>, in windows moving `stride`); perplexity per BPE
   token, per original word (the paper's scaling: the same log-likelihood over the benchmark's
   own word count), bits per byte or per character.
 - CBT: the candidate whose completed query, given the 20 sentences before it, is most likely:
@@ -31,7 +31,7 @@ import numpy as np
 
 import benchmarks
 import detokenizers
-import score
+import scoring
 
 STOP_WORDS = frozenset("""a about above after again against all am an and any are as at be because been before
 being below between both but by can could did do does doing down during each few for from further had has have
@@ -80,7 +80,7 @@ def shared_context_function(params, hparams):
 def fit_window(context, target, n_ctx):
     """(context, target) with the context cut from the left to fit the window, as
     lm-evaluation-harness does; an empty context becomes <|endoftext|>."""
-    context = list(context) or [score.END_OF_TEXT]
+    context = list(context) or [scoring.END_OF_TEXT]
     if len(target) >= n_ctx:
         raise ValueError(f"a target of {len(target)} tokens does not fit the model's window of {n_ctx}")
     return context[max(0, len(context) + len(target) - n_ctx):], list(target)
@@ -170,7 +170,7 @@ def language_modelling(logits_fn, hparams, enc, text, units, task, stride=None):
     text's length in the task's unit (benchmarks.LANGUAGE_MODELLING)."""
     detokenizer, unit = benchmarks.LANGUAGE_MODELLING[task]
     tokens = enc.encode(detokenizers.detokenize(detokenizer, text))
-    nll = -float(np.sum(score.score_tokens(logits_fn, hparams, tokens, stride, bar=True)))
+    nll = -float(np.sum(scoring.score_tokens(logits_fn, hparams, tokens, stride, bar=True)))
     metrics = {"nll": nll, "n_tokens": len(tokens), "token_perplexity": math.exp(nll / len(tokens))}
     if unit == "word":
         metrics["word_perplexity"] = math.exp(nll / units)

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -27,6 +28,7 @@ import tensorflow as tf
 import logs
 import model
 import sample
+import saving
 
 FROZEN_WEIGHTS = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 
@@ -42,11 +44,23 @@ class Choices:
 def choices_for(device_type=None):
     """The fast path's choices on `device_type` ('CPU' or 'GPU'; by default a GPU when
     TensorFlow sees one)."""
-    if device_type is None:
-        device_type = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-    if device_type != "CPU":
+    if (device_type or default_device_type()) != "CPU":
         return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
     return Choices(xla=True)
+
+
+def train_with_xla(dtype, device_type=None):
+    """Whether training's forward and backward pass go through XLA: only in half precision on a
+    CPU, where XLA's matmuls beat oneDNN's conversions (bench_train.py --dtype bfloat16 --xla
+    true/false). In float32 on a CPU it does not win 10% (bench_train.py --xla true/false), and it
+    weakens --memory_saving_gradients, whose recomputation XLA may merge back into the forward
+    pass; on a GPU nothing is measured yet: TensorFlow's default."""
+    return tf.as_dtype(dtype) != tf.float32 and choices_for(device_type).xla
+
+
+def default_device_type():
+    """'GPU' where TensorFlow sees one, else 'CPU': where its ops run by default."""
+    return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
 
 
 def check_weights_can_change(params):
@@ -64,17 +78,43 @@ def check_weights_can_change(params):
                          "which would keep computing with their first values: unset it, or pass tensors")
 
 
+# load_params reads this many bytes of float32 weights at most with one RestoreV2 op.
+READ_BYTES = 256 * 2 ** 20
+
+
 def load_params(prefix, hparams, dtype=tf.float32):
-    """`model.load_params`, with one RestoreV2 op reading every variable at once: several times
-    faster than reading them one by one (bench_startup.py)."""
+    """`model.load_params`, reading the variables with a few RestoreV2 ops rather than one op
+    each (bench_generate.py --alternate load_params), and casting what one read before the next:
+    in half precision the whole model is never held in float32 (bench_generate.py's peak_memory)."""
     model.checkpoint_reader(prefix, hparams)  # checks names and shapes first
-    names = list(model.checkpoint_shapes(hparams))
-    try:
-        values = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                                      dtypes=[tf.float32] * len(names))
-    except tf.errors.OpError as e:
-        raise model.checkpoint_error(prefix, e) from None
-    return model.nest_params(dict(zip(names, values)), hparams, dtype)
+    params = None
+    for names in read_groups(model.checkpoint_shapes(hparams), hparams.n_layer):
+        try:
+            values = saving.read_tensors(prefix, dict.fromkeys(names, tf.float32))
+        except tf.errors.OpError as e:
+            raise model.checkpoint_error(prefix, e) from None
+        nested = model.nest_params(values, hparams, dtype)  # whole layers: a layer's dict is full or empty
+        if params is None:
+            params = nested
+        else:
+            params.update({key: value for key, value in nested.items() if key != "h"})
+            params["h"] = [old or new for old, new in zip(params["h"], nested["h"])]
+    return params
+
+
+def read_groups(shapes, n_layer, limit=READ_BYTES):
+    """The checkpoint's names in groups of whole layers (and the rest: wte, wpe, ln_f), each
+    under `limit` bytes in float32 where a layer allows."""
+    def size(names):
+        return sum(4 * int(np.prod(shapes[name])) for name in names)
+    layers = [[name for name in shapes if not re.match(r"model/h\d+/", name)]]
+    layers += [[name for name in shapes if name.startswith(f"model/h{i}/")] for i in range(n_layer)]
+    groups = [[]]
+    for layer in layers:
+        if groups[-1] and size(groups[-1] + layer) > limit:
+            groups.append([])
+        groups[-1] += layer
+    return groups
 
 
 # --- The model, decoding into the cache -----------------------------------------------------
@@ -167,7 +207,7 @@ def kth_largest(logits, k):
 # (bench_generate.py --top_k 0 --top_p 0.9 --temperature 3, and with --plain top_p_logits).
 NUCLEUS_CANDIDATES = 256
 # How far from p a cumulative probability must be for the candidates to decide: theirs differ from
-# the reference's only in the rounding of the softmax's normaliser, by at most 2**-19 measured.
+# the reference's only in the rounding of the softmax's normaliser (bench/README.md, Top-p).
 MARGIN = 2.0 ** -16
 
 
@@ -217,8 +257,8 @@ def next_token(logits, keys, step, temperature, top_k, top_p, xla):
 # --- The sampler ----------------------------------------------------------------------------
 
 def cache_size(positions, n_ctx, multiple=128):
-    """Positions rounded up to a multiple, so a few compiled shapes serve every length;
-    positions may be a scalar tensor."""
+    """Positions rounded up to a multiple, so a few compiled shapes serve every length (XLA
+    compiles each shape anew: bench_generate.py's warm_up); positions may be a scalar tensor."""
     rounded = -(-positions // multiple) * multiple
     return tf.minimum(rounded, n_ctx + 1) if tf.is_tensor(rounded) else min(rounded, n_ctx + 1)
 
@@ -253,6 +293,7 @@ class Sampler:
         self.choices = choices_for()
         if jit is not None:
             self.choices = dataclasses.replace(self.choices, xla=jit)
+        # The prompt's pass runs without XLA, which would compile anew for each prompt length.
         self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, cache, 0)[1], input_signature=[
             tf.TensorSpec([None, None], tf.int32), cache_spec(hparams, None, self.dtype)])
         self._decoder = tf.function(self._decode_loop, jit_compile=self.choices.xla, autograph=False,

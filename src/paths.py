@@ -2,20 +2,24 @@
 folder whole or not at all."""
 import contextlib
 import os
+import shlex
 import shutil
 import tempfile
 
 
 def download_command(model_name, models_dir="models"):
-    """The command that downloads a model, or repairs a damaged one.
+    """The command that downloads a model, or repairs a damaged one. download_model.py, which
+    runs without src/, builds the same line (its repair_command; tests/test_download.py).
 
     >>> download_command("124M")
     'python3 download_model.py 124M'
-    >>> download_command("355M", "/data/gpt2")
-    'python3 download_model.py 355M --models_dir /data/gpt2'
+    >>> download_command("355M", "/data/my models")
+    "python3 download_model.py 355M --models_dir '/data/my models'"
     """
-    flag = "" if os.path.normpath(models_dir) == "models" else f" --models_dir {models_dir}"
-    return f"python3 download_model.py {model_name}{flag}"
+    words = ["python3", "download_model.py", str(model_name)]
+    if os.path.normpath(models_dir) != "models":
+        words += ["--models_dir", str(models_dir)]
+    return shlex.join(words)
 
 
 @contextlib.contextmanager

@@ -130,6 +130,7 @@ class Servable(tf.Module):
     def __init__(self, params, hparams):
         super().__init__()
         self.params = tf.nest.map_structure(lambda w: tf.Variable(w, trainable=False), params)
+        fast.check_weights_can_change(self.params)  # variables: see there
         self._hparams = hparams
         self.generate = tf.function(self._generate, input_signature=GENERATE_SIGNATURE, autograph=False)
         self.score = tf.function(self._score, input_signature=SCORE_SIGNATURE, autograph=False)

@@ -68,15 +68,6 @@ def make_optimizer(name, learning_rate, dtype):
     return keras.optimizers.LossScaleOptimizer(optimizer) if dtype == tf.float16 else optimizer
 
 
-def compile_on(dtype, device_type=None):
-    """Whether the forward and backward pass go through XLA: only in half precision on a CPU,
-    where XLA's matmuls beat oneDNN's conversions (bench_train.py --dtype bfloat16 --xla
-    true/false). In float32 on a CPU it wins under 10% (bench_train.py --xla true/false), and it
-    weakens --memory_saving_gradients, whose recomputation XLA may merge back into the forward
-    pass; on a GPU nothing is measured yet: TensorFlow's default."""
-    return dtype != tf.float32 and fast.choices_for(device_type).xla
-
-
 class Trainer:
     """The weights, the optimizer and a compiled training step.
 
@@ -90,7 +81,7 @@ class Trainer:
     def __init__(self, values, hparams, *, optimizer="adam", learning_rate=2e-5, dtype=tf.float32,
                  memory_saving=False, only_train_transformer_layers=False, noise=0.0, strategy=None, xla=None):
         self.hparams, self.dtype, self.memory_saving, self.noise = hparams, tf.as_dtype(dtype), memory_saving, noise
-        self.xla = compile_on(self.dtype) if xla is None else xla
+        self.xla = fast.train_with_xla(self.dtype) if xla is None else xla
         self.strategy = strategy or tf.distribute.get_strategy()
         with self.strategy.scope():
             # Variables in `model.model`'s layout, so that a Sampler given them reads their values

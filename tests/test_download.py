@@ -957,3 +957,14 @@ def test_cli_says_in_one_line_that_the_model_does_not_load(store, tmp_path, smal
                       if not line.strip() or "error:" in line or "|" in line]
     assert bars_and_error == proc.stderr.splitlines(), proc.stderr  # nothing from TensorFlow
     assert not (model_dir(tmp_path) / "hparams.json").exists()
+
+
+@pytest.mark.parametrize("models_dir", ["models", "./models/", "/data/my models", "~/gpt2"])
+def test_the_repair_command_is_the_one_the_library_gives(models_dir):
+    """download_model.py runs without src/, so it builds the command itself: the same line as
+    paths.download_command, plus --base_url when it is not the default."""
+    import paths
+    assert download_model.repair_command("355M", models_dir, download_model.DEFAULT_BASE_URL) == \
+        paths.download_command("355M", models_dir)
+    mirror = download_model.repair_command("355M", models_dir, "http://127.0.0.1:8000")
+    assert mirror == paths.download_command("355M", models_dir) + " --base_url http://127.0.0.1:8000"

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import fast
 import model
-import score
+import scoring
 
 # Largest logit and log-probability moves allowed against float32 on the tiny model (measured:
 # bfloat16 0.12 and 0.032, float16 0.015 and 0.006).
@@ -36,8 +36,8 @@ def test_logits_and_logprobs_stay_close_to_float32(tiny, dtype):
     logits = model.model(params, hparams, x)["logits"]
     assert logits.dtype == tf.float32  # softmax and sampling stay in float32
     np.testing.assert_allclose(logits, model.model(full, hparams, x)["logits"], atol=TOLERANCE[dtype][0], rtol=0)
-    half = score.score_tokens(score.logits_function(params, hparams), hparams, x[0].tolist())
-    exact = score.score_tokens(score.logits_function(full, hparams), hparams, x[0].tolist())
+    half = scoring.score_tokens(scoring.logits_function(params, hparams), hparams, x[0].tolist())
+    exact = scoring.score_tokens(scoring.logits_function(full, hparams), hparams, x[0].tolist())
     np.testing.assert_allclose(half, exact, atol=TOLERANCE[dtype][1], rtol=0)
 
 

@@ -19,7 +19,7 @@ import evaluation
 import model
 import reference
 import saving
-import score
+import scoring
 
 from helpers import REPO
 
@@ -60,7 +60,7 @@ def loaded(models_dir, certain, tiny_model):
 def functions(loaded):
     """name -> the compiled continuation function, score.py's logits function and the compiled
     shared-context function (CBT's)."""
-    return {name: (evaluation.continuation_function(params, hparams), score.logits_function(params, hparams),
+    return {name: (evaluation.continuation_function(params, hparams), scoring.logits_function(params, hparams),
                    evaluation.shared_context_function(params, hparams))
             for name, (_, hparams, params) in loaded.items()}
 
@@ -197,10 +197,10 @@ def test_language_modelling_equals_reference(loaded, functions, tiny_model, ref)
     text = PTB_TEXT * 3  # longer than the window: windows of stride 16
     got = evaluation.language_modelling(functions[tiny_model][1], hparams, enc, text, benchmarks.count_words(text),
                                         "ptb", stride=16)
-    tokens = [score.END_OF_TEXT] + enc.encode(detokenizers.detokenize("ptb", text))
+    tokens = [scoring.END_OF_TEXT] + enc.encode(detokenizers.detokenize("ptb", text))
     rh, rw = ref
     want = np.concatenate([reference.logprobs(rh, rw, np.array(tokens[start:end]))[first - start - 1:]
-                           for start, first, end in score.windows(len(tokens), hparams.n_ctx, 16)])
+                           for start, first, end in scoring.windows(len(tokens), hparams.n_ctx, 16)])
     assert got["n_tokens"] == len(tokens) - 1 and len(want) == len(tokens) - 1
     assert got["nll"] == pytest.approx(-want.sum(), rel=1e-5)
     assert got["word_perplexity"] == pytest.approx(math.exp(-want.sum() / (3 * 21 + 3 * 2)), rel=1e-4)

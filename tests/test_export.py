@@ -15,7 +15,7 @@ import fast
 import model
 import reference
 import sample
-import score
+import scoring
 import serving
 from helpers import REPO, random_tokens
 
@@ -61,7 +61,7 @@ FILTERS = [(0, 1.0, 1.0, 0), (40, 1.0, 0.7, 1), (0, 0.9, 1.3, 2), (10, 0.8, 1.0,
 UNIFORM = random_tokens(VOCAB, 3, 6, seed=1)
 RAGGED_LENGTHS = [3, 9, 1]
 RAGGED = np.where(np.arange(9)[None] < np.array(RAGGED_LENGTHS)[:, None], random_tokens(VOCAB, 3, 9, seed=2), -7)
-SCORED = np.concatenate([np.full([3, 1], score.END_OF_TEXT), random_tokens(VOCAB, 3, 11, seed=3)], 1)
+SCORED = np.concatenate([np.full([3, 1], scoring.END_OF_TEXT), random_tokens(VOCAB, 3, 11, seed=3)], 1)
 SCORED_LENGTHS = [12, 5, 1]
 SHAPES = [(1, 1, 64), (3, 1, 1), (1, 63, 2), (3, 64, 1), (2, 30, 20)]  # batch, prompt, length: generate
 SCORE_SHAPES = [(1, 1), (3, 2), (1, 64), (3, 33)]  # batch, n
@@ -250,9 +250,9 @@ def test_score_equals_score_py_and_the_reference(served, tiny, models_dir, tiny_
     got = np.array(served[1]["score"][0]["logprobs"])
     assert got.shape == (3, 11)
     rh, rw = reference.load(os.path.join(models_dir, tiny_model))
-    logits_fn = score.logits_function(params, hparams)
+    logits_fn = scoring.logits_function(params, hparams)
     for row, tokens, n in zip(got, SCORED, SCORED_LENGTHS):
-        np.testing.assert_allclose(row[:n - 1], score.score_tokens(logits_fn, hparams, tokens[1:n]), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(row[:n - 1], scoring.score_tokens(logits_fn, hparams, tokens[1:n]), atol=1e-5, rtol=0)
         np.testing.assert_allclose(row[:n - 1], reference.logprobs(rh, rw, tokens[:n]), atol=1e-4, rtol=0)
         assert not row[n - 1:].any()
 

@@ -11,20 +11,21 @@ import checkpoints
 import model
 import reference
 import score
+import scoring
 
 from helpers import REPO
 
 
 def test_windows_known_answer():
-    assert list(score.windows(10, 4, 2)) == [(0, 1, 4), (2, 4, 6), (4, 6, 8), (6, 8, 10)]
-    assert list(score.windows(3, 4, 2)) == [(0, 1, 3)]
-    assert list(score.windows(7, 4, 3)) == [(0, 1, 4), (3, 4, 7)]
+    assert list(scoring.windows(10, 4, 2)) == [(0, 1, 4), (2, 4, 6), (4, 6, 8), (6, 8, 10)]
+    assert list(scoring.windows(3, 4, 2)) == [(0, 1, 3)]
+    assert list(scoring.windows(7, 4, 3)) == [(0, 1, 4), (3, 4, 7)]
 
 
 @pytest.mark.parametrize("n, n_ctx, stride", [(2, 8, 4), (100, 16, 8), (101, 16, 1), (57, 16, 15)])
 def test_windows_score_each_token_once_with_enough_context(n, n_ctx, stride):
     scored = []
-    for start, first, end in score.windows(n, n_ctx, stride):
+    for start, first, end in scoring.windows(n, n_ctx, stride):
         assert 0 <= start < first < end <= n and end - start <= n_ctx
         assert first - start >= min(first, n_ctx - stride)  # context of the window's first scored token
         scored += range(first, end)
@@ -33,9 +34,9 @@ def test_windows_score_each_token_once_with_enough_context(n, n_ctx, stride):
 
 def reference_logprobs(path, tokens, n_ctx, stride):
     rh, rw = reference.load(path)
-    sequence = np.array([score.END_OF_TEXT] + tokens)
+    sequence = np.array([scoring.END_OF_TEXT] + tokens)
     parts = [reference.logprobs(rh, rw, sequence[start:end])[first - start - 1:]
-             for start, first, end in score.windows(len(sequence), n_ctx, stride)]
+             for start, first, end in scoring.windows(len(sequence), n_ctx, stride)]
     return np.concatenate(parts)
 
 
@@ -51,7 +52,7 @@ def test_logprobs_equal_reference(odd_model, length, stride):
     hparams = model.load_hparams(odd_model)
     params = model.load_params(model.find_checkpoint(odd_model), hparams)
     tokens = np.random.RandomState(length).randint(0, 50257, length).tolist()
-    got = score.score_tokens(score.logits_function(params, hparams), hparams, tokens, stride)
+    got = scoring.score_tokens(scoring.logits_function(params, hparams), hparams, tokens, stride)
     want = reference_logprobs(odd_model, tokens, hparams.n_ctx, stride or hparams.n_ctx // 2)
     assert got.shape == (length,)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
@@ -61,7 +62,7 @@ def test_logprobs_equal_reference(odd_model, length, stride):
 def test_bad_stride_is_rejected(odd_model, stride):
     hparams = model.load_hparams(odd_model)
     with pytest.raises(ValueError, match=r"^stride must be an integer from 1 to n_ctx - 1 \(95\). Received: ") as e:
-        score.score_tokens(None, hparams, [1, 2], stride=stride)
+        scoring.score_tokens(None, hparams, [1, 2], stride=stride)
     assert e.value.argument == "stride"  # the script says --stride
 
 

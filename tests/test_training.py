@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import fast
 import helpers
 import model
 import reference
@@ -169,4 +170,4 @@ def test_sgd_has_no_momentum_and_adam_the_epsilon_of_tf1():
     (tf.bfloat16, "GPU", False),
 ])
 def test_xla_compiles_the_pass_only_where_it_was_measured_to_win(dtype, device, xla):
-    assert training.compile_on(dtype, device) == xla
+    assert fast.train_with_xla(dtype, device) == xla
