@@ -10,6 +10,8 @@ sliding windows over a text longer than the window, CBT's candidates), not the f
 The peer (bench/peer_evaluate.py) tokenizes with transformers' GPT2Tokenizer, scores with its
 PyTorch GPT-2 and writes the protocol again; what it is given is the detokenized text
 (detokenizers.py is held to hand-written outputs in tests/test_detokenizers.py). Never in CI.
+The peer's vocabulary (encoder.json, vocab.bpe) comes from GPT2_VOCAB_DIR, else
+../shared/gpt2-vocab beside the repository.
 """
 import argparse
 import json
@@ -24,13 +26,13 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import benchmarks  # noqa: E402
+import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import detokenizers  # noqa: E402
 import evaluate  # noqa: E402
 import evaluation  # noqa: E402
 from bench_generate import ensure_model  # noqa: E402
 
-VOCAB_DIR = os.environ.get("GPT2_VOCAB_DIR") or os.path.join(ROOT, "tests", "gpt2-vocab")
 WORDS = ("the a man woman dog cat house river king queen said went saw took gave found old little "
          "with and but then there was were had ran walked looked door garden morning night Tom Anna "
          "Boulter Mississippi").split()
@@ -118,6 +120,10 @@ def main():
     parser.add_argument("--models_dir", default=os.path.join(ROOT, "bench", "models"))
     parser.add_argument("--stride", type=int, default=512)
     args = parser.parse_args()
+    try:
+        vocab_dir = checkpoints.find_vocab_dir(os.environ)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     path = ensure_model(args.models_dir, args.model_name)
     enc, hparams, params = cli.load(args.model_name, args.models_dir)
     runs = [(task, {}) for task in benchmarks.TASKS if task not in ("wikitext103", "cbt-ne")]  # same files
@@ -131,7 +137,7 @@ def main():
             job_file = os.path.join(folder, "job.json")
             with open(job_file, "w") as f:
                 json.dump(peer_job(task, files[task], flags, args.stride), f)
-            result = subprocess.run([args.peer, os.path.join(ROOT, "bench", "peer_evaluate.py"), path, VOCAB_DIR,
+            result = subprocess.run([args.peer, os.path.join(ROOT, "bench", "peer_evaluate.py"), path, vocab_dir,
                                      job_file], capture_output=True, text=True, check=True)
             peer = json.loads(result.stdout.splitlines()[-1])
             differences = {name: abs(ours[name] - value) / max(abs(value), 1e-12) for name, value in peer.items()}

@@ -13,7 +13,8 @@
   log-probabilities on the imported folder are held to the peer's on the saved model.
 
 One JSON line per check, with the largest difference of log-probabilities (nats). The peer runs
-in its own Python (torch + transformers), never in CI.
+in its own Python (torch + transformers), never in CI. GPT-2's vocabulary (encoder.json,
+vocab.bpe) comes from GPT2_VOCAB_DIR, else ../shared/gpt2-vocab beside the repository.
 """
 import argparse
 import json
@@ -34,7 +35,6 @@ import checkpoints  # noqa: E402
 import convert_checkpoint  # noqa: E402
 import model  # noqa: E402
 
-VOCAB_DIR = os.environ.get("GPT2_VOCAB_DIR") or os.path.join(ROOT, "tests", "gpt2-vocab")
 SHAPES = {"tiny": checkpoints.TINY,
           "distilgpt2": dict(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=6),
           **checkpoints.OFFICIAL}
@@ -100,9 +100,9 @@ def report(check, shape, ours, theirs, loading=None, files=None):
     return passed
 
 
-def check_export(python, shape, folder, tokens):
+def check_export(python, shape, folder, tokens, vocab_dir):
     """openai -> hf, loaded by the peer."""
-    source = checkpoints.write_checkpoint(os.path.join(folder, "openai"), SHAPES[shape], VOCAB_DIR, seed=1)
+    source = checkpoints.write_checkpoint(os.path.join(folder, "openai"), SHAPES[shape], vocab_dir, seed=1)
     exported = os.path.join(folder, "hf")
     convert_checkpoint.convert(source, exported, "openai", "hf")
     answer = peer(python, do="load", dir=exported, tokens=tokens)
@@ -117,7 +117,7 @@ def check_export(python, shape, folder, tokens):
                                 answer["loading"], sorted(os.listdir(exported)))
 
 
-def check_import(python, shape, folder, tokens, dtype, max_shard_size):
+def check_import(python, shape, folder, tokens, vocab_dir, dtype, max_shard_size):
     """hf (saved by transformers) -> openai, run by model.py."""
     hparams = SHAPES[shape]
     config = dict(vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"], n_embd=hparams["n_embd"],
@@ -126,7 +126,7 @@ def check_import(python, shape, folder, tokens, dtype, max_shard_size):
     answer = peer(python, do="make", dir=saved, config=config, seed=2, dtype=dtype, tokens=tokens,
                   max_shard_size=max_shard_size)
     for openai_name, hf_name in convert_checkpoint.TOKENIZER.items():
-        shutil.copyfile(os.path.join(VOCAB_DIR, openai_name), os.path.join(saved, hf_name))
+        shutil.copyfile(os.path.join(vocab_dir, openai_name), os.path.join(saved, hf_name))
     imported = os.path.join(folder, f"openai-{dtype}")
     convert_checkpoint.convert(saved, imported, "hf", "openai")
     return report(f"hf({dtype}, max_shard_size {max_shard_size})->openai", shape,
@@ -139,14 +139,19 @@ def main():
     parser.add_argument("--shapes", default="tiny,distilgpt2", help=f"comma-separated, of {', '.join(SHAPES)}")
     parser.add_argument("--length", type=int, default=48, help="tokens scored")
     args = parser.parse_args()
+    try:
+        vocab_dir = checkpoints.find_vocab_dir(os.environ)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     passed = True
     for shape in args.shapes.split(","):
         tokens = np.random.RandomState(0).randint(0, SHAPES[shape]["n_vocab"], args.length).tolist()
         with tempfile.TemporaryDirectory() as folder:
-            passed &= check_export(args.peer, shape, folder, tokens)
+            passed &= check_export(args.peer, shape, folder, tokens, vocab_dir)
             size = sum(np.prod(s) for s in model.checkpoint_shapes(model.HParams(**SHAPES[shape])).values()) * 4
-            passed &= check_import(args.peer, shape, folder, tokens, "float32", f"{max(1, size // 3 // 1000)}KB")
-            passed &= check_import(args.peer, shape, folder, tokens, "bfloat16", "10GB")
+            passed &= check_import(args.peer, shape, folder, tokens, vocab_dir, "float32",
+                                   f"{max(1, size // 3 // 1000)}KB")
+            passed &= check_import(args.peer, shape, folder, tokens, vocab_dir, "bfloat16", "10GB")
     sys.exit(0 if passed else 1)
 
 

@@ -20,6 +20,9 @@ OFFICIAL = {
     "1558M": dict(n_vocab=50257, n_ctx=1024, n_embd=1600, n_head=25, n_layer=48),
 }
 TINY = dict(n_vocab=50257, n_ctx=64, n_embd=32, n_head=4, n_layer=2)
+# GPT-2's encoder.json and vocab.bpe where the bench scripts look when GPT2_VOCAB_DIR is unset.
+SHARED_VOCAB_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                "..", "..", "shared", "gpt2-vocab"))
 
 
 def initial_value(name, shape, seed):
@@ -32,6 +35,18 @@ def initial_value(name, shape, seed):
         return 0.3 * tf.random.stateless_normal(shape, seed)
     fan_in = shape[-2] if len(shape) > 1 else 1
     return tf.random.stateless_normal(shape, seed) / fan_in ** 0.5
+
+
+def find_vocab_dir(environ):
+    """The folder of GPT-2's encoder.json and vocab.bpe: GPT2_VOCAB_DIR when it is set, else
+    ../shared/gpt2-vocab beside the repository. ValueError, in one line naming the fix, if either
+    file is missing."""
+    path = environ.get("GPT2_VOCAB_DIR") or SHARED_VOCAB_DIR
+    missing = [name for name in ("encoder.json", "vocab.bpe") if not os.path.isfile(os.path.join(path, name))]
+    if missing:
+        raise ValueError(f"GPT-2 vocabulary not found: {path} has no {' or '.join(missing)}: "
+                         "set GPT2_VOCAB_DIR to a folder with GPT-2's encoder.json and vocab.bpe")
+    return path
 
 
 def write_checkpoint(path, hparams, vocab_dir=None, seed=0):

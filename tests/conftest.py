@@ -5,6 +5,7 @@ import tempfile
 
 import pytest
 
+import encoder
 import helpers
 
 # The scripts the tests start keep XLA's compiled programs in a folder of the session's
@@ -26,6 +27,12 @@ def vocab_dir():
         return helpers.find_vocab_dir(os.environ)
     except ValueError as e:
         pytest.fail(str(e))
+
+
+@pytest.fixture(scope="session")
+def enc(vocab_dir):
+    """The `Encoder` of `vocab_dir`, one for the session's tests."""
+    return encoder.get_encoder(os.path.basename(vocab_dir), os.path.dirname(vocab_dir))
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 import model
+import reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB_DIR = os.path.join(REPO, "tests", "gpt2-vocab")  # OpenAI's encoder.json and vocab.bpe (its README)
@@ -19,6 +20,13 @@ def load(path, dtype=tf.float32):
 def random_tokens(n_vocab, batch, seq, seed=0):
     """[batch, seq] int32 tokens drawn uniformly from the vocabulary."""
     return np.random.RandomState(seed).randint(0, n_vocab, (batch, seq)).astype(np.int32)
+
+
+def reference_logits(path, tokens):
+    """tokens [batch, seq] -> logits [batch, seq, n_vocab] (float64) of the model folder at `path`, by
+    the NumPy reference (reference.py)."""
+    rh, rw = reference.load(path)
+    return np.stack([reference.logits(rh, rw, row) for row in tokens])
 
 
 def find_vocab_dir(environ):

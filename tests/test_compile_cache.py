@@ -11,8 +11,8 @@ import pytest
 
 import compile_cache
 import logs
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAM = "xla_compile_cache__1__2__XLA_CPU_JIT.pb"
 
 

@@ -23,8 +23,8 @@ import convert_checkpoint
 import model
 import reference
 from convert_checkpoint import config_from_hparams, convert, hf_name, hf_shapes, hparams_from_config
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "src", "convert_checkpoint.py")
 DISTILGPT2 = dict(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=6)
 # distilgpt2's config.json as the Hub has it: fields this GPT-2 does not read are ignored.

@@ -1,21 +1,14 @@
 """Training data: known ids of documents, text cut for the pool without changing its ids, the
 dataset's files and .npz arrays, one-line errors, and the windows a run resumes in."""
-import os
 import random
 
 import numpy as np
 import pytest
 
 import dataset
-import encoder
 
 N_VOCAB = 50257
 EOT = 50256
-
-
-@pytest.fixture(scope="module")
-def enc(vocab_dir):
-    return encoder.get_encoder(os.path.basename(vocab_dir), os.path.dirname(vocab_dir))
 
 
 def write(folder, files):

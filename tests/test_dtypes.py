@@ -8,6 +8,7 @@ import tensorflow as tf
 import fast
 import model
 import scoring
+from helpers import random_tokens
 
 # Largest logit and log-probability moves allowed against float32 on the tiny model (measured:
 # bfloat16 0.12 and 0.032, float16 0.015 and 0.006).
@@ -22,17 +23,13 @@ def tiny(models_dir, tiny_model):
     return hparams, load
 
 
-def tokens(batch, n):
-    return np.random.RandomState(1).randint(0, 50257, (batch, n)).astype(np.int32)
-
-
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_logits_and_logprobs_stay_close_to_float32(tiny, dtype):
     hparams, load = tiny
     params, full = load(tf.as_dtype(dtype)), load(tf.float32)
     assert params["h"][0]["mlp"]["c_fc"]["w"].dtype == tf.as_dtype(dtype)
     assert params["h"][0]["ln_1"]["g"].dtype == params["ln_f"]["b"].dtype == tf.float32  # norms compute in float32
-    x = tokens(2, 30)
+    x = random_tokens(hparams.n_vocab, 2, 30, seed=1)
     logits = model.model(params, hparams, x)["logits"]
     assert logits.dtype == tf.float32  # softmax and sampling stay in float32
     np.testing.assert_allclose(logits, model.model(full, hparams, x)["logits"], atol=TOLERANCE[dtype][0], rtol=0)
@@ -46,7 +43,7 @@ def test_greedy_sampling_picks_the_top_token(tiny, dtype):
     """Each greedy token is the plain half-precision model's top choice, up to its rounding."""
     hparams, load = tiny
     params = load(tf.as_dtype(dtype))
-    out = fast.Sampler(params, hparams, top_k=1).sample(tokens(2, 4), 10, seed=1)
+    out = fast.Sampler(params, hparams, top_k=1).sample(random_tokens(hparams.n_vocab, 2, 4, seed=1), 10, seed=1)
     for n in range(4, 14):
         logits = model.model(params, hparams, out[:, :n])["logits"][:, -1].numpy()
         chosen = logits[np.arange(2), out[:, n]]
@@ -56,7 +53,7 @@ def test_greedy_sampling_picks_the_top_token(tiny, dtype):
 def test_masked_scores_do_not_overflow_in_float16(tiny):
     hparams, load = tiny
     params = load(tf.float16)
-    logits = model.model(params, hparams, tokens(1, 64))["logits"]
+    logits = model.model(params, hparams, random_tokens(hparams.n_vocab, 1, 64, seed=1))["logits"]
     assert np.isfinite(logits.numpy()).all()
 
 

@@ -10,7 +10,6 @@ import pytest
 import cli
 import dataset
 import encode
-import encoder
 
 from helpers import REPO
 ENCODE = os.path.join(REPO, "src", "encode.py")
@@ -23,11 +22,6 @@ def run(vocab_dir, no_tensorflow):
     model = ["--model_name", os.path.basename(vocab_dir), "--models_dir", os.path.dirname(vocab_dir)]
     return lambda *words, cwd=None: subprocess.run([sys.executable, ENCODE, *model, *words], capture_output=True,
                                                    text=True, timeout=300, env=no_tensorflow, cwd=cwd)
-
-
-@pytest.fixture(scope="module")
-def enc(vocab_dir):
-    return encoder.get_encoder(os.path.basename(vocab_dir), os.path.dirname(vocab_dir))
 
 
 def test_round_trip_through_the_npz(run, enc, tmp_path):

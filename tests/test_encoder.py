@@ -29,11 +29,6 @@ def original_pieces(text):
 
 
 @pytest.fixture(scope="session")
-def enc(vocab_dir):
-    return encoder.get_encoder(os.path.basename(vocab_dir), os.path.dirname(vocab_dir))
-
-
-@pytest.fixture(scope="session")
 def ref(vocab_dir):
     return original(vocab_dir)
 

@@ -11,16 +11,11 @@ import tensorflow as tf
 import checkpoints
 import fast
 import model
-import reference
 import sample
 import training
-from helpers import REPO, random_tokens
+from helpers import REPO, random_tokens, reference_logits
 
 LOW = np.finfo(np.float32).min
-
-
-def contexts(hparams, batch, n, seed=0):
-    return random_tokens(hparams.n_vocab, batch, n, seed)
 
 
 # --- the sampling step's speed-ups draw the reference's tokens ------------------------------
@@ -117,14 +112,9 @@ def test_a_cumulative_probability_at_p_is_left_to_the_sort(xla):
 
 # --- decoding into the cache ------------------------------------------------------------------
 
-def reference_logits(path, tokens):
-    rh, rw = reference.load(path)
-    return np.stack([reference.logits(rh, rw, row) for row in tokens])
-
-
 def test_decode_fills_the_cache_in_steps_as_the_full_pass_does(models_dir, tiny_model, tiny):
     hparams, params = tiny
-    tokens = contexts(hparams, 2, 20, seed=2)
+    tokens = random_tokens(hparams.n_vocab, 2, 20, seed=2)
     cache = fast.empty_cache(hparams, 2, 24, tf.float32)
     logits = []
     for start, end in [(0, 13), (13, 14), (14, 20)]:
@@ -143,7 +133,7 @@ def test_decode_fills_the_cache_in_steps_as_the_full_pass_does(models_dir, tiny_
 
 def test_top_k_1_is_the_plain_models_argmax(tiny):
     hparams, params = tiny
-    tokens = contexts(hparams, 2, 5)
+    tokens = random_tokens(hparams.n_vocab, 2, 5)
     out = fast.Sampler(params, hparams, top_k=1).sample(tokens, 12, seed=5)
     for _ in range(12):
         logits = model.model(params, hparams, tokens)["logits"][:, -1]
@@ -155,7 +145,7 @@ def test_top_k_1_is_the_plain_models_argmax(tiny):
 @pytest.mark.parametrize("top_k, top_p, temperature", [(0, 1.0, 1.0), (40, 1.0, 0.7), (0, 0.9, 1.3), (10, 0.8, 1.0)])
 def test_cached_sampler_equals_plain_path(tiny, top_k, top_p, temperature, jit):
     hparams, params = tiny
-    context = contexts(hparams, 3, 6, seed=top_k)
+    context = random_tokens(hparams.n_vocab, 3, 6, seed=top_k)
     kwargs = dict(temperature=temperature, seed=11, first_sample=2)
     got = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p, jit=jit).sample(context, 16, **kwargs)
     plain = sample.sample_plain(params, hparams, context, 16, top_k=top_k, top_p=top_p, **kwargs)
@@ -166,7 +156,7 @@ def test_one_token_prompt_and_the_whole_window(tiny):
     hparams, params = tiny
     sampler = fast.Sampler(params, hparams, top_k=5)
     for n, length in [(1, 64), (63, 2), (64, 1)]:
-        context = contexts(hparams, 1, n, seed=n)
+        context = random_tokens(hparams.n_vocab, 1, n, seed=n)
         plain = sample.sample_plain(params, hparams, context, length, top_k=5, seed=1)
         np.testing.assert_array_equal(sampler.sample(context, length, seed=1), plain)
 
@@ -174,7 +164,7 @@ def test_one_token_prompt_and_the_whole_window(tiny):
 def test_ith_sample_is_the_same_whatever_the_batch(tiny):
     hparams, params = tiny
     sampler = fast.Sampler(params, hparams, top_p=0.9)
-    context = contexts(hparams, 1, 4)
+    context = random_tokens(hparams.n_vocab, 1, 4)
     together = sampler.sample(np.repeat(context, 4, 0), 10, seed=3)
     pairs = np.concatenate([sampler.sample(np.repeat(context, 2, 0), 10, seed=3, first_sample=i) for i in (0, 2)])
     alone = np.concatenate([sampler.sample(context, 10, seed=3, first_sample=i) for i in range(4)])
@@ -185,7 +175,7 @@ def test_ith_sample_is_the_same_whatever_the_batch(tiny):
 
 def test_seed_decides_the_samples(tiny):
     hparams, params = tiny
-    context = contexts(hparams, 2, 3)
+    context = random_tokens(hparams.n_vocab, 2, 3)
     a = fast.Sampler(params, hparams).sample(context, 10, seed=1)
     b = fast.Sampler(params, hparams).sample(context, 10, seed=1)
     c = fast.Sampler(params, hparams).sample(context, 10, seed=2)
@@ -197,7 +187,7 @@ def test_seed_decides_the_samples(tiny):
 def test_streamed_chunks_equal_one_call(tiny, jit):
     hparams, params = tiny
     sampler = fast.Sampler(params, hparams, top_k=20, jit=jit)
-    context = contexts(hparams, 2, 5)
+    context = random_tokens(hparams.n_vocab, 2, 5)
     chunks = list(sampler.generate(context, 11, seed=4, chunk=3))
     assert [c.shape for c in chunks] == [(2, 3)] * 3 + [(2, 2)]
     np.testing.assert_array_equal(np.concatenate([context] + chunks, 1), sampler.sample(context, 11, seed=4))
@@ -205,7 +195,7 @@ def test_streamed_chunks_equal_one_call(tiny, jit):
 
 def test_end_token_ends_each_sample(tiny):
     hparams, params = tiny
-    context = contexts(hparams, 3, 2)
+    context = random_tokens(hparams.n_vocab, 3, 2)
     free = fast.Sampler(params, hparams).sample(context, 12, seed=9)
     end = int(free[0, 2 + 4])  # row 0's fifth new token
     stopped = fast.Sampler(params, hparams, end_token=end).sample(context, 12, seed=9)
@@ -218,7 +208,7 @@ def test_end_token_ends_each_sample(tiny):
 
 
 def ragged_prompts(hparams):
-    return [list(row[:n]) for row, n in zip(contexts(hparams, 4, 9, seed=7), [3, 9, 1, 5])]
+    return [list(row[:n]) for row, n in zip(random_tokens(hparams.n_vocab, 4, 9, seed=7), [3, 9, 1, 5])]
 
 
 @pytest.mark.parametrize("jit", [True, False], ids=["xla", "no-xla"])
@@ -253,7 +243,7 @@ def test_sampler_is_traced_once_for_every_batch_and_length(tiny):
     sampler = fast.Sampler(params, hparams, top_k=3)
     runs = [(1, 1, 5, 0), (2, 9, 3, 1), (2, 30, 20, 2), (1, 64, 1, 3), (1, 2, 63, 4), (2, 5, 50, 5), (3, 7, 9, 6)]
     for batch, n, length, seed in runs:
-        assert sampler.sample(contexts(hparams, batch, n), length, seed=seed).shape == (batch, n + length)
+        assert sampler.sample(random_tokens(hparams.n_vocab, batch, n), length, seed=seed).shape == (batch, n + length)
     assert sampler._prefill.experimental_get_tracing_count() == 1
     assert sampler._decoder.experimental_get_tracing_count() == 1
 

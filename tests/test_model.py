@@ -10,19 +10,8 @@ import tensorflow as tf
 
 import checkpoints
 import fast
-import helpers
 import model
-import reference
-from helpers import load
-
-
-def random_tokens(hparams, batch, seq, seed=0):
-    return helpers.random_tokens(hparams.n_vocab, batch, seq, seed)
-
-
-def reference_logits(path, tokens):
-    rh, rw = reference.load(path)
-    return np.stack([reference.logits(rh, rw, row) for row in tokens])
+from helpers import load, random_tokens, reference_logits
 
 
 # --- hparams --------------------------------------------------------------------------------
@@ -185,7 +174,7 @@ def test_corrupt_hparams_is_one_clear_error(models_dir, tiny_model, tmp_path, te
 def test_logits_equal_reference(models_dir, tiny_model):
     path = os.path.join(models_dir, tiny_model)
     hparams, params = load(path)
-    tokens = random_tokens(hparams, 3, 40)
+    tokens = random_tokens(hparams.n_vocab, 3, 40)
     out = model.model(params, hparams, tokens)
     np.testing.assert_allclose(out["logits"], reference_logits(path, tokens), atol=1e-4, rtol=0)
     assert out["present"].shape == [3, hparams.n_layer, 2, hparams.n_head, 40, hparams.head_dim]
@@ -194,7 +183,7 @@ def test_logits_equal_reference(models_dir, tiny_model):
 def test_past_gives_the_same_logits_as_the_full_pass(models_dir, tiny_model):
     path = os.path.join(models_dir, tiny_model)
     hparams, params = load(path)
-    tokens = random_tokens(hparams, 2, 30, seed=1)
+    tokens = random_tokens(hparams.n_vocab, 2, 30, seed=1)
     forward = model.compile_model(params, hparams)
     past = model.empty_past(hparams, 2, tf.float32)
     logits = []
@@ -209,7 +198,7 @@ def test_compiled_forward_is_traced_once(models_dir, tiny_model):
     hparams, params = load(os.path.join(models_dir, tiny_model))
     forward = model.compile_model(params, hparams)
     for batch, seq, past_len in [(1, 5, 0), (2, 17, 0), (3, 1, 9), (1, 64, 0)]:
-        forward(random_tokens(hparams, batch, seq), tf.zeros(model.past_shape(hparams, batch, past_len)))
+        forward(random_tokens(hparams.n_vocab, batch, seq), tf.zeros(model.past_shape(hparams, batch, past_len)))
     assert forward.experimental_get_tracing_count() == 1
 
 
@@ -227,7 +216,7 @@ def test_every_shape_equals_reference(tmp_path, name):
     """The real widths and head counts (n_head 25 for 1558M) with one layer, and odd shapes."""
     path = checkpoints.write_checkpoint(str(tmp_path / name), SHAPES[name])
     hparams, params = load(path)
-    tokens = random_tokens(hparams, 1, min(hparams.n_ctx, 12))
+    tokens = random_tokens(hparams.n_vocab, 1, min(hparams.n_ctx, 12))
     np.testing.assert_allclose(model.model(params, hparams, tokens)["logits"], reference_logits(path, tokens),
                                atol=1e-4, rtol=0)
 
@@ -236,6 +225,6 @@ def test_every_shape_equals_reference(tmp_path, name):
 def test_full_size_124M_checkpoint_equals_reference(tmp_path):
     path = checkpoints.write_checkpoint(str(tmp_path / "124M"), checkpoints.OFFICIAL["124M"])
     hparams, params = load(path)
-    tokens = random_tokens(hparams, 1, 8)
+    tokens = random_tokens(hparams.n_vocab, 1, 8)
     np.testing.assert_allclose(model.model(params, hparams, tokens)["logits"], reference_logits(path, tokens),
                                atol=1e-4, rtol=0)

@@ -5,7 +5,6 @@ import pytest
 import tensorflow as tf
 
 import sample
-from helpers import random_tokens
 
 LOW = np.finfo(np.float32).min
 
@@ -77,10 +76,6 @@ def test_huge_temperature_draws_uniformly_without_nan():
     probs = np.array([0.97, 0.01, 0.01, 0.01])
     counts = np.bincount(draws(probs, 4000, temperature=1e38), minlength=4) / 4000
     np.testing.assert_allclose(counts, 0.25, atol=0.03)
-
-
-def contexts(hparams, batch, n, seed=0):
-    return random_tokens(hparams.n_vocab, batch, n, seed)
 
 
 def test_sample_sequence_keeps_the_originals_arguments(tiny):

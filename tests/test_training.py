@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 
 import fast
-import helpers
 import model
 import reference
 import training
+from helpers import random_tokens
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +19,6 @@ def values(models_dir, tiny_model):
     path = os.path.join(models_dir, tiny_model)
     hparams = model.load_hparams(path)
     return hparams, model.read_checkpoint(model.find_checkpoint(path), hparams)
-
-
-def tokens(hparams, batch, seq, seed=0):
-    return helpers.random_tokens(hparams.n_vocab, batch, seq, seed)
 
 
 def weights(trainer):
@@ -50,12 +46,12 @@ def test_a_model_with_zero_embeddings_has_the_loss_of_a_uniform_guess(values):
     """wte = 0 makes every logit 0: each prediction costs log(n_vocab) nats."""
     hparams, v = values
     trainer = training.Trainer({**v, "model/wte": np.zeros_like(v["model/wte"])}, hparams)
-    np.testing.assert_allclose(trainer.loss(tokens(hparams, 2, 9)), np.log(hparams.n_vocab), rtol=1e-6)
+    np.testing.assert_allclose(trainer.loss(random_tokens(hparams.n_vocab, 2, 9)), np.log(hparams.n_vocab), rtol=1e-6)
 
 
 def test_the_loss_is_the_mean_cross_entropy_of_the_next_token_predictions(values, models_dir, tiny_model):
     hparams, v = values
-    batch = tokens(hparams, 3, 12)
+    batch = random_tokens(hparams.n_vocab, 3, 12)
     rh, rw = reference.load(os.path.join(models_dir, tiny_model))
     np.testing.assert_allclose(training.Trainer(v, hparams).loss(batch), reference_loss(rh, rw, batch), rtol=1e-5)
 
@@ -66,7 +62,7 @@ def test_gradients_agree_with_finite_differences_of_the_reference(values, models
     """For each variable, the derivative of the reference's float64 loss along a random
     direction, by central differences, equals the gradient's dot product with that direction."""
     hparams, v = values
-    batch = tokens(hparams, 2, 10, seed=1)
+    batch = random_tokens(hparams.n_vocab, 2, 10, seed=1)
     rh, rw = reference.load(os.path.join(models_dir, tiny_model))
     grads = gradients(v, hparams, batch)
     rng, eps = np.random.RandomState(0), 1e-5
@@ -81,7 +77,7 @@ def test_gradients_agree_with_finite_differences_of_the_reference(values, models
 
 def test_a_step_moves_the_weights_down_the_gradient(values):
     hparams, v = values
-    batch = tokens(hparams, 2, 16)
+    batch = random_tokens(hparams.n_vocab, 2, 16)
     trainer = training.Trainer(v, hparams, optimizer="sgd", learning_rate=0.1)
     loss = trainer.step(batch[None])
     np.testing.assert_allclose(loss, training.Trainer(v, hparams).loss(batch), rtol=1e-6)  # the loss before the update
@@ -96,7 +92,7 @@ def test_accumulating_k_batches_of_b_is_one_batch_of_k_times_b(values):
     """With SGD, whose update is the gradient itself: Adam divides each gradient by its own
     size, which turns a rounding-level gradient's rounding into an update of learning-rate size."""
     hparams, v = values
-    batch = tokens(hparams, 4, 16)
+    batch = random_tokens(hparams.n_vocab, 4, 16)
     whole = training.Trainer(v, hparams, optimizer="sgd", learning_rate=0.1)
     parts = training.Trainer(v, hparams, optimizer="sgd", learning_rate=0.1)
     for _ in range(2):
@@ -107,7 +103,7 @@ def test_accumulating_k_batches_of_b_is_one_batch_of_k_times_b(values):
 
 def test_memory_saving_gradients_equal_the_plain_ones(values):
     hparams, v = values
-    batch = tokens(hparams, 2, 16)
+    batch = random_tokens(hparams.n_vocab, 2, 16)
     plain, saving = gradients(v, hparams, batch), gradients(v, hparams, batch, memory_saving=True)
     for name, value in plain.items():
         np.testing.assert_allclose(saving[name], value, rtol=1e-5, atol=1e-8, err_msg=name)
@@ -119,7 +115,7 @@ def test_half_precision_gradients_stay_within_its_rounding(values, dtype, tolera
     a few dozen roundings, the gradient of each variable stays within a few percent (bfloat16)
     or under a percent (float16) of float32's, by norm."""
     hparams, v = values
-    batch = tokens(hparams, 2, 16)
+    batch = random_tokens(hparams.n_vocab, 2, 16)
     exact, half = gradients(v, hparams, batch), gradients(v, hparams, batch, tf.as_dtype(dtype))
     for name, value in exact.items():
         assert np.linalg.norm(half[name] - value) <= tolerance * np.linalg.norm(value), name
@@ -128,7 +124,7 @@ def test_half_precision_gradients_stay_within_its_rounding(values, dtype, tolera
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_mixed_precision_keeps_float32_weights_and_learns(values, dtype):
     hparams, v = values
-    batch = tokens(hparams, 2, 16)
+    batch = random_tokens(hparams.n_vocab, 2, 16)
     trainer = training.Trainer(v, hparams, dtype=dtype, learning_rate=1e-2)
     losses = [float(trainer.step(batch[None])) for _ in range(5)]
     assert all(variable.dtype == tf.float32 for variable in tf.nest.flatten(trainer.params))
@@ -138,7 +134,7 @@ def test_mixed_precision_keeps_float32_weights_and_learns(values, dtype):
 def test_only_transformer_layers_leaves_the_embeddings(values):
     hparams, v = values
     trainer = training.Trainer(v, hparams, only_train_transformer_layers=True, learning_rate=1e-2)
-    trainer.step(tokens(hparams, 1, 16)[None])
+    trainer.step(random_tokens(hparams.n_vocab, 1, 16)[None])
     after = weights(trainer)
     for name in v:
         changed = not np.array_equal(after[name], v[name])
@@ -147,7 +143,7 @@ def test_only_transformer_layers_leaves_the_embeddings(values):
 
 def test_noise_is_drawn_from_the_seed_and_replaces_about_that_share(values):
     hparams, _ = values
-    batch = tf.constant(tokens(hparams, 4, 256))
+    batch = tf.constant(random_tokens(hparams.n_vocab, 4, 256))
     a = training.add_noise(batch, 0.25, hparams.n_vocab, tf.constant([3, 1], tf.int64))
     b = training.add_noise(batch, 0.25, hparams.n_vocab, tf.constant([3, 1], tf.int64))
     c = training.add_noise(batch, 0.25, hparams.n_vocab, tf.constant([3, 2], tf.int64))
