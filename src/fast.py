@@ -88,7 +88,7 @@ def load_params(prefix, hparams, dtype=tf.float32):
     in half precision the whole model is never held in float32 (bench_generate.py's peak_memory)."""
     model.checkpoint_reader(prefix, hparams)  # checks names and shapes first
     params = None
-    for names in read_groups(model.checkpoint_shapes(hparams), hparams.n_layer):
+    for names in read_groups(model.checkpoint_shapes(hparams), hparams.n_layer, READ_BYTES):
         try:
             values = saving.read_tensors(prefix, dict.fromkeys(names, tf.float32))
         except tf.errors.OpError as e:
@@ -102,7 +102,7 @@ def load_params(prefix, hparams, dtype=tf.float32):
     return params
 
 
-def read_groups(shapes, n_layer, limit=READ_BYTES):
+def read_groups(shapes, n_layer, limit):
     """The checkpoint's names in groups of whole layers (and the rest: wte, wpe, ln_f), each
     under `limit` bytes in float32 where a layer allows."""
     def size(names):

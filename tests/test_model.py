@@ -77,6 +77,32 @@ def test_params_are_keyed_like_the_checkpoint(models_dir, tiny_model):
     assert len(params["h"]) == hparams.n_layer
 
 
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_the_fast_loader_reads_group_by_group_what_the_reference_reads(models_dir, tiny_model, monkeypatch, dtype):
+    """A read at a time, each a few whole layers (here one, with a limit below a layer's size),
+    cast before the next: the same weights in the same dtypes as model.load_params."""
+    path = os.path.join(models_dir, tiny_model)
+    hparams = model.load_hparams(path)
+    monkeypatch.setattr(fast, "READ_BYTES", 1)
+    grouped = fast.load_params(model.find_checkpoint(path), hparams, dtype)
+    expected = model.load_params(model.find_checkpoint(path), hparams, dtype)
+    assert tf.nest.map_structure(lambda w: w.dtype, grouped) == tf.nest.map_structure(lambda w: w.dtype, expected)
+    tf.nest.map_structure(np.testing.assert_array_equal, grouped, expected)
+
+
+def test_read_groups_are_whole_layers_under_the_limit():
+    hparams = model.default_hparams().override_from_dict(checkpoints.OFFICIAL["124M"])
+    shapes = model.checkpoint_shapes(hparams)
+    groups = fast.read_groups(shapes, hparams.n_layer, 256 * 2 ** 20)
+    assert sorted(sum(groups, [])) == sorted(shapes)  # every name once
+    for group in groups:
+        assert 4 * sum(int(np.prod(shapes[name])) for name in group) <= 256 * 2 ** 20
+        layers = {name.split("/")[1] for name in group if name.startswith("model/h")}
+        assert all(len([n for n in group if n.startswith(f"model/{layer}/")]) == 12 for layer in layers)
+    assert len(groups) == 2  # wte, wpe, ln_f and 3 layers; then 9 layers
+    assert [len(g) for g in fast.read_groups(shapes, hparams.n_layer, 1)] == [4] + [12] * 12
+
+
 def test_missing_model_names_the_download_command(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         model.model_dir("355M", str(tmp_path))
