@@ -1,6 +1,7 @@
 """Fixtures shared by the test layers."""
 import os
 import shutil
+import signal
 import tempfile
 
 import pytest
@@ -11,6 +12,11 @@ import helpers
 # The scripts the tests start keep XLA's compiled programs in a folder of the session's
 # (compile_cache.py), not in the user's ~/.cache.
 os.environ.setdefault("GPT2_XLA_CACHE", tempfile.mkdtemp(prefix="gpt2-tests-xla-"))
+
+# A suite started in the background (`pytest &` in a script) inherits SIGINT ignored, and so would
+# the processes the Ctrl-C tests start, which then never see it: they get the default instead.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionfinish(session):
