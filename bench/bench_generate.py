@@ -54,6 +54,8 @@ PLAIN = {
     "load_params": lambda: setattr(fast, "load_params", model.load_params),
     "top_p_logits": lambda: setattr(fast, "top_p_logits", sample.top_p_logits),
     "block_function": lambda: setattr(fast, "block", fast.block.python_function),  # each layer traced inline
+    "transposed_wte": lambda: setattr(fast, "last_logits", lambda params, h, wte_t: tf.cast(tf.matmul(
+        model.norm(h[:, -1], params["ln_f"]), params["wte"], transpose_b=True), tf.float32)),  # wte transposed in the matmul
 }
 
 

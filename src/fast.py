@@ -173,10 +173,19 @@ def decode(params, hparams, X, cache, start):
     return h, new_cache
 
 
-def last_logits(params, h):
-    """h [batch, seq, n_embd] -> float32 logits [batch, n_vocab] of the last position."""
+def transposed_wte(params):
+    """wte transposed, [n_embd, n_vocab]: the unembedding's matrix, made once a call and passed
+    to the decode loop as an input, so that no compiler folds the transpose back into the
+    matmul. A matmul by it beats one by wte transposed on the fly at batch 8, with XLA and
+    without (bench_generate.py --alternate transposed_wte --batch_size 8)."""
+    return tf.transpose(params["wte"])
+
+
+def last_logits(params, h, wte_t):
+    """h [batch, seq, n_embd], wte_t [n_embd, n_vocab] (`transposed_wte`) -> float32 logits
+    [batch, n_vocab] of the last position."""
     h = model.norm(h[:, -1], params["ln_f"])  # [batch, n_embd]
-    return tf.cast(tf.matmul(h, params["wte"], transpose_b=True), tf.float32)
+    return tf.cast(tf.matmul(h, wte_t), tf.float32)
 
 
 # --- Choosing the next token ----------------------------------------------------------------
@@ -268,7 +277,8 @@ def decode_signature(hparams, dtype):
     return [cache_spec(hparams, None, dtype), tf.TensorSpec([None, None], tf.int32),
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.bool),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
-            tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.float32)]
+            tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.float32),
+            tf.TensorSpec([hparams.n_embd, hparams.n_vocab], dtype)]
 
 
 class Sampler:
@@ -310,19 +320,20 @@ class Sampler:
         with logs.held_back() if first else contextlib.nullcontext():
             return self._decoder(cache, *args)
 
-    def _decode_loop(self, cache, tokens, lengths, done, position, steps, keys, temperature):
+    def _decode_loop(self, cache, tokens, lengths, done, position, steps, keys, temperature, wte_t):
         """Feeds tokens[:, position] and fills up to `steps` positions of tokens[:, position + 1:].
 
         tokens [batch, size] holds the whole sequence; row r's prompt is its first lengths[r]
-        tokens, which a row keeps where it is still inside it. Returns (tokens, cache, done, made).
+        tokens, which a row keeps where it is still inside it. wte_t: `transposed_wte`. Returns
+        (tokens, cache, done, made).
         """
         rows = tf.range(tf.shape(tokens)[0])
 
         def body(i, tokens, cache, done):
             p = position + i
             h, cache = decode(self.params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p)
-            token = next_token(last_logits(self.params, h), keys, p + 1, temperature, self.top_k, self.top_p,
-                               self.choices.xla)
+            token = next_token(last_logits(self.params, h, wte_t), keys, p + 1, temperature, self.top_k,
+                               self.top_p, self.choices.xla)
             if self.end_token is not None:  # a finished sample only repeats end_token
                 token = tf.where(done, self.end_token, token)
             prompt = p + 1 < lengths  # [batch]: rows still inside their prompts, never done
@@ -356,13 +367,14 @@ class Sampler:
             cache = self._prefill(context[:, :shortest - 1], cache)
         tokens = tf.constant(np.pad(context, [(0, 0), (0, size - longest)]))
         done, keys = tf.zeros([batch], tf.bool), sample.sample_keys(seed, first_sample, batch)
+        wte_t = transposed_wte(self.params)  # from the weights' values now
         position, made = shortest - 1, 0  # the position fed next; new tokens yielded of every row
         while made < length and not done.numpy().all():
             want = min(chunk or length, length - made)
             steps = longest - 1 + made + want - position  # the longest prompt's row has `want` more
             tokens, cache, done, k = self._decode(
                 cache, tokens, tf.constant(lengths), done, tf.constant(position), tf.constant(steps), keys,
-                tf.constant(temperature, tf.float32))
+                tf.constant(temperature, tf.float32), wte_t)
             position += int(k)
             new = position + 1 - longest - made  # of every row
             yield np.take_along_axis(tokens.numpy(), lengths[:, None] + made + np.arange(new)[None], axis=1)

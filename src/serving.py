@@ -100,11 +100,12 @@ def generate_tokens(params, hparams, context, lengths, length, temperature, top_
     cache = fast.empty_cache(hparams, batch, fast.cache_size(total, hparams.n_ctx), params["wte"].dtype)
     _, cache = fast.decode(params, hparams, tokens[:, :shortest - 1], cache, 0)
     keys = tf.stack([tf.fill([batch], seed), tf.range(batch, dtype=tf.int64)], 1)  # sample.sample_keys(seed, 0, batch)
-    rows = tf.range(batch)
+    rows, wte_t = tf.range(batch), fast.transposed_wte(params)
 
     def body(p, tokens, cache):  # feeds position p, fills position p + 1
         h, cache = fast.decode(params, hparams, tokens[:, p:p + 1], cache, p)
-        drawn = fast.next_token(fast.last_logits(params, h), keys, p + 1, temperature, top_k, top_p, xla=False)
+        drawn = fast.next_token(fast.last_logits(params, h, wte_t), keys, p + 1, temperature, top_k, top_p,
+                                xla=False)
         token = tf.where(p + 1 < lengths, tokens[:, p + 1], drawn)
         tokens = tf.tensor_scatter_nd_update(tokens, tf.stack([rows, tf.fill([batch], p + 1)], 1), token)
         return p + 1, tokens, cache
