@@ -54,6 +54,7 @@ PLAIN = {
     "load_params": lambda: setattr(fast, "load_params", model.load_params),
     "top_p_logits": lambda: setattr(fast, "top_p_logits", sample.top_p_logits),
     "block_function": lambda: setattr(fast, "block", fast.block.python_function),  # each layer traced inline
+    "xla": lambda: None,  # the decode loop without XLA (--alternate only)
     "transposed_wte": lambda: setattr(fast, "last_logits", lambda params, h, wte_t: tf.cast(tf.matmul(
         model.norm(h[:, -1], params["ln_f"]), params["wte"], transpose_b=True), tf.float32)),  # wte transposed in the matmul
 }
@@ -127,7 +128,8 @@ def alternate(path, args):
     for name in ("fast", "plain"):  # each traced before the next is made: the plain way goes in between
         if name == "plain":
             PLAIN[args.alternate]()
-        samplers[name] = fast.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p, jit=args.jit)
+        jit = False if name == "plain" and args.alternate == "xla" else args.jit
+        samplers[name] = fast.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p, jit=jit)
         samplers[name].sample(context, 4, seed=1)
     rates = {name: [] for name in samplers}
     for _ in range(args.repeats):
