@@ -16,7 +16,6 @@ It computes what `model.model` and `sample.next_token` compute, in another order
 Weights must not change under a compiled Sampler's feet in a way the kernels cannot see: see
 `check_weights_can_change`.
 """
-import contextlib
 import dataclasses
 import functools
 import os
@@ -310,16 +309,13 @@ class Sampler:
             tf.TensorSpec([None, None], tf.int32), cache_spec(hparams, None, self.dtype)])
         self._decoder = tf.function(self._decode_loop, jit_compile=self.choices.xla, autograph=False,
                                     input_signature=decode_signature(hparams, self.dtype))
-        self._compiled = set()  # (batch size, cache size) of the decode loops called
+        self._first_calls = logs.FirstCalls()  # by (batch size, cache size)
 
     def _decode(self, cache, *args):
         """Runs the decode loop. The first call for a batch and cache size compiles it, and the C++
         lines TensorFlow logs then (a program loaded from the disk cache, compile_cache.py, logs an
         error line it recovers from) are held back (logs.py)."""
-        shape = tuple(cache[0].shape[1::2])  # (batch, cache size)
-        first = shape not in self._compiled
-        self._compiled.add(shape)
-        with logs.held_back() if first else contextlib.nullcontext():
+        with self._first_calls(tuple(cache[0].shape[1::2])):  # (batch, cache size)
             return self._decoder(cache, *args)
 
     def _decode_loop(self, cache, tokens, lengths, done, position, steps, keys, temperature, wte_t):

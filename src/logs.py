@@ -54,3 +54,16 @@ def held_back():
             lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
             sys.stderr.write("".join(line for line in lines if not below_level(line, level)))
             sys.stderr.flush()
+
+
+class FirstCalls:
+    """`held_back` around the first call for each key (a compiled program's shape): the calls
+    that compile, when XLA and the disk cache log. Later calls print as they are."""
+
+    def __init__(self):
+        self.seen = set()
+
+    def __call__(self, key=None):
+        first = key not in self.seen
+        self.seen.add(key)
+        return held_back() if first else contextlib.nullcontext()

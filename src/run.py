@@ -5,7 +5,6 @@ The data position is the number of windows taken so far: step after step the run
 next windows of `dataset.Windows`'s seeded order, so that a run saved at step n and resumed
 takes the very windows, and makes the very updates, of a run that never stopped.
 """
-import contextlib
 import math
 import os
 import sys
@@ -70,7 +69,7 @@ class Run:
         self.val_tokens = (self.tokens if settings["val_dataset"] is None else
                            dataset.load_dataset(self.enc, settings["val_dataset"], n_vocab=self.hparams.n_vocab))
         self.length = settings["sequence_length"] or self.hparams.n_ctx
-        self.stepped = False  # whether a step has run, compiled
+        self.first_step = logs.FirstCalls()  # the first step compiles
         if self.length > self.hparams.n_ctx:
             raise ValueError(f"--sequence_length {self.length} is longer than the model's window "
                              f"(n_ctx {self.hparams.n_ctx}): use at most {self.hparams.n_ctx}")
@@ -165,9 +164,8 @@ class Run:
         """One update from the next windows; the loss, or NonFiniteLoss (nothing saved)."""
         windows = self.windows.batch(self.position, per_step)  # [per_step, T]
         windows = windows.reshape(self.s["accumulate_gradients"], -1, windows.shape[-1])
-        with logs.held_back() if not self.stepped else contextlib.nullcontext():  # the first compiles (logs.py)
+        with self.first_step():
             loss = float(self.trainer.step(windows, seed=(self.seed, self.step)))
-        self.stepped = True
         if not math.isfinite(loss):  # the weights of this step made it: a save of them is no good either
             last = saving.forget_step(self.run_dir, self.step) if self.chief else []
             kept = f"the checkpoint of step {last[-1]} is kept" if last else "no checkpoint is kept"

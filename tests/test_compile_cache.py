@@ -129,6 +129,18 @@ def test_the_error_line_of_a_cache_read_counts_as_information():
     assert [logs.below_level(other, level) for level in range(4)] == [False, False, False, True]
 
 
+def test_only_the_first_call_of_each_key_is_held_back(capfd, monkeypatch):
+    """What is written to stderr inside a first call is filtered (its info lines dropped at level
+    1); inside a later call of the same key it goes out as it is."""
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    info = "I0000 00:00:1795673917.853639   18208 cpu_compiler.cc:1] compiling {}\n"
+    first_calls = logs.FirstCalls()
+    for key in [(1, 128), (1, 128), (8, 128)]:
+        with first_calls(key):
+            os.write(2, info.format(key).encode())
+    assert capfd.readouterr().err == info.format((1, 128))
+
+
 @pytest.mark.parametrize("level", [None, "2"], ids=["default", "errors"])
 def test_loading_from_the_cache_prints_nothing(models_dir, tiny_model, cached_runs, level):
     # The scripts' default level (3) and 2, errors only, as many users set it: TensorFlow's other
