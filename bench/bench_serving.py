@@ -44,6 +44,7 @@ def main():
     parser.add_argument("--new_tokens", type=int, default=32)
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--weights_in_loop", action="store_true")
+    parser.add_argument("--xla", action="store_true", help="export with the decode loop compiled by XLA")
     args = parser.parse_args()
     path = ensure_model(args.models_dir, args.model_name)
     hparams = model.load_hparams(path)
@@ -52,13 +53,14 @@ def main():
         serving.Servable._weights = lambda self: self.params
     context = np.full([args.batch_size, 1], 464, np.int32)
     with tempfile.TemporaryDirectory() as folder:
-        serving.export(params, hparams, os.path.join(folder, "1"))
+        serving.export(params, hparams, os.path.join(folder, "1"), xla=args.xla)
         generate = tf.saved_model.load(os.path.join(folder, "1")).signatures["generate"]
         request = dict(context=tf.constant(context), context_length=tf.fill([args.batch_size], 1),
                        temperature=tf.constant(1.0), top_k=tf.constant(40), top_p=tf.constant(1.0),
                        seed=tf.constant(1, tf.int64))
         speed, want = timed(lambda n: generate(length=tf.constant(n), **request)["tokens"].numpy(), args.new_tokens)
-        print(json.dumps({"what": "export" + (" --weights_in_loop" if args.weights_in_loop else ""),
+        print(json.dumps({"what": "export" + (" --weights_in_loop" if args.weights_in_loop else "")
+                          + (" --xla" if args.xla else ""),
                           "tokens_per_s": round(speed * args.batch_size, 2)}))
     for jit in (False, None):
         sampler = fast.Sampler(params, hparams, top_k=40, jit=jit)

@@ -9,7 +9,7 @@ import cli
 import logs
 
 
-def export_model(model_name="124M", models_dir="models", export_dir=None, dtype="float32"):
+def export_model(model_name="124M", models_dir="models", export_dir=None, dtype="float32", xla=False):
     """Export a model as a SavedModel for serving
 
     :model_name=124M : String, which model to export
@@ -18,6 +18,8 @@ def export_model(model_name="124M", models_dir="models", export_dir=None, dtype=
     :export_dir=None : String, the folder to write, which must not exist: a numbered version
      folder, as TF Serving reads them (default exported/<model_name>/1)
     :dtype=float32 : String, weights in float32, bfloat16 or float16
+    :xla=False : Boolean, compile generate's decode loop with XLA: faster on a CPU, where TF
+     Serving must then run with --xla_cpu_compilation_enabled=true
     """
     import fast  # here, not above: cli.main answers --help and bad flags before TensorFlow loads
     import model
@@ -30,11 +32,12 @@ def export_model(model_name="124M", models_dir="models", export_dir=None, dtype=
     hparams = model.load_hparams(path)
     params = fast.load_params(model.find_checkpoint(path), hparams, tf_dtype)
     with logs.held_back():  # the C++ lines that saving graphs logs before absl is set up
-        warmup = serving.export(params, hparams, export_dir)
+        warmup = serving.export(params, hparams, export_dir, xla=xla)
     if not warmup:
         print(f"no {serving.WARMUP} written: TF Serving warmup requests need the tensorflow-serving-api package",
               file=sys.stderr)
-    print(f"exported {model_name} ({dtype}) to {export_dir}: signatures generate (serving_default) and score")
+    compiled = " (its decode loop compiled by XLA)" if xla else ""
+    print(f"exported {model_name} ({dtype}) to {export_dir}: signatures generate{compiled} (serving_default) and score")
 
 
 if __name__ == "__main__":

@@ -254,12 +254,13 @@ def top_p_logits(logits, p):
 
 def next_token(logits, keys, step, temperature, top_k, top_p, xla):
     """`sample.next_token`'s token, faster: top-p filtered by `top_p_logits`, and under XLA top-k
-    by `kth_largest`. Outside XLA, top_k and top_p may be scalar tensors (the exported model's
+    by `kth_largest`. temperature, top_k and top_p may be scalar tensors (the exported model's
     runtime inputs)."""
     logits = sample.with_temperature(logits, temperature)
     if not xla:
         return sample.sample_logits(top_p_logits(sample.top_k_logits(logits, top_k), top_p), keys, step)
-    kept = logits if top_k == 0 else tf.where(logits < kth_largest(logits, top_k), logits.dtype.min, logits)
+    kept = sample.branch(top_k == 0, lambda: logits,
+                         lambda: tf.where(logits < kth_largest(logits, top_k), logits.dtype.min, logits))
     noise = sample.gumbel(sample.stream_state(keys, step)[:, None], tf.range(tf.shape(logits)[1])[None])
     return tf.argmax(top_p_logits(kept, top_p) + noise, axis=-1, output_type=tf.int32)
 

@@ -9,8 +9,9 @@
   [batch, n - 1], each token's natural-log probability given the ones before it (0 past a row's
   length).
 
-The signatures are plain TensorFlow, no XLA, so that a GPU server runs them too; the decode
-loop is one `tf.while_loop`. Bad requests end in an InvalidArgumentError naming the input.
+The signatures are plain TensorFlow by default, so that any server runs them, a GPU's too; the
+decode loop is one `tf.while_loop`, which `export(..., xla=True)` has XLA compile (see there).
+Bad requests end in an InvalidArgumentError naming the input.
 """
 import os
 
@@ -85,32 +86,43 @@ def check_generate(hparams, context, context_length, length, temperature, top_k,
 
 # --- The computations -------------------------------------------------------------------------
 
-def generate_tokens(params, hparams, context, lengths, length, temperature, top_k, top_p, seed):
+def generate_tokens(params, hparams, context, lengths, length, temperature, top_k, top_p, seed, xla=False):
     """context [batch, n] right-padded, lengths [batch] -> [batch, length]: row r's new tokens,
     sample r of `seed`, as the prompt context[r, :lengths[r]] alone gives them.
 
     The prompts' common prefix is fed at once, then one position a step for every row: a row
     still inside its prompt takes its next prompt token rather than the one drawn. So each row
     sees the positions, and draws the random numbers, of its prompt alone (see sample.py).
+    With xla the decode loop is compiled by XLA, once for each batch size and cache size.
     """
     batch = tf.shape(context)[0]
     shortest, total = tf.reduce_min(lengths), tf.reduce_max(lengths) + length
-    tokens = tf.pad(context[:, :total - length], [[0, 0], [0, length]])  # [batch, total]
-    tokens = tf.where(tf.range(total)[None] < lengths[:, None], tokens, 0)  # padding need not be ids
-    cache = fast.empty_cache(hparams, batch, fast.cache_size(total, hparams.n_ctx), params["wte"].dtype)
+    size = fast.cache_size(total, hparams.n_ctx)  # >= total: a few shapes for XLA
+    tokens = tf.pad(context[:, :total - length], [[0, 0], [0, size - total + length]])  # [batch, size]
+    tokens = tf.where(tf.range(size)[None] < lengths[:, None], tokens, 0)  # padding need not be ids
+    cache = fast.empty_cache(hparams, batch, size, params["wte"].dtype)
     _, cache = fast.decode(params, hparams, tokens[:, :shortest - 1], cache, 0)
     keys = tf.stack([tf.fill([batch], seed), tf.range(batch, dtype=tf.int64)], 1)  # sample.sample_keys(seed, 0, batch)
-    rows, wte_t = tf.range(batch), fast.transposed_wte(params)
 
-    def body(p, tokens, cache):  # feeds position p, fills position p + 1
-        h, cache = fast.decode(params, hparams, tokens[:, p:p + 1], cache, p)
-        drawn = fast.next_token(fast.last_logits(params, h, wte_t), keys, p + 1, temperature, top_k, top_p,
-                                xla=False)
-        token = tf.where(p + 1 < lengths, tokens[:, p + 1], drawn)
-        tokens = tf.tensor_scatter_nd_update(tokens, tf.stack([rows, tf.fill([batch], p + 1)], 1), token)
-        return p + 1, tokens, cache
+    def decode_loop(params, wte_t, tokens, cache, start, end, keys, temperature, top_k, top_p, lengths):
+        """Feeds positions start..end - 1 of tokens [batch, size], filling start + 1..end.
+        wte_t: `fast.transposed_wte`, an input so that XLA does not fold it back."""
+        rows = tf.range(tf.shape(tokens)[0])
 
-    _, tokens, _ = tf.while_loop(lambda p, tokens, cache: p < total - 1, body, [shortest - 1, tokens, cache])
+        def body(p, tokens, cache):  # feeds position p, fills position p + 1
+            # tf.gather, not tokens[:, p:p + 1]: XLA (TF 2.20) reads a slice with a traced start wrongly.
+            h, cache = fast.decode(params, hparams, tf.gather(tokens, [p], axis=1), cache, p)
+            drawn = fast.next_token(fast.last_logits(params, h, wte_t), keys, p + 1, temperature, top_k, top_p, xla)
+            token = tf.where(p + 1 < lengths, tf.gather(tokens, p + 1, axis=1), drawn)
+            return p + 1, tf.tensor_scatter_nd_update(tokens, tf.stack([rows, tf.fill(tf.shape(rows), p + 1)], 1),
+                                                      token), cache
+
+        return tf.while_loop(lambda p, tokens, cache: p < end, body, [start, tokens, cache])[1]
+
+    if xla:
+        decode_loop = tf.function(decode_loop, jit_compile=True, autograph=False)
+    tokens = decode_loop(params, fast.transposed_wte(params), tokens, cache, shortest - 1, total - 1, keys, temperature,
+                         top_k, top_p, lengths)
     return tf.gather(tokens, lengths[:, None] + tf.range(length)[None], batch_dims=1)  # [batch, length]
 
 
@@ -126,10 +138,12 @@ def token_logprobs(params, hparams, tokens, lengths):
 
 
 class Servable(tf.Module):
-    """The weights, as variables, and the two signatures' functions."""
+    """The weights, as variables, and the two signatures' functions; with xla, `generate`'s
+    decode loop is compiled by XLA (see `export`)."""
 
-    def __init__(self, params, hparams):
+    def __init__(self, params, hparams, xla=False):
         super().__init__()
+        self._xla = xla
         self.params = tf.nest.map_structure(lambda w: tf.Variable(w, trainable=False), params)
         fast.check_weights_can_change(self.params)  # variables: see there
         self._hparams = hparams
@@ -146,7 +160,7 @@ class Servable(tf.Module):
                                                     top_k, top_p, seed)):
             context = tf.identity(context)
         return {"tokens": generate_tokens(self._weights(), self._hparams, context, context_length, length, temperature,
-                                          top_k, top_p, seed)}
+                                          top_k, top_p, seed, self._xla)}
 
     def _score(self, tokens, lengths):
         checks = check_rows(self._hparams, tokens, lengths, "tokens", "lengths")
@@ -187,12 +201,16 @@ def write_warmup(export_dir, model_name="gpt2"):
     return True
 
 
-def export(params, hparams, export_dir):
+def export(params, hparams, export_dir, xla=False):
     """Writes the SavedModel to export_dir, which must not exist: into a temporary folder beside
     it, renamed when complete, so that no server ever sees half an export. Returns whether the
-    TF Serving warmup file was written (see `write_warmup`)."""
+    TF Serving warmup file was written (see `write_warmup`).
+
+    xla compiles `generate`'s decode loop with XLA: faster on a CPU at small batches
+    (bench_serving.py --xla), but TF Serving then needs --xla_cpu_compilation_enabled=true on a
+    CPU, and compiles the loop at the first request of each batch size and cache size."""
     with paths.new_folder(export_dir, fix="remove it, or export to a new version folder") as temporary:
-        servable = Servable(params, hparams)
+        servable = Servable(params, hparams, xla)
         signatures = {"serving_default": servable.generate, "generate": servable.generate, "score": servable.score}
         tf.saved_model.save(servable, temporary, signatures=signatures)
         warmup = write_warmup(temporary)

@@ -119,11 +119,15 @@ def export(models_dir, tiny_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(export, tmp_path_factory):
     """The loaded export's answers to `requests()`, from a fresh process with only TensorFlow."""
-    asked = requests()
-    folder = tmp_path_factory.mktemp("client")
+    return serve(export[0], requests(), tmp_path_factory.mktemp("client"))
+
+
+def serve(export_dir, asked, folder):
+    """(the client's output, {name: answers}) for asked, {name: [requests]}, from a fresh
+    process with only TensorFlow that loads export_dir."""
     (folder / "requests.json").write_text(json.dumps([r for group in asked.values() for r in group]))
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", SERVE, export[0], "requests.json"], capture_output=True,
+    result = subprocess.run([sys.executable, "-c", SERVE, export_dir, "requests.json"], capture_output=True,
                             text=True, timeout=600, cwd=folder, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.splitlines()[-1])
@@ -301,3 +305,13 @@ def test_a_bfloat16_export_gives_the_bfloat16_samplers_tokens(models_dir, tiny_m
                                         top_p=tf.constant(0.9), seed=tf.constant(4, tf.int64))["tokens"]
     want = fast.Sampler(params, hparams, top_k=10, top_p=0.9, jit=False).sample(UNIFORM, 10, seed=4)[:, 6:]
     np.testing.assert_array_equal(got, want)
+
+
+def test_an_xla_export_gives_the_plain_exports_tokens(tiny, served, tmp_path):
+    hparams, params = tiny
+    serving.export(params, hparams, str(tmp_path / "1"), xla=True)
+    asked = {name: requests()[name] for name in ("filters", "ragged", "greedy")}
+    _, answers = serve(str(tmp_path / "1"), asked, tmp_path)
+    for name in asked:
+        for got, want in zip(answers[name], served[1][name]):
+            np.testing.assert_array_equal(tokens_of(got), tokens_of(want))
