@@ -73,6 +73,9 @@ class Run:
         if self.length > self.hparams.n_ctx:
             raise ValueError(f"--sequence_length {self.length} is longer than the model's window "
                              f"(n_ctx {self.hparams.n_ctx}): use at most {self.hparams.n_ctx}")
+        if settings["top_k"] > self.hparams.n_vocab:  # refused now, not at the first sample after minutes of training
+            raise ValueError(f"--top_k must be at most the vocabulary size {self.hparams.n_vocab}. "
+                             f"Received: {settings['top_k']}")
         self.restore()
 
     def check_writable(self):
