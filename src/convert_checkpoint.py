@@ -352,8 +352,7 @@ def convert(src, dst, source, target):
         raise ValueError(f"--from and --to are both {source}: to copy a folder, use cp -r")
     if not os.path.isdir(src):
         raise FileNotFoundError(f"{src} is not a folder: give the model's folder")
-    if os.path.lexists(dst):  # before the reading, which can take a while
-        raise FileExistsError(f"{dst} exists: give a destination that does not, or remove it first")
+    paths.check_destination(dst)  # before the reading, which can take a while
     check_folder(src, source)
     hparams, values = read_hf(src) if source == "hf" else read_openai(src)
     with paths.new_folder(dst) as folder:

@@ -380,6 +380,12 @@ def test_bad_flags_and_an_existing_destination(openai_dir, hf_dir, tmp_path):
     assert os.listdir(tmp_path / "dst") == []
 
 
+def test_a_destination_that_cannot_be_made_is_refused_before_reading(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder; choose another destination"):
+        convert(str(tmp_path), str(tmp_path / "file" / "dst"), "hf", "openai")  # tmp_path: no model to read
+
+
 def test_a_failure_while_writing_leaves_no_destination(openai_dir, hf_dir, tmp_path, monkeypatch):
     import saving
     import safetensors.numpy
