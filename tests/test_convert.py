@@ -325,6 +325,8 @@ def test_untied_output_weights_are_refused(hf_copy, tmp_path):
     ("missing shard", "model-00002-of-00002.safetensors, which model.safetensors.index.json lists, is missing"),
     ("no vocab.json", "has no vocab.json: copy GPT-2's tokenizer files there"),
     ("bad config", "config.json is not valid JSON"),
+    ("bad vocab.json", "vocab.json is not valid JSON"),
+    ("vocab.json a list", "vocab.json is not a vocabulary (a JSON object of token: id)"),
     ("no config", "has no config.json: it is not a Hugging Face model folder"),
 ])
 def test_other_bad_hf_folders(hf_copy, tmp_path, case, message):
@@ -349,6 +351,9 @@ def test_other_bad_hf_folders(hf_copy, tmp_path, case, message):
     elif case == "bad config":
         with open(os.path.join(hf_copy, "config.json"), "w") as f:
             f.write("{")
+    elif case in ("bad vocab.json", "vocab.json a list"):  # copied as it was, it made a folder no script reads
+        with open(os.path.join(hf_copy, "vocab.json"), "w") as f:
+            f.write("{" if case == "bad vocab.json" else "[1, 2]")
     elif case == "no config":
         os.remove(os.path.join(hf_copy, "config.json"))
     assert message in to_openai(hf_copy, tmp_path)
