@@ -68,6 +68,10 @@ class Run:
         self.tokens = dataset.load_dataset(self.enc, settings["dataset"], n_vocab=self.hparams.n_vocab)
         self.val_tokens = (self.tokens if settings["val_dataset"] is None else
                            dataset.load_dataset(self.enc, settings["val_dataset"], n_vocab=self.hparams.n_vocab))
+        for flag, tokens in (("dataset", self.tokens), ("val_dataset", self.val_tokens)):
+            if len(tokens) < 2:  # dataset.Windows would name its own argument, `tokens`, which is no flag
+                raise ValueError(f"--{flag} {settings[flag]} holds {len(tokens)} token: a window needs 2 or more "
+                                 "(each token is predicted from those before it); give more text")
         self.length = settings["sequence_length"] or self.hparams.n_ctx
         self.first_step = logs.FirstCalls()  # the first step compiles
         if self.length > self.hparams.n_ctx:

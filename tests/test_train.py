@@ -158,6 +158,14 @@ def test_bad_input_is_refused_before_any_work(models_dir, tiny_model, other_mode
     assert not (tmp_path / "checkpoint" / "run1" / "checkpoint").exists()
 
 
+@pytest.mark.parametrize("flag", ["dataset", "val_dataset"])
+def test_a_dataset_of_one_token_names_the_flag(models_dir, tiny_model, text, tmp_path, monkeypatch, flag):
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "one.npz", np.array([5], np.int32))
+    with pytest.raises(ValueError, match=re.escape(f"--{flag} {tmp_path / 'one.npz'} holds 1 token: a window needs")):
+        train_here(models_dir, tiny_model, **{"dataset": text, "steps": 1, flag: str(tmp_path / "one.npz")})
+
+
 def test_a_resume_with_another_seed_or_optimizer_is_refused(models_dir, tiny_model, text, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     common = dict(dataset=text, sequence_length=16)
