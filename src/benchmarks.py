@@ -50,8 +50,12 @@ def check_task(task):
 
 def read_bytes(path):
     """The bytes of a non-empty file."""
-    with open(str(path), "rb") as f:
-        data = f.read()
+    try:
+        with open(str(path), "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, IsADirectoryError) as e:
+        what = "not found" if isinstance(e, FileNotFoundError) else "is a folder"
+        raise type(e)(f"{path} {what}: give the benchmark's test file (README.md, Evaluate)") from None
     if not data:
         raise ValueError(f"{path} is empty: give the benchmark's test file")
     return data
@@ -76,6 +80,9 @@ def read_lambada(path):
             continue
         try:
             record = json.loads(line)
+        except RecursionError:
+            raise ValueError(f"{path} line {number}: JSON nested too deeply; LAMBADA's file has one "
+                             '{"text": "..."} object per line (OpenAI\'s lambada_test.jsonl)') from None
         except ValueError as e:
             raise ValueError(f"{path} line {number}: not JSON ({e.msg}); LAMBADA's file has one "
                              '{"text": "..."} object per line (OpenAI\'s lambada_test.jsonl)') from None
@@ -145,6 +152,10 @@ def cbt_query(path, number, line, context):
                          f"candidate|candidate|...'. Received: {line[:80]!r}")
     query, answer, _, candidates = fields
     candidates = candidates.split("|")
+    if len(candidates) < 2 or "" in candidates or len(set(candidates)) < len(candidates):
+        # one candidate is always right, and the same one twice or an empty one is no CBT question
+        raise ValueError(f"{path} line {number}: expected different, non-empty candidates separated by '|' "
+                         f"(CBT's are {CBT_CANDIDATES}). Received: {'|'.join(candidates)[:80]!r}")
     if answer not in candidates:
         raise ValueError(f"{path} line {number}: the answer {answer!r} is not among the candidates")
     return CbtExample(context, query, answer, candidates)

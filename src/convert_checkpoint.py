@@ -299,6 +299,14 @@ def tokenizer_files(src, names):
     return [os.path.join(src, name) for name in names]
 
 
+def check_vocabulary(path):
+    """ValueError unless the JSON file at `path` maps tokens to ids, as encoder.json and
+    vocab.json do: copied as it is, a broken one would make a folder no script can read."""
+    vocabulary = read_json(path)
+    if not isinstance(vocabulary, dict) or not all(isinstance(i, int) for i in vocabulary.values()):
+        raise ValueError(f"{path} is not a vocabulary (a JSON object of token: id): copy the model's own there")
+
+
 # --- Writing ------------------------------------------------------------------------------------
 
 def write_hf(folder, hparams, values, src):
@@ -352,9 +360,9 @@ def convert(src, dst, source, target):
         raise ValueError(f"--from and --to are both {source}: to copy a folder, use cp -r")
     if not os.path.isdir(src):
         raise FileNotFoundError(f"{src} is not a folder: give the model's folder")
-    if os.path.lexists(dst):  # before the reading, which can take a while
-        raise FileExistsError(f"{dst} exists: give a destination that does not, or remove it first")
+    paths.check_destination(dst)  # before the reading, which can take a while
     check_folder(src, source)
+    check_vocabulary(tokenizer_files(src, TOKENIZER.values() if source == "hf" else TOKENIZER)[0])
     hparams, values = read_hf(src) if source == "hf" else read_openai(src)
     with paths.new_folder(dst) as folder:
         (write_openai if target == "openai" else write_hf)(folder, hparams, values, src)

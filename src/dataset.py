@@ -47,17 +47,41 @@ def dataset_files(path):
         files = folder_files(path)
         if not files:
             raise ValueError(f"{path} is a folder with no files: put the dataset's text files (or .npz) in it")
-        return files
+        return regular_files(files)
     if os.path.exists(path):
-        return [path]
+        return [path]  # a named pipe too (`<(zcat data.gz)`): given by name, it is meant
     if not glob.has_magic(path):
         raise FileNotFoundError(f"{path} not found: give a text file, a folder, a .npz, or a glob pattern such as "
                                 f"'data/*.txt'")
-    files = [file for match in sorted(glob.glob(path, recursive=True))
-             for file in (folder_files(match) if os.path.isdir(match) else [match])]
+    # `**` follows symbolic links to folders, round a loop too: each real file is read once
+    files = once([file for match in sorted(glob.glob(path, recursive=True))
+                  for file in (folder_files(match) if os.path.isdir(os.path.realpath(match)) else [match])])
     if not files:
         raise FileNotFoundError(f"{path} matches no files: check the pattern (quoted, so that the shell leaves it "
                                 f"to this script)")
+    return regular_files(files)
+
+
+def once(files):
+    """`files` without those that are another's file again (through a symbolic link), in order."""
+    seen, kept = set(), []
+    for file in files:
+        real = os.path.realpath(file)
+        if real not in seen:
+            seen.add(real)
+            kept.append(file)
+    return kept
+
+
+def regular_files(files):
+    """`files`, or a ValueError naming the first that is no file to read: a broken or looping
+    symbolic link, or a pipe, socket or device, whose reading would wait forever."""
+    for file in files:
+        if not os.path.isfile(file):
+            what = ("a broken or looping symbolic link" if os.path.islink(file) and not os.path.exists(file)
+                    else "not a regular file (a pipe, socket or device)")
+            raise ValueError(f"{file} is {what}: remove it from the dataset, or name the dataset's files with a "
+                             f"glob pattern")
     return files
 
 
@@ -97,7 +121,11 @@ def read_npz(path, n_vocab):
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = [(name, npz[name]) for name in npz.files]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        other = [name for name, array in arrays if not isinstance(array, np.ndarray)]  # np.load gives their bytes
+        if other:
+            raise ValueError(f"it holds {other[0]!r}, which is not a NumPy array (.npy)")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as e:
+        # MemoryError: an array's header declares more than the memory holds (damaged, or too big here)
         reason = f"{type(e).__name__}: {e}".replace("\n", " ")
         raise ValueError(f"{path} cannot be read as a .npz ({reason}): write it again with encode.py") from None
     if not arrays:

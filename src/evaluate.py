@@ -41,20 +41,30 @@ def check_flags(task, data_file, batch_size, last_token, stop_word_filter):
         raise ValueError(f"--data_file is required for --task {task}: the benchmark's test file (README.md, Evaluate)")
 
 
-def run_task(task, enc, hparams, params, data_file, batch_size, stride, last_token, stop_word_filter):
-    """The task's metrics and the number of items scored."""
+def read_data(task, data_file):
+    """The task's file read and checked: (text, units), passages or CBT examples."""
+    if task in benchmarks.LANGUAGE_MODELLING:
+        return benchmarks.read_language_modelling(data_file, task)
+    if task == "lambada":
+        return benchmarks.read_lambada(data_file)
+    return benchmarks.read_cbt(data_file)
+
+
+def run_task(task, enc, hparams, params, data_file, batch_size, stride, last_token, stop_word_filter, data=None):
+    """The task's metrics and the number of items scored; `data`: read_data's, else it is read."""
     import evaluation
     import scoring
+    data = read_data(task, data_file) if data is None else data
     if task in benchmarks.LANGUAGE_MODELLING:
-        text, units = benchmarks.read_language_modelling(data_file, task)
+        text, units = data
         logits_fn = scoring.logits_function(params, hparams)
         return evaluation.language_modelling(logits_fn, hparams, enc, text, units, task, stride), units
     if task == "lambada":
-        passages = benchmarks.read_lambada(data_file)
+        passages = data
         metrics = evaluation.lambada(evaluation.continuation_function(params, hparams), hparams, enc, passages,
                                      batch_size, last_token=last_token, stop_word_filter=stop_word_filter)
         return metrics, len(passages)
-    examples = benchmarks.read_cbt(data_file)
+    examples = data
     return evaluation.cbt(evaluation.shared_context_function(params, hparams), hparams, enc, examples), len(examples)
 
 
@@ -84,8 +94,10 @@ def evaluate(model_name="124M", models_dir="models", task=None, data_file=None, 
     check_flags(task, data_file, batch_size, last_token, stop_word_filter)
     if data_file is None:
         data_file = benchmarks.fetch_lambada(cli.expand_dir(data_dir), str(lambada_url))
+    data = read_data(task, data_file)  # before the model: a wrong file costs no loading
     enc, hparams, params = cli.load(model_name, models_dir, dtype)
-    metrics, n_items = run_task(task, enc, hparams, params, data_file, batch_size, stride, last_token, stop_word_filter)
+    metrics, n_items = run_task(task, enc, hparams, params, data_file, batch_size, stride, last_token,
+                                stop_word_filter, data)
     shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items() if isinstance(value, float))
     print(f"{task} ({data_file}, {n_items} {'units' if task in benchmarks.LANGUAGE_MODELLING else 'items'}): "
           f"{shown} ({model_name}, {dtype})")

@@ -210,7 +210,11 @@ def cbt(function, hparams, enc, examples):
     file's order). Shows a progress bar."""
     from tqdm import tqdm
     correct = []
-    for example in tqdm(examples, desc="CBT", unit="question", disable=None):
-        scores = shared_context_scores(function, hparams, cbt_pairs(enc, example))
+    for number, example in enumerate(tqdm(examples, desc="CBT", unit="question", disable=None), 1):
+        try:
+            scores = shared_context_scores(function, hparams, cbt_pairs(enc, example))
+        except ValueError as e:  # a candidate's completed query longer than the window
+            raise ValueError(f"CBT question {number} (query {example.query[:40]!r}): {e}; CBT's queries are "
+                             "one sentence: check the file") from None
         correct.append(example.candidates[int(np.argmax(scores))] == example.answer)
     return {"accuracy": float(np.mean(correct)), "n_questions": len(examples)}

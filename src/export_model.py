@@ -7,6 +7,7 @@ import sys
 
 import cli
 import logs
+import paths
 
 
 def export_model(model_name="124M", models_dir="models", export_dir=None, dtype="float32", xla=False):
@@ -25,8 +26,7 @@ def export_model(model_name="124M", models_dir="models", export_dir=None, dtype=
     import model
     import serving
     export_dir = os.path.join("exported", str(model_name), "1") if export_dir is None else str(export_dir)
-    if os.path.exists(export_dir):  # before the minutes of loading
-        raise FileExistsError(f"{export_dir} exists: remove it, or export to a new version folder")
+    paths.check_destination(export_dir, fix="remove it, or export to a new version folder")  # before the loading
     tf_dtype = cli.parse_dtype(dtype)
     path = model.model_dir(str(model_name), cli.expand_dir(models_dir))
     hparams = model.load_hparams(path)

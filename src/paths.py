@@ -22,16 +22,34 @@ def download_command(model_name, models_dir="models"):
     return shlex.join(words)
 
 
+def check_destination(dst, fix="give a destination that does not, or remove it first"):
+    """FileExistsError, saying `fix`, if `dst` exists; an OSError naming the reason if no folder
+    can be made there (a file on the way, a folder this user cannot write): for a script to call
+    before the work whose result goes there."""
+    if os.path.lexists(dst):
+        raise FileExistsError(f"{dst} exists: {fix}")
+    above = os.path.dirname(os.path.abspath(dst))
+    while not os.path.lexists(above):  # the nearest existing path above, which makedirs starts from
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise NotADirectoryError(f"cannot make {dst}: {above} is a file, not a folder; choose another destination")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot make {dst}: {above} is not writable by this user; choose another "
+                              "destination")
+
+
 @contextlib.contextmanager
 def new_folder(dst, fix="give a destination that does not, or remove it first"):
     """A temporary folder beside `dst`, renamed to `dst` when the block ends and removed if it
     fails (Ctrl-C too): `dst` is a whole folder, or absent. FileExistsError, saying `fix`, if
-    `dst` exists."""
-    if os.path.lexists(dst):
-        raise FileExistsError(f"{dst} exists: {fix}")
+    `dst` exists; see `check_destination`."""
+    check_destination(dst, fix)
     parent = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(parent, exist_ok=True)
-    temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(dst))}.tmp-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(dst))}.tmp-", dir=parent)
+    except OSError as e:  # what access() does not foresee: /proc, a full disk
+        raise type(e)(f"cannot make {dst} ({e.strerror}): choose another destination") from None
     try:
         yield temporary
         usual_modes(temporary)

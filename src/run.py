@@ -68,11 +68,18 @@ class Run:
         self.tokens = dataset.load_dataset(self.enc, settings["dataset"], n_vocab=self.hparams.n_vocab)
         self.val_tokens = (self.tokens if settings["val_dataset"] is None else
                            dataset.load_dataset(self.enc, settings["val_dataset"], n_vocab=self.hparams.n_vocab))
+        for flag, tokens in (("dataset", self.tokens), ("val_dataset", self.val_tokens)):
+            if len(tokens) < 2:  # dataset.Windows would name its own argument, `tokens`, which is no flag
+                raise ValueError(f"--{flag} {settings[flag]} holds {len(tokens)} token: a window needs 2 or more "
+                                 "(each token is predicted from those before it); give more text")
         self.length = settings["sequence_length"] or self.hparams.n_ctx
         self.first_step = logs.FirstCalls()  # the first step compiles
         if self.length > self.hparams.n_ctx:
             raise ValueError(f"--sequence_length {self.length} is longer than the model's window "
                              f"(n_ctx {self.hparams.n_ctx}): use at most {self.hparams.n_ctx}")
+        if settings["top_k"] > self.hparams.n_vocab:  # refused now, not at the first sample after minutes of training
+            raise ValueError(f"--top_k must be at most the vocabulary size {self.hparams.n_vocab}. "
+                             f"Received: {settings['top_k']}")
         self.restore()
 
     def check_writable(self):

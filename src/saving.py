@@ -44,6 +44,9 @@ def atomic_write(path, text):
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(f.name, 0o666 & ~umask)  # the umask's mode, not the temporary's 0600: others read the run folder too
     os.replace(f.name, path)
 
 
@@ -77,6 +80,8 @@ def copy_model_files(source_dir, run_dir):
 def save(run_dir, step, variables, optimizer_variables, state):
     """Saves step `step` into run_dir: variables {checkpoint name: variable}, the optimizer's
     variables (by position) and state {step, position, seed}; keeps the last KEEP saves."""
+    if step not in saved_steps(run_dir):
+        remove_step(run_dir, step)  # what a save of this step that was killed left, TensorFlow's temporaries too
     write_tensors(os.path.join(run_dir, f"model-{step}"), variables)
     extra = {f"optimizer/{i}": v for i, v in enumerate(optimizer_variables)}
     extra.update({name: tf.constant(state[name], tf.int64) for name in STATE})
@@ -102,9 +107,12 @@ def forget_step(run_dir, step):
 
 
 def remove_step(run_dir, step):
-    """Deletes the files of one saved step."""
+    """Deletes the files of one saved step, and the temporaries (NAME.tempstateN, NAME_temp/)
+    that TensorFlow writes them through."""
     for name in os.listdir(run_dir):
-        if re.fullmatch(rf"(model|state)-{step}\.(index|data-\d+-of-\d+)", name):
+        if re.fullmatch(rf"(model|state)-{step}_temp", name):
+            shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
+        elif re.fullmatch(rf"(model|state)-{step}\.(index|data-\d+-of-\d+)(\.tempstate\d+)?", name):
             os.remove(os.path.join(run_dir, name))
 
 

@@ -8,6 +8,7 @@ The run's folder CHECKPOINT_DIR/RUN_NAME is a model folder like models/124M (see
 with the optimizer's state, the step and the data position beside the weights, so that
 `--restore_from latest` (the default) continues a run exactly where it stopped.
 """
+import math
 import os
 
 import cli
@@ -76,8 +77,12 @@ def check_flags(**flags):
         if flags[name] is not None and (not is_integer(flags[name]) or flags[name] < 1 + (name == "sequence_length")):
             raise ValueError(f"--{name} must be a positive integer{' >= 2' if name == 'sequence_length' else ''} "
                              f"or None. Received: {flags[name]!r}")
-    if not is_number(flags["learning_rate"]) or not flags["learning_rate"] > 0:
+    if not is_number(flags["learning_rate"]) or not 0 < flags["learning_rate"] < math.inf:
         raise ValueError(f"--learning_rate must be a positive number. Received: {flags['learning_rate']!r}")
+    if not is_number(flags["top_p"]) or not 0 < flags["top_p"] <= 1:  # before training, not at the first sample
+        raise ValueError(f"--top_p must be in (0, 1] (1: no nucleus filter). Received: {flags['top_p']!r}")
+    if flags["dtype"] not in cli.DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(cli.DTYPES)}. Received: {flags['dtype']!r}")
     if not is_number(flags["noise"]) or not 0 <= flags["noise"] <= 1:
         raise ValueError(f"--noise must be a number from 0 to 1. Received: {flags['noise']!r}")
     if flags["optimizer"] not in ("adam", "sgd"):

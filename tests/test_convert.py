@@ -325,6 +325,8 @@ def test_untied_output_weights_are_refused(hf_copy, tmp_path):
     ("missing shard", "model-00002-of-00002.safetensors, which model.safetensors.index.json lists, is missing"),
     ("no vocab.json", "has no vocab.json: copy GPT-2's tokenizer files there"),
     ("bad config", "config.json is not valid JSON"),
+    ("bad vocab.json", "vocab.json is not valid JSON"),
+    ("vocab.json a list", "vocab.json is not a vocabulary (a JSON object of token: id)"),
     ("no config", "has no config.json: it is not a Hugging Face model folder"),
 ])
 def test_other_bad_hf_folders(hf_copy, tmp_path, case, message):
@@ -349,6 +351,9 @@ def test_other_bad_hf_folders(hf_copy, tmp_path, case, message):
     elif case == "bad config":
         with open(os.path.join(hf_copy, "config.json"), "w") as f:
             f.write("{")
+    elif case in ("bad vocab.json", "vocab.json a list"):  # copied as it was, it made a folder no script reads
+        with open(os.path.join(hf_copy, "vocab.json"), "w") as f:
+            f.write("{" if case == "bad vocab.json" else "[1, 2]")
     elif case == "no config":
         os.remove(os.path.join(hf_copy, "config.json"))
     assert message in to_openai(hf_copy, tmp_path)
@@ -378,6 +383,12 @@ def test_bad_flags_and_an_existing_destination(openai_dir, hf_dir, tmp_path):
     line = fails("--from", "openai", "--to", "hf", openai_dir, str(tmp_path / "dst"))
     assert line == f"error: {tmp_path / 'dst'} exists: give a destination that does not, or remove it first"
     assert os.listdir(tmp_path / "dst") == []
+
+
+def test_a_destination_that_cannot_be_made_is_refused_before_reading(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder; choose another destination"):
+        convert(str(tmp_path), str(tmp_path / "file" / "dst"), "hf", "openai")  # tmp_path: no model to read
 
 
 def test_a_failure_while_writing_leaves_no_destination(openai_dir, hf_dir, tmp_path, monkeypatch):

@@ -1,6 +1,10 @@
 """Training data: known ids of documents, text cut for the pool without changing its ids, the
 dataset's files and .npz arrays, one-line errors, and the windows a run resumes in."""
+import os
+import pickle
 import random
+import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -138,6 +142,44 @@ def test_npz_arrays_must_be_token_ids(enc, tmp_path, array, message):
     with pytest.raises(ValueError) as e:
         dataset.load_dataset(enc, path, n_vocab=N_VOCAB)
     assert str(e.value).startswith(f"{path}: {message}") and "\n" not in str(e.value)
+
+
+def test_npz_members_that_are_not_arrays_are_one_line(enc, tmp_path):
+    # np.load gives a member that is not a .npy (a name without .npy, or a pickle under one) as its bytes
+    for name, content in (("readme.txt", b"hi"), ("arr_0.npy", pickle.dumps([1, 2]))):
+        path = str(tmp_path / "bad.npz")
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(name, content)
+        with pytest.raises(ValueError, match=re.escape(f"{path} cannot be read as a .npz (ValueError: it holds "
+                                                       f"{name.removesuffix('.npy')!r}, which is not a NumPy array")):
+            dataset.load_dataset(enc, path, n_vocab=N_VOCAB)
+
+
+def test_an_npz_declaring_an_array_larger_than_memory_is_one_line(enc, tmp_path):
+    header = b"{'descr': '<i4', 'fortran_order': False, 'shape': (1000000000000,), }"
+    header += b" " * (117 - len(header)) + b"\n"
+    path = str(tmp_path / "forged.npz")
+    with zipfile.ZipFile(path, "w") as z:  # 150 bytes saying 4 TB follow
+        z.writestr("arr_0.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(16))
+    with pytest.raises(ValueError, match=re.escape(f"{path} cannot be read as a .npz (MemoryError: ")):
+        dataset.load_dataset(enc, path, n_vocab=N_VOCAB)
+
+
+def test_a_pipe_or_broken_link_in_a_folder_is_named_not_waited_on(enc, tmp_path):
+    write(tmp_path / "data", {"a.txt": "a"})
+    os.mkfifo(tmp_path / "data" / "fifo")  # reading it would wait for a writer forever
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'data' / 'fifo'} is not a regular file")):
+        dataset.dataset_files(str(tmp_path / "data"))
+    os.remove(tmp_path / "data" / "fifo")
+    os.symlink("nowhere", tmp_path / "data" / "link")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'data' / 'link'} is a broken or looping symbolic")):
+        dataset.dataset_files(str(tmp_path / "data" / "*"))
+
+
+def test_a_glob_through_a_link_loop_reads_each_file_once(enc, tmp_path):
+    write(tmp_path / "data", {"a.txt": "a"})
+    os.symlink("../data", tmp_path / "data" / "self")  # `**` follows it round and round
+    assert dataset.dataset_files(str(tmp_path / "data" / "**" / "*.txt")) == [str(tmp_path / "data" / "a.txt")]
 
 
 # --- Windows -------------------------------------------------------------------------------------

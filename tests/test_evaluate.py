@@ -3,6 +3,7 @@ tiny model, the file formats and their errors, LAMBADA's download, the command l
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -274,6 +275,7 @@ def test_count_words_counts_an_end_of_sentence_per_line():
     (b'{"text": "a b"}\nnot json\n', "line 2: not JSON"),
     (b'{"text": "a b"}\n{"txt": "a b"}\n', r"line 2: expected an object whose \"text\" is a passage of several words"),
     (b'{"text": "alone"}\n', "line 1: expected an object"),
+    (b"[" * 100000 + b"]" * 100000 + b"\n", "line 1: JSON nested too deeply"),
     (b'{"text": "caf\xe9 au lait"}\n', r"line 1: not UTF-8 text \(invalid continuation byte at byte 13\)"),
 ])
 def test_lambada_file_errors_name_the_line(tmp_path, content, message):
@@ -304,6 +306,9 @@ def test_lambada_file_reads_passages_and_skips_blank_lines(tmp_path):
     (CBT_CONTEXT.replace("7 ``", "8 ``"), "line 7: expected line number 7 of an example, found '8'"),
     (CBT_CONTEXT[:200] + "\n\n", "example cut short after"),
     ("\n\n", "holds no CBT example"),
+    (CBT_CONTEXT + "21 The XXXXX ran .\tdog\t\tdog\n", "line 21: expected different, non-empty candidates"),
+    (CBT_CONTEXT + "21 The XXXXX ran .\tdog\t\tdog|cat|dog\n", "line 21: expected different, non-empty"),
+    (CBT_CONTEXT + "21 The XXXXX ran .\tdog\t\tdog||cat\n", "line 21: expected different, non-empty"),
 ])
 def test_cbt_file_errors_name_the_line(tmp_path, content, message):
     path = tmp_path / "cbt.txt"
@@ -341,11 +346,19 @@ def test_bad_flags_are_refused_before_loading(flags, message):
         evaluate.evaluate(model_name="absent", models_dir="/nonexistent", **flags)
 
 
-def test_missing_data_file_is_one_line(models_dir, tiny_model, tmp_path):
-    with pytest.raises(OSError, match="No such file or directory") as e:
-        evaluate.evaluate(model_name=tiny_model, models_dir=models_dir, task="wikitext2",
-                          data_file=str(tmp_path / "no"))
+@pytest.mark.parametrize("task", ["wikitext2", "lambada", "cbt-cn"])
+def test_missing_data_file_is_one_line_before_loading(tmp_path, task):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'no'} not found: give the benchmark's "
+                                                          "test file")) as e:
+        evaluate.evaluate(model_name="absent", models_dir="/nonexistent", task=task, data_file=str(tmp_path / "no"))
     assert "\n" not in str(e.value)
+
+
+def test_a_cbt_query_longer_than_the_window_names_the_question(loaded, functions, tiny_model):
+    enc, hparams, _ = loaded[tiny_model]
+    example = benchmarks.CbtExample(["Tom ran ."], "XXXXX ran .", "Tom", ["Tom", "cat " * hparams.n_ctx])
+    with pytest.raises(ValueError, match=re.escape("CBT question 1 (query 'XXXXX ran .'): a target of")):
+        evaluation.cbt(functions[tiny_model][2], hparams, enc, [example])
 
 
 # --- LAMBADA's download ------------------------------------------------------------------------

@@ -177,6 +177,25 @@ def test_an_existing_export_dir_is_refused_in_one_line(export, models_dir, tiny_
     assert cli.error_line(e.value) == f"error: {export[0]} exists: remove it, or export to a new version folder"
 
 
+def test_an_export_dir_that_cannot_be_made_is_refused_before_loading(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError) as e:  # "absent": refused before the model is looked for
+        export_model.export_model("absent", str(tmp_path), str(tmp_path / "file" / "1"))
+    assert cli.error_line(e.value) == (f"error: cannot make {tmp_path / 'file' / '1'}: {tmp_path / 'file'} is a "
+                                       "file, not a folder; choose another destination")
+
+
+def test_a_failure_to_make_the_export_dir_names_it(tiny, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(serving.paths.tempfile, "mkdtemp", full)
+    hparams, params = tiny
+    with pytest.raises(OSError) as e:
+        serving.export(params, hparams, str(tmp_path / "gpt2" / "1"))
+    assert cli.error_line(e.value) == (f"error: cannot make {tmp_path / 'gpt2' / '1'} (No space left on device): "
+                                       "choose another destination")
+
+
 def test_a_failed_export_leaves_nothing(tiny, tmp_path, monkeypatch):
     hparams, params = tiny
     monkeypatch.setattr(serving, "write_warmup", lambda folder: 1 / 0)

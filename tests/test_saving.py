@@ -74,3 +74,22 @@ def test_forgetting_a_bad_save_makes_the_one_before_the_latest(tmp_path):
     assert not (tmp_path / "model-2.index").exists()
     assert saving.forget_step(str(tmp_path), 1) == []
     assert tf.train.latest_checkpoint(str(tmp_path)) is None
+
+
+def test_a_killed_saves_leftovers_go_when_the_step_is_saved_again(tmp_path):
+    save(tmp_path, 1)
+    leftover = tmp_path / "model-2.data-00000-of-00001.tempstate3071860897808392044"  # as kill -9 left one
+    leftover.write_bytes(b"\0" * 100)
+    (tmp_path / "state-2_temp").mkdir()
+    save(tmp_path, 2)
+    assert not leftover.exists() and not (tmp_path / "state-2_temp").exists()
+    assert saving.saved_steps(str(tmp_path)) == [1, 2]
+
+
+def test_the_checkpoint_file_has_the_umasks_mode(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        save(tmp_path, 1)
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "checkpoint").stat().st_mode & 0o777 == 0o644  # readable by the container's user too

@@ -146,6 +146,7 @@ def other_model(models_dir, vocab_dir):
     ({"checkpoint_dir": "{text}"}, PermissionError, "cannot create"),
     ({"dataset": "{tmp}/*.nothing"}, FileNotFoundError, "*.nothing"),
     ({"sequence_length": 65}, ValueError, "longer than the model's window (n_ctx 64)"),
+    ({"top_k": 50258, "steps": 2, "save_every": 1, "sample_every": 2}, ValueError, "--top_k must be at most the vocabulary size 50257"),
 ])
 def test_bad_input_is_refused_before_any_work(models_dir, tiny_model, other_model, text, tmp_path, monkeypatch,
                                               changes, error, message):
@@ -155,6 +156,14 @@ def test_bad_input_is_refused_before_any_work(models_dir, tiny_model, other_mode
     with pytest.raises(error, match=re.escape(message)):
         train_here(models_dir, tiny_model, **{"dataset": text, "steps": 1, **changes})
     assert not (tmp_path / "checkpoint" / "run1" / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("flag", ["dataset", "val_dataset"])
+def test_a_dataset_of_one_token_names_the_flag(models_dir, tiny_model, text, tmp_path, monkeypatch, flag):
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "one.npz", np.array([5], np.int32))
+    with pytest.raises(ValueError, match=re.escape(f"--{flag} {tmp_path / 'one.npz'} holds 1 token: a window needs")):
+        train_here(models_dir, tiny_model, **{"dataset": text, "steps": 1, flag: str(tmp_path / "one.npz")})
 
 
 def test_a_resume_with_another_seed_or_optimizer_is_refused(models_dir, tiny_model, text, tmp_path, monkeypatch):
@@ -183,6 +192,10 @@ def flags(**changes):
     ({"batch_size": 0}, "--batch_size must be an integer >= 1"),
     ({"steps": 1.5}, "--steps must be an integer >= 0"),
     ({"seed": 2 ** 63}, "--seed must be an integer from 0 to 2**63 - 1"),
+    ({"learning_rate": float("inf")}, "--learning_rate must be a positive number"),
+    ({"top_p": 2}, "--top_p must be in (0, 1]"),
+    ({"top_p": 0}, "--top_p must be in (0, 1]"),
+    ({"dtype": "float8"}, "--dtype must be one of float32, bfloat16, float16"),
 ])
 def test_bad_flags_are_named(changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
