@@ -140,7 +140,8 @@ class Run:
         """Trains until --steps (or Ctrl-C), then saves."""
         s = self.s
         if s["steps"] and self.step >= s["steps"]:
-            print(f"{self.run_dir} is at step {self.step} already: raise --steps to train on", file=sys.stderr)
+            # restored_from: with --restore_from PATH the step is PATH's, not this run's
+            print(f"{self.restored_from} is at step {self.step} already: raise --steps to train on", file=sys.stderr)
             return
         print(f"training {s['model_name']} from {self.restored_from} at step {self.step}, seed {self.seed}: "
               f"{len(self.tokens):,} tokens in windows of {self.windows.length}", file=sys.stderr)

@@ -99,6 +99,16 @@ def test_a_resumed_run_makes_the_updates_of_one_that_never_stopped(models_dir, t
     assert "at step 6 already" in capsys.readouterr().err
 
 
+def test_a_run_started_from_another_runs_save_names_that_save_when_it_is_done(models_dir, tiny_model, text,
+                                                                              tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    common = dict(dataset=text, sequence_length=16, checkpoint_dir=str(tmp_path), steps=2, seed=7)
+    train_here(models_dir, tiny_model, **common, run_name="first")
+    capsys.readouterr()
+    train_here(models_dir, tiny_model, **common, run_name="second", restore_from=str(tmp_path / "first"))
+    assert f"{tmp_path / 'first' / 'model-2'} is at step 2 already" in capsys.readouterr().err
+
+
 def test_ctrl_c_saves_then_exits(models_dir, tiny_model, text, tmp_path):
     process = subprocess.Popen([sys.executable, TRAIN, "--model_name", tiny_model, "--models_dir", models_dir,
                                 "--dataset", text, "--sequence_length", "16", "--sample_every", "1",
