@@ -80,8 +80,11 @@ def copy_model_files(source_dir, run_dir):
 def save(run_dir, step, variables, optimizer_variables, state):
     """Saves step `step` into run_dir: variables {checkpoint name: variable}, the optimizer's
     variables (by position) and state {step, position, seed}; keeps the last KEEP saves."""
-    if step not in saved_steps(run_dir):
-        remove_step(run_dir, step)  # what a save of this step that was killed left, TensorFlow's temporaries too
+    # A save of this step listed already (--restore_from fresh in a run folder with saves) is
+    # unlisted before it is written over, so that a kill never leaves a listed save half written;
+    # what a killed save of this step left goes too, TensorFlow's temporaries with it.
+    forget_step(run_dir, step)
+    remove_step(run_dir, step)
     write_tensors(os.path.join(run_dir, f"model-{step}"), variables)
     extra = {f"optimizer/{i}": v for i, v in enumerate(optimizer_variables)}
     extra.update({name: tf.constant(state[name], tf.int64) for name in STATE})

@@ -22,6 +22,9 @@ def read_text(text_file):
             text = f.read()
     except UnicodeDecodeError as e:
         raise ValueError(f"{text_file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (FileNotFoundError, IsADirectoryError) as e:
+        what = "not found" if isinstance(e, FileNotFoundError) else "a folder"
+        raise type(e)(f"{text_file} is {what}: give the text file to score, e.g. --text_file essay.txt") from None
     if not text:
         raise ValueError(f"{text_file} is empty: there is nothing to score")
     return text

@@ -442,3 +442,15 @@ def test_cli_bad_input_is_one_line_exit_1(models_dir, tiny_model, tmp_path):
                           "--data_file", str(path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr == f"error: {path} is empty: give the benchmark's test file\n"
+
+
+@pytest.mark.parametrize("task, content, message", [
+    ("wikitext2", b"", "is empty"),
+    ("lambada", b"not json\n", "line 1: not JSON"),
+    ("cbt-cn", b"1 a sentence\n", "cut short"),
+])
+def test_a_bad_data_file_is_refused_before_the_model_loads(tmp_path, task, content, message):
+    path = tmp_path / "test.txt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):  # the model named does not exist: never loaded
+        evaluate.evaluate(model_name="absent", models_dir="/nonexistent", task=task, data_file=str(path))

@@ -54,6 +54,21 @@ def test_a_save_cut_short_leaves_the_previous_one_the_latest(tmp_path, monkeypat
     assert state == {"step": 1, "position": 10, "seed": 7}
 
 
+def test_a_listed_save_written_over_and_cut_short_leaves_the_others_the_latest(tmp_path, monkeypatch):
+    save(tmp_path, 1)
+    save(tmp_path, 2)  # a run started afresh in this folder now saves step 2 again, and is killed
+    write = saving.write_tensors
+
+    def write_then_fail(prefix, tensors):
+        write(prefix, {name: value[:1] for name, value in tensors.items()})  # not the listed model-2's shapes
+        raise KeyboardInterrupt
+    monkeypatch.setattr(saving, "write_tensors", write_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        save(tmp_path, 2)
+    assert saving.saved_steps(str(tmp_path)) == [1]
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("model-1")
+
+
 def test_the_state_restores_the_optimizer_and_refuses_another(tmp_path):
     saved = optimizer_variables()
     saved[1].assign(tf.ones([3, 2]))

@@ -91,7 +91,8 @@ def test_cli_json_is_the_last_line_and_matches_reference(models_dir, tiny_model,
 
 @pytest.mark.parametrize("case, message", [
     ("empty", "is empty: there is nothing to score"),
-    ("missing", "No such file or directory"),
+    ("missing", "nope.txt is not found: give the text file to score, e.g. --text_file essay.txt"),
+    ("folder", "is a folder: give the text file to score"),
     ("latin1", "is not UTF-8 text"),
     ("no-model", "download it with `python3 download_model.py 355M --models_dir"),
     ("no-file-flag", "--text_file is required"),
@@ -101,6 +102,8 @@ def test_bad_input_is_one_line_without_traceback(models_dir, tiny_model, tmp_pat
     path.write_bytes({"empty": b"", "latin1": "caf\u00e9".encode("latin-1")}.get(case, b"hello"))
     if case == "missing":
         path = tmp_path / "nope.txt"
+    if case == "folder":
+        path = tmp_path
     args = ["--model_name", "355M" if case == "no-model" else tiny_model, "--models_dir", models_dir]
     if case != "no-file-flag":
         args += ["--text_file", str(path)]
