@@ -329,7 +329,7 @@ def test_a_bfloat16_export_gives_the_bfloat16_samplers_tokens(models_dir, tiny_m
 def test_an_xla_export_gives_the_plain_exports_tokens(tiny, served, tmp_path):
     hparams, params = tiny
     serving.export(params, hparams, str(tmp_path / "1"), xla=True)
-    asked = {name: requests()[name] for name in ("filters", "ragged", "greedy")}
+    asked = {name: requests()[name] for name in ("filters", "ragged")}  # batch 3: one compiled shape
     _, answers = serve(str(tmp_path / "1"), asked, tmp_path)
     for name in asked:
         for got, want in zip(answers[name], served[1][name]):
