@@ -129,14 +129,11 @@ def test_cli_names_a_bad_argument_as_its_flag(models_dir, tiny_model, tmp_path):
                                                      "Received: 0"
 
 
-def test_models_dir_expands_home_and_variables(models_dir, tiny_model, tmp_path, monkeypatch):
+def test_models_dir_expands_home_and_variables(models_dir, tiny_model, tmp_path, monkeypatch, capsys):
     text_file = tmp_path / "text.txt"
     text_file.write_text("hello", encoding="utf-8")
-    home = os.path.dirname(models_dir)
-    env = {**os.environ, "HOME": home, "GPT2_TEST_MODELS": models_dir}
-    for flag in ["~/" + os.path.basename(models_dir), "$GPT2_TEST_MODELS"]:
-        result = subprocess.run([sys.executable, os.path.join(REPO, "src", "score.py"), "--model_name", tiny_model,
-                                 "--models_dir", flag, "--text_file", str(text_file)],
-                                capture_output=True, text=True, timeout=300, env=env)
-        assert result.returncode == 0, result.stderr
-        assert "1 tokens, mean negative log-likelihood" in result.stdout
+    monkeypatch.setenv("HOME", os.path.dirname(models_dir))
+    monkeypatch.setenv("GPT2_TEST_MODELS", models_dir)
+    for flag in ["~/" + os.path.basename(models_dir), "$GPT2_TEST_MODELS"]:  # as the script receives them
+        score.score(model_name=tiny_model, models_dir=flag, text_file=str(text_file))
+        assert "1 tokens, mean negative log-likelihood" in capsys.readouterr().out
