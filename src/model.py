@@ -118,9 +118,12 @@ def checkpoint_shapes(hparams):
 
 
 def find_checkpoint(path):
-    """The checkpoint prefix named by the folder's `checkpoint` file (e.g. `DIR/model.ckpt`)."""
-    prefix = tf.train.latest_checkpoint(path)
-    if prefix is None:
+    """The checkpoint prefix named by the folder's `checkpoint` file (e.g. `DIR/model.ckpt`).
+    `tf.train.latest_checkpoint`'s, looked up without the ERROR line it logs when the files are
+    missing, before this error says so."""
+    state = tf.train.get_checkpoint_state(path)
+    prefix = state.model_checkpoint_path if state else None  # made absolute from the folder
+    if prefix is None or not tf.io.gfile.exists(prefix + ".index"):
         raise FileNotFoundError(f"no checkpoint in {path}: it needs the files `checkpoint`, "
                                 "`model.ckpt.index` and `model.ckpt.data-*`; download the model again")
     return prefix

@@ -159,6 +159,19 @@ def test_missing_checkpoint_file_is_one_clear_error(models_dir, tiny_model, tmp_
         model.find_checkpoint(path)
 
 
+def test_missing_checkpoint_data_is_one_clear_error_and_nothing_else(models_dir, tiny_model, tmp_path, caplog):
+    path = copy_model(models_dir, tiny_model, tmp_path)
+    os.remove(os.path.join(path, "model.ckpt.index"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*download the model again"):
+        model.find_checkpoint(path)
+    assert [r.getMessage() for r in caplog.records] == []  # no "Couldn't match files" from TensorFlow before it
+
+
+def test_a_checkpoint_file_with_a_relative_path_finds_the_prefix(models_dir, tiny_model, tmp_path):
+    path = copy_model(models_dir, tiny_model, tmp_path)
+    assert model.find_checkpoint(path) == os.path.join(path, "model.ckpt")
+
+
 @LOADERS
 def test_corrupt_checkpoint_data_is_one_clear_error(models_dir, tiny_model, tmp_path, load_params):
     path = copy_model(models_dir, tiny_model, tmp_path)
