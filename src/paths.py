@@ -2,8 +2,10 @@
 folder whole or not at all."""
 import contextlib
 import os
+import re
 import shlex
 import shutil
+import socket
 import tempfile
 
 
@@ -47,7 +49,8 @@ def new_folder(dst, fix="give a destination that does not, or remove it first"):
     parent = os.path.dirname(os.path.abspath(dst))
     try:
         os.makedirs(parent, exist_ok=True)
-        temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(dst))}.tmp-", dir=parent)
+        remove_abandoned(parent, temporary_prefix(dst))
+        temporary = tempfile.mkdtemp(prefix=f"{temporary_prefix(dst)}{os.getpid()}-", dir=parent)
     except OSError as e:  # what access() does not foresee: /proc, a full disk
         raise type(e)(f"cannot make {dst} ({e.strerror}): choose another destination") from None
     try:
@@ -59,6 +62,33 @@ def new_folder(dst, fix="give a destination that does not, or remove it first"):
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def temporary_prefix(dst):
+    """The start of the names of `new_folder`'s temporaries for `dst`, on this machine; the
+    process's id follows."""
+    return f".{os.path.basename(os.path.abspath(dst))}.tmp-{socket.gethostname()}-"
+
+
+def remove_abandoned(parent, prefix):
+    """Removes the temporaries in `parent` (named `prefix`, a process id, a dash) whose process
+    is gone: what a killed run (SIGKILL, a power cut) left. A live process's are kept, and other
+    machines' (another host name) are never touched."""
+    for name in os.listdir(parent):
+        found = re.fullmatch(re.escape(prefix) + r"(\d+)-[^-]+", name)  # mkdtemp's suffix has no dash
+        if found and not process_alive(int(found.group(1))):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def process_alive(pid):
+    """Whether a process with this id runs on this machine (someone else's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def usual_modes(folder):
