@@ -86,7 +86,7 @@ def process_alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):  # someone else's; no process id at all: not ours to judge
         return True
     return True
 

@@ -38,6 +38,7 @@ def test_what_a_killed_run_left_goes_and_nothing_else(tmp_path):
         f".out.tmp-{host}-2-{dead_pid()}-ghi": True,  # host "{host}-2"'s
         f".other.tmp-{host}-{dead_pid()}-jkl": True,  # another destination's
         ".out.tmp-abc": True,  # not of this naming
+        f".out.tmp-{host}-{10 ** 30}-mno": True,  # no process id
     }
     for name in left:
         (tmp_path / name).mkdir()
