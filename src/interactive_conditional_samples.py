@@ -135,8 +135,9 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
             print()
             return
         if len(context_tokens) + length - 1 > hparams.n_ctx:
-            print(f"Prompt too long: {len(context_tokens)} tokens plus --length {length} exceed the window of "
-                  f"{hparams.n_ctx} tokens; use at most {hparams.n_ctx + 1 - length} prompt tokens.")
+            print(f"Prompt too long: {len(context_tokens)} tokens and --length {length} need "
+                  f"{len(context_tokens) + length - 1} positions, more than the window of {hparams.n_ctx} (the last "
+                  f"new token needs none); use at most {hparams.n_ctx + 1 - length} prompt tokens.")
             continue
         with cli.CtrlC() as ctrl_c:  # Ctrl-C stops the sample and comes back to the prompt
             for first in range(0, nsamples, batch_size):

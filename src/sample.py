@@ -126,9 +126,9 @@ def check_sampling(hparams, context_length, length, temperature, top_k, top_p):
         raise bad_argument("length", "must be a positive integer", length)
     if context_length + length - 1 > hparams.n_ctx:
         tokens = f"{context_length} token{'s' if context_length != 1 else ''}"
-        raise bad_argument("length", f"plus the prompt's {tokens} exceeds the model's window of "
-                           f"{hparams.n_ctx} tokens: use at most {hparams.n_ctx + 1 - context_length} new tokens "
-                           "or a shorter prompt", length)
+        raise bad_argument("length", f"and the prompt's {tokens} need {context_length + length - 1} positions, more "
+                           f"than the model's window of {hparams.n_ctx} (the last new token needs none): use at most "
+                           f"{hparams.n_ctx + 1 - context_length} new tokens or a shorter prompt", length)
     if not is_number(temperature) or not temperature >= SMALLEST_TEMPERATURE:
         raise bad_argument("temperature", "must be greater than 0: at least 1.2e-38, float32's smallest normal "
                            "number", temperature)

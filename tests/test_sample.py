@@ -88,7 +88,8 @@ def test_sample_sequence_keeps_the_originals_arguments(tiny):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(length=64), "length plus the prompt's 3 tokens exceeds the model's window of 64 tokens: use at most 62"),
+    (dict(length=64), "length and the prompt's 3 tokens need 66 positions, more than the model's window of 64 (the "
+                      "last new token needs none): use at most 62 new tokens or a shorter prompt. Received: 64"),
     (dict(length=0), "length must be a positive integer. Received: 0"),
     (dict(length=True), "length must be a positive integer. Received: True"),
     (dict(temperature=0), "temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number. Received: 0"),

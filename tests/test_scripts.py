@@ -133,7 +133,8 @@ def test_interactive_through_stdin(models_dir, tiny_model, tiny):
     assert out.count("Model prompt >>> ") == 5
     assert "Prompt should not be empty!" in out
     assert "Prompt is not UTF-8 text (byte 0xe9): type or paste it as UTF-8" in out
-    assert f"Prompt too long: {n} tokens plus --length 20 exceed the window of 64 tokens; use at most 45" in out
+    assert (f"Prompt too long: {n} tokens and --length 20 need {n + 19} positions, more than the window of 64 (the "
+            "last new token needs none); use at most 45 prompt tokens.") in out
     assert out.index("Prompt too long") < out.index("SAMPLE 1")
     assert "=" * 80 in out
     got = samples(out.split("=" * 80)[0])
@@ -208,7 +209,7 @@ def test_interactive_in_a_terminal(models_dir, tiny_model, tiny, ending, locale)
     assert got[1] == expected_sample(tiny, "Caf\u00e9 au lait", 12, 3) + "\n"
     assert got[2] == expected_sample(tiny, "Caf\u00e9 au lait", 12, 3, 1) + "\n"
     n = len(tiny[0].encode(long_prompt))
-    assert f"Prompt too long: {n} tokens plus --length 12" in too_long
+    assert f"Prompt too long: {n} tokens and --length 12 need" in too_long
     assert too_long.count("word") == 1000  # echoed once: not by the terminal, then again by readline
 
 
@@ -295,7 +296,8 @@ def test_the_scripts_stop_at_stop_strings(models_dir, tiny_model, tiny):
 
 @pytest.mark.parametrize("flags, message", [
     (dict(model_name="355M"), "download it with `python3 download_model.py 355M --models_dir"),
-    (dict(length=65), "--length plus the prompt's 1 token exceeds the model's window of 64 tokens: use at most 64"),
+    (dict(length=65), "--length and the prompt's 1 token need 65 positions, more than the model's window of 64 (the "
+                      "last new token needs none): use at most 64 new tokens"),
     (dict(temperature=0), "--temperature must be greater than 0"),
     (dict(top_k=-1), "--top_k must be an integer >= 0"),
     (dict(top_p=1.5), "--top_p must be in (0, 1]"),
