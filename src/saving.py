@@ -131,7 +131,8 @@ def read_state(prefix, optimizer_variables):
     if set(saved) != set(expected) | set(STATE) or any(
             list(saved[name]) != list(v.shape) for name, v in expected.items()):
         raise ValueError(f"{state_prefix} holds the state of another optimizer or model: resume with the "
-                         "--optimizer and --dtype it was trained with, or use --restore_from fresh")
+                         "--optimizer, --dtype and --only_train_transformer_layers it was trained with, or use "
+                         "--restore_from fresh")
     values = read_tensors(state_prefix, {**{name: v.dtype for name, v in expected.items()},
                                          **{name: tf.int64 for name in STATE}})
     for name, variable in expected.items():

@@ -525,7 +525,8 @@ def test_developers_guide_builds_with_real_files_and_build_args():
 
 
 @pytest.mark.parametrize("script, heading", [(script, "Sampling flags") for script in SAMPLERS]
-                         + [("src/score.py", "Scoring text"), ("src/evaluate.py", "Evaluating on benchmarks")])
+                         + [("src/score.py", "Scoring text"), ("src/evaluate.py", "Evaluating on benchmarks"),
+                            ("src/train.py", "Fine-tuning")])
 def test_developers_guide_documents_every_flag(script, heading):
     assert documented_flags(heading) == cli_flags(script), (
         f"DEVELOPERS.md's table under '## {heading}' and {script}'s flags differ")

@@ -117,6 +117,17 @@ def test_language_modelling_known_answers(loaded, functions, certain, tmp_path):
     read, n_bytes = benchmarks.read_language_modelling(tmp_path / "enwik8", "enwik8")
     got = evaluation.language_modelling(functions[certain][1], hparams, enc, read, n_bytes, "enwik8")
     assert got["bits_per_byte"] == pytest.approx(-sum(map(logp, enc.encode(data.decode()))) / math.log(2) / len(data))
+    (tmp_path / "text8").write_text(" anarchism originated as a term of abuse")
+    read, n_characters = benchmarks.read_language_modelling(tmp_path / "text8", "text8")
+    got = evaluation.language_modelling(functions[certain][1], hparams, enc, read, n_characters, "text8")
+    nll = -sum(map(logp, enc.encode(" anarchism originated as a term of abuse")))  # text8 is read as it is
+    assert n_characters == 40 and got["bits_per_character"] == pytest.approx(nll / math.log(2) / 40, rel=1e-5)
+    (tmp_path / "1bw").write_text("The dog , he said , barked .\nIt 's $ 5 .\n")
+    read, n_words = benchmarks.read_language_modelling(tmp_path / "1bw", "1bw")
+    got = evaluation.language_modelling(functions[certain][1], hparams, enc, read, n_words, "1bw")
+    nll = -sum(map(logp, enc.encode("The dog, he said, barked.\nIt's $5.\n")))
+    assert n_words == 8 + 5 + 2  # 8 and 5 tokens, an end of sentence a line
+    assert got["word_perplexity"] == pytest.approx(math.exp(nll / n_words), rel=1e-5)
 
 
 CBT_CONTEXT = "".join(f"{i} `` Line {i} , '' said the boy .\n" for i in range(1, 21))

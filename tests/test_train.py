@@ -1,5 +1,6 @@
 """train.py end to end on the tiny checkpoint: the run folder is a model in OpenAI's format,
 a resume continues exactly, Ctrl-C saves, a NaN keeps the last good save, bad input is one line."""
+import glob
 import inspect
 import os
 import re
@@ -13,8 +14,10 @@ import pytest
 import tensorflow as tf
 
 import checkpoints
+import encoder
 import model
 import train as train_script
+import training
 from helpers import REPO
 from test_scripts import ENV, UNCONDITIONAL
 
@@ -44,6 +47,16 @@ def train_here(models_dir, model_name, **changes):
     train_script.train_model(**{**flags(model_name=model_name, models_dir=models_dir, sample_every=0), **changes})
 
 
+def logged_steps(run_dir):
+    """{tag: [steps]} of the summaries in the run folder's TensorBoard event files."""
+    steps = {}
+    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                steps.setdefault(value.tag, []).append(event.step)
+    return steps
+
+
 def weights(prefix):
     reader = tf.train.load_checkpoint(prefix)
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
@@ -66,7 +79,11 @@ def test_the_run_folder_is_a_model_that_the_scripts_and_tf1_read(models_dir, tin
             "model-3.data-00000-of-00001", "model-2.index", "state-3.index"} <= set(os.listdir(run))
     assert model.find_checkpoint(str(run)) == str(run / "model-3")
     assert "SAMPLE 1" in result.stdout and (tmp_path / "samples" / "run1" / "samples-2").exists()
-    assert "validation loss" in result.stderr and any(name.startswith("events.") for name in os.listdir(run))
+    assert "validation loss" in result.stderr
+    summaries = logged_steps(str(run))
+    assert summaries == {"loss": [1, 2, 3], "learning_rate": [1, 2, 3], "validation_loss": [3], "samples": [2]}
+    bar = result.stderr.replace("\r", "\n").splitlines()
+    assert any(re.search(r"3/3 .*avg=\d+\.\d{3}, loss=\d+\.\d{3}, tokens_per_s=\d+", line) for line in bar), result.stderr
     hparams = model.load_hparams(str(run))
     model.check_checkpoint(dict(tf.train.list_variables(str(run / "model-3"))), hparams)
     sampled = subprocess.run([sys.executable, UNCONDITIONAL, "--models_dir", str(tmp_path / "checkpoint"),
@@ -168,6 +185,22 @@ def test_bad_input_is_refused_before_any_work(models_dir, tiny_model, other_mode
     assert not (tmp_path / "checkpoint" / "run1" / "checkpoint").exists()
 
 
+def test_a_dataset_shorter_than_the_window_is_one_window(models_dir, tiny_model, tmp_path, monkeypatch, capsys):
+    """gpt-2-simple #103: 7 tokens (6 and the file's closing <|endoftext|>), the default
+    --sequence_length (the window, 64) and a batch of 2 windows; each window is the whole text,
+    and the loss is that of its 6 predictions."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "short.txt").write_text("The cat sat on the mat")
+    train_here(models_dir, tiny_model, dataset=str(tmp_path / "short.txt"), steps=1, batch_size=2)
+    run = tmp_path / "checkpoint" / "run1"
+    assert model.find_checkpoint(str(run)) == str(run / "model-1")
+    path = os.path.join(models_dir, tiny_model)
+    hparams = model.load_hparams(path)
+    tokens = encoder.get_encoder(tiny_model, models_dir).encode("The cat sat on the mat") + [50256]
+    expected = training.Trainer(weights(model.find_checkpoint(path)), hparams).loss(np.array([tokens]))
+    assert len(tokens) == 7 and f"loss={float(expected):.3f}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag", ["dataset", "val_dataset"])
 def test_a_dataset_of_one_token_names_the_flag(models_dir, tiny_model, text, tmp_path, monkeypatch, flag):
     monkeypatch.chdir(tmp_path)
@@ -177,13 +210,16 @@ def test_a_dataset_of_one_token_names_the_flag(models_dir, tiny_model, text, tmp
 
 
 def test_a_resume_with_another_seed_or_optimizer_is_refused(models_dir, tiny_model, text, tmp_path, monkeypatch):
+    """Another optimizer, or Adam over other variables (the embeddings left out), has other
+    state: the message names each flag that decides it."""
     monkeypatch.chdir(tmp_path)
     common = dict(dataset=text, sequence_length=16)
     train_here(models_dir, tiny_model, **common, steps=1, seed=1)
     with pytest.raises(ValueError, match="was trained with --seed 1"):
         train_here(models_dir, tiny_model, **common, steps=2, seed=2)
-    with pytest.raises(ValueError, match="another optimizer"):
-        train_here(models_dir, tiny_model, **common, steps=2, optimizer="sgd")
+    for change in ({"optimizer": "sgd"}, {"only_train_transformer_layers": True}):
+        with pytest.raises(ValueError, match="another optimizer.*--only_train_transformer_layers it was trained with"):
+            train_here(models_dir, tiny_model, **common, steps=2, seed=1, **change)
 
 
 def flags(**changes):
