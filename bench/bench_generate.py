@@ -131,15 +131,40 @@ def alternate(path, args):
         jit = False if name == "plain" and args.alternate == "xla" else args.jit
         samplers[name] = fast.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p, jit=jit)
         samplers[name].sample(context, 4, seed=1)
+    fast_rate, plain_rate = in_turn(samplers, context, args).values()
+    return dict(measure="alternate", plain=args.alternate, batch_size=args.batch_size, dtype=args.dtype,
+                xla=samplers["fast"].choices.xla, repeats=args.repeats, tokens_per_s_fast=fast_rate,
+                tokens_per_s_plain=plain_rate, gain=fast_rate / plain_rate)
+
+
+def top_p_against_top_k(path, args):
+    """--against_top_k: a Sampler with top-k 40 and one with --top_p alone, in one process,
+    called in turn --repeats times each: medians of tokens/s, their ratio (the issue asks top-p
+    for 0.9 or more), and the nucleus's sizes in the top-p sample."""
+    dtype = cli.parse_dtype(args.dtype)
+    hparams = model.load_hparams(path)
+    params = fast.load_params(model.find_checkpoint(path), hparams, dtype)
+    context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))
+    samplers = {"top_k": fast.Sampler(params, hparams, top_k=40, jit=args.jit),
+                "top_p": fast.Sampler(params, hparams, top_k=0, top_p=args.top_p, jit=args.jit)}
+    for sampler in samplers.values():
+        sampler.sample(context, 4, seed=1)  # traces and compiles
+    top_k_rate, top_p_rate = in_turn(samplers, context, args).values()
+    tokens = samplers["top_p"].sample(context, args.new_tokens, seed=2, temperature=args.temperature)
+    return dict(measure="top_p_against_top_k", top_p=args.top_p, temperature=args.temperature,
+                batch_size=args.batch_size, dtype=args.dtype, repeats=args.repeats, tokens_per_s_top_k_40=top_k_rate,
+                tokens_per_s_top_p=top_p_rate, ratio=top_p_rate / top_k_rate,
+                **nucleus_stats(params, hparams, tokens, argparse.Namespace(**{**vars(args), "top_k": 0})))
+
+
+def in_turn(samplers, context, args):
+    """{name: median tokens/s} of the samplers, each called once a round, --repeats rounds."""
     rates = {name: [] for name in samplers}
     for _ in range(args.repeats):
         for name, sampler in samplers.items():
             rates[name].append(args.batch_size * args.new_tokens / timed(
                 lambda: sampler.sample(context, args.new_tokens, seed=2, temperature=args.temperature)))
-    fast_rate, plain_rate = (float(np.median(rates[name])) for name in ("fast", "plain"))
-    return dict(measure="alternate", plain=args.alternate, batch_size=args.batch_size, dtype=args.dtype,
-                xla=samplers["fast"].choices.xla, repeats=args.repeats, tokens_per_s_fast=fast_rate,
-                tokens_per_s_plain=plain_rate, gain=fast_rate / plain_rate)
+    return {name: float(np.median(r)) for name, r in rates.items()}
 
 
 def peer(python, path, args):
@@ -178,6 +203,8 @@ def main():
                         help="measure without this speed-up of fast.py (repeatable)")
     parser.add_argument("--alternate", choices=sorted(PLAIN),
                         help="time fast.py's way and this plain one in turn in one process (medians)")
+    parser.add_argument("--against_top_k", action="store_true",
+                        help="time --top_p alone and top-k 40 in turn in one process (medians)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the fastest is reported")
     parser.add_argument("--peer", metavar="VENV_PYTHON", help="also time the peer (bash ../shared/peer/setup.sh)")
     parser.add_argument("--llamacpp", metavar="GGUF", help="also time llama.cpp on this GGUF of the same weights, "
@@ -186,8 +213,8 @@ def main():
     if args.peer and (args.top_k, args.top_p, args.temperature) != (40, 1.0, 1.0):
         parser.error("--peer samples with top-k 40 only: leave --top_k, --top_p and --temperature at their defaults")
     path = ensure_model(args.models_dir, args.model_name)
-    if args.alternate:
-        print(json.dumps(alternate(path, args)))
+    if args.alternate or args.against_top_k:
+        print(json.dumps(alternate(path, args) if args.alternate else top_p_against_top_k(path, args)))
         return
     for name in args.plain:
         PLAIN[name]()
