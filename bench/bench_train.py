@@ -34,7 +34,7 @@ from bench_generate import ensure_model  # noqa: E402
 def measure(path, args):
     hparams = model.load_hparams(path)
     trainer = training.Trainer(model.read_checkpoint(model.find_checkpoint(path), hparams), hparams, optimizer=args.optimizer, dtype=args.dtype,
-                               memory_saving=args.memory_saving_gradients, xla=args.xla)
+                               memory_saving=args.memory_saving_gradients, xla=args.xla, xla_update=args.xla_update)
     windows = np.random.RandomState(0).randint(0, hparams.n_vocab, (1, args.batch_size, args.sequence_length))
     trainer.step(windows)  # warm-up: traces and compiles
     start = time.perf_counter()
@@ -43,6 +43,7 @@ def measure(path, args):
     seconds = time.perf_counter() - start
     return {"model": os.path.basename(path), "batch": args.batch_size, "seq": args.sequence_length, "steps": args.steps,
             "dtype": args.dtype, "optimizer": args.optimizer, "memory_saving_gradients": args.memory_saving_gradients, "xla": trainer.xla,
+            "xla_update": trainer.xla_update,
             "tokens_per_s": args.batch_size * args.sequence_length * args.steps / seconds, "loss": loss,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
@@ -67,6 +68,8 @@ def main():
     parser.add_argument("--memory_saving_gradients", action="store_true")
     parser.add_argument("--xla", type=lambda v: {"true": True, "false": False}[v.lower()], default=None,
                         help="true/false: compile the forward and backward pass with XLA (default: fast.train_with_xla)")
+    parser.add_argument("--xla_update", type=lambda v: {"true": True, "false": False}[v.lower()], default=None,
+                        help="true/false: compile the optimizer's update with XLA (default: fast.update_with_xla)")
     parser.add_argument("--peer", metavar="PYTHON", help="the peer venv's python: run hf_generate.py train_bench too")
     args = parser.parse_args()
     path = ensure_model(args.models_dir, args.model_name)

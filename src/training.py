@@ -79,10 +79,13 @@ class Trainer:
     """
 
     def __init__(self, values, hparams, *, optimizer="adam", learning_rate=2e-5, dtype=tf.float32,
-                 memory_saving=False, only_train_transformer_layers=False, noise=0.0, strategy=None, xla=None):
+                 memory_saving=False, only_train_transformer_layers=False, noise=0.0, strategy=None, xla=None,
+                 xla_update=None):
         self.hparams, self.dtype, self.memory_saving, self.noise = hparams, tf.as_dtype(dtype), memory_saving, noise
         self.xla = fast.train_with_xla(self.dtype) if xla is None else xla
         self.strategy = strategy or tf.distribute.get_strategy()
+        one_device = not tf.distribute.has_strategy() and self.strategy is tf.distribute.get_strategy()  # the default
+        self.xla_update = (one_device and fast.update_with_xla()) if xla_update is None else xla_update
         with self.strategy.scope():
             # Variables in `model.model`'s layout, so that a Sampler given them reads their values
             # at each call; refused where oneDNN is told weights never change.
@@ -96,6 +99,7 @@ class Trainer:
         # The forward and backward pass, compiled by XLA where it wins; the update, with its
         # cross-replica sum, stays TensorFlow's.
         self._compiled_gradients = tf.function(self._gradients, jit_compile=self.xla)
+        self._update = tf.function(self._apply_gradients, jit_compile=True) if self.xla_update else self._apply_gradients
         self._loss = tf.function(self._mean_loss, input_signature=[tf.TensorSpec([None, None], tf.int32)])
 
     def checkpoint_values(self):
@@ -144,8 +148,11 @@ class Trainer:
         # first layers still holds their activations (bench_train.py's peak memory).
         with tf.control_dependencies(gradients):
             gradients = [tf.identity(g) for g in gradients]
-        self.optimizer.apply_gradients(zip(gradients, self.trainable))
+        self._update(gradients)
         return total
+
+    def _apply_gradients(self, gradients):
+        self.optimizer.apply_gradients(zip(gradients, self.trainable))
 
     def _gradients(self, inputs, targets, predictions):
         """(the loss's share of inputs, targets [batch, T], its gradients, as dense tensors)."""
