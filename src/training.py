@@ -85,7 +85,7 @@ class Trainer:
         self.xla = fast.train_with_xla(self.dtype) if xla is None else xla
         self.strategy = strategy or tf.distribute.get_strategy()
         one_device = not tf.distribute.has_strategy() and self.strategy is tf.distribute.get_strategy()  # the default
-        self.xla_update = (one_device and fast.update_with_xla()) if xla_update is None else xla_update
+        self.xla_update = (one_device and fast.update_with_xla(optimizer)) if xla_update is None else xla_update
         with self.strategy.scope():
             # Variables in `model.model`'s layout, so that a Sampler given them reads their values
             # at each call; refused where oneDNN is told weights never change.

@@ -170,17 +170,18 @@ def test_xla_compiles_the_pass_only_where_it_was_measured_to_win(dtype, device, 
 
 
 def test_the_update_through_xla_is_the_plain_update(values):
-    """The optimizer's update compiled by XLA (the default on a CPU, one device) moves the
-    weights as TensorFlow's kernels do, to float32's rounding: Adam given the same gradients
+    """The optimizer's update compiled by XLA (the default for Adam on a CPU, one device) moves
+    the weights as TensorFlow's kernels do, to float32's rounding: Adam given the same gradients
     three times, and whole SGD steps (Adam would turn the rounding of a gradient that is zero
     but for rounding, as the keys' bias has, into a step of learning-rate size). Under a
     tf.distribute strategy it is not compiled: the replicas' gradients are summed first."""
     hparams, v = values
-    assert fast.update_with_xla("CPU") and not fast.update_with_xla("GPU")
+    assert fast.update_with_xla("adam", "CPU") and not fast.update_with_xla("sgd", "CPU")
+    assert not fast.update_with_xla("adam", "GPU")
     rng = np.random.RandomState(0)
     for optimizer in ("adam", "sgd"):
         compiled, plain = (training.Trainer(v, hparams, optimizer=optimizer, learning_rate=1e-2, xla_update=x)
-                           for x in (None, False))
+                           for x in (True, False))
         assert compiled.xla_update and not plain.xla_update
         if optimizer == "adam":
             for _ in range(3):
@@ -192,4 +193,5 @@ def test_the_update_through_xla_is_the_plain_update(values):
                 np.testing.assert_allclose(compiled.step(batch), plain.step(batch), rtol=1e-6)
         for name, value in weights(plain).items():
             np.testing.assert_allclose(weights(compiled)[name], value, rtol=1e-5, atol=1e-7, err_msg=f"{optimizer} {name}")
+    assert training.Trainer(v, hparams).xla_update and not training.Trainer(v, hparams, optimizer="sgd").xla_update
     assert not training.Trainer(v, hparams, strategy=tf.distribute.MirroredStrategy(["CPU:0"])).xla_update
