@@ -96,8 +96,9 @@ class Trainer:
             self.optimizer = make_optimizer(optimizer, learning_rate, self.dtype)
             self.optimizer.build(self.trainable)
         self._step = tf.function(self._distributed_step)
-        # The forward and backward pass, compiled by XLA where it wins; the update, with its
-        # cross-replica sum, stays TensorFlow's.
+        # The forward and backward pass, compiled by XLA where it wins (fast.train_with_xla); the
+        # update too, on one device (fast.update_with_xla): over replicas it sums their gradients
+        # first, and stays TensorFlow's.
         self._compiled_gradients = tf.function(self._gradients, jit_compile=self.xla)
         self._update = tf.function(self._apply_gradients, jit_compile=True) if self.xla_update else self._apply_gradients
         self._loss = tf.function(self._mean_loss, input_signature=[tf.TensorSpec([None, None], tf.int32)])
