@@ -224,10 +224,8 @@ def kth_largest(logits, k):
 
 
 # Top-p sorts the vocabulary only where the nucleus is not among this many of the largest logits
-# (bench_generate.py --top_k 0 --top_p 0.9 --temperature 3, and with --plain top_p_logits), and,
-# for a row it is not among them, not among this many (bench_generate.py --against_top_k).
+# (bench_generate.py --top_k 0 --top_p 0.9 --temperature 3, and with --plain top_p_logits).
 NUCLEUS_CANDIDATES = 256
-MORE_NUCLEUS_CANDIDATES = 4096
 # How far from p a cumulative probability must be for the candidates to decide: theirs differ from
 # the reference's only in the rounding of the softmax's normaliser (bench/README.md, Top-p).
 MARGIN = 2.0 ** -16
@@ -251,27 +249,17 @@ def nucleus_among_largest(logits, p, m=NUCLEUS_CANDIDATES):
 
 
 def top_p_logits(logits, p):
-    """`sample.top_p_logits`, for each row whose nucleus `nucleus_among_largest` could not find,
-    one at a time, looking among more of the largest logits, and sorting the whole vocabulary
-    only where it is not there either. p may be a scalar tensor."""
+    """`sample.top_p_logits`, sorting the whole vocabulary only for the rows whose nucleus
+    `nucleus_among_largest` could not find, one at a time. p may be a scalar tensor."""
     def cut():
         min_values, found = nucleus_among_largest(logits, p)
         kept = tf.where(logits < min_values, logits.dtype.min, logits)
 
-        def other_row(row):  # row (kept, logits, found) -> [n_vocab]
-            return tf.cond(row[2], lambda: row[0], lambda: deeper_nucleus(row[1][None], p)[0])
+        def sort_row(row):  # row (kept, logits, found) -> [n_vocab]
+            return tf.cond(row[2], lambda: row[0], lambda: sample.top_p_logits(row[1][None], p)[0])
         return tf.cond(tf.reduce_all(found), lambda: kept, lambda: tf.map_fn(
-            other_row, (kept, logits, found), fn_output_signature=logits.dtype))
+            sort_row, (kept, logits, found), fn_output_signature=logits.dtype))
     return sample.branch(p >= 1, lambda: logits, cut)
-
-
-def deeper_nucleus(logits, p):
-    """`sample.top_p_logits` of one row [1, n_vocab], looked for among its MORE_NUCLEUS_CANDIDATES
-    largest logits (cumulative sums as close to the reference's as the first 256's: bench/README.md,
-    Top-p), sorting the vocabulary where it is not there."""
-    min_values, found = nucleus_among_largest(logits, p, MORE_NUCLEUS_CANDIDATES)
-    return tf.cond(found[0], lambda: tf.where(logits < min_values, logits.dtype.min, logits),
-                   lambda: sample.top_p_logits(logits, p))
 
 
 def next_token(logits, keys, step, temperature, top_k, top_p, xla):
