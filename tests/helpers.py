@@ -1,4 +1,5 @@
 """Helpers the test modules share."""
+import glob
 import os
 
 import numpy as np
@@ -39,3 +40,12 @@ def find_vocab_dir(environ):
                if environ.get("GPT2_VOCAB_DIR") else "restore them with `git checkout -- tests/gpt2-vocab`")
         raise ValueError(f"GPT-2 vocabulary not found: {path} has no {' or '.join(missing)}: {fix}")
     return path
+
+
+def summaries(run_dir):
+    """(tag, step, value) of each summary in a run folder's TensorBoard event files, in order;
+    value is the event's summary value (its .tensor holds a scalar's number)."""
+    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                yield value.tag, event.step, value

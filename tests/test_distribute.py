@@ -7,7 +7,6 @@ runs as TensorFlow's multi-worker tutorial runs it: two train.py processes that 
 cluster on 127.0.0.1, worker 0 the chief, which alone writes the run folder. The workers run in a
 network namespace of their own, only loopback in it, where Linux allows (see loopback_only).
 """
-import glob
 import inspect
 import json
 import os
@@ -25,7 +24,7 @@ import pytest
 import tensorflow as tf
 
 import saving
-from helpers import REPO
+from helpers import REPO, summaries
 
 TRAIN = os.path.join(REPO, "src", "train.py")
 BATCH, LENGTH = 2, 16  # windows on each replica, tokens in each window
@@ -222,11 +221,7 @@ def wait_all(codes, timeout):
 
 def logged(run_dir, tag):
     """{step: value} of the scalar summary `tag` in the run folder's event files."""
-    values = {}
-    for path in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            values.update({event.step: float(tf.make_ndarray(v.tensor)) for v in event.summary.value if v.tag == tag})
-    return values
+    return {step: float(tf.make_ndarray(value.tensor)) for name, step, value in summaries(run_dir) if name == tag}
 
 
 def test_two_workers_make_the_update_of_one_process_with_twice_the_batch(tmp_path, models_dir, tiny_model):

@@ -1,6 +1,5 @@
 """train.py end to end on the tiny checkpoint: the run folder is a model in OpenAI's format,
 a resume continues exactly, Ctrl-C saves, a NaN keeps the last good save, bad input is one line."""
-import glob
 import inspect
 import os
 import re
@@ -18,7 +17,7 @@ import encoder
 import model
 import train as train_script
 import training
-from helpers import REPO
+from helpers import REPO, summaries
 from test_scripts import ENV, UNCONDITIONAL
 
 TRAIN = os.path.join(REPO, "src", "train.py")
@@ -47,16 +46,6 @@ def train_here(models_dir, model_name, **changes):
     train_script.train_model(**{**flags(model_name=model_name, models_dir=models_dir, sample_every=0), **changes})
 
 
-def logged_steps(run_dir):
-    """{tag: [steps]} of the summaries in the run folder's TensorBoard event files."""
-    steps = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                steps.setdefault(value.tag, []).append(event.step)
-    return steps
-
-
 def weights(prefix):
     reader = tf.train.load_checkpoint(prefix)
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
@@ -80,8 +69,10 @@ def test_the_run_folder_is_a_model_that_the_scripts_and_tf1_read(models_dir, tin
     assert model.find_checkpoint(str(run)) == str(run / "model-3")
     assert "SAMPLE 1" in result.stdout and (tmp_path / "samples" / "run1" / "samples-2").exists()
     assert "validation loss" in result.stderr
-    summaries = logged_steps(str(run))
-    assert summaries == {"loss": [1, 2, 3], "learning_rate": [1, 2, 3], "validation_loss": [3], "samples": [2]}
+    steps = {}
+    for tag, step, _ in summaries(str(run)):
+        steps.setdefault(tag, []).append(step)
+    assert steps == {"loss": [1, 2, 3], "learning_rate": [1, 2, 3], "validation_loss": [3], "samples": [2]}
     bar = result.stderr.replace("\r", "\n").splitlines()
     assert any(re.search(r"3/3 .*avg=\d+\.\d{3}, loss=\d+\.\d{3}, tokens_per_s=\d+", line) for line in bar), result.stderr
     hparams = model.load_hparams(str(run))
