@@ -12,8 +12,8 @@ depend on the weights, but top-p's on how spread out they make the distribution:
 top-k 40, or --top_k, --top_p and --temperature) is timed after a warm-up; `prefill` times a call
 making one token, and `decode_tokens_per_s` is the speed after the prompt is read (the
 difference); `peak_memory` is the process's peak resident memory up to then. With --top_p,
-the nucleus's sizes and the share of rows whose nucleus was found among the largest logits
-(`fast.nucleus_among_largest`) come with it.
+the nucleus's sizes and the share of rows whose threshold the search decided
+(`fast.top_p_threshold`; the others are sorted) come with it.
 """
 import argparse
 import json
@@ -96,17 +96,17 @@ def measure(path, args):
 
 def nucleus_stats(params, hparams, tokens, args):
     """How the sample's steps went for top-p: the nucleus's size (median, 90th percentile) and
-    the share of rows whose nucleus `fast.nucleus_among_largest` found (the others are sorted)."""
+    the share of rows whose threshold `fast.top_p_threshold` decided (the others are sorted)."""
     logits = tf.cast(model.model(params, hparams, tokens)["logits"][:, args.prompt_len - 1:-1], tf.float32)
     steps = tf.reshape(tf.transpose(logits, [1, 0, 2]), [-1, args.batch_size, hparams.n_vocab])  # [step, batch, vocab]
-    sizes, found = [], []
+    sizes, decided = [], []
     for step_logits in steps:
         kept = sample.top_k_logits(sample.with_temperature(step_logits, args.temperature), args.top_k)
         nucleus = sample.top_p_logits(kept, args.top_p) > kept.dtype.min  # [batch, vocab]
         sizes += list(tf.reduce_sum(tf.cast(nucleus, tf.int32), -1).numpy())
-        found += list(fast.nucleus_among_largest(kept, args.top_p)[1].numpy())
+        decided += list(fast.top_p_threshold(kept, args.top_p)[1].numpy())
     return dict(nucleus_median=float(np.median(sizes)), nucleus_p90=float(np.percentile(sizes, 90)),
-                found_share=float(np.mean(found)))
+                decided_share=float(np.mean(decided)))
 
 
 def alternate(path, args):

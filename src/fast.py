@@ -201,64 +201,86 @@ def last_logits(params, h, wte_t):
 
 # --- Choosing the next token ----------------------------------------------------------------
 
-def kth_largest(logits, k):
-    """[batch, n] float32 -> [batch, 1]: each row's k-th largest logit, found exactly, for XLA,
-    whose sort-based top_k is slow on CPU (bench_generate.py --dtype float32).
-
-    A binary search over the floats' bit patterns (read as integers ordered like the floats):
-    at most 32 rounds of compare-and-count.
-    """
+def ordered_keys(logits):
+    """float32 -> int32 keys ordered like the floats: a float's bits read as an integer, the
+    negative ones' other bits flipped."""
     bits = tf.bitcast(logits, tf.int32)
-    keys = tf.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # [batch, n], ordered like the logits
-    lo = tf.cast(tf.reduce_min(keys, axis=-1, keepdims=True), tf.int64)  # at least k keys are >= lo
-    hi = tf.cast(tf.reduce_max(keys, axis=-1, keepdims=True), tf.int64) + 1  # fewer than k are >= hi
+    return tf.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def key_value(keys):
+    """`ordered_keys`' inverse."""
+    return tf.bitcast(tf.where(keys < 0, keys ^ 0x7FFFFFFF, keys), tf.float32)
+
+
+def largest_key_where(keys, holds):
+    """keys [batch, n] (`ordered_keys`) -> [batch, 1]: each row's largest key t where holds(t),
+    a test that is true at the row's smallest key, false above its largest, and never true
+    above a t where it is false. A binary search: at most 32 rounds, each one pass over keys."""
+    lo = tf.cast(tf.reduce_min(keys, axis=-1, keepdims=True), tf.int64)  # holds
+    hi = tf.cast(tf.reduce_max(keys, axis=-1, keepdims=True), tf.int64) + 1  # does not
 
     def halve(lo, hi):
         mid = (lo + hi) // 2
-        count = tf.reduce_sum(tf.cast(keys >= tf.cast(mid, tf.int32), tf.int32), axis=-1, keepdims=True)
-        return tf.where(count >= k, mid, lo), tf.where(count >= k, hi, mid)
+        yes = holds(tf.cast(mid, tf.int32))
+        return tf.where(yes, mid, lo), tf.where(yes, hi, mid)
 
     lo, _ = tf.while_loop(lambda lo, hi: tf.reduce_any(hi - lo > 1), halve, [lo, hi])
-    bits = tf.cast(lo, tf.int32)
-    return tf.bitcast(tf.where(bits < 0, bits ^ 0x7FFFFFFF, bits), tf.float32)
+    return tf.cast(lo, tf.int32)
 
 
-# Top-p sorts the vocabulary only where the nucleus is not among this many of the largest logits
-# (bench_generate.py --top_k 0 --top_p 0.9 --temperature 3, and with --plain top_p_logits).
-NUCLEUS_CANDIDATES = 256
-# How far from p a cumulative probability must be for the candidates to decide: theirs differ from
-# the reference's only in the rounding of the softmax's normaliser (bench/README.md, Top-p).
-MARGIN = 2.0 ** -16
+def kth_largest(logits, k):
+    """[batch, n] float32 -> [batch, 1]: each row's k-th largest logit, found exactly, for XLA,
+    whose sort-based top_k is slow on CPU (bench_generate.py --plain kth_largest): the largest
+    value that at least k logits reach."""
+    keys = ordered_keys(logits)
+    count = lambda t: tf.reduce_sum(tf.cast(keys >= t, tf.int32), axis=-1, keepdims=True)
+    return key_value(largest_key_where(keys, lambda t: count(t) >= k))
 
 
-def nucleus_among_largest(logits, p, m=NUCLEUS_CANDIDATES):
-    """The threshold `sample.top_p_logits` finds, looked for among each row's m largest logits:
-    logits [batch, n_vocab] -> (min_values [batch, 1], found [batch] bool: the m hold the nucleus).
+# How far from p a cumulative probability must be for `top_p_threshold`'s sums to decide as the
+# reference's do: both sum the same float64 weights in other orders, which agree to 6e-12
+# (`sample.softmax_weights`); this is 40 times that.
+MARGIN = 2.0 ** -32
 
-    The m largest are the start of the reference's sorted logits, their probabilities its
-    softmax's (exp(logit - max) over the sum for the whole vocabulary), and so their cumulative
-    sum the start of its cumulative sum: the same decisions, unless one lies within MARGIN of p.
+
+def top_p_threshold(logits, p):
+    """The smallest logit `sample.top_p_logits` keeps, found without sorting: logits [batch,
+    n_vocab], p -> (threshold [batch, 1], decided [batch] bool: false where a cumulative
+    probability lies within MARGIN of p, and the order of summation could decide).
+
+    The reference keeps the sorted logits while their cumulative probability stays <= p, and
+    at least the first. A binary search finds `out`, the largest logit at which the mass of the
+    logits >= it passes p. The nucleus is the logits above `out` (their mass is <= p), and `out`
+    too where it is the largest, or where the cumulative sum at its first copy is <= p (`out`
+    tied with other logits: the reference keeps every logit equal to the one it stops at).
     """
-    top = tf.math.top_k(logits, k=min(m, logits.shape[-1]))  # values, indices [batch, m], sorted
-    largest = tf.reduce_max(logits, axis=-1, keepdims=True)  # [batch, 1]
-    total = tf.reduce_sum(tf.exp(logits - largest), axis=-1, keepdims=True)  # the softmax's normaliser
-    cumulative = tf.cumsum(tf.exp(top.values - largest) / total, axis=-1)  # [batch, m]
-    found = (cumulative[:, -1] > p + MARGIN) & ~tf.reduce_any(tf.abs(cumulative - p) <= MARGIN, axis=-1)
-    last = tf.maximum(tf.reduce_sum(tf.cast(cumulative <= p, tf.int32), axis=-1) - 1, 0)  # [batch]
-    return tf.gather(top.values, last, batch_dims=1)[:, None], found
+    weights, total = sample.softmax_weights(logits)  # [batch, n_vocab], [batch, 1] float64
+    p = tf.cast(p, tf.float64)
+    keys = ordered_keys(logits)
+    mass = lambda t: tf.reduce_sum(tf.where(keys >= t, weights, 0.0), axis=-1, keepdims=True) / total
+    out = largest_key_where(keys, lambda t: mass(t) > p)  # [batch, 1]
+    above, with_out = mass(out + 1), mass(out)  # <= p, > p
+    first_out = above + tf.reduce_max(tf.where(keys == out, weights, 0.0), axis=-1, keepdims=True) / total
+    largest = out == tf.reduce_max(keys, axis=-1, keepdims=True)
+    next_up = tf.reduce_min(tf.where(keys > out, logits, logits.dtype.max), axis=-1, keepdims=True)
+    threshold = tf.where(largest | (first_out <= p), key_value(out), next_up)
+    near = lambda m: tf.abs(m - p) <= MARGIN
+    return threshold, ~(near(above) | near(with_out) | near(first_out))[:, 0]
 
 
 def top_p_logits(logits, p):
-    """`sample.top_p_logits`, sorting the whole vocabulary only for the rows whose nucleus
-    `nucleus_among_largest` could not find, one at a time. p may be a scalar tensor."""
+    """`sample.top_p_logits` without sorting the vocabulary (bench_generate.py --plain
+    top_p_logits): the threshold `top_p_threshold` finds, or, for a row it leaves undecided, the
+    reference's. p may be a scalar tensor."""
     def cut():
-        min_values, found = nucleus_among_largest(logits, p)
-        kept = tf.where(logits < min_values, logits.dtype.min, logits)
+        threshold, decided = top_p_threshold(logits, p)
+        kept = tf.where(logits < threshold, logits.dtype.min, logits)
 
-        def sort_row(row):  # row (kept, logits, found) -> [n_vocab]
+        def reference_row(row):  # row (kept, logits, decided) -> [n_vocab]
             return tf.cond(row[2], lambda: row[0], lambda: sample.top_p_logits(row[1][None], p)[0])
-        return tf.cond(tf.reduce_all(found), lambda: kept, lambda: tf.map_fn(
-            sort_row, (kept, logits, found), fn_output_signature=logits.dtype))
+        return tf.cond(tf.reduce_all(decided), lambda: kept, lambda: tf.map_fn(
+            reference_row, (kept, logits, decided), fn_output_signature=logits.dtype))
     return sample.branch(p >= 1, lambda: logits, cut)
 
 

@@ -48,8 +48,8 @@ def test_fast_step_draws_the_reference_token(top_k, top_p, xla):
 
 @pytest.mark.parametrize("xla", [True, False], ids=["xla", "no-xla"])
 @pytest.mark.parametrize("top_k, top_p", [(0, 0.9), (0, 1e-6), (300, 0.95)])
-def test_fast_top_p_draws_the_reference_token_with_or_without_the_sort(top_k, top_p, xla):
-    # Whole vocabularies, a row with a nucleus of thousands (sorted) beside spiky ones (not).
+def test_fast_top_p_draws_the_reference_token_for_small_and_large_nuclei(top_k, top_p, xla):
+    # Whole vocabularies, a row with a nucleus of thousands beside spiky ones.
     scales = np.array([[6.0], [1.0], [6.0]], np.float32)
     logits = tf.constant(np.random.RandomState(5).randn(3, 50257).astype(np.float32) * scales)
     keys = sample.sample_keys(4, 0, 3)
@@ -75,38 +75,47 @@ def nucleus_cases():
 
 @pytest.mark.parametrize("xla", [True, False], ids=["xla", "no-xla"])
 def test_fast_top_p_keeps_what_the_reference_keeps(xla):
-    """Row by row, as the reference computes it in the same mode: where XLA's full sort rounds
-    its cumulative sum differently from TensorFlow's kernels (flat rows), either one."""
+    """Row by row, as the reference computes it with TensorFlow's kernels and with XLA: its
+    cumulative sums in float64 agree whatever the order of summation or the exp."""
     fast_filter = tf.function(fast.top_p_logits, jit_compile=xla, autograph=False)
     compiled = tf.function(sample.top_p_logits, jit_compile=xla, autograph=False)
     for name, logits, ps in nucleus_cases():
         logits = tf.constant(logits)
         for p in ps:
             p = tf.constant(p, tf.float32)  # one trace for every p
-            got, want, also = (f(logits, p).numpy() for f in (fast_filter, sample.top_p_logits, compiled))
-            for row in range(len(got)):
-                if not (got[row] == also[row]).all():
-                    np.testing.assert_array_equal(got[row], want[row], err_msg=f"{name}, p {p}, row {row}")
+            want = sample.top_p_logits(logits, p).numpy()
+            np.testing.assert_array_equal(compiled(logits, p), want, err_msg=f"{name}, p {p}: XLA's reference")
+            np.testing.assert_array_equal(fast_filter(logits, p), want, err_msg=f"{name}, p {p}")
 
 
-def test_nucleus_is_found_among_the_largest_or_left_to_the_sort():
+def test_the_search_decides_small_and_large_nuclei_alike():
+    """The nucleus of one token and of thousands found without the reference's sort, its
+    threshold the smallest logit the reference keeps."""
     rng = np.random.RandomState(1)
     spiky, flat = (tf.constant(rng.randn(3, 50257).astype(np.float32) * scale) for scale in (5, 1))
-    assert fast.nucleus_among_largest(spiky, 0.9)[1].numpy().all()
-    assert not fast.nucleus_among_largest(flat, 0.9)[1].numpy().any()  # thousands of tokens
+    for logits, sizes in [(spiky, (1, 100)), (flat, (1000, 50257))]:
+        threshold, decided = fast.top_p_threshold(logits, 0.9)
+        assert decided.numpy().all()
+        kept = sample.top_p_logits(logits, 0.9).numpy()
+        np.testing.assert_array_equal(threshold[:, 0], np.where(kept > LOW, kept, np.inf).min(-1))
+        assert ((kept > LOW).sum(-1) >= sizes[0]).all() and ((kept > LOW).sum(-1) < sizes[1]).all()
 
 
 @pytest.mark.parametrize("xla", [True, False], ids=["xla", "no-xla"])
-def test_a_cumulative_probability_at_p_is_left_to_the_sort(xla):
-    """p a float32 ulp from the reference's cumulative probability, where the rounding of the
-    normaliser could decide: the reference decides, and both keep the same."""
-    logits = tf.constant(np.random.RandomState(2).randn(2, 50257).astype(np.float32) * 5)
-    reference = tf.function(sample.top_p_logits, jit_compile=xla, autograph=False)  # as the branch computes it
+def test_a_cumulative_probability_at_p_is_left_to_the_reference(xla):
+    """p at the reference's cumulative probability, or 1e-12 from it, where the order of
+    summation could decide: the row is left to the reference, and both keep the same. 1e-6
+    away, the search decides."""
+    logits = tf.constant(np.random.RandomState(2).randn(2, 50257).astype(np.float32) * 2)
+    reference = tf.function(sample.top_p_logits, jit_compile=xla, autograph=False)
     fast_filter = tf.function(fast.top_p_logits, jit_compile=xla, autograph=False)
-    cumulative = np.cumsum(tf.nn.softmax(tf.sort(logits, direction="DESCENDING")).numpy()[0], dtype=np.float32)
-    for at in cumulative[[2, 5, 20]]:
-        for p in [np.nextafter(at, 0, dtype=np.float32), at, np.nextafter(at, 1, dtype=np.float32)]:
-            assert not fast.nucleus_among_largest(logits, p)[1].numpy()[0]
+    threshold = tf.function(fast.top_p_threshold, jit_compile=xla, autograph=False)
+    weights, total = sample.softmax_weights(tf.sort(logits, direction="DESCENDING"))
+    cumulative = np.cumsum(weights.numpy()[0]) / total.numpy()[0]  # float64, summed by numpy
+    for at in cumulative[[0, 2, 500, 3000]]:
+        for p, decides in [(at - 1e-12, False), (at, False), (at + 1e-12, False), (at - 1e-6, True), (at + 1e-6, True)]:
+            p = tf.constant(p, tf.float64)
+            assert threshold(logits, p)[1].numpy()[0] == decides
             np.testing.assert_array_equal(fast_filter(logits, p), reference(logits, p))
 
 
