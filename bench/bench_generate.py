@@ -52,6 +52,7 @@ def ensure_model(models_dir, model_name):
 PLAIN = {
     "kth_largest": lambda: setattr(fast, "kth_largest", lambda logits, k: tf.math.top_k(logits, k).values[:, -1:]),
     "load_params": lambda: setattr(fast, "load_params", model.load_params),
+    "first_argmax": lambda: setattr(fast, "first_argmax", lambda scores: tf.argmax(scores, -1, output_type=tf.int32)),
     "top_p_logits": lambda: setattr(fast, "top_p_logits", sample.top_p_logits),
     "block_function": lambda: setattr(fast, "block", fast.block.python_function),  # each layer traced inline
     "xla": lambda: None,  # the decode loop without XLA (--alternate only)
@@ -157,6 +158,40 @@ def top_p_against_top_k(path, args):
                 **nucleus_stats(params, hparams, tokens, argparse.Namespace(**{**vars(args), "top_k": 0})))
 
 
+def sampling_step(path, args):
+    """--sampling_step: the sampling step alone (`fast.next_token` under XLA, top-k 40 and --top_p,
+    and parts of them), on the logits of a top-p sample's steps: each in one compiled function
+    over all of them, called in turn --repeats times; medians in ms a step."""
+    tf.get_logger().setLevel("ERROR")  # five functions of one lambda's code: TensorFlow warns of retracing
+    dtype = cli.parse_dtype(args.dtype)
+    hparams = model.load_hparams(path)
+    params = fast.load_params(model.find_checkpoint(path), hparams, dtype)
+    context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))
+    sampler = fast.Sampler(params, hparams, top_k=0, top_p=args.top_p)
+    tokens = sampler.sample(context, args.new_tokens, seed=2, temperature=args.temperature)
+    logits = tf.cast(model.model(params, hparams, tokens)["logits"][:, args.prompt_len - 1:-1], tf.float32)
+    steps = tf.transpose(logits, [1, 0, 2])  # [step, batch, vocab]
+    keys = sample.sample_keys(2, 0, args.batch_size)
+    t = args.temperature
+    parts = {
+        "top_k_40": lambda x, i: fast.next_token(x, keys, i, t, 40, 1.0, True),
+        "top_p": lambda x, i: fast.next_token(x, keys, i, t, 0, args.top_p, True),
+        "kth_largest": lambda x, i: fast.kth_largest(sample.with_temperature(x, t), 40)[:, 0],
+        "top_p_threshold": lambda x, i: fast.top_p_threshold(sample.with_temperature(x, t), args.top_p)[0][:, 0],
+        "draw": lambda x, i: fast.first_argmax(sample.with_temperature(x, t) + sample.gumbel(
+            sample.stream_state(keys, i)[:, None], tf.range(tf.shape(x)[1])[None])),  # the noise and the argmax
+    }
+    compiled = {name: tf.function(lambda steps, part=part: tf.foldl(
+        lambda total, i: total + tf.cast(part(tf.gather(steps, i), i), tf.float32), tf.range(tf.shape(steps)[0]),
+        tf.zeros([args.batch_size])), jit_compile=True) for name, part in parts.items()}
+    ms = {name: [] for name in parts}
+    for _ in range(args.repeats + 1):  # the first round compiles
+        for name, function in compiled.items():
+            ms[name].append(1000 * timed(lambda: function(steps).numpy()) / len(steps))
+    return dict(measure="sampling_step", batch_size=args.batch_size, dtype=args.dtype, top_p=args.top_p,
+                temperature=t, steps=len(steps), **{f"ms_{name}": float(np.median(m[1:])) for name, m in ms.items()})
+
+
 def in_turn(samplers, context, args):
     """{name: median tokens/s} of the samplers, each called once a round, --repeats rounds."""
     rates = {name: [] for name in samplers}
@@ -205,6 +240,8 @@ def main():
                         help="time fast.py's way and this plain one in turn in one process (medians)")
     parser.add_argument("--against_top_k", action="store_true",
                         help="time --top_p alone and top-k 40 in turn in one process (medians)")
+    parser.add_argument("--sampling_step", action="store_true",
+                        help="time the sampling step alone, top-k 40 and --top_p, on a top-p sample's logits")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the fastest is reported")
     parser.add_argument("--peer", metavar="VENV_PYTHON", help="also time the peer (bash ../shared/peer/setup.sh)")
     parser.add_argument("--llamacpp", metavar="GGUF", help="also time llama.cpp on this GGUF of the same weights, "
@@ -213,11 +250,12 @@ def main():
     if args.peer and (args.top_k, args.top_p, args.temperature) != (40, 1.0, 1.0):
         parser.error("--peer samples with top-k 40 only: leave --top_k, --top_p and --temperature at their defaults")
     path = ensure_model(args.models_dir, args.model_name)
-    if args.alternate or args.against_top_k:
-        print(json.dumps(alternate(path, args) if args.alternate else top_p_against_top_k(path, args)))
-        return
     for name in args.plain:
         PLAIN[name]()
+    if args.alternate or args.against_top_k or args.sampling_step:
+        mode = alternate if args.alternate else top_p_against_top_k if args.against_top_k else sampling_step
+        print(json.dumps(mode(path, args)))
+        return
     results = list(measure(path, args))
     for result in results:
         print(json.dumps(result), flush=True)

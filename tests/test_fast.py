@@ -31,6 +31,17 @@ def test_binary_search_finds_the_kth_largest(decimals):
         np.testing.assert_array_equal(compiled(logits, k), want)
 
 
+def test_first_argmax_is_argmax_with_its_ties():
+    rows = np.round(np.random.RandomState(0).randn(4, 500), 1).astype(np.float32)
+    rows[0, [7, 300]] = 9.0  # two largest: the first wins
+    rows[1] = LOW  # all equal
+    rows[2, 499] = 9.0  # the last
+    want = tf.argmax(rows, -1, output_type=tf.int32)
+    np.testing.assert_array_equal(want, [7, 0, 499, np.argmax(rows[3])])
+    np.testing.assert_array_equal(fast.first_argmax(rows), want)
+    np.testing.assert_array_equal(tf.function(fast.first_argmax, jit_compile=True)(rows), want)
+
+
 @pytest.mark.parametrize("xla", [True, False], ids=["xla", "no-xla"])
 @pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (1, 1.0), (3, 1.0), (40, 1.0), (0, 0.5), (40, 0.9)])
 def test_fast_step_draws_the_reference_token(top_k, top_p, xla):
