@@ -315,20 +315,26 @@ def second_tiny(models_dir, vocab_dir):
     return "tiny-other"
 
 
-def run_changed_weights(models_dir, first, second):
+def start_changed_weights(models_dir, first, second):
     env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop(fast.FROZEN_WEIGHTS, None)  # the environment the scripts start in
-    out = subprocess.run([sys.executable, "-c", CHANGED_WEIGHTS_RUN, models_dir, first, second],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.splitlines()[-1])
+    return subprocess.Popen([sys.executable, "-c", CHANGED_WEIGHTS_RUN, models_dir, first, second],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def changed_weights_result(process):
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    return json.loads(out.splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
 def changed_weights(models_dir, tiny_model, second_tiny):
-    """The runs of CHANGED_WEIGHTS_RUN: one model then the other, and the other first in a
-    fresh process."""
-    return run_changed_weights(models_dir, tiny_model, second_tiny), run_changed_weights(models_dir, second_tiny, tiny_model)
+    """The runs of CHANGED_WEIGHTS_RUN, two processes at once: one model then the other, and the
+    other first."""
+    runs = [start_changed_weights(models_dir, tiny_model, second_tiny),
+            start_changed_weights(models_dir, second_tiny, tiny_model)]
+    return [changed_weights_result(process) for process in runs]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
