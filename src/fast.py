@@ -239,8 +239,8 @@ def kth_largest(logits, k):
 
 
 # How far from p a cumulative probability must be for `top_p_threshold`'s sums to decide as the
-# reference's do: both sum the same float64 weights in other orders, which agree to 6e-12
-# (`sample.softmax_weights`); this is 40 times that.
+# reference's do: both sum the same float64 weights in other orders, each within 6e-12 of the
+# exact sum (`sample.softmax_weights`), so within 1.2e-11 of each other; this is 20 times that.
 MARGIN = 2.0 ** -32
 
 

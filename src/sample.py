@@ -50,9 +50,10 @@ def softmax_weights(logits):
     exp(logit - largest) and their sum, so that probabilities are weights / total.
 
     In float64 a sum of 50,257 of them, in any order, is within 50,257 * 2^-53 (6e-12) of the
-    total: cumulative probabilities summed in another order, or with another exp (XLA's), agree
-    to that, so `fast.top_p_logits` finds the nucleus without sorting, and XLA and TensorFlow's
-    kernels keep the same tokens. In float32 their rounding (up to 2e-6) decided more often.
+    exact sum, relative to it: cumulative probabilities summed in two orders, or with another exp
+    (XLA's), agree to twice that, so `fast.top_p_logits` finds the nucleus without sorting, and
+    XLA and TensorFlow's kernels keep the same tokens. In float32 their rounding (up to 2e-6)
+    decided more often.
     """
     weights = tf.exp(tf.cast(logits - tf.reduce_max(logits, axis=-1, keepdims=True), tf.float64))
     return weights, tf.reduce_sum(weights, axis=-1, keepdims=True)
