@@ -178,8 +178,8 @@ def sampling_step(path, args):
         "top_p": lambda x, i: fast.next_token(x, keys, i, t, 0, args.top_p, True),
         "kth_largest": lambda x, i: fast.kth_largest(sample.with_temperature(x, t), 40)[:, 0],
         "top_p_threshold": lambda x, i: fast.top_p_threshold(sample.with_temperature(x, t), args.top_p)[0][:, 0],
-        "draw": lambda x, i: fast.first_argmax(sample.with_temperature(x, t) + sample.gumbel(
-            sample.stream_state(keys, i)[:, None], tf.range(tf.shape(x)[1])[None])),  # the noise and the argmax
+        "draw": lambda x, i: fast.first_argmax(sample.with_temperature(x, t) + sample.draw_noise(
+            keys, i, tf.shape(x)[1])),  # the noise and the argmax
     }
     compiled = {name: tf.function(lambda steps, part=part: tf.foldl(
         lambda total, i: total + tf.cast(part(tf.gather(steps, i), i), tf.float32), tf.range(tf.shape(steps)[0]),

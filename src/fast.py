@@ -262,7 +262,7 @@ def top_p_threshold(logits, p):
     out = largest_key_where(keys, lambda t: mass(t) > p)  # [batch, 1]
     above, with_out = mass(out + 1), mass(out)  # <= p, > p
     first_out = above + tf.reduce_max(tf.where(keys == out, weights, 0.0), axis=-1, keepdims=True) / total
-    largest = out == tf.reduce_max(keys, axis=-1, keepdims=True)
+    largest = above == 0  # nothing above out (the largest logit's weight is 1)
     next_up = tf.reduce_min(tf.where(keys > out, logits, logits.dtype.max), axis=-1, keepdims=True)
     threshold = tf.where(largest | (first_out <= p), key_value(out), next_up)
     near = lambda m: tf.abs(m - p) <= MARGIN
@@ -293,8 +293,7 @@ def next_token(logits, keys, step, temperature, top_k, top_p, xla):
         return sample.sample_logits(top_p_logits(sample.top_k_logits(logits, top_k), top_p), keys, step)
     kept = sample.branch(top_k == 0, lambda: logits,
                          lambda: tf.where(logits < kth_largest(logits, top_k), logits.dtype.min, logits))
-    noise = sample.gumbel(sample.stream_state(keys, step)[:, None], tf.range(tf.shape(logits)[1])[None])
-    return first_argmax(top_p_logits(kept, top_p) + noise)
+    return first_argmax(top_p_logits(kept, top_p) + sample.draw_noise(keys, step, tf.shape(logits)[1]))
 
 
 def first_argmax(scores):

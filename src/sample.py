@@ -104,8 +104,13 @@ def sample_logits(logits, keys, step):
     logits [batch, n_vocab], keys [batch, 2] int64 (one random stream per sample), step: which
     draw of each stream this is (the position the new token takes) -> [batch] int32.
     """
-    noise = gumbel(stream_state(keys, step)[:, None], tf.range(tf.shape(logits)[1])[None])  # [batch, n_vocab]
-    return tf.argmax(logits + noise, axis=-1, output_type=tf.int32)
+    return tf.argmax(logits + draw_noise(keys, step, tf.shape(logits)[1]), axis=-1, output_type=tf.int32)
+
+
+def draw_noise(keys, step, n_vocab):
+    """keys [batch, 2] -> [batch, n_vocab] float32: each row's Gumbel noise for draw `step`, one
+    number per token id."""
+    return gumbel(stream_state(keys, step)[:, None], tf.range(n_vocab)[None])
 
 
 def with_temperature(logits, temperature):

@@ -36,9 +36,13 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
        "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "UTF-8"}
 
 
+def command(script, models_dir, model_name, *flags):
+    return [sys.executable, script, "--model_name", model_name, "--models_dir", models_dir, *flags]
+
+
 def run(script, models_dir, model_name, *flags, stdin=b""):
     """The script's CompletedProcess, its output as text; stdin as bytes (or text, sent as UTF-8)."""
-    result = subprocess.run([sys.executable, script, "--model_name", model_name, "--models_dir", models_dir, *flags],
+    result = subprocess.run(command(script, models_dir, model_name, *flags),
                             input=stdin.encode() if isinstance(stdin, str) else stdin, capture_output=True,
                             timeout=300, env=ENV)
     return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(),
@@ -47,10 +51,9 @@ def run(script, models_dir, model_name, *flags, stdin=b""):
 
 def run_at_once(*runs):
     """The scripts' CompletedProcesses, for runs (script, models_dir, model_name, *flags) started
-    together (no stdin): on two cores, about half the time of one after the other."""
-    processes = [subprocess.Popen([sys.executable, script, "--model_name", model_name, "--models_dir", models_dir,
-                                   *flags], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env=ENV) for script, models_dir, model_name, *flags in runs]
+    together (no stdin): quicker than one after the other (three runs: 20 s against 27 here)."""
+    processes = [subprocess.Popen(command(*spec), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=ENV) for spec in runs]
     outputs = [process.communicate(timeout=300) for process in processes]
     return [subprocess.CompletedProcess(process.args, process.returncode, *output)
             for process, output in zip(processes, outputs)]
