@@ -16,6 +16,7 @@ the nucleus's sizes and the share of rows whose threshold the search decided
 (`fast.top_p_threshold`; the others are sorted) come with it.
 """
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -47,6 +48,26 @@ def ensure_model(models_dir, model_name):
     return path
 
 
+# --plain NAME or --alternate NAME for one of these turns that field of fast.Choices off.
+CHOICES = ("fused_matmuls", "float32_attention")
+
+
+def choices(dtype, args, plain=()):
+    """fast.choices_for(dtype), less the CHOICES named in `plain`; XLA as --jit says."""
+    chosen = fast.choices_for(dtype)
+    if args.jit is not None and args.jit != chosen.xla:
+        chosen = fast.Choices(xla=args.jit)
+    return dataclasses.replace(chosen, **{name: False for name in plain if name in CHOICES})
+
+
+def cpu():
+    """This machine's CPU: its model name and which bfloat16 flags it has (fast.BFLOAT16_FLAGS)."""
+    with open("/proc/cpuinfo") as f:
+        name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    return dict(cpu=name, bfloat16_flags=sorted(fast.BFLOAT16_FLAGS & fast.cpu_flags()),
+                frozen_weights=os.environ.get(fast.FROZEN_WEIGHTS, ""))
+
+
 # --plain NAME puts the plain TensorFlow way back in place of one of fast.py's speed-ups, to
 # measure what it wins.
 PLAIN = {
@@ -56,7 +77,9 @@ PLAIN = {
     "top_p_logits": lambda: setattr(fast, "top_p_logits", sample.top_p_logits),
     "block_function": lambda: setattr(fast, "block", fast.block.python_function),  # each layer traced inline
     "xla": lambda: None,  # the decode loop without XLA (--alternate only)
-    "transposed_wte": lambda: setattr(fast, "last_logits", lambda params, h, wte_t: tf.cast(tf.matmul(
+    **{name: lambda: None for name in CHOICES},  # that fast.Choices field off
+    "frozen_weights": lambda: None,  # TF_ONEDNN_ASSUME_FROZEN_WEIGHTS left unset (--plain only: it is the process's)
+    "transposed_wte": lambda: setattr(fast, "last_logits", lambda params, h, wte_t, choices=None: tf.cast(tf.matmul(
         model.norm(h[:, -1], params["ln_f"]), params["wte"], transpose_b=True), tf.float32)),  # wte transposed in the matmul
 }
 
@@ -73,7 +96,8 @@ def measure(path, args):
     start = time.perf_counter()
     params = fast.load_params(model.find_checkpoint(path), hparams, dtype)
     load_seconds = time.perf_counter() - start
-    sampler = fast.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p, jit=args.jit)
+    sampler = fast.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p,
+                           choices=choices(dtype, args, args.plain))
     context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))
     run = dict(seed=2, temperature=args.temperature)
     warm_up = timed(lambda: sampler.sample(context, 4, **run))  # traces and compiles
@@ -81,8 +105,8 @@ def measure(path, args):
     prefill = min(timed(lambda: sampler.sample(context, 1, **run)) for _ in range(args.repeats))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes: loading, compiling and sampling
     common = dict(model_name=args.model_name, batch_size=args.batch_size, prompt_len=args.prompt_len, dtype=args.dtype,
-                  top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, xla=sampler.choices.xla,
-                  plain=args.plain)
+                  top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                  choices=dataclasses.asdict(sampler.choices), plain=args.plain, **cpu())
     decode = args.batch_size * (args.new_tokens - 1) / (seconds - prefill)  # after the prompt is read
     yield dict(measure="generate", **common, new_tokens=args.new_tokens, seconds=seconds,
                tokens_per_s=args.batch_size * args.new_tokens / seconds, decode_tokens_per_s=decode,
@@ -127,15 +151,18 @@ def alternate(path, args):
     context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))
     samplers = {}
     for name in ("fast", "plain"):  # each traced before the next is made: the plain way goes in between
+        chosen = choices(dtype, args)
         if name == "plain":
             PLAIN[args.alternate]()
-        jit = False if name == "plain" and args.alternate == "xla" else args.jit
-        samplers[name] = fast.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p, jit=jit)
+            chosen = choices(dtype, args, [args.alternate])
+            if args.alternate == "xla":
+                chosen = dataclasses.replace(chosen, xla=False)
+        samplers[name] = fast.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p, choices=chosen)
         samplers[name].sample(context, 4, seed=1)
     fast_rate, plain_rate = in_turn(samplers, context, args).values()
     return dict(measure="alternate", plain=args.alternate, batch_size=args.batch_size, dtype=args.dtype,
-                xla=samplers["fast"].choices.xla, repeats=args.repeats, tokens_per_s_fast=fast_rate,
-                tokens_per_s_plain=plain_rate, gain=fast_rate / plain_rate)
+                choices=dataclasses.asdict(samplers["fast"].choices), repeats=args.repeats,
+                tokens_per_s_fast=fast_rate, tokens_per_s_plain=plain_rate, gain=fast_rate / plain_rate, **cpu())
 
 
 def top_p_against_top_k(path, args):
@@ -250,6 +277,8 @@ def main():
     if args.peer and (args.top_k, args.top_p, args.temperature) != (40, 1.0, 1.0):
         parser.error("--peer samples with top-k 40 only: leave --top_k, --top_p and --temperature at their defaults")
     path = ensure_model(args.models_dir, args.model_name)
+    if "frozen_weights" not in args.plain:
+        fast.freeze_weights(cli.parse_dtype(args.dtype))  # as the scripts do, before the first matmul
     for name in args.plain:
         PLAIN[name]()
     if args.alternate or args.against_top_k or args.sampling_step:

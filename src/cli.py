@@ -247,6 +247,7 @@ def load(model_name, models_dir, dtype="float32"):
     import model
     report_device()
     dtype = parse_dtype(dtype)
+    fast.freeze_weights(dtype)  # the scripts' weights never change
     model_name, models_dir = str(model_name), expand_dir(models_dir)
     path = model.model_dir(model_name, models_dir)
     enc = encoder.get_encoder(model_name, models_dir)

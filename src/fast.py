@@ -34,18 +34,52 @@ FROZEN_WEIGHTS = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 
 @dataclasses.dataclass(frozen=True)
 class Choices:
-    """How the fast path runs: see `choices_for`."""
-    # Compile the decode loop with XLA: it fuses a step's hundreds of small ops, and in half
-    # precision its matmuls beat oneDNN's conversions (bench_generate.py [--dtype D] --jit false).
+    """How the fast path runs: see `choices_for`. Each choice says what it wins; the figures
+    are in bench/README.md."""
+    # Compile the decode loop with XLA: it fuses a step's hundreds of small ops, and on a CPU
+    # without bfloat16 instructions its half-precision matmuls beat oneDNN's emulated ones
+    # (bench_generate.py [--dtype D] --jit false).
     xla: bool = False
+    # Without XLA: each matmul, its bias and GELU as one oneDNN kernel (`conv1d`), which is also
+    # the only kind whose weights oneDNN can keep converted (frozen_weights)
+    # (bench_generate.py --dtype bfloat16 --alternate fused_matmuls).
+    fused_matmuls: bool = False
+    # Without XLA: a step's attention (one query) in float32 by Eigen over a float32 cache,
+    # where oneDNN's batch matmul and softmax cost ~50 us a call at these tiny shapes (`attend`)
+    # (bench_generate.py --dtype bfloat16 --alternate float32_attention).
+    float32_attention: bool = False
+    # The scripts, whose weights never change, let oneDNN convert each weight matrix to its own
+    # layout once rather than at every call (`freeze_weights`; bench_generate.py --dtype bfloat16
+    # with and without TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1).
+    frozen_weights: bool = False
 
 
-def choices_for(device_type=None):
-    """The fast path's choices on `device_type` ('CPU' or 'GPU'; by default a GPU when
-    TensorFlow sees one)."""
+def choices_for(dtype=tf.float32, device_type=None):
+    """The fast path's choices for weights in `dtype` on `device_type` ('CPU' or 'GPU'; by
+    default a GPU when TensorFlow sees one)."""
     if (device_type or default_device_type()) != "CPU":
         return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
+    if tf.as_dtype(dtype) == tf.bfloat16 and has_bfloat16_instructions():
+        return Choices(fused_matmuls=True, float32_attention=True, frozen_weights=True)  # oneDNN's native kernels
     return Choices(xla=True)
+
+
+# The CPU flags (as Linux names them) of instructions that multiply bfloat16 natively.
+BFLOAT16_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def has_bfloat16_instructions():
+    """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX)."""
+    return bool(BFLOAT16_FLAGS & cpu_flags())
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU's flags as Linux lists them; none where it does not say."""
+    try:
+        with open(cpuinfo) as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
 
 
 def train_with_xla(dtype, device_type=None):
@@ -54,7 +88,7 @@ def train_with_xla(dtype, device_type=None):
     true/false). In float32 on a CPU it does not win 10% (bench_train.py --xla true/false), and it
     weakens --memory_saving_gradients, whose recomputation XLA may merge back into the forward
     pass; on a GPU nothing is measured yet: TensorFlow's default."""
-    return tf.as_dtype(dtype) != tf.float32 and choices_for(device_type).xla
+    return tf.as_dtype(dtype) != tf.float32 and choices_for(dtype, device_type).xla
 
 
 def update_with_xla(optimizer, device_type=None):
@@ -64,7 +98,7 @@ def update_with_xla(optimizer, device_type=None):
     already (1.02x, for 4% more peak memory); on a GPU nothing is measured yet: TensorFlow's
     default. Only on a single device: the update of several replicas sums their gradients across
     them first, which stays TensorFlow's."""
-    return optimizer == "adam" and choices_for(device_type).xla
+    return optimizer == "adam" and choices_for(tf.float32, device_type).xla  # float32 master weights
 
 
 def default_device_type():
@@ -72,14 +106,24 @@ def default_device_type():
     return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
 
 
+def freeze_weights(dtype):
+    """For a process whose weights never change (the scripts), before its first matmul: where
+    `choices_for(dtype)` takes `frozen_weights`, sets TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1, unless
+    the environment sets it already. Weights that can change are then refused
+    (`check_weights_can_change`)."""
+    if choices_for(dtype).frozen_weights:
+        os.environ.setdefault(FROZEN_WEIGHTS, "1")
+
+
 def check_weights_can_change(params):
     """Refuses tf.Variable weights while TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set.
 
-    With it, oneDNN converts each weight matrix of a fused matmul once and keeps the result for
-    every later call of that kernel: a graph that reads variables would go on computing with
-    their old values once they change. The project never sets it (it could not be shown to win
-    here: bench/README.md); this guards against an environment that does. Weights given as
-    tensors cannot change: a new set of weights makes a new Sampler, with kernels of its own.
+    With it, oneDNN converts the weight matrix of each fused matmul kernel once and keeps the
+    result for every later call of that kernel: a graph that reads variables would go on
+    computing with their old values once they change. The scripts set it where it wins
+    (`freeze_weights`); training and serving, whose weights are variables, never do. Weights
+    given as tensors cannot change: a new set of weights makes a new Sampler, with kernels of
+    its own.
     """
     if os.environ.get(FROZEN_WEIGHTS, "0") not in ("", "0") and any(
             isinstance(value, tf.Variable) for value in tf.nest.flatten(params)):
@@ -138,6 +182,12 @@ def cache_spec(hparams, batch_size, dtype):
     return [tf.TensorSpec([2, batch_size, hparams.n_head, None, hparams.head_dim], dtype)] * hparams.n_layer
 
 
+def cache_dtype(dtype, choices):
+    """The cache's dtype for weights in `dtype`: float32 for `Choices.float32_attention`, which
+    would otherwise cast the whole cache at every step."""
+    return tf.float32 if choices.float32_attention else dtype
+
+
 def write_cache(cache, positions, k, v):
     """cache [2, batch, heads, size, head_dim] with k, v [batch, heads, seq, head_dim] written at
     positions [seq]: a new tensor (see the module's docstring)."""
@@ -149,27 +199,53 @@ def write_cache(cache, positions, k, v):
     return tf.reshape(tf.tensor_scatter_nd_update(flat, rows, values), tf.shape(cache))
 
 
-def attend(q, k, v, mask):
+def conv1d(x, p, choices, gelu=False):
+    """`model.conv1d`, then `model.gelu` with `gelu`: [batch, seq, nx] -> [batch, seq, nf].
+    With `Choices.fused_matmuls`, as the ops oneDNN fuses into one kernel: MatMul, BiasAdd and
+    TensorFlow's GELU (the same tanh approximation)."""
+    if not choices.fused_matmuls:
+        y = model.conv1d(x, p)
+        return model.gelu(y) if gelu else y
+    *start, nx = tf.unstack(tf.shape(x))
+    y = tf.nn.bias_add(tf.matmul(tf.reshape(x, [-1, nx]), p["w"]), p["b"])  # [batch * seq, nf]
+    if gelu:
+        y = tf.nn.gelu(y, approximate=True)
+    return tf.reshape(y, start + [p["w"].shape[-1]])
+
+
+def attend(q, k, v, mask, choices):
     """`model.multihead_attn` over the whole cache: q [batch, heads, seq, head_dim], k, v
-    [batch, heads, size, head_dim], mask [seq, size] True where a query may see a key."""
-    w = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * tf.math.rsqrt(float(v.shape[-1]))
-    w = tf.nn.softmax(tf.where(mask, w, -1e9), axis=-1)  # [batch, heads, seq, size]
-    return tf.matmul(tf.cast(w, v.dtype), v)
+    [batch, heads, size, head_dim], mask [seq, size] True where a query may see a key.
+
+    With `Choices.float32_attention`, in float32 by Eigen's BatchMatMulV3, which oneDNN leaves
+    alone, and with the original's own softmax: a step's matrices are tiny, and oneDNN's batch
+    matmul and softmax cost more to set up than to compute (bench/README.md).
+    """
+    scale = tf.math.rsqrt(float(v.shape[-1]))
+    if not choices.float32_attention:
+        w = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * scale
+        w = tf.nn.softmax(tf.where(mask, w, -1e9), axis=-1)  # [batch, heads, seq, size]
+        return tf.matmul(tf.cast(w, v.dtype), v)
+    matmul = lambda a, b, adj_y=False: tf.raw_ops.BatchMatMulV3(x=a, y=b, adj_y=adj_y, Tout=tf.float32)
+    w = tf.where(mask, matmul(tf.cast(q, tf.float32), k, adj_y=True) * scale, -1e9)  # [batch, heads, seq, size]
+    w = tf.exp(w - tf.reduce_max(w, axis=-1, keepdims=True))
+    return tf.cast(matmul(w / tf.reduce_sum(w, axis=-1, keepdims=True), v), q.dtype)
 
 
 @functools.partial(tf.function, autograph=False)  # one trace serves every layer: start-up (bench_startup.py)
-def block(x, p, cache, positions, mask, n_head):
+def block(x, p, cache, positions, mask, n_head, choices):
     """`model.block` writing its keys and values into the cache: x [batch, seq, n_embd],
     cache [2, batch, heads, size, head_dim] -> (x, cache)."""
-    c = model.conv1d(model.norm(x, p["ln_1"]), p["attn"]["c_attn"])  # [batch, seq, 3 * n_embd]
+    c = conv1d(model.norm(x, p["ln_1"]), p["attn"]["c_attn"], choices)  # [batch, seq, 3 * n_embd]
     q, k, v = [model.split_heads(t, n_head) for t in tf.split(c, 3, axis=2)]
     cache = write_cache(cache, positions, tf.cast(k, cache.dtype), tf.cast(v, cache.dtype))
-    a = model.merge_heads(attend(q, cache[0], cache[1], mask))  # [batch, seq, n_embd]
-    x = x + model.conv1d(a, p["attn"]["c_proj"])
-    return x + model.mlp(model.norm(x, p["ln_2"]), p["mlp"]), cache
+    a = model.merge_heads(attend(q, cache[0], cache[1], mask, choices))  # [batch, seq, n_embd]
+    x = x + conv1d(a, p["attn"]["c_proj"], choices)
+    m = conv1d(model.norm(x, p["ln_2"]), p["mlp"]["c_fc"], choices, gelu=True)  # [batch, seq, 4 * n_embd]
+    return x + conv1d(m, p["mlp"]["c_proj"], choices), cache
 
 
-def decode(params, hparams, X, cache, start):
+def decode(params, hparams, X, cache, start, choices=Choices()):
     """X [batch, seq] at positions start.. -> (hidden [batch, seq, n_embd], the cache with their
     keys and values). Attention covers the whole cache; the mask hides what is not yet written."""
     positions = start + tf.range(tf.shape(X)[1])  # [seq]
@@ -177,7 +253,7 @@ def decode(params, hparams, X, cache, start):
     mask = positions[:, None] >= tf.range(tf.shape(cache[0])[3])[None]  # [seq, size]
     new_cache = []
     for p, layer_cache in zip(params["h"], cache):
-        h, layer_cache = block(h, p, layer_cache, positions, mask, hparams.n_head)
+        h, layer_cache = block(h, p, layer_cache, positions, mask, hparams.n_head, choices)
         new_cache.append(layer_cache)
     return h, new_cache
 
@@ -192,10 +268,13 @@ def transposed_wte(params):
     return tf.transpose(params["wte"])
 
 
-def last_logits(params, h, wte_t):
+def last_logits(params, h, wte_t, choices=Choices()):
     """h [batch, seq, n_embd], wte_t [n_embd, n_vocab] (`transposed_wte`) -> float32 logits
-    [batch, n_vocab] of the last position."""
+    [batch, n_vocab] of the last position. With `Choices.fused_matmuls`, a bias of zeros makes
+    the matmul one oneDNN fuses, whose weights it can keep converted (`Choices.frozen_weights`)."""
     h = model.norm(h[:, -1], params["ln_f"])  # [batch, n_embd]
+    if choices.fused_matmuls:
+        return tf.cast(tf.nn.bias_add(tf.matmul(h, wte_t), tf.zeros([wte_t.shape[-1]], wte_t.dtype)), tf.float32)
     return tf.cast(tf.matmul(h, wte_t), tf.float32)
 
 
@@ -316,9 +395,9 @@ def cache_size(positions, n_ctx, multiple=128):
     return tf.minimum(rounded, n_ctx + 1) if tf.is_tensor(rounded) else min(rounded, n_ctx + 1)
 
 
-def decode_signature(hparams, dtype):
+def decode_signature(hparams, dtype, choices=Choices()):
     """The input signature of `Sampler._decode_loop`, for any batch size."""
-    return [cache_spec(hparams, None, dtype), tf.TensorSpec([None, None], tf.int32),
+    return [cache_spec(hparams, None, cache_dtype(dtype, choices)), tf.TensorSpec([None, None], tf.int32),
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.bool),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
             tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.float32),
@@ -339,19 +418,21 @@ class Sampler:
     the tokens its prompt gives alone.
     """
 
-    def __init__(self, params, hparams, *, top_k=0, top_p=1.0, end_token=None, jit=None):
+    def __init__(self, params, hparams, *, top_k=0, top_p=1.0, end_token=None, jit=None, choices=None):
         check_weights_can_change(params)
         self.params, self.hparams = params, hparams
         self.top_k, self.top_p, self.end_token = top_k, top_p, end_token
         self.dtype = params["wte"].dtype
-        self.choices = choices_for()
-        if jit is not None:
-            self.choices = dataclasses.replace(self.choices, xla=jit)
+        self.choices = choices or choices_for(self.dtype)
+        if jit is not None and jit != self.choices.xla:  # XLA forced on or off: that alone
+            self.choices = Choices(xla=jit)
+        self.cache_dtype = cache_dtype(self.dtype, self.choices)
         # The prompt's pass runs without XLA, which would compile anew for each prompt length.
-        self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, cache, 0)[1], input_signature=[
-            tf.TensorSpec([None, None], tf.int32), cache_spec(hparams, None, self.dtype)])
+        self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, cache, 0, self.choices)[1],
+                                    input_signature=[tf.TensorSpec([None, None], tf.int32),
+                                                     cache_spec(hparams, None, self.cache_dtype)])
         self._decoder = tf.function(self._decode_loop, jit_compile=self.choices.xla, autograph=False,
-                                    input_signature=decode_signature(hparams, self.dtype))
+                                    input_signature=decode_signature(hparams, self.dtype, self.choices))
         self._first_calls = logs.FirstCalls()  # by (batch size, cache size)
 
     def _decode(self, cache, *args):
@@ -372,8 +453,8 @@ class Sampler:
 
         def body(i, tokens, cache, done):
             p = position + i
-            h, cache = decode(self.params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p)
-            token = next_token(last_logits(self.params, h, wte_t), keys, p + 1, temperature, self.top_k,
+            h, cache = decode(self.params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p, self.choices)
+            token = next_token(last_logits(self.params, h, wte_t, self.choices), keys, p + 1, temperature, self.top_k,
                                self.top_p, self.choices.xla)
             if self.end_token is not None:  # a finished sample only repeats end_token
                 token = tf.where(done, self.end_token, token)
@@ -403,7 +484,7 @@ class Sampler:
         shortest = int(lengths.min())
         sample.check_sampling(self.hparams, longest, length, temperature, self.top_k, self.top_p)
         size = cache_size(longest + length, self.hparams.n_ctx)
-        cache = empty_cache(self.hparams, batch, size, self.dtype)
+        cache = empty_cache(self.hparams, batch, size, self.cache_dtype)
         if shortest > 1:  # the common prefix's keys and values, but the last token's, which the loop feeds
             cache = self._prefill(context[:, :shortest - 1], cache)
         tokens = tf.constant(np.pad(context, [(0, 0), (0, size - longest)]))

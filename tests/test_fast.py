@@ -17,6 +17,11 @@ from helpers import REPO, random_tokens, reference_logits
 
 LOW = np.finfo(np.float32).min
 
+# The decode loop's ways, on any CPU: oneDNN's is what a CPU with bfloat16 instructions takes for
+# bfloat16 (fast.choices_for); without those instructions oneDNN emulates them, with the same results.
+ONEDNN = fast.Choices(fused_matmuls=True, float32_attention=True)
+WAYS = {"xla": fast.Choices(xla=True), "no-xla": fast.Choices(), "onednn": ONEDNN}
+
 
 # --- the sampling step's speed-ups draw the reference's tokens ------------------------------
 
@@ -132,15 +137,17 @@ def test_a_cumulative_probability_at_p_is_left_to_the_reference(xla):
 
 # --- decoding into the cache ------------------------------------------------------------------
 
-def test_decode_fills_the_cache_in_steps_as_the_full_pass_does(models_dir, tiny_model, tiny):
+@pytest.mark.parametrize("way", ["no-xla", "onednn"])
+def test_decode_fills_the_cache_in_steps_as_the_full_pass_does(models_dir, tiny_model, tiny, way):
     hparams, params = tiny
     tokens = random_tokens(hparams.n_vocab, 2, 20, seed=2)
     cache = fast.empty_cache(hparams, 2, 24, tf.float32)
     logits = []
     for start, end in [(0, 13), (13, 14), (14, 20)]:
-        h, cache = fast.decode(params, hparams, tokens[:, start:end], cache, start)
+        h, cache = fast.decode(params, hparams, tokens[:, start:end], cache, start, WAYS[way])
         logits.append(model.model(params, hparams, tokens[:, :end])["logits"][:, start:end])
-        np.testing.assert_allclose(fast.last_logits(params, h, fast.transposed_wte(params)), logits[-1][:, -1], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(fast.last_logits(params, h, fast.transposed_wte(params), WAYS[way]), logits[-1][:, -1],
+                                   atol=1e-5, rtol=0)
     np.testing.assert_allclose(tf.concat(logits, 1), reference_logits(os.path.join(models_dir, tiny_model), tokens),
                                atol=1e-4, rtol=0)
     present = model.model(params, hparams, tokens)["present"]  # [batch, layer, 2, heads, seq, head_dim]
@@ -161,13 +168,13 @@ def test_top_k_1_is_the_plain_models_argmax(tiny):
     np.testing.assert_array_equal(out, tokens)
 
 
-@pytest.mark.parametrize("jit", [True, False], ids=["xla", "no-xla"])
+@pytest.mark.parametrize("way", list(WAYS))
 @pytest.mark.parametrize("top_k, top_p, temperature", [(0, 1.0, 1.0), (40, 1.0, 0.7), (0, 0.9, 1.3), (10, 0.8, 1.0)])
-def test_cached_sampler_equals_plain_path(tiny, top_k, top_p, temperature, jit):
+def test_cached_sampler_equals_plain_path(tiny, top_k, top_p, temperature, way):
     hparams, params = tiny
     context = random_tokens(hparams.n_vocab, 3, 6, seed=top_k)
     kwargs = dict(temperature=temperature, seed=11, first_sample=2)
-    got = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p, jit=jit).sample(context, 16, **kwargs)
+    got = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p, choices=WAYS[way]).sample(context, 16, **kwargs)
     plain = sample.sample_plain(params, hparams, context, 16, top_k=top_k, top_p=top_p, **kwargs)
     np.testing.assert_array_equal(got, plain)
 
@@ -231,11 +238,11 @@ def ragged_prompts(hparams):
     return [list(row[:n]) for row, n in zip(random_tokens(hparams.n_vocab, 4, 9, seed=7), [3, 9, 1, 5])]
 
 
-@pytest.mark.parametrize("jit", [True, False], ids=["xla", "no-xla"])
+@pytest.mark.parametrize("way", list(WAYS))
 @pytest.mark.parametrize("top_k", [1, 0], ids=["greedy", "sampled"])
-def test_each_ragged_row_is_its_prompt_alone(tiny, top_k, jit):
+def test_each_ragged_row_is_its_prompt_alone(tiny, top_k, way):
     hparams, params = tiny
-    sampler = fast.Sampler(params, hparams, top_k=top_k, jit=jit)
+    sampler = fast.Sampler(params, hparams, top_k=top_k, choices=WAYS[way])
     prompts = ragged_prompts(hparams)
     got = sampler.sample(prompts, 10, seed=6, first_sample=1)
     for i, prompt in enumerate(prompts):
@@ -268,9 +275,28 @@ def test_sampler_is_traced_once_for_every_batch_and_length(tiny):
     assert sampler._decoder.experimental_get_tracing_count() == 1
 
 
-def test_choices_follow_the_device():
-    assert fast.choices_for("CPU").xla
-    assert fast.choices_for("GPU") == fast.Choices()  # no CPU choice imposed on a GPU
+@pytest.mark.parametrize("bfloat16_instructions", [True, False])
+def test_choices_follow_the_device_and_dtype(monkeypatch, bfloat16_instructions):
+    monkeypatch.setattr(fast, "has_bfloat16_instructions", lambda: bfloat16_instructions)
+    for dtype in (tf.float32, tf.float16):
+        assert fast.choices_for(dtype, "CPU") == fast.Choices(xla=True)
+    native = fast.Choices(fused_matmuls=True, float32_attention=True, frozen_weights=True)
+    assert fast.choices_for(tf.bfloat16, "CPU") == (native if bfloat16_instructions else fast.Choices(xla=True))
+    for dtype in (tf.float32, tf.bfloat16):
+        assert fast.choices_for(dtype, "GPU") == fast.Choices()  # no CPU choice imposed on a GPU
+    # Training: XLA in half precision where the decode loop takes it; Adam's update in float32.
+    assert fast.train_with_xla(tf.bfloat16, "CPU") == (not bfloat16_instructions)
+    assert not fast.train_with_xla(tf.float32, "CPU")
+    assert fast.update_with_xla("adam", "CPU") and not fast.update_with_xla("sgd", "CPU")
+
+
+def test_bfloat16_instructions_are_read_from_the_cpus_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    flags = "fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert fast.cpu_flags(str(cpuinfo)) == set(flags.split())
+    assert fast.BFLOAT16_FLAGS & fast.cpu_flags(str(cpuinfo)) == {"avx512_bf16"}
+    assert fast.cpu_flags(str(tmp_path / "missing")) == set()  # a system that does not say: no flags
 
 
 # --- weights that change ------------------------------------------------------------------------
@@ -282,6 +308,7 @@ compile_cache.start()  # the two runs compile the same programs: the later one l
 import numpy as np, tensorflow as tf
 import cli, fast
 
+fast.has_bfloat16_instructions = lambda: False  # the same on every CPU: nothing tells oneDNN weights are frozen
 models_dir, first, second = sys.argv[1:]
 context = np.random.RandomState(1).randint(0, 50257, (2, 5))
 
@@ -347,6 +374,54 @@ def test_new_weights_give_the_new_models_tokens(changed_weights, dtype):
     assert run["b_after_a"] == alone["a"] and run["a"] == alone["b_after_a"]
     assert run["variables_a"] == run["a"] and run["variables_b"] == run["b_after_a"]
     assert not run["stale"]
+
+
+FROZEN_WEIGHTS_RUN = """
+import json, sys
+import numpy as np, tensorflow as tf
+import cli, fast, model
+
+fast.has_bfloat16_instructions = lambda: True  # the same on every CPU (oneDNN emulates the instructions where missing)
+models_dir, first, second = sys.argv[1:]
+context = np.random.RandomState(1).randint(0, 50257, (2, 5))
+out = {}
+for name in (first, second, first):  # as the scripts load, the weights in turn
+    _, hparams, params = cli.load(name, models_dir, "bfloat16")
+    tokens = fast.Sampler(params, hparams, top_k=1).sample(context, 12)
+    logits = model.model(params, hparams, tokens[:, :-1])["logits"][:, 4:].numpy()  # the plain model's, each step
+    chosen = np.take_along_axis(logits, tokens[:, 5:, None], -1)[..., 0]
+    out.setdefault("gaps", []).append(float((logits.max(-1) - chosen).max()))
+    out.setdefault("tokens", []).append(tokens.tolist())
+out["environment"] = fast.os.environ.get(fast.FROZEN_WEIGHTS)
+try:
+    fast.Sampler(tf.nest.map_structure(tf.Variable, params), hparams)
+except ValueError as e:
+    out["variables"] = str(e)
+fused = tf.function(lambda x, w, b: tf.nn.bias_add(tf.matmul(x, w), b))
+x, bias = tf.ones([1, 64], tf.bfloat16), tf.zeros([64], tf.bfloat16)
+out["stale"] = bool(fused(x, tf.ones([64, 64], tf.bfloat16), bias)[0, 0] == fused(x, 2 * tf.ones([64, 64], tf.bfloat16), bias)[0, 0])
+print(json.dumps(out))
+"""
+
+
+def test_frozen_weights_serve_each_model_and_layer_its_own(models_dir, tiny_model, second_tiny):
+    """bfloat16 loaded as the scripts load it on a CPU with bfloat16 instructions: oneDNN is told
+    the weights never change, and keeps each fused matmul's weights converted. Two models in
+    turn, whose layers share one traced block, each sample greedily by its own weights (each
+    token the plain model's top choice, up to bfloat16's rounding); weights that can change are
+    refused; and the hazard is real there: one fused kernel given new weights keeps the old."""
+    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop(fast.FROZEN_WEIGHTS, None)
+    out = subprocess.run([sys.executable, "-c", FROZEN_WEIGHTS_RUN, models_dir, tiny_model, second_tiny],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout.splitlines()[-1])
+    assert run["environment"] == "1"
+    first, second, first_again = run["tokens"]
+    assert first != second and first_again == first
+    assert max(run["gaps"]) <= 0.25  # test_dtypes.TOLERANCE's for bfloat16
+    assert "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set" in run["variables"]
+    assert run["stale"]
 
 
 def test_variables_are_refused_where_onednn_is_told_weights_never_change(tiny, monkeypatch):
