@@ -163,22 +163,49 @@ def cbt_query(path, number, line, context):
 
 LAMBADA_URL = "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"  # the file OpenAI evaluated on
 LAMBADA_FILE = "lambada_test.jsonl"
+# OpenAI's file as published: its SHA-256 is the one lm-evaluation-harness's first LAMBADA task checked
+# (EleutherAI/lm-evaluation-harness, lm_eval/tasks/lambada.py, `sha256sum --check`); its size is that of
+# EleutherAI/lambada_openai's data/lambada_test.jsonl on Hugging Face, which has the same SHA-256.
+LAMBADA_BYTES = 1819752
+LAMBADA_SHA256 = "4aa8d02cd17c719165fc8a7887fddd641f43fcafa4b1c806ca8abc31fabdb226"
+LAMBADA_PASSAGES = 5153
+
+
+def lambada_difference(path, n_passages=None):
+    """None if `path` is OpenAI's lambada_test.jsonl, else how it differs, in words; `n_passages`:
+    how many passages it holds, to say too."""
+    import hashlib
+    data = read_bytes(path)
+    sha256 = hashlib.sha256(data).hexdigest()
+    if len(data) == LAMBADA_BYTES and sha256 == LAMBADA_SHA256:
+        return None
+    this = [f"{len(data):,} bytes", f"SHA-256 {sha256[:16]}..."]
+    openais = [f"{LAMBADA_BYTES:,} bytes", f"SHA-256 {LAMBADA_SHA256[:16]}..."]
+    if n_passages is not None:
+        this.insert(0, f"{n_passages:,} passages")
+        openais.insert(0, f"{LAMBADA_PASSAGES:,} passages")
+    return f"{', '.join(this)}; OpenAI's: {', '.join(openais)}"
 
 
 def fetch_lambada(data_dir, url=LAMBADA_URL):
     """The path of OpenAI's LAMBADA test set in `data_dir`, downloaded first when absent, by
     download_model.py's fetch: retried, resumed, checked against the size and MD5 the server
-    sends, written to a `.part` file and renamed when whole."""
+    sends and against OpenAI's size and SHA-256, written to a `.part` file and renamed when whole.
+    A file already there must be OpenAI's too."""
     import os
     path = os.path.join(str(data_dir), LAMBADA_FILE)
     if os.path.isfile(path):
+        difference = lambada_difference(path)
+        if difference is not None:
+            raise ValueError(f"{path} is not OpenAI's {LAMBADA_FILE} ({difference}): delete it to download "
+                             "it again, or give it as --data_file to evaluate on it anyway")
         return path
     import requests
     downloader = download_module()
     os.makedirs(str(data_dir), exist_ok=True)
     try:
         with requests.Session() as session:
-            downloader.fetch_file(session, url, path)
+            downloader.fetch_file(session, url, path, released=downloader.Released(LAMBADA_BYTES, LAMBADA_SHA256))
     except downloader.DownloadError as e:
         raise OSError(f"cannot download LAMBADA: {e}; run again to resume, or give --data_file") from None
     return path
