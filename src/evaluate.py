@@ -48,7 +48,7 @@ def read_data(task, data_file):
         return benchmarks.read_language_modelling(data_file, task)
     if task == "lambada":
         return benchmarks.read_lambada(data_file)
-    return benchmarks.read_cbt(data_file)
+    return benchmarks.read_cbt(data_file, task)
 
 
 def warn_if_not_openais_lambada(data_file, n_passages):

@@ -527,3 +527,38 @@ def test_a_bad_data_file_is_refused_before_the_model_loads(tmp_path, task, conte
     path.write_bytes(content)
     with pytest.raises(ValueError, match=message):  # the model named does not exist: never loaded
         evaluate.evaluate(model_name="absent", models_dir="/nonexistent", task=task, data_file=str(path))
+
+
+JSON_LINES = '{"text": "He walked over to the dog"}\n{"text": "Then she sat on a cat"}\n'
+CBT_LINES = CBT_CONTEXT + "21 The XXXXX ran .\tdog\t\tcat|dog\n"
+
+
+@pytest.mark.parametrize("task, content, found, expected", [
+    *[(task, JSON_LINES, "JSON lines, LAMBADA's format", benchmarks.EXPECTED[task])
+      for task in [*benchmarks.LANGUAGE_MODELLING, "cbt-cn", "cbt-ne"]],
+    *[(task, CBT_LINES, "numbered lines and queries, CBT's format", benchmarks.EXPECTED[task])
+      for task in ["lambada", *benchmarks.LANGUAGE_MODELLING]],
+    ("wikitext2", "\n \n" + JSON_LINES, "JSON lines", "WikiText-2's wiki.test.tokens (or wiki.test.raw)"),
+])
+def test_a_file_of_another_tasks_format_is_refused_naming_the_task_and_its_file(tmp_path, task, content, found,
+                                                                                 expected):
+    path = tmp_path / "test.file"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError) as e:  # the model named does not exist: never loaded
+        evaluate.evaluate(model_name="absent", models_dir="/nonexistent", task=task, data_file=str(path))
+    assert str(e.value).startswith(f"{path} holds {found}")
+    assert f", not a test file of --task {task}: give {expected}" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("task, content", [
+    ("wikitext2", " = Robert Boulter = \n \n Robert Boulter is an English film , television and theatre actor .\n"),
+    ("ptb", " no it was n't black monday \n but while the new york stock exchange did n't fall apart\n"),
+    ("1bw", "[ 1 ] The quick brown fox .\n"),  # a bracket that is not JSON
+    ("enwik8", "{{Infobox Country}}\n[[Category:Places]]\n"),
+    ("wikitext2", "1 is a number , and so is 21 .\n"),  # numbered, but no CBT query
+])
+def test_text_of_the_tasks_own_kind_is_not_taken_for_another_format(tmp_path, task, content):
+    path = tmp_path / "test.txt"
+    path.write_text(content, encoding="utf-8")
+    text, _ = benchmarks.read_language_modelling(path, task)
+    assert text == content
