@@ -10,12 +10,13 @@ Each file comes from {base_url}/models/{MODEL}/{file}. It is written to FILE.par
 FILE only once its size and, when the server sends one, its MD5 (Content-MD5, the base64 of the
 digest, as Azure Blob Storage sends it) check out. The size is the Content-Length; when a server
 sends none, a HEAD request asks for it, so that a cut transfer is not taken for a whole file.
-Whatever the server says, a file of a released model must also have the size and SHA-256 that
-OpenAI's files have (RELEASED: every file's size for 124M and 355M, every file's SHA-256 for
-124M, encoder.json's and vocab.bpe's for all four; the other files of 774M and 1558M are checked
-by loading the model). An HTML page where a file should be (a login or error page) is refused. A FILE.part left by an
-interrupted run is continued with an HTTP Range request, or started again from byte 0 when the
-server ignores Range.
+Whatever the server says, a file of a released model must also have the size and SHA-256 of
+OpenAI's file where a published value exists (RELEASED: the size of every file of 124M and 355M,
+the SHA-256 of every file of 124M, both for encoder.json and vocab.bpe of all four), and a body
+that ends short of that size while the server gave none is refused; the other files of 774M and
+1558M are checked by loading the model. An HTML page where a file should be (a login or error
+page) is refused. A FILE.part left by an interrupted run is continued with an HTTP Range
+request, or started again from byte 0 when the server ignores Range.
 
 Connection errors, timeouts, cut transfers, stalls (fewer than 64 KiB in GPT2_DOWNLOAD_STALL
 seconds, default 30), 429 and 5xx answers are retried, after the server's Retry-After when it
@@ -91,10 +92,12 @@ class Released:
 
 # encoder.json and vocab.bpe are the same for every model: byte for byte tests/gpt2-vocab's
 # (test_download.py holds these values to them).
-_VOCABULARY = {"encoder.json": Released(1042301, "196139668be63f3b5d6574427317ae82"
-                                                 "f612a97c5d1cdaf36ed2256dbf636783"),
-               "vocab.bpe": Released(456318, "1ce1664773c50f3e0cc8842619a93edc"
-                                             "4624525b728b188a9e0be33b7726adc5")}
+_VOCABULARY = {
+    "encoder.json": Released(
+        1042301, "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "vocab.bpe": Released(
+        456318, "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
 # Only published values, each with its source; none was found for the other files of 774M and
 # 1558M, which the load check (check_model) reads in full instead.
 # Sizes of 124M and 355M: rasbt/LLMs-from-scratch, ch05/01_main-chapter-code/tests.py
@@ -102,20 +105,27 @@ _VOCABULARY = {"encoder.json": Released(1042301, "196139668be63f3b5d6574427317ae
 # MontrealAI/AGI-Alpha-Agent-v0, scripts/download_openai_gpt2.py (CHECKSUMS), whose values for
 # encoder.json, vocab.bpe, checkpoint and hparams.json are those of the files' known bytes.
 RELEASED = {
-    "124M": {**_VOCABULARY,
-             "checkpoint": Released(77, "dd1b025d2e155283f5e300ce95bf6d5b"
-                                        "6bc0f7fe010db73daa6975eb896ab9cb"),
-             "hparams.json": Released(90, "d9d56e4121c427164e0c55c6f03c08e1"
-                                          "daf9002b9b672825112d19097b680318"),
-             "model.ckpt.data-00000-of-00001": Released(497759232, "2060c885360cc0cf41d7a6dbc4d24b51"
-                                                                   "27aae20260c8b5ae521b5a6578407118"),
-             "model.ckpt.index": Released(5215, "71916f763f9746f9b2a06b12d91996cf"
-                                                "1084ae008d0424543d39391c5f2dc687"),
-             "model.ckpt.meta": Released(471155, "4668c448fa11531fd6700460487f73e8"
-                                                 "2d3272960cea942252f8744bf225c77b")},
-    "355M": {**_VOCABULARY, "checkpoint": Released(77), "hparams.json": Released(91),
-             "model.ckpt.data-00000-of-00001": Released(1419292672),
-             "model.ckpt.index": Released(10399), "model.ckpt.meta": Released(926519)},
+    "124M": {
+        **_VOCABULARY,
+        "checkpoint": Released(
+            77, "dd1b025d2e155283f5e300ce95bf6d5b6bc0f7fe010db73daa6975eb896ab9cb"),
+        "hparams.json": Released(
+            90, "d9d56e4121c427164e0c55c6f03c08e1daf9002b9b672825112d19097b680318"),
+        "model.ckpt.data-00000-of-00001": Released(
+            497759232, "2060c885360cc0cf41d7a6dbc4d24b5127aae20260c8b5ae521b5a6578407118"),
+        "model.ckpt.index": Released(
+            5215, "71916f763f9746f9b2a06b12d91996cf1084ae008d0424543d39391c5f2dc687"),
+        "model.ckpt.meta": Released(
+            471155, "4668c448fa11531fd6700460487f73e82d3272960cea942252f8744bf225c77b"),
+    },
+    "355M": {
+        **_VOCABULARY,
+        "checkpoint": Released(77),
+        "hparams.json": Released(91),
+        "model.ckpt.data-00000-of-00001": Released(1419292672),
+        "model.ckpt.index": Released(10399),
+        "model.ckpt.meta": Released(926519),
+    },
     "774M": _VOCABULARY,
     "1558M": _VOCABULARY,
 }
@@ -305,22 +315,23 @@ def _against_record(path, entry):
 
 def _against_server(session, url, path, limits, known):
     """(entry, None) if `path` has the size and checksums OpenAI's file has, or else the server
-    gives, else (None, what differs). No need to ask the server what RELEASED knows."""
-    md5, sha256 = _hashed(path, hashlib.md5(), hashlib.sha256())
-    if known.sha256 is not None and sha256.hexdigest() != known.sha256:
-        return None, f"SHA-256 {sha256.hexdigest()}, OpenAI's file has {known.sha256}"
-    local = _base64(md5)
-    if known.size is not None and known.sha256 is not None:
-        return _entry(path, local), None
-    size, server_md5 = _server_file(session, url, limits)
-    size = size if size is not None else known.size
+    gives, else (None, what differs). The server is not asked what RELEASED knows."""
+    if known.sha256 is not None:  # nothing the server says could add to it
+        size, server_md5 = known.size, None
+    else:
+        size, server_md5 = _server_file(session, url, limits)
+        size = size if size is not None else known.size
     actual = _size(path)
     if size is None:
         return None, "the server does not give its size, so it cannot be checked"
     if actual != size:
         return None, f"{actual} bytes, the server has {size}"
+    md5, sha256 = _hashed(path, hashlib.md5(), hashlib.sha256())
+    local = _base64(md5)
     if server_md5 is not None and local != server_md5:
         return None, f"MD5 {local}, the server has {server_md5}"
+    if known.sha256 is not None and sha256.hexdigest() != known.sha256:
+        return None, f"SHA-256 {sha256.hexdigest()}, OpenAI's file has {known.sha256}"
     return _entry(path, local), None
 
 

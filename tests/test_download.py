@@ -887,10 +887,10 @@ def test_cut_body_without_any_size_is_refused_and_a_rerun_resumes(store, tmp_pat
     with pytest.raises(download_model.DownloadError) as error:
         download(store, tmp_path)
     half = len(CONTENT[BIG]) // 2
-    assert str(error.value) == (f"GET {store.base_url}/models/{MODEL}/{BIG}: the body ended at byte "
-                                f"{half} of {len(CONTENT[BIG])} without the server giving a size: the "
-                                "transfer was cut, or the mirror's copy is short; run "
-                                f"`{repair(tmp_path, store)}` again")
+    assert str(error.value) == (
+        f"GET {store.base_url}/models/{MODEL}/{BIG}: the body ended at byte {half} of "
+        f"{len(CONTENT[BIG])} without the server giving a size: the transfer was cut, or the "
+        f"mirror's copy is short; run `{repair(tmp_path, store)}` again")
     assert not (model_dir(tmp_path) / BIG).exists()
     download(store, tmp_path)
     assert_all_correct(tmp_path)
@@ -937,7 +937,8 @@ def test_files_already_there_are_held_to_openais_without_asking(store, tmp_path,
 def test_a_mirror_serving_something_else_as_124m_is_refused(store, tmp_path):
     store.model = "124M"
     with pytest.raises(download_model.DownloadError, match=(
-            f"checkpoint: the server's file has {len(CONTENT['checkpoint'])} bytes, OpenAI's has 77")):
+            f"checkpoint: the server's file has {len(CONTENT['checkpoint'])} bytes, OpenAI's "
+            "has 77")):
         download(store, tmp_path, model="124M")
     assert final_files(tmp_path) == []
 
