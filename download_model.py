@@ -9,10 +9,14 @@ Usage:
 Each file comes from {base_url}/models/{MODEL}/{file}. It is written to FILE.part and renamed to
 FILE only once its size and, when the server sends one, its MD5 (Content-MD5, the base64 of the
 digest, as Azure Blob Storage sends it) check out. The size is the Content-Length; when a server
-sends none, a HEAD request asks for it, so that a cut transfer is not taken for a whole file. An
-HTML page where a file should be (a login or error page) is refused. A FILE.part left by an
-interrupted run is continued with an HTTP Range request, or started again from byte 0 when the
-server ignores Range.
+sends none, a HEAD request asks for it, so that a cut transfer is not taken for a whole file.
+Whatever the server says, a file of a released model must also have the size and SHA-256 of
+OpenAI's file where a published value exists (RELEASED: the size of every file of 124M and 355M,
+the SHA-256 of every file of 124M, both for encoder.json and vocab.bpe of all four), and a body
+that ends short of that size while the server gave none is refused; the other files of 774M and
+1558M are checked by loading the model. An HTML page where a file should be (a login or error
+page) is refused. A FILE.part left by an interrupted run is continued with an HTTP Range
+request, or started again from byte 0 when the server ignores Range.
 
 Connection errors, timeouts, cut transfers, stalls (fewer than 64 KiB in GPT2_DOWNLOAD_STALL
 seconds, default 30), 429 and 5xx answers are retried, after the server's Retry-After when it
@@ -77,6 +81,63 @@ _HTML_TYPES = ("text/html", "application/xhtml+xml")
 _REASON = re.compile(r"\[Errno -?\d+\] [^'\")]+|Read timed out|Connection broken: [^']*")
 # Where a lock file or record cannot be written, nothing else can be either: run without them.
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Released:
+    """A file as OpenAI released it: its size in bytes and SHA-256 (hex), None where unknown."""
+    size: int | None = None
+    sha256: str | None = None
+
+
+# encoder.json and vocab.bpe are the same for every model: byte for byte tests/gpt2-vocab's
+# (test_download.py holds these values to them).
+_VOCABULARY = {
+    "encoder.json": Released(
+        1042301, "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "vocab.bpe": Released(
+        456318, "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
+# Only published values, each with its source; none was found for the other files of 774M and
+# 1558M, which the load check (check_model) reads in full instead.
+# Sizes of 124M and 355M: rasbt/LLMs-from-scratch, ch05/01_main-chapter-code/tests.py
+# (test_model_files, which asks OpenAI's storage with HEAD). SHA-256 of 124M:
+# MontrealAI/AGI-Alpha-Agent-v0, scripts/download_openai_gpt2.py (CHECKSUMS), whose values for
+# encoder.json, vocab.bpe, checkpoint and hparams.json are those of the files' known bytes.
+RELEASED = {
+    "124M": {
+        **_VOCABULARY,
+        "checkpoint": Released(
+            77, "dd1b025d2e155283f5e300ce95bf6d5b6bc0f7fe010db73daa6975eb896ab9cb"),
+        "hparams.json": Released(
+            90, "d9d56e4121c427164e0c55c6f03c08e1daf9002b9b672825112d19097b680318"),
+        "model.ckpt.data-00000-of-00001": Released(
+            497759232, "2060c885360cc0cf41d7a6dbc4d24b5127aae20260c8b5ae521b5a6578407118"),
+        "model.ckpt.index": Released(
+            5215, "71916f763f9746f9b2a06b12d91996cf1084ae008d0424543d39391c5f2dc687"),
+        "model.ckpt.meta": Released(
+            471155, "4668c448fa11531fd6700460487f73e82d3272960cea942252f8744bf225c77b"),
+    },
+    "355M": {
+        **_VOCABULARY,
+        "checkpoint": Released(77),
+        "hparams.json": Released(91),
+        "model.ckpt.data-00000-of-00001": Released(1419292672),
+        "model.ckpt.index": Released(10399),
+        "model.ckpt.meta": Released(926519),
+    },
+    "774M": _VOCABULARY,
+    "1558M": _VOCABULARY,
+}
+
+
+def released(model: str, filename: str) -> Released:
+    """What is known of `filename` of `model` as OpenAI released it (nothing for other models).
+
+    >>> released("124M", "vocab.bpe").size
+    456318
+    """
+    return RELEASED.get(model, {}).get(filename, Released())
 
 
 class DownloadError(Exception):
@@ -194,28 +255,31 @@ def _download_in_turn(model, models_dir, base_url, limits, check):
             session.headers["Accept-Encoding"] = "identity"
             for filename in FILES:
                 _ensure_file(session, f"{base_url}/models/{model}/{filename}",
-                             os.path.join(folder, filename), record, record_path, limits)
+                             os.path.join(folder, filename), record, record_path, limits,
+                             released(model, filename))
         if check and not record["loads"]:
             _check_and_record(model, models_dir, record, record_path)
     finally:
         _remove_empty(created)
 
 
-def _ensure_file(session, url, path, record, record_path, limits):
-    """Keep the file at `path` if it is still verified, else fetch it; keep the record current."""
+def _ensure_file(session, url, path, record, record_path, limits, known):
+    """Keep the file at `path` if it is still verified, else fetch it; keep the record current.
+
+    `known` is what OpenAI released as this file (a Released)."""
     name = os.path.basename(path)
-    entry = _existing_entry(session, url, path, record["files"].get(name), limits)
+    entry = _existing_entry(session, url, path, record["files"].get(name), limits, known)
     if entry is not None:
         print(f"{path}: already downloaded")
     else:
-        entry = _entry(path, fetch_file(session, url, path, limits=limits))
+        entry = _entry(path, fetch_file(session, url, path, limits=limits, released=known))
         record["loads"] = False
     if entry != record["files"].get(name):
         record["files"][name] = entry
         _write_record(record_path, record)
 
 
-def _existing_entry(session, url, path, entry, limits):
+def _existing_entry(session, url, path, entry, limits, known):
     """The record entry of the file at `path` if it is the verified file, else None.
 
     A file that is not is deleted first, so that no bad file stays under its name while the new
@@ -223,8 +287,10 @@ def _existing_entry(session, url, path, entry, limits):
     """
     if not os.path.isfile(path):
         return None
-    if entry is None:
-        entry, problem = _against_server(session, url, path, limits)
+    if known.size is not None and _size(path) != known.size:
+        entry, problem = None, f"{_size(path)} bytes, OpenAI's file has {known.size}"
+    elif entry is None:
+        entry, problem = _against_server(session, url, path, limits, known)
     else:
         entry, problem = _against_record(path, entry)
     if problem is None:
@@ -241,23 +307,31 @@ def _against_record(path, entry):
         return None, f"{stat.st_size} bytes, {entry['size']} when it was downloaded"
     if stat.st_mtime_ns == entry["mtime_ns"]:
         return entry, None
-    md5 = _base64(_md5_of(path))  # touched since: only its bytes can tell
+    md5 = _base64(_hashed(path, hashlib.md5())[0])  # touched since: only its bytes can tell
     if md5 != entry["md5"]:
         return None, f"changed since it was downloaded (MD5 {md5}, was {entry['md5']})"
     return {**entry, "mtime_ns": stat.st_mtime_ns}, None
 
 
-def _against_server(session, url, path, limits):
-    """(entry, None) if `path` has the size and MD5 the server gives, else (None, what differs)."""
-    size, md5 = _server_file(session, url, limits)
+def _against_server(session, url, path, limits, known):
+    """(entry, None) if `path` has the size and checksums OpenAI's file has, or else the server
+    gives, else (None, what differs). The server is not asked what RELEASED knows."""
+    if known.sha256 is not None:  # nothing the server says could add to it
+        size, server_md5 = known.size, None
+    else:
+        size, server_md5 = _server_file(session, url, limits)
+        size = size if size is not None else known.size
     actual = _size(path)
     if size is None:
         return None, "the server does not give its size, so it cannot be checked"
     if actual != size:
         return None, f"{actual} bytes, the server has {size}"
-    local = _base64(_md5_of(path))
-    if md5 is not None and local != md5:
-        return None, f"MD5 {local}, the server has {md5}"
+    md5, sha256 = _hashed(path, hashlib.md5(), hashlib.sha256())
+    local = _base64(md5)
+    if server_md5 is not None and local != server_md5:
+        return None, f"MD5 {local}, the server has {server_md5}"
+    if known.sha256 is not None and sha256.hexdigest() != known.sha256:
+        return None, f"SHA-256 {sha256.hexdigest()}, OpenAI's file has {known.sha256}"
     return _entry(path, local), None
 
 
@@ -280,14 +354,15 @@ def _server_file(session, url, limits):
 
 
 def fetch_file(session: requests.Session, url: str, path: str, *,
-               limits: Limits = Limits()) -> str:
-    """Download `url` to `path` through `path.part`, renaming it only when complete and verified.
+               limits: Limits = Limits(), released: Released = Released()) -> str:
+    """Download `url` to `path` through `path.part`, renaming it only when complete and verified:
+    of the size and MD5 the server gives, and the size and SHA-256 of `released` where known.
 
     Returns the file's MD5 (base64).
     """
     part = path + ".part"
     try:
-        md5 = _retrying(lambda: _fetch_once(session, url, part, limits),
+        md5 = _retrying(lambda: _fetch_once(session, url, part, limits, released),
                         name=os.path.basename(path), limits=limits, progress=lambda: _size(part))
     except DownloadError as exc:
         raise DownloadError(f"GET {url}: {exc}", rerun_helps=exc.rerun_helps) from exc
@@ -328,7 +403,7 @@ def _retry_delay(exc, failures, limits):
     return wait
 
 
-def _fetch_once(session, url, part, limits):
+def _fetch_once(session, url, part, limits, known):
     """One GET of `url` into `part`, continuing from the size `part` already has when allowed.
 
     Returns the MD5 (base64) of the verified file.
@@ -339,12 +414,43 @@ def _fetch_once(session, url, part, limits):
         start = _body_start(response, offset, part)
         _refuse_html_type(response)
         size = _announced_size(response, start)
-        digest = _receive(response, part, start, size, limits)
+        _refuse_other_size(size, known, part)  # before a body that cannot be the file arrives
+        digests = _hashed(part, hashlib.md5(), hashlib.sha256()) if start else \
+            (hashlib.md5(), hashlib.sha256())
+        _receive(response, part, start, size, limits, digests)
     md5 = _announced_md5(response)
     if size is None:  # the body ended where the connection did: whole, or cut?
         size, head_md5 = _size_if_told(session, url)
         md5 = md5 or head_md5
-    return _verify(part, size, digest, md5)
+        _refuse_other_size(size, known, part)
+        size = _size_when_untold(part, size, known)
+    return _verify(part, size, digests, md5, known)
+
+
+def _refuse_other_size(size, known, part):
+    """Raise, deleting `part`, if the server's file has another size than OpenAI's."""
+    if size is not None and known.size is not None and size != known.size:
+        _remove(part)
+        raise DownloadError(f"the server's file has {size} bytes, OpenAI's has {known.size}: it is "
+                            "not the released file (check --base_url or GPT2_BASE_URL)")
+
+
+def _size_when_untold(part, size, known):
+    """The size to hold `part` to: the server's, else OpenAI's; raise if `part` falls short of
+    OpenAI's size while the server gave none.
+
+    Such a body is a cut transfer or a mirror's short copy, and nothing tells which: another
+    attempt cannot resume at a size the server never gave, so the error says to run again, which
+    resumes `part`.
+    """
+    if size is not None or known.size is None:
+        return size
+    actual = _size(part)
+    if actual < known.size:
+        raise DownloadError(f"the body ended at byte {actual} of {known.size} without the server "
+                            "giving a size: the transfer was cut, or the mirror's copy is short",
+                            rerun_helps=True)
+    return known.size
 
 
 def _body_start(response, offset, part):
@@ -432,9 +538,9 @@ def _size_if_told(session, url):
         return None, None  # the checks that follow the download still apply
 
 
-def _receive(response, part, start, size, limits):
-    """Write the body into `part` from byte `start` with a progress bar; return the file's MD5."""
-    digest = _md5_of(part) if start else hashlib.md5()
+def _receive(response, part, start, size, limits, digests):
+    """Write the body into `part` from byte `start` with a progress bar, adding it to `digests`
+    (hashlib objects holding the first `start` bytes)."""
     chunks = _arriving(response, limits)
     first = next(chunks, b"")
     if not start and _HTML_START.match(first):  # checked before `part` is emptied
@@ -445,11 +551,11 @@ def _receive(response, part, start, size, limits):
                  unit_divisor=1024) as bar:
         for chunk in itertools.chain((first,), chunks):
             file.write(chunk)
-            digest.update(chunk)
+            for digest in digests:
+                digest.update(chunk)
             bar.update(len(chunk))
         file.flush()
         os.fsync(file.fileno())  # the rename that follows must not outrun the data
-    return digest
 
 
 def _arriving(response, limits):
@@ -484,16 +590,21 @@ def _read1(response):
         raise requests.exceptions.ContentDecodingError(exc) from exc
 
 
-def _verify(part, size, digest, md5):
-    """Return the MD5 if `part` has the announced size and MD5; a wrong one also deletes `part`."""
+def _verify(part, size, digests, md5, known):
+    """Return the MD5 if `part` has the announced size and MD5 and the SHA-256 OpenAI's file has
+    where known; a wrong one also deletes `part`. `digests`: (MD5, SHA-256) of `part`."""
     actual = _size(part)
     if size is not None and actual < size:
         raise RetryableError(f"transfer cut at byte {actual} of {size}")
-    received = _base64(digest)
+    received, sha256 = _base64(digests[0]), digests[1].hexdigest()
     if (size is not None and actual > size) or (md5 is not None and received != md5):
         os.remove(part)  # so that a re-run starts clean
         raise DownloadError(f"corrupt download: {actual} bytes with MD5 {received}, expected "
                             f"{size} bytes with MD5 {md5}; deleted it", rerun_helps=True)
+    if known.sha256 is not None and sha256 != known.sha256:
+        os.remove(part)
+        raise DownloadError(f"corrupt download: SHA-256 {sha256}, OpenAI's file has "
+                            f"{known.sha256}; deleted it", rerun_helps=True)
     return received
 
 
@@ -751,13 +862,13 @@ def _remove(path):
         os.remove(path)
 
 
-def _md5_of(path):
-    """MD5 of the bytes already in `path`, ready to be continued."""
-    digest = hashlib.md5()
+def _hashed(path, *digests):
+    """`digests` (hashlib objects) fed the bytes of `path`, ready to be continued."""
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest
+            for digest in digests:
+                digest.update(block)
+    return digests
 
 
 def _base64(digest):

@@ -13,9 +13,12 @@ and the one-line errors that name the file, the line and the fix.
 
 A CBT example is 20 numbered lines (`1 sentence` .. `20 sentence`), then
 `21 query with XXXXX<TAB>answer<TAB><TAB>candidate|...|candidate`; a blank line between examples.
+A file in another task's format (LAMBADA's JSON lines, CBT's numbered lines) is refused, naming
+the file the task expects.
 """
 import dataclasses
 import json
+import re
 
 LANGUAGE_MODELLING = {  # task: (detokenizer, the unit its paper figure is per)
     "wikitext2": ("wikitext", "word"),
@@ -26,9 +29,21 @@ LANGUAGE_MODELLING = {  # task: (detokenizer, the unit its paper figure is per)
     "text8": ("none", "character"),
 }
 TASKS = ("lambada", *LANGUAGE_MODELLING, "cbt-cn", "cbt-ne")
+EXPECTED = {  # task: its test file and format, in words, for the errors
+    "lambada": "OpenAI's lambada_test.jsonl, one {\"text\": passage} object per line",
+    "wikitext2": "WikiText-2's wiki.test.tokens (or wiki.test.raw), WikiText's tokenized text",
+    "wikitext103": "WikiText-103's wiki.test.tokens (or wiki.test.raw), WikiText's tokenized text",
+    "ptb": "Mikolov's ptb.test.txt, one sentence per line",
+    "1bw": "news.en.heldout-00000-of-00050, one tokenized sentence per line",
+    "enwik8": "the test split of enwik8, its last 5,000,000 bytes",
+    "text8": "the test split of text8, its last 5,000,000 characters",
+    "cbt-cn": "cbtest_CN_test_2500ex.txt, CBT's numbered lines and queries",
+    "cbt-ne": "cbtest_NE_test_2500ex.txt, CBT's numbered lines and queries",
+}
 CBT_CANDIDATES = 10
 CBT_CONTEXT_LINES = 20
 BLANK = "XXXXX"  # where the answer goes in a CBT query
+_CBT_QUERY = re.compile(rf"^21 [^\n]*{BLANK}[^\n]*\t", re.MULTILINE)  # a query line
 
 
 @dataclasses.dataclass
@@ -39,6 +54,30 @@ class CbtExample:
     query: str
     answer: str
     candidates: list
+
+
+def format_of(text):
+    """"lambada" if `text` is JSON lines, "cbt" if it is CBT's numbered lines, else None: the
+    formats a benchmark's text file is not."""
+    first = text.lstrip().split("\n", 1)[0].strip()
+    if first[:1] in ("{", "["):
+        try:
+            if isinstance(json.loads(first), (dict, list)):
+                return "lambada"
+        except (ValueError, RecursionError):
+            pass
+    if first.startswith("1 ") and _CBT_QUERY.search(text):
+        return "cbt"
+    return None
+
+
+def refuse_other_format(path, text, task):
+    """Raise if `text`, read from `path` for `task`, is in the format of another task's file."""
+    found = format_of(text)
+    if found is None or found == task.split("-")[0]:
+        return
+    what = "JSON lines, LAMBADA's format" if found == "lambada" else "numbered lines and queries, CBT's format"
+    raise ValueError(f"{path} holds {what}, not a test file of --task {task}: give {EXPECTED[task]}")
 
 
 def check_task(task):
@@ -75,7 +114,9 @@ def read_utf8(path):
 def read_lambada(path):
     """The passages of a LAMBADA jsonl file: one `{"text": "..."}` per line."""
     passages = []
-    for number, line in enumerate(read_utf8(path).splitlines(), 1):
+    text = read_utf8(path)
+    refuse_other_format(path, text, "lambada")
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -100,8 +141,11 @@ def read_language_modelling(path, task):
     """(text to detokenize and score, its length in the task's unit)."""
     if task == "enwik8":
         data = read_bytes(path)
-        return data.decode("utf-8", errors="replace"), len(data)  # a split may cut a character
+        text = data.decode("utf-8", errors="replace")  # a split may cut a character
+        refuse_other_format(path, text, task)
+        return text, len(data)
     text = read_utf8(path)
+    refuse_other_format(path, text, task)
     if task == "text8":
         if not set(text) <= set("abcdefghijklmnopqrstuvwxyz "):
             raise ValueError(f"{path} is not text8: text8 holds lowercase a-z and spaces only; give its test split")
@@ -117,9 +161,11 @@ def count_words(text):
     return len(text.split()) + text.count("\n") + (0 if text.endswith("\n") else 1)
 
 
-def read_cbt(path):
-    """The examples of a Children's Book Test file."""
-    lines = read_utf8(path).splitlines()
+def read_cbt(path, task="cbt-ne"):
+    """The examples of a Children's Book Test file, read for `task` (cbt-cn or cbt-ne)."""
+    text = read_utf8(path)
+    refuse_other_format(path, text, task)
+    lines = text.splitlines()
     examples, context = [], []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -163,22 +209,49 @@ def cbt_query(path, number, line, context):
 
 LAMBADA_URL = "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"  # the file OpenAI evaluated on
 LAMBADA_FILE = "lambada_test.jsonl"
+# OpenAI's file as published: its SHA-256 is the one lm-evaluation-harness's first LAMBADA task checked
+# (EleutherAI/lm-evaluation-harness, lm_eval/tasks/lambada.py, `sha256sum --check`); its size is that of
+# EleutherAI/lambada_openai's data/lambada_test.jsonl on Hugging Face, which has the same SHA-256.
+LAMBADA_BYTES = 1819752
+LAMBADA_SHA256 = "4aa8d02cd17c719165fc8a7887fddd641f43fcafa4b1c806ca8abc31fabdb226"
+LAMBADA_PASSAGES = 5153
+
+
+def lambada_difference(path, n_passages=None):
+    """None if `path` is OpenAI's lambada_test.jsonl, else how it differs, in words; `n_passages`:
+    how many passages it holds, to say too."""
+    import hashlib
+    data = read_bytes(path)
+    sha256 = hashlib.sha256(data).hexdigest()
+    if len(data) == LAMBADA_BYTES and sha256 == LAMBADA_SHA256:
+        return None
+    this = [f"{len(data):,} bytes", f"SHA-256 {sha256[:16]}..."]
+    openais = [f"{LAMBADA_BYTES:,} bytes", f"SHA-256 {LAMBADA_SHA256[:16]}..."]
+    if n_passages is not None:
+        this.insert(0, f"{n_passages:,} passages")
+        openais.insert(0, f"{LAMBADA_PASSAGES:,} passages")
+    return f"{', '.join(this)}; OpenAI's: {', '.join(openais)}"
 
 
 def fetch_lambada(data_dir, url=LAMBADA_URL):
     """The path of OpenAI's LAMBADA test set in `data_dir`, downloaded first when absent, by
     download_model.py's fetch: retried, resumed, checked against the size and MD5 the server
-    sends, written to a `.part` file and renamed when whole."""
+    sends and against OpenAI's size and SHA-256, written to a `.part` file and renamed when whole.
+    A file already there must be OpenAI's too."""
     import os
     path = os.path.join(str(data_dir), LAMBADA_FILE)
     if os.path.isfile(path):
+        difference = lambada_difference(path)
+        if difference is not None:
+            raise ValueError(f"{path} is not OpenAI's {LAMBADA_FILE} ({difference}): delete it to download "
+                             "it again, or give it as --data_file to evaluate on it anyway")
         return path
     import requests
     downloader = download_module()
     os.makedirs(str(data_dir), exist_ok=True)
     try:
         with requests.Session() as session:
-            downloader.fetch_file(session, url, path)
+            downloader.fetch_file(session, url, path, released=downloader.Released(LAMBADA_BYTES, LAMBADA_SHA256))
     except downloader.DownloadError as e:
         raise OSError(f"cannot download LAMBADA: {e}; run again to resume, or give --data_file") from None
     return path

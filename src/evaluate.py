@@ -9,6 +9,7 @@ LAMBADA is OpenAI's test set, downloaded to --data_dir when --data_file is not g
 benchmarks are read from the file given.
 """
 import json as jsonlib
+import sys
 
 import benchmarks
 import cli
@@ -47,7 +48,16 @@ def read_data(task, data_file):
         return benchmarks.read_language_modelling(data_file, task)
     if task == "lambada":
         return benchmarks.read_lambada(data_file)
-    return benchmarks.read_cbt(data_file)
+    return benchmarks.read_cbt(data_file, task)
+
+
+def warn_if_not_openais_lambada(data_file, n_passages):
+    """Say on stderr, in one line, when a LAMBADA file given is not OpenAI's: another variant
+    (a cleaned or translated one) may be meant, but its figures are not the paper's."""
+    difference = benchmarks.lambada_difference(data_file, n_passages)
+    if difference is not None:
+        print(f"warning: {data_file} is not OpenAI's {benchmarks.LAMBADA_FILE} ({difference}): its figures "
+              "are not comparable with the paper's or lm-evaluation-harness's lambada_openai", file=sys.stderr)
 
 
 def run_task(task, enc, hparams, params, data_file, batch_size, stride, last_token, stop_word_filter, data=None):
@@ -77,7 +87,8 @@ def evaluate(model_name="124M", models_dir="models", task=None, data_file=None, 
     :models_dir=models : String, the folder holding the model folders
     :task=None : String, lambada, wikitext2, wikitext103, ptb, 1bw, enwik8, text8, cbt-cn or cbt-ne
     :data_file=None : String, the benchmark's test file (formats: README.md, Evaluate); for
-     lambada, default: OpenAI's lambada_test.jsonl in --data_dir, downloaded when absent
+     lambada, default: OpenAI's lambada_test.jsonl in --data_dir, downloaded when absent and
+     checked against OpenAI's size and SHA-256 (a file given that differs gets a warning)
     :data_dir=data : String, where LAMBADA is downloaded to
     :json=False : Boolean, end the output with one line of JSON: the task, protocol and metrics
     :batch_size=16 : Integer, passages scored together (lambada); cbt-* scores a question's
@@ -92,9 +103,12 @@ def evaluate(model_name="124M", models_dir="models", task=None, data_file=None, 
      where LAMBADA is downloaded from (a mirror)
     """
     check_flags(task, data_file, batch_size, last_token, stop_word_filter)
-    if data_file is None:
+    given = data_file is not None
+    if not given:
         data_file = benchmarks.fetch_lambada(cli.expand_dir(data_dir), str(lambada_url))
     data = read_data(task, data_file)  # before the model: a wrong file costs no loading
+    if task == "lambada" and given:
+        warn_if_not_openais_lambada(data_file, len(data))
     enc, hparams, params = cli.load(model_name, models_dir, dtype)
     metrics, n_items = run_task(task, enc, hparams, params, data_file, batch_size, stride, last_token,
                                 stop_word_filter, data)

@@ -4,7 +4,8 @@
 Each token is scored given <|endoftext|> and every token before it. A text longer than the
 window (n_ctx, 1024 for the released models) is scored in overlapping windows: each window
 after the first moves `stride` tokens on (n_ctx // 2 by default) and scores only the tokens the
-earlier ones did not, so every token sees at least n_ctx - stride tokens of context.
+earlier ones did not, so every token sees at least n_ctx - stride tokens of context. A text of
+more than one window shows a progress bar on stderr, as evaluate.py does; stdout holds the results.
 """
 import json as jsonlib
 import math
@@ -45,7 +46,7 @@ def score(model_name="124M", models_dir="models", text_file=None, json=False, st
     text = read_text(text_file)
     enc, hparams, params = cli.load(model_name, models_dir, dtype)
     tokens = enc.encode(text)
-    logprobs = scoring.score_tokens(scoring.logits_function(params, hparams), hparams, tokens, stride)
+    logprobs = scoring.score_tokens(scoring.logits_function(params, hparams), hparams, tokens, stride, bar=True)
     nll = float(-logprobs.mean())
     print(f"{text_file}: {len(tokens)} tokens, mean negative log-likelihood {nll:.4f} nats, "
           f"perplexity {math.exp(nll):.3f} ({model_name}, {dtype})")

@@ -30,7 +30,8 @@ def logits_function(params, hparams):
 
 def score_tokens(logits_fn, hparams, tokens, stride=None, bar=False):
     """Natural-log probability of each of `tokens` after <|endoftext|> and the ones before it;
-    logits_fn is `logits_function`'s. `bar` shows a progress bar of the tokens on stderr."""
+    logits_fn is `logits_function`'s. `bar` shows a progress bar of the tokens on stderr when
+    there is more than one window to score (and stderr is a terminal, tqdm's default)."""
     import numpy as np
     import tensorflow as tf
     from tqdm import tqdm
@@ -39,8 +40,10 @@ def score_tokens(logits_fn, hparams, tokens, stride=None, bar=False):
         raise bad_argument("stride", f"must be an integer from 1 to n_ctx - 1 ({hparams.n_ctx - 1})", stride)
     sequence = np.array([END_OF_TEXT] + list(tokens), np.int32)
     logprobs = []
-    with tqdm(total=len(tokens), unit="token", unit_scale=True, desc="scoring", disable=not bar or None) as progress:
-        for start, first, end in windows(len(sequence), hparams.n_ctx, stride):
+    spans = list(windows(len(sequence), hparams.n_ctx, stride))
+    shown = bar and len(spans) > 1
+    with tqdm(total=len(tokens), unit="token", unit_scale=True, desc="scoring", disable=not shown or None) as progress:
+        for start, first, end in spans:
             logits = logits_fn(sequence[None, start:end])[0]  # [end - start, n_vocab]
             logp = tf.nn.log_softmax(logits[first - 1 - start:end - 1 - start])  # predicts first..end-1
             targets = sequence[first:end]

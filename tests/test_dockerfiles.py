@@ -352,13 +352,17 @@ class Mirror(ThreadingHTTPServer):
         self.base_url = f"http://127.0.0.1:{self.server_address[1]}/gpt-2"
 
 
+# No model OpenAI released: download_model.py holds those to OpenAI's sizes and SHA-256s.
+STAND_IN = "99M"
+
+
 @pytest.fixture
 def mirror(tmp_path):
-    """A running Mirror holding a stand-in 124M: each file's bytes are its own name."""
+    """A running Mirror holding a stand-in model STAND_IN: each file's bytes are its own name."""
     folder = tmp_path / "mirror"
-    (folder / "gpt-2" / "models" / "124M").mkdir(parents=True)
+    (folder / "gpt-2" / "models" / STAND_IN).mkdir(parents=True)
     for filename in download_model.FILES:
-        (folder / "gpt-2" / "models" / "124M" / filename).write_text(filename)
+        (folder / "gpt-2" / "models" / STAND_IN / filename).write_text(filename)
     server = Mirror(folder)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -393,14 +397,14 @@ def mount_target():
 
 @pytest.mark.parametrize("name", sorted(VARIANTS.values()))
 def test_build_downloads_the_models_from_the_mirror_given(name, tmp_path, mirror, offline):
-    image = dry_build(name, tmp_path / "image", {"MODELS": "124M", "GPT2_BASE_URL": mirror.base_url},
+    image = dry_build(name, tmp_path / "image", {"MODELS": STAND_IN, "GPT2_BASE_URL": mirror.base_url},
                       offline)
     assert_built(image)
     models = image.path("models")
     assert models == image.root / mount_target().lstrip("/"), (
         f"the models land in {image.workdir}/models, DEVELOPERS.md mounts them at {mount_target()}")
     for filename in download_model.FILES:
-        assert (models / "124M" / filename).read_text() == filename
+        assert (models / STAND_IN / filename).read_text() == filename
     assert len(mirror.requested) == len(download_model.FILES)
     assert "GPT2_BASE_URL" not in image.env, "the mirror's address should not stay in the image"
     for path in ["LICENSE", "download_model.py", *SAMPLERS, "src/cli.py"]:
@@ -423,9 +427,9 @@ def test_build_with_no_models_downloads_nothing(tmp_path, mirror, offline):
 
 
 def test_build_fails_when_any_model_fails(tmp_path, mirror, offline):
-    # 999M is not on the mirror; a loop without `|| exit 1` would end on 124M's success.
+    # 999M is not on the mirror; a loop without `|| exit 1` would end on STAND_IN's success.
     image = dry_build(VARIANTS["cpu"], tmp_path / "image",
-                      {"MODELS": "999M 124M", "GPT2_BASE_URL": mirror.base_url}, offline)
+                      {"MODELS": f"999M {STAND_IN}", "GPT2_BASE_URL": mirror.base_url}, offline)
     if image.failed is None:
         pytest.fail("the build went on after a model failed to download")
     assert "999M" in image.failed.stderr and "404" in image.failed.stderr

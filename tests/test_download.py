@@ -23,9 +23,9 @@ import pytest
 import requests
 
 import download_model
-from helpers import REPO
+from helpers import REPO, VOCAB_DIR
 SCRIPT = os.path.join(REPO, "download_model.py")
-MODEL = "124M"
+MODEL = "99M"  # no model OpenAI released: RELEASED knows nothing of it, so CONTENT can pass
 BIG = "model.ckpt.data-00000-of-00001"
 CONTENT = {name: f'{{"file": "{name}"}}\n'.encode() * 20 for name in download_model.FILES}
 CONTENT[BIG] = random.Random(0).randbytes(8 * download_model.CHUNK_BYTES)  # 512 KiB
@@ -42,7 +42,7 @@ def md5_b64(data):
 
 
 class FakeStore(ThreadingHTTPServer):
-    """Serves `content` under /gpt-2/models/124M/; `plans` scripts the next GETs' answers per file.
+    """Serves `content` under /gpt-2/models/MODEL/; `plans` scripts the next GETs' answers per file.
 
     Like Azure it answers HEAD and sends Content-MD5 unless told otherwise: `md5 = False` is a
     plain mirror, `head` picks how HEAD answers ("ok", "nolength" or "405").
@@ -53,6 +53,7 @@ class FakeStore(ThreadingHTTPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), StoreHandler)
         self.base_url = f"http://127.0.0.1:{self.server_address[1]}/gpt-2"
+        self.model = MODEL  # served as /gpt-2/models/{model}/
         self.content = dict(CONTENT)  # file name -> the bytes served
         self.plans = {}  # file name -> behaviours for its next GETs, then `default`
         self.default = "ok"
@@ -103,7 +104,7 @@ class StoreHandler(BaseHTTPRequestHandler):
         pass
 
     def file_name(self):
-        prefix = f"/gpt-2/models/{MODEL}/"
+        prefix = f"/gpt-2/models/{self.server.model}/"
         return self.path[len(prefix):] if self.path.startswith(prefix) else None
 
     def do_HEAD(self):
@@ -857,6 +858,89 @@ def test_a_run_that_waited_locks_the_lock_file_now_named(tmp_path):
         done.set()
         thread.join()
     assert os.listdir(tmp_path) == []
+
+
+# What OpenAI released: RELEASED's sizes and SHA-256s hold whatever a mirror says.
+
+def test_released_vocabulary_is_the_repository_copy():
+    """tests/gpt2-vocab is OpenAI's (test_setup.py); every model's RELEASED values are its."""
+    assert set(download_model.RELEASED) == set(download_model.MODELS)
+    for model in download_model.MODELS:
+        for name in ("encoder.json", "vocab.bpe"):
+            data = open(os.path.join(VOCAB_DIR, name), "rb").read()
+            assert download_model.released(model, name) == download_model.Released(
+                len(data), hashlib.sha256(data).hexdigest()), (model, name)
+    assert download_model.released("99M", "vocab.bpe") == download_model.Released()
+
+
+@pytest.fixture
+def released(monkeypatch):
+    """RELEASED as if OpenAI had released CONTENT as MODEL."""
+    monkeypatch.setitem(download_model.RELEASED, MODEL, {
+        name: download_model.Released(len(data), hashlib.sha256(data).hexdigest())
+        for name, data in CONTENT.items()})
+
+
+def test_cut_body_without_any_size_is_refused_and_a_rerun_resumes(store, tmp_path, released):
+    store.md5, store.head = False, "nolength"  # a plain mirror that never says how big a file is
+    store.plans[BIG] = ["nolength_cut"]
+    with pytest.raises(download_model.DownloadError) as error:
+        download(store, tmp_path)
+    half = len(CONTENT[BIG]) // 2
+    assert str(error.value) == (
+        f"GET {store.base_url}/models/{MODEL}/{BIG}: the body ended at byte {half} of "
+        f"{len(CONTENT[BIG])} without the server giving a size: the transfer was cut, or the "
+        f"mirror's copy is short; run `{repair(tmp_path, store)}` again")
+    assert not (model_dir(tmp_path) / BIG).exists()
+    download(store, tmp_path)
+    assert_all_correct(tmp_path)
+    assert store.gets(BIG)[-1] == f"bytes={half}-"
+
+
+def test_short_copy_without_any_size_is_refused_again_on_a_rerun(store, tmp_path, released):
+    store.md5, store.head, store.default = False, "nolength", "nolength"
+    store.content[BIG] = CONTENT[BIG][:1000]
+    for _ in range(2):  # the rerun resumes, hears the copy ends there, and starts again: short
+        with pytest.raises(download_model.DownloadError, match="the body ended at byte 1000 of "):
+            download(store, tmp_path)
+        assert not (model_dir(tmp_path) / BIG).exists()
+
+
+def test_another_size_is_refused_before_its_body(store, tmp_path, released):
+    store.content[BIG] = CONTENT[BIG] + b"more"
+    with pytest.raises(download_model.DownloadError, match=(
+            f"^GET .*/{BIG}: the server's file has {len(CONTENT[BIG]) + 4} bytes, OpenAI's has "
+            f"{len(CONTENT[BIG])}: it is not the released file \\(check --base_url")):
+        download(store, tmp_path)
+    assert BIG not in final_files(tmp_path) and f"{BIG}.part" not in final_files(tmp_path)
+
+
+def test_other_bytes_of_the_same_size_fail_the_sha256(store, tmp_path, released):
+    store.md5 = False
+    store.content[BIG] = flipped(CONTENT[BIG], 1000)
+    with pytest.raises(download_model.DownloadError, match=(
+            f"corrupt download: SHA-256 {hashlib.sha256(store.content[BIG]).hexdigest()}, OpenAI's "
+            f"file has {hashlib.sha256(CONTENT[BIG]).hexdigest()}; deleted it")):
+        download(store, tmp_path)
+    assert BIG not in final_files(tmp_path) and f"{BIG}.part" not in final_files(tmp_path)
+
+
+def test_files_already_there_are_held_to_openais_without_asking(store, tmp_path, released):
+    model_dir(tmp_path).mkdir(parents=True)
+    for name, data in CONTENT.items():  # unrecorded, as copied from elsewhere
+        (model_dir(tmp_path) / name).write_bytes(flipped(data, 5) if name == BIG else data)
+    download(store, tmp_path)
+    assert_all_correct(tmp_path)
+    assert store.heads() == [] and store.gets() == [None]  # only the bad one fetched again
+
+
+def test_a_mirror_serving_something_else_as_124m_is_refused(store, tmp_path):
+    store.model = "124M"
+    with pytest.raises(download_model.DownloadError, match=(
+            f"checkpoint: the server's file has {len(CONTENT['checkpoint'])} bytes, OpenAI's "
+            "has 77")):
+        download(store, tmp_path, model="124M")
+    assert final_files(tmp_path) == []
 
 
 # The load check, on a real checkpoint: tiny, and written once for the module.

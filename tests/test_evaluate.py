@@ -1,5 +1,6 @@
 """evaluate.py: known answers on a hand-built model, metrics equal to the NumPy reference's on the
 tiny model, the file formats and their errors, LAMBADA's download, the command line."""
+import hashlib
 import json
 import math
 import os
@@ -375,11 +376,12 @@ def test_a_cbt_query_longer_than_the_window_names_the_question(loaded, functions
 # --- LAMBADA's download ------------------------------------------------------------------------
 
 class Store(ThreadingHTTPServer):
-    """127.0.0.1: serves `files` {path: bytes} with Content-Length; any other path is a 404."""
+    """127.0.0.1: serves `files` {path: bytes} with Content-Length; any other path is a 404.
+    `cut`: send the first half of a body without Content-Length, as a mirror whose transfer was cut."""
 
     def __init__(self, files):
         super().__init__(("127.0.0.1", 0), Handler)
-        self.files, self.gets = files, []
+        self.files, self.gets, self.cut = files, [], False
 
     @property
     def url(self):
@@ -395,15 +397,29 @@ class Handler(BaseHTTPRequestHandler):
         body = self.server.files.get(self.path)
         self.send_response(200 if body is not None else 404)
         body = b"not found" if body is None else body
+        if self.server.cut:  # HTTP/1.0: the body ends where the connection does
+            self.end_headers()
+            return self.wfile.write(body[:len(body) // 2])
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
 
+LAMBADA = b'{"text": "one two"}\n'  # stands for OpenAI's file in these tests
+
+
+def as_openais(monkeypatch, data):
+    """Make `data` OpenAI's lambada_test.jsonl for benchmarks.py."""
+    monkeypatch.setattr(benchmarks, "LAMBADA_BYTES", len(data))
+    monkeypatch.setattr(benchmarks, "LAMBADA_SHA256", hashlib.sha256(data).hexdigest())
+
+
 @pytest.fixture
 def store(monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    server = Store({"/gpt-2/data/lambada_test.jsonl": b'{"text": "one two"}\n'})
+    monkeypatch.setenv("GPT2_DOWNLOAD_BACKOFF", "0")
+    as_openais(monkeypatch, LAMBADA)
+    server = Store({"/gpt-2/data/lambada_test.jsonl": LAMBADA})
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield server
@@ -424,6 +440,52 @@ def test_lambada_download_failure_is_one_line_and_leaves_nothing(store, tmp_path
     with pytest.raises(OSError, match=r"cannot download LAMBADA: GET .*/missing.jsonl: HTTP 404") as e:
         benchmarks.fetch_lambada(tmp_path / "data", store.url + "/missing.jsonl")
     assert "\n" not in str(e.value) and os.listdir(tmp_path / "data") == []
+
+
+def test_lambada_cut_without_a_size_is_refused_and_not_named_as_whole(store, tmp_path):
+    store.cut = True  # and no HEAD: nothing but OpenAI's size tells the half from the whole
+    url = store.url + "/gpt-2/data/lambada_test.jsonl"
+    with pytest.raises(OSError, match=re.escape(
+            f"cannot download LAMBADA: GET {url}: the body ended at byte {len(LAMBADA) // 2} of {len(LAMBADA)} "
+            "without the server giving a size: the transfer was cut, or the mirror's copy is short; run again")) as e:
+        benchmarks.fetch_lambada(tmp_path / "data", url)
+    assert "\n" not in str(e.value) and "lambada_test.jsonl" not in os.listdir(tmp_path / "data")
+
+
+def test_lambada_of_another_size_is_refused(store, tmp_path):
+    store.files["/gpt-2/data/lambada_test.jsonl"] = LAMBADA[:-1]  # a mirror's copy, one byte short
+    with pytest.raises(OSError, match=f"the server's file has {len(LAMBADA) - 1} bytes, OpenAI's has {len(LAMBADA)}"):
+        benchmarks.fetch_lambada(tmp_path / "data", store.url + "/gpt-2/data/lambada_test.jsonl")
+    assert os.listdir(tmp_path / "data") == []
+
+
+def test_lambada_already_there_must_be_openais(store, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "lambada_test.jsonl").write_bytes(LAMBADA[:7])  # cut by an older version
+    with pytest.raises(ValueError, match=re.escape(
+            f"lambada_test.jsonl is not OpenAI's lambada_test.jsonl (7 bytes, SHA-256 ")) as e:
+        benchmarks.fetch_lambada(tmp_path / "data", store.url + "/gpt-2/data/lambada_test.jsonl")
+    assert str(e.value).endswith(": delete it to download it again, or give it as --data_file to evaluate on "
+                                 "it anyway")
+    assert store.gets == [] and (tmp_path / "data" / "lambada_test.jsonl").read_bytes() == LAMBADA[:7]
+
+
+def test_a_lambada_file_given_that_is_not_openais_is_named_in_a_warning(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "lambada_cleaned.jsonl"
+    path.write_bytes(LAMBADA * 3)
+    as_openais(monkeypatch, LAMBADA)
+    with pytest.raises(FileNotFoundError):  # after the warning, the absent model
+        evaluate.evaluate(model_name="absent", models_dir=str(tmp_path), task="lambada", data_file=str(path))
+    sha256 = hashlib.sha256(LAMBADA * 3).hexdigest()
+    assert capsys.readouterr().err == (
+        f"warning: {path} is not OpenAI's lambada_test.jsonl (3 passages, {3 * len(LAMBADA)} bytes, SHA-256 "
+        f"{sha256[:16]}...; OpenAI's: 5,153 passages, {len(LAMBADA)} bytes, SHA-256 "
+        f"{hashlib.sha256(LAMBADA).hexdigest()[:16]}...): its figures are not comparable with the paper's or "
+        "lm-evaluation-harness's lambada_openai\n")
+    path.write_bytes(LAMBADA)
+    with pytest.raises(FileNotFoundError):
+        evaluate.evaluate(model_name="absent", models_dir=str(tmp_path), task="lambada", data_file=str(path))
+    assert capsys.readouterr().err == ""
 
 
 # --- The command line ------------------------------------------------------------------------------
@@ -465,3 +527,38 @@ def test_a_bad_data_file_is_refused_before_the_model_loads(tmp_path, task, conte
     path.write_bytes(content)
     with pytest.raises(ValueError, match=message):  # the model named does not exist: never loaded
         evaluate.evaluate(model_name="absent", models_dir="/nonexistent", task=task, data_file=str(path))
+
+
+JSON_LINES = '{"text": "He walked over to the dog"}\n{"text": "Then she sat on a cat"}\n'
+CBT_LINES = CBT_CONTEXT + "21 The XXXXX ran .\tdog\t\tcat|dog\n"
+
+
+@pytest.mark.parametrize("task, content, found, expected", [
+    *[(task, JSON_LINES, "JSON lines, LAMBADA's format", benchmarks.EXPECTED[task])
+      for task in [*benchmarks.LANGUAGE_MODELLING, "cbt-cn", "cbt-ne"]],
+    *[(task, CBT_LINES, "numbered lines and queries, CBT's format", benchmarks.EXPECTED[task])
+      for task in ["lambada", *benchmarks.LANGUAGE_MODELLING]],
+    ("wikitext2", "\n \n" + JSON_LINES, "JSON lines", "WikiText-2's wiki.test.tokens (or wiki.test.raw)"),
+])
+def test_a_file_of_another_tasks_format_is_refused_naming_the_task_and_its_file(tmp_path, task, content, found,
+                                                                                 expected):
+    path = tmp_path / "test.file"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError) as e:  # the model named does not exist: never loaded
+        evaluate.evaluate(model_name="absent", models_dir="/nonexistent", task=task, data_file=str(path))
+    assert str(e.value).startswith(f"{path} holds {found}")
+    assert f", not a test file of --task {task}: give {expected}" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("task, content", [
+    ("wikitext2", " = Robert Boulter = \n \n Robert Boulter is an English film , television and theatre actor .\n"),
+    ("ptb", " no it was n't black monday \n but while the new york stock exchange did n't fall apart\n"),
+    ("1bw", "[ 1 ] The quick brown fox .\n"),  # a bracket that is not JSON
+    ("enwik8", "{{Infobox Country}}\n[[Category:Places]]\n"),
+    ("wikitext2", "1 is a number , and so is 21 .\n"),  # numbered, but no CBT query
+])
+def test_text_of_the_tasks_own_kind_is_not_taken_for_another_format(tmp_path, task, content):
+    path = tmp_path / "test.txt"
+    path.write_text(content, encoding="utf-8")
+    text, _ = benchmarks.read_language_modelling(path, task)
+    assert text == content
