@@ -156,7 +156,7 @@ class Servable(tf.Module):
         every step, slow it down (bench_serving.py --weights_in_loop)."""
         return tf.nest.map_structure(tf.convert_to_tensor, self.params)
 
-    def _generate(self, *inputs):
+    def _generate(self, *inputs):  # GENERATE_SIGNATURE's: context, context_length, length, ..., seed
         inputs = checked(check_generate(self._hparams, *inputs), inputs)
         return {"tokens": generate_tokens(self._weights(), self._hparams, *inputs, self._xla)}
 
