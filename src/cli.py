@@ -172,8 +172,12 @@ def main(command, argv=None, *, tensorflow=True):
 
 
 def error_line(error):
-    """The one line that reports an expected error; an argument's name becomes its flag."""
-    return f"error: {'--' if getattr(error, 'argument', None) else ''}{error}"
+    """The one line that reports an expected error; an argument's name becomes its flag, and so
+    do the names of the others it mentions (checks.bad_argument)."""
+    text = str(error)
+    for name in getattr(error, "mentions", ()):
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}\b", flag(name), text)
+    return f"error: {'--' if getattr(error, 'argument', None) else ''}{text}"
 
 
 def out_of_memory_line(command, error=None):

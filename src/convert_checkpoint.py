@@ -407,6 +407,10 @@ def convert_checkpoint(src=None, dst=None, from_=None, to=None):
     """
     if src is None or dst is None:
         raise ValueError("give the folders: convert_checkpoint.py --from hf --to openai SRC DST")
+    for name, value in (("from_", from_), ("to", to)):
+        if value is None:
+            raise ValueError(f"{cli.flag(name)} is required: {cli.flag(name)} openai or {cli.flag(name)} hf "
+                             "(convert_checkpoint.py --from hf --to openai SRC DST)")
     src, dst = (os.path.expanduser(str(path)) for path in (src, dst))
     hparams = convert(src, dst, from_, to)
     n_weights = sum(math.prod(shape) for _, shape in hf_shapes(hparams).values())

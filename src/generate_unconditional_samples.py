@@ -17,7 +17,7 @@ def sample_model(model_name="124M", seed=None, nsamples=0, batch_size=1, length=
     :temperature=1 : Float value controlling randomness in boltzmann distribution. Lower
      temperature results in less random completions. As the temperature approaches zero, the
      model will become deterministic and repetitive. Higher temperature results in more random
-     completions.
+     completions. Its limit at zero, greedy decoding, is --top_k 1; 0 itself is refused.
     :top_k=0 : Integer value controlling diversity. 1 means only 1 word is considered for each
      step (token), resulting in deterministic completions, while 40 means 40 words are considered
      at each step. 0 (default) is a special setting meaning no restrictions. 40 generally is a

@@ -75,7 +75,8 @@ def check_generate(hparams, context, context_length, length, temperature, top_k,
                     f"length must be at most {hparams.n_ctx + 1} less the longest context_length: the model's "
                     f"window is {hparams.n_ctx} tokens (length, context_length)", tf.stack([length, longest])),
             require(temperature >= sample.SMALLEST_TEMPERATURE,
-                    "temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number",
+                    "temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number; for "
+                    "greedy decoding (the most likely token each time) use top_k 1",
                     temperature),
             require((top_k >= 0) & (top_k <= hparams.n_vocab),
                     f"top_k must be from 0 (no top-k filter) to the vocabulary size {hparams.n_vocab}", top_k),

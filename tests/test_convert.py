@@ -418,6 +418,10 @@ def test_bad_openai_folders(openai_dir, hf_dir, tmp_path):
 
 
 def test_bad_flags_and_an_existing_destination(openai_dir, hf_dir, tmp_path):
+    for missing, given in (("--from", ["--to", "hf"]), ("--to", ["--from", "openai"])):
+        assert fails(*given, openai_dir, str(tmp_path / "dst")) == (
+            f"error: {missing} is required: {missing} openai or {missing} hf (convert_checkpoint.py --from hf "
+            "--to openai SRC DST)")
     assert "--from must be openai or hf. Received: 'tf'" in fails("--from", "tf", "--to", "hf", openai_dir,
                                                                    str(tmp_path / "dst"))
     assert "--from and --to are both hf" in fails("--from", "hf", "--to", "hf", hf_dir, str(tmp_path / "dst"))

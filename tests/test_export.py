@@ -301,6 +301,8 @@ def test_batches_of_1_and_3_and_lengths_up_to_the_window(served):
 
 def test_bad_requests_name_the_input_and_serving_goes_on(served):
     check_bad_answers(served[1]["bad"])
+    temperature_0 = served[1]["bad"][1 + 2 * [name for _, name in BAD].index("temperature")]
+    assert "use top_k 1" in temperature_0["error"]  # greedy decoding
 
 
 def check_bad_answers(answers):

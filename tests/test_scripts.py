@@ -312,7 +312,8 @@ def test_the_scripts_stop_at_stop_strings(models_dir, tiny_model, tiny):
     (dict(model_name="355M"), "download it with `python3 download_model.py 355M --models_dir"),
     (dict(length=65), "--length and the prompt's 1 token need 65 positions, more than the model's window of 64 (the "
                       "last new token needs none): use at most 64 new tokens"),
-    (dict(temperature=0), "--temperature must be greater than 0"),
+    (dict(temperature=0), "--temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number; "
+                          "for greedy decoding (the most likely token each time) use --top_k 1. Received: 0"),
     (dict(top_k=-1), "--top_k must be an integer >= 0"),
     (dict(top_p=1.5), "--top_p must be in (0, 1]"),
     (dict(batch_size=0), "--batch_size must be a positive integer. Received: 0"),
