@@ -28,7 +28,7 @@ import model
 import score
 import stopping
 
-from helpers import REPO
+from helpers import REPO, speed_tokens
 UNCONDITIONAL = os.path.join(REPO, "src", "generate_unconditional_samples.py")
 INTERACTIVE = os.path.join(REPO, "src", "interactive_conditional_samples.py")
 # The scripts' own TensorFlow log level, as a user gets it, whatever the one running the tests.
@@ -63,14 +63,6 @@ def samples(stdout):
     """{number: text} from the original's output format."""
     parts = re.split(r"={40} SAMPLE (\d+) ={40}\n", stdout)
     return {int(n): text for n, text in zip(parts[1::2], parts[2::2])}
-
-
-def speed_tokens(stderr):
-    """The tokens counted by the line saying how fast a script sampled (cli.Speed), which must be
-    all of stderr."""
-    found = re.fullmatch(r"([\d,]+) tokens generated in \d+\.\d\d s: \d+\.\d tokens/s\n", stderr)
-    assert found, stderr
-    return int(found.group(1).replace(",", ""))
 
 
 @pytest.fixture(scope="module")
