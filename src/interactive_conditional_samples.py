@@ -174,7 +174,7 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
         if len(context_tokens) + length - 1 > hparams.n_ctx:
             raise ValueError(f"--prompt_file {prompt_file}: {too_long(len(context_tokens), length, hparams.n_ctx)}")
         with speed.timed():
-            print_samples(enc, sampler, context_tokens, nsamples, batch_size, length, temperature, seed, stop)
+            sample_prompt(enc, sampler, context_tokens, nsamples, batch_size, length, temperature, seed, stop)
         speed.report()
         return
     while True:
@@ -188,7 +188,7 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
             print(f"Prompt too long: {too_long(len(context_tokens), length, hparams.n_ctx)}.")
             continue
         with speed.timed():
-            print_samples(enc, sampler, context_tokens, nsamples, batch_size, length, temperature, seed, stop)
+            sample_prompt(enc, sampler, context_tokens, nsamples, batch_size, length, temperature, seed, stop)
 
 
 def too_long(n, length, n_ctx):
@@ -197,7 +197,7 @@ def too_long(n, length, n_ctx):
             f"last new token needs none); use at most {n_ctx + 1 - length} prompt tokens")
 
 
-def print_samples(enc, sampler, context_tokens, nsamples, batch_size, length, temperature, seed, stop):
+def sample_prompt(enc, sampler, context_tokens, nsamples, batch_size, length, temperature, seed, stop):
     """Prints the nsamples samples of one prompt, batch_size at a time, then a line of `=`.
     Ctrl-C stops the sample and comes back (see cli.CtrlC)."""
     with cli.CtrlC() as ctrl_c:
