@@ -6,6 +6,7 @@ are answered at once, and `main` starts TensorFlow with its C++ start-up lines h
 This file must stay readable by old Pythons, to tell their users which ones to use.
 """
 import codecs
+import contextlib
 import difflib
 import inspect
 import keyword
@@ -15,6 +16,7 @@ import random
 import re
 import signal
 import sys
+import time
 
 import compile_cache
 import logs
@@ -172,8 +174,12 @@ def main(command, argv=None, *, tensorflow=True):
 
 
 def error_line(error):
-    """The one line that reports an expected error; an argument's name becomes its flag."""
-    return f"error: {'--' if getattr(error, 'argument', None) else ''}{error}"
+    """The one line that reports an expected error; an argument's name becomes its flag, and so
+    do the names of the others it mentions (checks.bad_argument)."""
+    text = str(error)
+    for name in getattr(error, "mentions", ()):
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}\b", flag(name), text)
+    return f"error: {'--' if getattr(error, 'argument', None) else ''}{text}"
 
 
 def out_of_memory_line(command, error=None):
@@ -329,6 +335,37 @@ class CtrlC:
 
     def __exit__(self, *exc_info):
         signal.signal(signal.SIGINT, self.previous)
+
+
+class Speed:
+    """How fast a script sampled, for the line it prints on stderr at the end, as llama.cpp does:
+    the tokens `sampler` generated (every row's, fast.Sampler.tokens_generated) over the seconds
+    spent in `timed` blocks. The first sample of each batch size compiles the decode loop, or
+    loads it from XLA's disk cache (compile_cache.py), and its time counts too."""
+
+    def __init__(self, sampler):
+        self.sampler, self.seconds = sampler, 0.0
+
+    @contextlib.contextmanager
+    def timed(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def line(self):
+        """'120 tokens generated in 2.41 s: 49.8 tokens/s', or None before any token."""
+        tokens = self.sampler.tokens_generated
+        if not tokens or not self.seconds:
+            return None
+        return f"{tokens:,} tokens generated in {self.seconds:.2f} s: {tokens / self.seconds:.1f} tokens/s"
+
+    def report(self):
+        """Prints `line` on stderr, where it stays apart from the samples on stdout."""
+        line = self.line()
+        if line:
+            print(line, file=sys.stderr, flush=True)
 
 
 def print_samples(enc, sampler, context, length, *, first_sample, stop=None, ctrl_c=None, **kwargs):

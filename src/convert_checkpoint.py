@@ -87,10 +87,9 @@ def config_differences(config):
     if n_inner is not None and (not isinstance(n_embd, int) or n_inner != 4 * n_embd):
         differences.append(f"n_inner is {json.dumps(n_inner)} (GPT-2: null or 4 * n_embd)")
     architectures = config.get("architectures") or []
-    others = [name for name in architectures if name not in ARCHITECTURES] if isinstance(
-        architectures, list) else [architectures]
-    if others:
-        differences.append(f"architectures is {json.dumps(others)} (GPT-2: {json.dumps(ARCHITECTURES[0])})")
+    names = [architectures] if isinstance(architectures, str) else architectures  # a list, as transformers writes it
+    if not isinstance(names, list) or any(name not in ARCHITECTURES for name in names):
+        differences.append(f"architectures is {json.dumps(architectures)} (GPT-2: {json.dumps(ARCHITECTURES[:1])})")
     return differences
 
 
@@ -155,7 +154,8 @@ def weight_files(src):
         fix = (f"; it has {other[0]}, which this does not read: save the model with safetensors "
                "(transformers' save_pretrained(DIR, safe_serialization=True))" if other else "")
         raise FileNotFoundError(f"no weights in {src}: it needs {WEIGHTS}, or {INDEX} and the shards it lists{fix}")
-    weight_map = read_json(os.path.join(src, INDEX)).get("weight_map")
+    index = read_json(os.path.join(src, INDEX))
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) and os.path.basename(v) == v
                                                    for v in weight_map.values()):
         raise ValueError(f"{os.path.join(src, INDEX)} has no weight_map of file names: download it again")
@@ -249,10 +249,13 @@ def openai_values(weights, hparams, tied, where):
 
 def check_tied(head, wte, tied, where):
     """ValueError unless GPT-2's output layer is its token embedding: lm_head.weight, where a
-    file has one, equal to wte.weight; and none only where config.json ties them."""
-    same = head is not None and head.shape == wte.shape and (head == wte).all()
+    file has one, equal to wte.weight (NaN where it has NaN); and none only where config.json
+    ties them."""
+    import numpy as np
+    same = head is not None and head.shape == wte.shape and np.array_equal(head, wte, equal_nan=True)
     if not same and (head is not None or not tied):
-        raise ValueError(f"{where}: the output layer (lm_head.weight) is not the token embedding (wte.weight); "
+        nan = "; lm_head.weight holds NaN" if head is not None and np.isnan(head).any() else ""
+        raise ValueError(f"{where}: the output layer (lm_head.weight) is not the token embedding (wte.weight){nan}; "
                          "GPT-2 ties them, and a model with untied output weights does not convert")
 
 
@@ -299,12 +302,17 @@ def tokenizer_files(src, names):
     return [os.path.join(src, name) for name in names]
 
 
-def check_vocabulary(path):
-    """ValueError unless the JSON file at `path` maps tokens to ids, as encoder.json and
-    vocab.json do: copied as it is, a broken one would make a folder no script can read."""
-    vocabulary = read_json(path)
+def check_tokenizer(vocabulary_path, merges_path):
+    """ValueError unless the JSON file at `vocabulary_path` maps tokens to ids, as encoder.json
+    and vocab.json do, and the file at `merges_path` lists BPE merges of its tokens, as
+    vocab.bpe and merges.txt do: copied as they are, broken ones would make a folder no script
+    can read."""
+    import encoder
+    vocabulary = read_json(vocabulary_path)
     if not isinstance(vocabulary, dict) or not all(isinstance(i, int) for i in vocabulary.values()):
-        raise ValueError(f"{path} is not a vocabulary (a JSON object of token: id): copy the model's own there")
+        raise ValueError(f"{vocabulary_path} is not a vocabulary (a JSON object of token: id): copy the model's own "
+                         "there")
+    encoder.read_merges(merges_path, vocabulary, fix="copy the model's own there")
 
 
 # --- Writing ------------------------------------------------------------------------------------
@@ -362,11 +370,29 @@ def convert(src, dst, source, target):
         raise FileNotFoundError(f"{src} is not a folder: give the model's folder")
     paths.check_destination(dst)  # before the reading, which can take a while
     check_folder(src, source)
-    check_vocabulary(tokenizer_files(src, TOKENIZER.values() if source == "hf" else TOKENIZER)[0])
+    check_tokenizer(*tokenizer_files(src, TOKENIZER.values() if source == "hf" else TOKENIZER))
     hparams, values = read_hf(src) if source == "hf" else read_openai(src)
     with paths.new_folder(dst) as folder:
-        (write_openai if target == "openai" else write_hf)(folder, hparams, values, src)
+        write_folder(write_openai if target == "openai" else write_hf, folder, dst, hparams, values, src)
     return hparams
+
+
+def write_folder(writer, folder, dst, hparams, values, src):
+    """writer(folder, hparams, values, src), its failures turned into an OSError naming `dst`:
+    safetensors and TensorFlow raise errors of their own (a full disk is a ResourceExhaustedError,
+    "out of memory" to cli.main), which would end in a traceback or a wrong line."""
+    import errno
+    import tensorflow as tf
+    from safetensors import SafetensorError
+    try:
+        writer(folder, hparams, values, src)
+    except (OSError, SafetensorError, tf.errors.OpError) as e:
+        text = e.strerror if isinstance(e, OSError) and e.strerror else getattr(e, "message", str(e))
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in text:
+            raise OSError(f"cannot write {dst}: the disk that holds {os.path.dirname(os.path.abspath(dst))} is "
+                          "full (No space left on device): free some space, or choose a destination on another "
+                          "disk") from None
+        raise OSError(f"cannot write {dst} ({text.strip().splitlines()[-1]})") from None
 
 
 def convert_checkpoint(src=None, dst=None, from_=None, to=None):
@@ -381,6 +407,10 @@ def convert_checkpoint(src=None, dst=None, from_=None, to=None):
     """
     if src is None or dst is None:
         raise ValueError("give the folders: convert_checkpoint.py --from hf --to openai SRC DST")
+    for name, value in (("from_", from_), ("to", to)):
+        if value is None:
+            raise ValueError(f"{cli.flag(name)} is required: {cli.flag(name)} openai or {cli.flag(name)} hf "
+                             "(convert_checkpoint.py --from hf --to openai SRC DST)")
     src, dst = (os.path.expanduser(str(path)) for path in (src, dst))
     hparams = convert(src, dst, from_, to)
     n_weights = sum(math.prod(shape) for _, shape in hf_shapes(hparams).values())

@@ -259,16 +259,25 @@ def get_encoder(model_name, models_dir):
     """
     folder = os.path.join(models_dir, model_name)
     download = download_command(model_name, models_dir)
+    fix = f"download it again with `{download}`"
     encoder_json, vocab_bpe = os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")
     data = {path: _read(path, download) for path in (encoder_json, vocab_bpe)}
-    encoder = _parse_encoder_json(encoder_json, _text(encoder_json, data[encoder_json], download), download)
-    merges = _parse_vocab_bpe(vocab_bpe, _text(vocab_bpe, data[vocab_bpe], download), encoder, download)
+    encoder = _parse_encoder_json(encoder_json, _text(encoder_json, data[encoder_json], fix), fix)
+    merges = _parse_vocab_bpe(vocab_bpe, _text(vocab_bpe, data[vocab_bpe], fix), encoder, fix)
     gpt2 = all(hashlib.sha256(data[path]).hexdigest() == GPT2_SHA256[os.path.basename(path)] for path in data)
     return Encoder(encoder=encoder, bpe_merges=merges, tokens_are_own_bpe=gpt2)
 
 
-def _bad_file(path, problem, download):
-    return ValueError(f"{path} {problem}; download it again with `{download}`")
+def read_merges(path, encoder, fix):
+    """The BPE merges (left, right), best first, of the vocab.bpe (or Hugging Face's merges.txt)
+    at `path`, each checked to make a token of `encoder` (token -> id) as `get_encoder` checks
+    them: a ValueError naming the file, the line and what is wrong, then `fix`, how to mend it."""
+    with open(path, "rb") as f:
+        return _parse_vocab_bpe(path, _text(path, f.read(), fix), encoder, fix)
+
+
+def _bad_file(path, problem, fix):
+    return ValueError(f"{path} {problem}; {fix}")
 
 
 def _read(path, download):
@@ -285,29 +294,29 @@ def _read(path, download):
                           f"download it again with `{download}`") from None
 
 
-def _text(path, data, download):
+def _text(path, data, fix):
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise _bad_file(path, f"is not UTF-8 text ({error.reason} at byte {error.start})", download) from None
+        raise _bad_file(path, f"is not UTF-8 text ({error.reason} at byte {error.start})", fix) from None
 
 
-def _parse_encoder_json(path, text, download):
+def _parse_encoder_json(path, text, fix):
     """encoder.json's token -> id, checked to be a GPT-2 vocabulary's."""
     try:
         encoder = json.loads(text)
     except json.JSONDecodeError as error:
         raise _bad_file(path, f"is not valid JSON ({error.msg} at line {error.lineno} column "
-                              f"{error.colno})", download) from None
+                              f"{error.colno})", fix) from None
     except (ValueError, RecursionError):  # a number of thousands of digits; arrays deep in arrays
         raise _bad_file(path, "is not a GPT-2 encoder.json (a number too long or nesting too deep to read)",
-                        download) from None
+                        fix) from None
     if not (isinstance(encoder, dict)
             and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in encoder.values())):
-        raise _bad_file(path, "is not a GPT-2 encoder.json (an object of token: id, an integer >= 0)", download)
+        raise _bad_file(path, "is not a GPT-2 encoder.json (an object of token: id, an integer >= 0)", fix)
     problem = _vocabulary_problem(encoder)
     if problem:
-        raise _bad_file(path, f"is not a GPT-2 encoder.json ({problem})", download)
+        raise _bad_file(path, f"is not a GPT-2 encoder.json ({problem})", fix)
     return encoder
 
 
@@ -329,7 +338,7 @@ def _vocabulary_problem(encoder):
     return None
 
 
-def _parse_vocab_bpe(path, text, encoder, download):
+def _parse_vocab_bpe(path, text, encoder, fix):
     """vocab.bpe's merges (left, right), best first, each checked to make a token of `encoder`."""
     lines = text.split("\n")
     first = 1 if lines[0].startswith("#") else 0  # the original skips its "#version: 0.2" line
@@ -339,12 +348,12 @@ def _parse_vocab_bpe(path, text, encoder, download):
         if not merge:
             continue
         if len(merge) != 2:
-            raise _bad_file(path, f"line {number} is not a merge (two tokens and a space): {line[:40]!r}", download)
+            raise _bad_file(path, f"line {number} is not a merge (two tokens and a space): {line[:40]!r}", fix)
         left, right = merge
         if not (left in encoder and right in encoder and left + right in encoder):
             raise _bad_file(path, f"line {number}: BPE merge {merge!r} is not two tokens of the encoder that make a "
-                                  f"third (use the encoder.json and vocab.bpe of the same model)", download)
+                                  f"third (use the encoder.json and vocab.bpe of the same model)", fix)
         merges.append(merge)
     if not merges:
-        raise _bad_file(path, "has no merges", download)
+        raise _bad_file(path, "has no merges", fix)
     return merges

@@ -434,6 +434,7 @@ class Sampler:
         self._decoder = tf.function(self._decode_loop, jit_compile=self.choices.xla, autograph=False,
                                     input_signature=decode_signature(hparams, self.dtype, self.choices))
         self._first_calls = logs.FirstCalls()  # by (batch size, cache size)
+        self.tokens_generated = 0  # new tokens of every row, over all calls: how fast it ran (cli.Speed)
 
     def _decode(self, cache, *args):
         """Runs the decode loop. The first call for a batch and cache size compiles it, and the C++
@@ -499,6 +500,7 @@ class Sampler:
                 tf.constant(temperature, tf.float32), wte_t)
             position += int(k)
             new = position + 1 - longest - made  # of every row
+            self.tokens_generated += batch * new
             yield np.take_along_axis(tokens.numpy(), lengths[:, None] + made + np.arange(new)[None], axis=1)
             made += new
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Samples from GPT-2 with no prompt: each sample starts from <|endoftext|>."""
+"""Samples from GPT-2 with no prompt: each sample starts from <|endoftext|>. At the end, how
+fast it sampled goes to stderr."""
 import cli
 
 
 def sample_model(model_name="124M", seed=None, nsamples=0, batch_size=1, length=None, temperature=1,
                  top_k=0, top_p=1, models_dir="models", dtype="float32", stop_at_endoftext=False, stop=()):
-    """Run the sample_model
+    """Run the sample_model. Prints how fast it sampled on stderr at the end.
 
     :model_name=124M : String, which model to use
     :seed=None : Integer seed for the random numbers; the same seed gives the same samples,
@@ -17,7 +18,7 @@ def sample_model(model_name="124M", seed=None, nsamples=0, batch_size=1, length=
     :temperature=1 : Float value controlling randomness in boltzmann distribution. Lower
      temperature results in less random completions. As the temperature approaches zero, the
      model will become deterministic and repetitive. Higher temperature results in more random
-     completions.
+     completions. Its limit at zero, greedy decoding, is --top_k 1; 0 itself is refused.
     :top_k=0 : Integer value controlling diversity. 1 means only 1 word is considered for each
      step (token), resulting in deterministic completions, while 40 means 40 words are considered
      at each step. 0 (default) is a special setting meaning no restrictions. 40 generally is a
@@ -45,15 +46,17 @@ def sample_model(model_name="124M", seed=None, nsamples=0, batch_size=1, length=
     end_token = enc.encoder["<|endoftext|>"]
     sampler = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p,
                              end_token=end_token if stop_at_endoftext else None)
-    generated = 0
+    generated, speed = 0, cli.Speed(sampler)
     try:
-        while nsamples == 0 or generated < nsamples:
-            batch = batch_size if nsamples == 0 else min(batch_size, nsamples - generated)
-            cli.print_samples(enc, sampler, [[end_token]] * batch, length, first_sample=generated,
-                              temperature=temperature, seed=seed, stop=stop)
-            generated += batch
+        with speed.timed():
+            while nsamples == 0 or generated < nsamples:
+                batch = batch_size if nsamples == 0 else min(batch_size, nsamples - generated)
+                cli.print_samples(enc, sampler, [[end_token]] * batch, length, first_sample=generated,
+                                  temperature=temperature, seed=seed, stop=stop)
+                generated += batch
     except KeyboardInterrupt:  # the way to end nsamples=0
         print()
+    speed.report()
 
 
 if __name__ == "__main__":

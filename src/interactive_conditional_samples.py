@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
-"""Continues prompts typed at `Model prompt >>> ` with GPT-2 samples."""
+"""Continues prompts typed at `Model prompt >>> ` with GPT-2 samples.
+
+A line that ends in a backslash goes on at the next line, `             ... `: the prompt is the
+lines with those backslashes taken out and the line breaks kept. Or `--prompt_file FILE` gives
+the prompt, a whole file, without asking. At the end, how fast it sampled goes to stderr.
+"""
 import codecs
 import contextlib
+import os
 import signal
 import sys
 
@@ -73,11 +79,24 @@ def not_utf8(byte):
             "PYTHONIOENCODING to your terminal's encoding.")
 
 
+PROMPT, MORE = "Model prompt >>> ", "             ... "  # the first line's, the next lines'
+
+
+def ask_lines():
+    """The lines typed, the first after PROMPT and the next after MORE while a line ends in a
+    backslash, joined by line breaks, without those backslashes."""
+    lines = [ask(PROMPT)]
+    while lines[-1].endswith("\\"):
+        lines[-1] = lines[-1][:-1]
+        lines.append(ask(MORE))
+    return "\n".join(lines)
+
+
 def read_prompt():
     """The next prompt that is not empty and is text; EOFError at the end of input."""
     while True:
         try:
-            raw_text = ask("Model prompt >>> ")
+            raw_text = ask_lines()
         except BadPrompt as e:
             print(e)
             continue
@@ -86,9 +105,27 @@ def read_prompt():
         print("Prompt should not be empty!")
 
 
+def read_prompt_file(prompt_file):
+    """The text of the UTF-8 file `prompt_file`, which must not be empty; ValueError or OSError
+    naming --prompt_file."""
+    try:
+        with open(os.path.expanduser(str(prompt_file)), encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--prompt_file {prompt_file} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                         f"{e.start}): save it as UTF-8") from None
+    except OSError as e:
+        raise type(e)(f"--prompt_file {prompt_file} cannot be read ({e.strerror})") from None
+    if not text:
+        raise ValueError(f"--prompt_file {prompt_file} is empty: give a file that holds the prompt")
+    return text
+
+
 def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, length=None, temperature=1,
-                   top_k=0, top_p=1, models_dir="models", dtype="float32", stop_at_endoftext=False, stop=()):
-    """Interactively run the model
+                   top_k=0, top_p=1, models_dir="models", dtype="float32", stop_at_endoftext=False, stop=(),
+                   prompt_file=None):
+    """Interactively run the model. A line ending in a backslash continues the prompt on the next
+    line (the backslash taken out, the line break kept). Prints how fast it sampled on stderr at the end.
 
     :model_name=124M : String, which model to use
     :seed=None : Integer seed for the random numbers; the same seed gives the same samples,
@@ -101,7 +138,7 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
     :temperature=1 : Float value controlling randomness in boltzmann distribution. Lower
      temperature results in less random completions. As the temperature approaches zero, the
      model will become deterministic and repetitive. Higher temperature results in more random
-     completions.
+     completions. Its limit at zero, greedy decoding, is --top_k 1; 0 itself is refused.
     :top_k=0 : Integer value controlling diversity. 1 means only 1 word is considered for each
      step (token), resulting in deterministic completions, while 40 means 40 words are considered
      at each step. 0 (default) is a special setting meaning no restrictions. 40 generally is a
@@ -114,12 +151,15 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
     :stop_at_endoftext=False : Boolean, end each sample at its first <|endoftext|>
     :stop=() : String: end each sample where its text first contains it, however it falls
      across tokens; it is not printed. Repeat the flag for several: --stop END --stop "###"
+    :prompt_file=None : String, a UTF-8 text file whose whole text, line breaks and all, is the
+     prompt: its samples are printed and the script ends, asking nothing
     """
     import fast  # here, not above: cli.main answers --help and bad flags before TensorFlow loads
     import sample
     import stopping
     stopping.check_stops(stop)
     cli.check_counts(nsamples, batch_size)
+    prompt = None if prompt_file is None else read_prompt_file(prompt_file)
     seed = cli.make_seed(seed)
     hparams = cli.load_hparams(model_name, models_dir)
     length = hparams.n_ctx // 2 if length is None else length
@@ -128,25 +168,46 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
     enc, hparams, params = cli.load(model_name, models_dir, dtype)
     sampler = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p,
                              end_token=enc.encoder["<|endoftext|>"] if stop_at_endoftext else None)
+    speed = cli.Speed(sampler)
+    if prompt is not None:
+        context_tokens = enc.encode(prompt)
+        if len(context_tokens) + length - 1 > hparams.n_ctx:
+            raise ValueError(f"--prompt_file {prompt_file}: {too_long(len(context_tokens), length, hparams.n_ctx)}")
+        with speed.timed():
+            sample_prompt(enc, sampler, context_tokens, nsamples, batch_size, length, temperature, seed, stop)
+        speed.report()
+        return
     while True:
         try:
             context_tokens = enc.encode(read_prompt())
         except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at the prompt ends the session
             print()
+            speed.report()
             return
         if len(context_tokens) + length - 1 > hparams.n_ctx:
-            print(f"Prompt too long: {len(context_tokens)} tokens and --length {length} need "
-                  f"{len(context_tokens) + length - 1} positions, more than the window of {hparams.n_ctx} (the last "
-                  f"new token needs none); use at most {hparams.n_ctx + 1 - length} prompt tokens.")
+            print(f"Prompt too long: {too_long(len(context_tokens), length, hparams.n_ctx)}.")
             continue
-        with cli.CtrlC() as ctrl_c:  # Ctrl-C stops the sample and comes back to the prompt
-            for first in range(0, nsamples, batch_size):
-                batch = min(batch_size, nsamples - first)
-                cli.print_samples(enc, sampler, [context_tokens] * batch, length, first_sample=first,
-                                  temperature=temperature, seed=seed, stop=stop, ctrl_c=ctrl_c)
-                if ctrl_c.pressed:
-                    break
-        print("=" * 80)
+        with speed.timed():
+            sample_prompt(enc, sampler, context_tokens, nsamples, batch_size, length, temperature, seed, stop)
+
+
+def too_long(n, length, n_ctx):
+    """Why a prompt of n tokens does not fit with --length new ones, and what fits."""
+    return (f"{n} tokens and --length {length} need {n + length - 1} positions, more than the window of {n_ctx} (the "
+            f"last new token needs none); use at most {n_ctx + 1 - length} prompt tokens")
+
+
+def sample_prompt(enc, sampler, context_tokens, nsamples, batch_size, length, temperature, seed, stop):
+    """Prints the nsamples samples of one prompt, batch_size at a time, then a line of `=`.
+    Ctrl-C stops the sample and comes back (see cli.CtrlC)."""
+    with cli.CtrlC() as ctrl_c:
+        for first in range(0, nsamples, batch_size):
+            batch = min(batch_size, nsamples - first)
+            cli.print_samples(enc, sampler, [context_tokens] * batch, length, first_sample=first,
+                              temperature=temperature, seed=seed, stop=stop, ctrl_c=ctrl_c)
+            if ctrl_c.pressed:
+                break
+    print("=" * 80)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,8 @@ def check_sampling(hparams, context_length, length, temperature, top_k, top_p):
                            f"{hparams.n_ctx + 1 - context_length} new tokens or a shorter prompt", length)
     if not is_number(temperature) or not temperature >= SMALLEST_TEMPERATURE:
         raise bad_argument("temperature", "must be greater than 0: at least 1.2e-38, float32's smallest normal "
-                           "number", temperature)
+                           "number; for greedy decoding (the most likely token each time) use top_k 1", temperature,
+                           mentions=["top_k"])
     if not is_integer(top_k) or top_k < 0:
         raise bad_argument("top_k", "must be an integer >= 0 (0: no top-k filter)", top_k)
     if top_k > hparams.n_vocab:

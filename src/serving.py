@@ -47,12 +47,13 @@ def require(condition, message, received):
 
 
 def check_rows(hparams, tokens, lengths, tokens_name, lengths_name):
-    """Assertions that lengths [batch] gives, for each row of tokens [batch, n], a length from 1
-    to n, and that the tokens within it are ids of the vocabulary."""
+    """Assertions that tokens [batch, n] has a row or more, that lengths [batch] gives, for each
+    row, a length from 1 to n, and that the tokens within it are ids of the vocabulary."""
     n = tf.shape(tokens)[1]
-    shape = require(tf.equal(tf.size(lengths), tf.shape(tokens)[0]),
-                    f"{lengths_name} must have one entry for each row of {tokens_name}", tf.shape(lengths))
-    with tf.control_dependencies([shape]):
+    shapes = [require(tf.shape(tokens)[0] >= 1, f"{tokens_name} must have a row or more", tf.shape(tokens)),
+              require(tf.equal(tf.size(lengths), tf.shape(tokens)[0]),
+                      f"{lengths_name} must have one entry for each row of {tokens_name}", tf.shape(lengths))]
+    with tf.control_dependencies(shapes):
         checks = [require(tf.reduce_all((lengths >= 1) & (lengths <= n)),
                           f"{lengths_name} must be from 1 to the width of {tokens_name}", lengths)]
     with tf.control_dependencies(checks):
@@ -70,11 +71,12 @@ def check_generate(hparams, context, context_length, length, temperature, top_k,
         longest = tf.reduce_max(context_length)
         checks += [
             require(length >= 1, "length must be a positive integer", length),
-            require(longest + length - 1 <= hparams.n_ctx,
+            require(tf.cast(longest, tf.int64) + tf.cast(length, tf.int64) - 1 <= hparams.n_ctx,  # no int32 wrap
                     f"length must be at most {hparams.n_ctx + 1} less the longest context_length: the model's "
                     f"window is {hparams.n_ctx} tokens (length, context_length)", tf.stack([length, longest])),
             require(temperature >= sample.SMALLEST_TEMPERATURE,
-                    "temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number",
+                    "temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number; for "
+                    "greedy decoding (the most likely token each time) use top_k 1",
                     temperature),
             require((top_k >= 0) & (top_k <= hparams.n_vocab),
                     f"top_k must be from 0 (no top-k filter) to the vocabulary size {hparams.n_vocab}", top_k),
@@ -155,21 +157,23 @@ class Servable(tf.Module):
         every step, slow it down (bench_serving.py --weights_in_loop)."""
         return tf.nest.map_structure(tf.convert_to_tensor, self.params)
 
-    def _generate(self, context, context_length, length, temperature, top_k, top_p, seed):
-        with tf.control_dependencies(check_generate(self._hparams, context, context_length, length, temperature,
-                                                    top_k, top_p, seed)):
-            context = tf.identity(context)
-        return {"tokens": generate_tokens(self._weights(), self._hparams, context, context_length, length, temperature,
-                                          top_k, top_p, seed, self._xla)}
+    def _generate(self, *inputs):  # GENERATE_SIGNATURE's: context, context_length, length, ..., seed
+        inputs = checked(check_generate(self._hparams, *inputs), inputs)
+        return {"tokens": generate_tokens(self._weights(), self._hparams, *inputs, self._xla)}
 
     def _score(self, tokens, lengths):
         checks = check_rows(self._hparams, tokens, lengths, "tokens", "lengths")
         checks.append(require(tf.shape(tokens)[1] <= self._hparams.n_ctx,
                               f"tokens must be at most the model's window of {self._hparams.n_ctx} wide",
                               tf.shape(tokens)))
-        with tf.control_dependencies(checks):
-            tokens = tf.identity(tokens)
-        return {"logprobs": token_logprobs(self._weights(), self._hparams, tokens, lengths)}
+        return {"logprobs": token_logprobs(self._weights(), self._hparams, *checked(checks, (tokens, lengths)))}
+
+
+def checked(checks, inputs):
+    """The inputs, as values that exist only once the assertions `checks` have passed: nothing
+    computed from them runs on a bad request (tf.range(length) of a length of 2**31 - 1, say)."""
+    with tf.control_dependencies(checks):
+        return [tf.identity(value) for value in inputs]
 
 
 # --- Writing the export -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Helpers the test modules share."""
 import glob
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -40,6 +41,14 @@ def find_vocab_dir(environ):
                if environ.get("GPT2_VOCAB_DIR") else "restore them with `git checkout -- tests/gpt2-vocab`")
         raise ValueError(f"GPT-2 vocabulary not found: {path} has no {' or '.join(missing)}: {fix}")
     return path
+
+
+def speed_tokens(stderr):
+    """The tokens counted by the line that says how fast a sampling script ran (cli.Speed), which
+    must be all of stderr: no TensorFlow start-up lines, nothing else."""
+    found = re.fullmatch(r"([\d,]+) tokens generated in \d+\.\d\d s: \d+\.\d tokens/s\n", stderr)
+    assert found, stderr
+    return int(found.group(1).replace(",", ""))
 
 
 def summaries(run_dir):

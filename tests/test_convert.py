@@ -288,6 +288,9 @@ def test_config_and_tensor_shapes_that_disagree(hf_copy, tmp_path, changes, mess
     ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx is true (GPT-2: false)"),
     ({"add_cross_attention": True}, "add_cross_attention is true (GPT-2: false)"),
     ({"architectures": ["GPT2ForSequenceClassification"]}, 'architectures is ["GPT2ForSequenceClassification"]'),
+    ({"architectures": "GPT2ForSequenceClassification"},
+     'architectures is "GPT2ForSequenceClassification" (GPT-2: ["GPT2LMHeadModel"])'),
+    ({"architectures": 7}, 'architectures is 7 (GPT-2: ["GPT2LMHeadModel"])'),
     ({"tie_word_embeddings": False}, "untied output weights"),
 ])
 def test_other_architectures_are_refused_saying_what_differs(hf_copy, tmp_path, changes, message):
@@ -296,9 +299,10 @@ def test_other_architectures_are_refused_saying_what_differs(hf_copy, tmp_path, 
     assert message in line, line
 
 
-def test_what_computes_the_same_is_accepted(hf_copy, tmp_path):
+@pytest.mark.parametrize("architectures", [["GPT2Model"], "GPT2LMHeadModel"])  # a string names one too
+def test_what_computes_the_same_is_accepted(hf_copy, tmp_path, architectures):
     write_config(hf_copy, activation_function="gelu_pytorch_tanh", n_inner=128, reorder_and_upcast_attn=True,
-                 architectures=["GPT2Model"])
+                 architectures=architectures)
     convert(hf_copy, str(tmp_path / "dst"), "hf", "openai")
 
 
@@ -315,7 +319,24 @@ def test_untied_output_weights_are_refused(hf_copy, tmp_path):
     tensors = load_file(path)
     tensors["lm_head.weight"] = tensors["transformer.wte.weight"] + 1
     save_file(tensors, path, {"format": "pt"})
-    assert "untied output weights" in to_openai(hf_copy, tmp_path)
+    line = to_openai(hf_copy, tmp_path)
+    assert "untied output weights" in line and "NaN" not in line
+
+
+def test_a_tied_output_layer_holding_nan_is_tied(hf_copy, tmp_path):
+    """NaN != NaN: an output layer equal to the embedding, NaN for NaN, is the embedding (and
+    converts as it is); one with a NaN of its own is not, and the line says it holds NaN."""
+    path = os.path.join(hf_copy, "model.safetensors")
+    tensors = load_file(path)
+    tensors["transformer.wte.weight"][5, 3] = np.nan
+    save_file({**tensors, "lm_head.weight": tensors["transformer.wte.weight"]}, path, {"format": "pt"})
+    convert(hf_copy, str(tmp_path / "tied"), "hf", "openai")
+    assert np.isnan(checkpoint_weights(str(tmp_path / "tied"))["model/wte"][5, 3])
+    head = tensors["transformer.wte.weight"].copy()
+    head[7, 1] = np.nan
+    save_file({**tensors, "lm_head.weight": head}, path, {"format": "pt"})
+    line = to_openai(hf_copy, tmp_path)
+    assert "is not the token embedding (wte.weight); lm_head.weight holds NaN; GPT-2 ties them" in line, line
 
 
 @pytest.mark.parametrize("case, message", [
@@ -327,6 +348,12 @@ def test_untied_output_weights_are_refused(hf_copy, tmp_path):
     ("bad config", "config.json is not valid JSON"),
     ("bad vocab.json", "vocab.json is not valid JSON"),
     ("vocab.json a list", "vocab.json is not a vocabulary (a JSON object of token: id)"),
+    ("merges.txt not merges", "merges.txt line 2 is not a merge (two tokens and a space): 'Ġt h e'; copy the "
+                              "model's own there"),
+    ("merges.txt of another vocabulary", "merges.txt line 2: BPE merge ('Ġ', 'zzzz') is not two tokens"),
+    ("merges.txt not UTF-8", "merges.txt is not UTF-8 text (invalid start byte at byte 0)"),
+    ("merges.txt empty", "merges.txt has no merges"),
+    ("index a list", "model.safetensors.index.json has no weight_map of file names"),
     ("no config", "has no config.json: it is not a Hugging Face model folder"),
 ])
 def test_other_bad_hf_folders(hf_copy, tmp_path, case, message):
@@ -356,7 +383,17 @@ def test_other_bad_hf_folders(hf_copy, tmp_path, case, message):
             f.write("{" if case == "bad vocab.json" else "[1, 2]")
     elif case == "no config":
         os.remove(os.path.join(hf_copy, "config.json"))
-    assert message in to_openai(hf_copy, tmp_path)
+    elif case.startswith("merges.txt"):  # copied as it was, it made a folder no script reads
+        text = {"merges.txt not merges": "#version: 0.2\nĠt h e\n", "merges.txt not UTF-8": b"\xff\n".decode("latin-1"),
+                "merges.txt of another vocabulary": "#version: 0.2\nĠ zzzz\n", "merges.txt empty": ""}[case]
+        with open(os.path.join(hf_copy, "merges.txt"), "w", encoding="latin-1" if "UTF-8" in case else "utf-8") as f:
+            f.write(text)
+    elif case == "index a list":
+        os.remove(path)
+        with open(os.path.join(hf_copy, "model.safetensors.index.json"), "w") as f:
+            json.dump(["model.safetensors"], f)
+    line = to_openai(hf_copy, tmp_path)
+    assert message in line, line
 
 
 def test_bad_openai_folders(openai_dir, hf_dir, tmp_path):
@@ -368,6 +405,11 @@ def test_bad_openai_folders(openai_dir, hf_dir, tmp_path):
     with open(os.path.join(other, "hparams.json"), "w") as f:
         json.dump({**checkpoints.TINY, "n_embd": 64}, f)
     assert "checkpoint does not match hparams.json" in fails("--from", "openai", "--to", "hf", other, dst)
+    with open(os.path.join(other, "hparams.json"), "w") as f:
+        json.dump(checkpoints.TINY, f)
+    with open(os.path.join(other, "vocab.bpe"), "a", encoding="utf-8") as f:
+        f.write("a b c\n")
+    assert "vocab.bpe line 50002 is not a merge" in fails("--from", "openai", "--to", "hf", other, dst)
     os.remove(os.path.join(broken, "encoder.json"))
     shutil.copy(os.path.join(openai_dir, "checkpoint"), broken)
     assert "has no encoder.json" in fails("--from", "openai", "--to", "hf", broken, dst)
@@ -376,6 +418,10 @@ def test_bad_openai_folders(openai_dir, hf_dir, tmp_path):
 
 
 def test_bad_flags_and_an_existing_destination(openai_dir, hf_dir, tmp_path):
+    for missing, given in (("--from", ["--to", "hf"]), ("--to", ["--from", "openai"])):
+        assert fails(*given, openai_dir, str(tmp_path / "dst")) == (
+            f"error: {missing} is required: {missing} openai or {missing} hf (convert_checkpoint.py --from hf "
+            "--to openai SRC DST)")
     assert "--from must be openai or hf. Received: 'tf'" in fails("--from", "tf", "--to", "hf", openai_dir,
                                                                    str(tmp_path / "dst"))
     assert "--from and --to are both hf" in fails("--from", "hf", "--to", "hf", hf_dir, str(tmp_path / "dst"))
@@ -401,6 +447,30 @@ def test_a_failure_while_writing_leaves_no_destination(openai_dir, hf_dir, tmp_p
     monkeypatch.setattr(safetensors.numpy, "save_file", full)
     assert "No space left on device" in fails("--from", "hf", "--to", "openai", hf_dir, str(tmp_path / "a"))
     assert "No space left on device" in fails("--from", "openai", "--to", "hf", openai_dir, str(tmp_path / "b"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_is_named_whatever_the_writer_raises(openai_dir, hf_dir, tmp_path, monkeypatch):
+    """What safetensors and TensorFlow raise on a full disk (their words, seen on a full tmpfs)
+    ends in the line that says so, not a traceback or "out of memory"."""
+    import saving
+    import safetensors.numpy
+    from safetensors import SafetensorError
+
+    def safetensors_full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    def tensorflow_full(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "{{function_node __wrapped__SaveV2_dtypes_1_device_/job:"
+                                               "localhost/replica:0/task:0/device:CPU:0}} /x/model.ckpt.data-00000-of-"
+                                               "00001.tempstate1; No space left on device [Op:SaveV2]")
+    monkeypatch.setattr(saving, "write_tensors", tensorflow_full)
+    monkeypatch.setattr(safetensors.numpy, "save_file", safetensors_full)
+    full = (": the disk that holds {} is full (No space left on device): free some space, or choose a destination "
+            "on another disk").format(tmp_path)
+    dst = str(tmp_path / "a")
+    assert fails("--from", "openai", "--to", "hf", openai_dir, dst) == f"error: cannot write {dst}{full}"
+    assert fails("--from", "hf", "--to", "openai", hf_dir, dst) == f"error: cannot write {dst}{full}"
     assert os.listdir(tmp_path) == []
 
 

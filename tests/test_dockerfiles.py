@@ -504,7 +504,8 @@ def test_default_models_are_real_and_hold_the_default_commands_model(name):
 @pytest.mark.parametrize("path", ["models/124M/model.ckpt.index", "models/README.md", ".git/HEAD",
                                   ".venv/bin/python", "src/__pycache__/model.cpython-311.pyc",
                                   ".pytest_cache/README.md", ".hypothesis/examples",
-                                  "checkpoint/run1/model-1000.index", "samples/run1/samples-100"])
+                                  "checkpoint/run1/model-1000.index", "samples/run1/samples-100",
+                                  "exported/124M/1/saved_model.pb", "hf/run1/model.safetensors"])
 def test_dockerignore_leaves_out(path):
     assert ignored(path)
 

@@ -22,7 +22,8 @@ from helpers import REPO, random_tokens
 EXPORT = os.path.join(REPO, "src", "export_model.py")
 
 # Loads the export in a process that has TensorFlow and nothing of this project, runs the
-# requests of argv[2] (a JSON list of [signature, inputs]) and prints one JSON line of results.
+# requests of argv[2] (a JSON list of [signature, inputs]; {"zeros": shape} is an input of that
+# shape, an empty batch say) and prints one JSON line of results.
 SERVE = r"""
 import importlib.util, json, sys
 import tensorflow as tf
@@ -36,7 +37,9 @@ outputs = {name: {key: [spec.shape.as_list(), spec.dtype.name] for key, spec in 
 results = []
 for name, inputs in json.load(open(sys.argv[2])):
     f = loaded.signatures[name]
-    kwargs = {key: tf.constant(value, f.structured_input_signature[1][key].dtype) for key, value in inputs.items()}
+    dtypes = {key: spec.dtype for key, spec in f.structured_input_signature[1].items()}
+    kwargs = {key: tf.zeros(value["zeros"], dtypes[key]) if isinstance(value, dict) else tf.constant(value, dtypes[key])
+              for key, value in inputs.items()}
     try:
         results.append({key: value.numpy().tolist() for key, value in f(**kwargs).items()})
     except tf.errors.InvalidArgumentError as e:
@@ -46,14 +49,19 @@ print(json.dumps({"specs": specs, "outputs": outputs, "results": results}))
 
 
 def generate_request(context, lengths=None, length=8, temperature=1.0, top_k=0, top_p=1.0, seed=0):
-    context = np.asarray(context).tolist()
-    lengths = [len(row) for row in context] if lengths is None else list(lengths)
+    context = as_input(context)
+    lengths = [len(row) for row in context] if lengths is None else as_input(lengths)
     return ["generate", dict(context=context, context_length=lengths, length=length, temperature=temperature,
                              top_k=top_k, top_p=top_p, seed=seed)]
 
 
 def score_request(tokens, lengths):
-    return ["score", dict(tokens=np.asarray(tokens).tolist(), lengths=list(lengths))]
+    return ["score", dict(tokens=as_input(tokens), lengths=as_input(lengths))]
+
+
+def as_input(value):
+    """A request's input as JSON: a list, or {"zeros": shape} as it is (see SERVE)."""
+    return value if isinstance(value, dict) else np.asarray(value).tolist()
 
 
 VOCAB, N_CTX = 50257, 64  # the tiny model's (conftest.py)
@@ -82,10 +90,13 @@ BAD = [  # (signature, inputs), the input the error must name
     (generate_request([[1, 2]], top_k=-1), "top_k"),
     (generate_request([[1, 2]], top_k=VOCAB + 1), "top_k"),
     (generate_request([[1, 2]], seed=-1), "seed"),
+    (generate_request([[1, 2]], length=2 ** 31 - 1), "length"),  # 2 + length - 1 wraps around in int32
+    (generate_request({"zeros": [0, 2]}, {"zeros": [0]}), "context"),  # an empty batch
     (score_request([[1, 2]], [0]), "lengths"),
     (score_request([[1, 2]], [3]), "lengths"),
     (score_request([[1, VOCAB]], [2]), "tokens"),
     (score_request([[1] * 65], [65]), "tokens"),
+    (score_request({"zeros": [0, 2]}, {"zeros": [0]}), "tokens"),  # an empty batch
 ]
 
 
@@ -289,7 +300,14 @@ def test_batches_of_1_and_3_and_lengths_up_to_the_window(served):
 
 
 def test_bad_requests_name_the_input_and_serving_goes_on(served):
-    answers = served[1]["bad"]
+    check_bad_answers(served[1]["bad"])
+    temperature_0 = served[1]["bad"][1 + 2 * [name for _, name in BAD].index("temperature")]
+    assert "use top_k 1" in temperature_0["error"]  # greedy decoding
+
+
+def check_bad_answers(answers):
+    """Asserts that each of BAD's answers names its input, and that the GOOD request after it
+    is served as GOOD was at first."""
     good, rest = answers[0], answers[1:]
     for (request, name), answer, after in zip(BAD, rest[::2], rest[1::2]):
         if name is None:
@@ -329,8 +347,9 @@ def test_a_bfloat16_export_gives_the_bfloat16_samplers_tokens(models_dir, tiny_m
 def test_an_xla_export_gives_the_plain_exports_tokens(tiny, served, tmp_path):
     hparams, params = tiny
     serving.export(params, hparams, str(tmp_path / "1"), xla=True)
-    asked = {name: requests()[name] for name in ("filters", "ragged")}  # batch 3: one compiled shape
+    asked = {name: requests()[name] for name in ("filters", "ragged", "bad")}  # batch 3, 1 and 2: three compiled shapes
     _, answers = serve(str(tmp_path / "1"), asked, tmp_path)
-    for name in asked:
+    for name in ("filters", "ragged"):
         for got, want in zip(answers[name], served[1][name]):
             np.testing.assert_array_equal(tokens_of(got), tokens_of(want))
+    check_bad_answers(answers["bad"])

@@ -92,7 +92,8 @@ def test_sample_sequence_keeps_the_originals_arguments(tiny):
                       "last new token needs none): use at most 62 new tokens or a shorter prompt. Received: 64"),
     (dict(length=0), "length must be a positive integer. Received: 0"),
     (dict(length=True), "length must be a positive integer. Received: True"),
-    (dict(temperature=0), "temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number. Received: 0"),
+    (dict(temperature=0), "temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number; "
+                          "for greedy decoding (the most likely token each time) use top_k 1. Received: 0"),
     (dict(temperature=1e-39), "temperature must be greater than 0: at least 1.2e-38"),
     (dict(temperature=float("nan")), "temperature must be greater than 0"),
     (dict(seed=2 ** 63), "seed must be an integer from 0 to 2**63 - 1. Received: 9223372036854775808"),
@@ -103,7 +104,8 @@ def test_sample_sequence_keeps_the_originals_arguments(tiny):
     (dict(top_p=0), "top_p must be in (0, 1]"),
     (dict(top_p=1.5), "top_p must be in (0, 1] (1: no nucleus filter). Received: 1.5"),
     (dict(top_p="high"), "top_p must be in (0, 1] (1: no nucleus filter). Received: 'high'"),
-    (dict(temperature="warm"), "temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number. Received: 'warm'"),
+    (dict(temperature="warm"), "temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number; "
+                               "for greedy decoding (the most likely token each time) use top_k 1. Received: 'warm'"),
     (dict(context=[[50257]]), "context tokens must be in [0, 50257)"),
     (dict(context=[[]]), "context must be [batch, n] integer tokens with n >= 1"),
 ])

@@ -28,7 +28,7 @@ import model
 import score
 import stopping
 
-from helpers import REPO
+from helpers import REPO, speed_tokens
 UNCONDITIONAL = os.path.join(REPO, "src", "generate_unconditional_samples.py")
 INTERACTIVE = os.path.join(REPO, "src", "interactive_conditional_samples.py")
 # The scripts' own TensorFlow log level, as a user gets it, whatever the one running the tests.
@@ -78,7 +78,7 @@ def test_unconditional_numbers_exactly_nsamples_whatever_the_batch(models_dir, t
     outputs = run_at_once(*[(UNCONDITIONAL, models_dir, tiny_model, *flags, "--batch_size", b) for b in ("1", "2", "4")])
     for result in outputs:
         assert result.returncode == 0, result.stderr
-        assert result.stderr == ""  # no TensorFlow start-up lines
+        assert speed_tokens(result.stderr) == 3 * 8  # and no TensorFlow start-up lines
         assert re.findall(r"SAMPLE (\d+)", result.stdout) == ["1", "2", "3"]
     assert samples(outputs[0].stdout) == samples(outputs[1].stdout) == samples(outputs[2].stdout)
     assert len(set(samples(outputs[0].stdout).values())) == 3
@@ -111,6 +111,7 @@ def test_unconditional_forever_ends_cleanly_on_ctrl_c(models_dir, tiny_model):
     finally:
         process.kill()
     assert process.returncode == 0 and "Traceback" not in stderr
+    assert speed_tokens(stderr) >= 2 * 4  # the first two samples, whole
 
 
 def test_unconditional_forever_ends_quietly_when_its_reader_goes(models_dir, tiny_model):
@@ -139,12 +140,13 @@ def test_interactive_through_stdin(models_dir, tiny_model, tiny):
     n = len(enc.encode(long_prompt))
     assert n + 20 - 1 > 64
     latin1 = "caf\u00e9 au lait\n".encode("latin-1")  # not UTF-8: refused, and the next prompt read
+    continued = b"Two\\\nlines\\\n\n"  # a line ending in a backslash goes on at the next
     result = run(INTERACTIVE, models_dir, tiny_model, "--length", "20", "--seed", "5", "--nsamples", "2",
-                 "--batch_size", "2", stdin=f"\n{long_prompt}\n".encode() + latin1 + b"Hello world\n")
+                 "--batch_size", "2", stdin=f"\n{long_prompt}\n".encode() + latin1 + b"Hello world\n" + continued)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr == ""
+    assert speed_tokens(result.stderr) == 2 * 2 * 20
     out = result.stdout
-    assert out.count("Model prompt >>> ") == 5
+    assert out.count("Model prompt >>> ") == 6 and out.count("             ... ") == 2
     assert "Prompt should not be empty!" in out
     assert "Prompt is not UTF-8 text (byte 0xe9): type or paste it as UTF-8" in out
     assert (f"Prompt too long: {n} tokens and --length 20 need {n + 19} positions, more than the window of 64 (the "
@@ -153,6 +155,37 @@ def test_interactive_through_stdin(models_dir, tiny_model, tiny):
     assert "=" * 80 in out
     got = samples(out.split("=" * 80)[0])
     assert got == {i + 1: expected_sample(tiny, "Hello world", 20, 5, i) + "\n" for i in range(2)}
+    got = samples(out.split("=" * 80)[1])
+    assert got == {i + 1: expected_sample(tiny, "Two\nlines\n", 20, 5, i) + "\n" for i in range(2)}
+
+
+def test_interactive_prompt_file(models_dir, tiny_model, tiny, tmp_path, capsys):
+    """--prompt_file: the file's whole text is the prompt, line breaks and all; its samples are
+    printed as for a typed prompt, nothing is asked, and how fast it ran goes to stderr."""
+    path = tmp_path / "prompt.txt"
+    path.write_text("Two\nlines\n", encoding="utf-8")
+    interactive_conditional_samples.interact_model(tiny_model, seed=5, nsamples=2, batch_size=2, length=20,
+                                                   models_dir=models_dir, prompt_file=str(path))
+    out, err = capsys.readouterr()
+    want = "".join(cli.header(i + 1) + "\n" + expected_sample(tiny, "Two\nlines\n", 20, 5, i) + "\n" for i in range(2))
+    assert out == want + "=" * 80 + "\n"
+    assert speed_tokens(err) == 2 * 20
+
+
+def test_a_bad_prompt_file_is_named(models_dir, tiny_model, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    (tmp_path / "long.txt").write_text("word " * 60)
+    for name, error, line in [
+            ("absent.txt", FileNotFoundError, "--prompt_file {} cannot be read (No such file or directory)"),
+            ("empty.txt", ValueError, "--prompt_file {} is empty: give a file that holds the prompt"),
+            ("latin1.txt", ValueError, "--prompt_file {} is not UTF-8 text (byte 0xe9 at 3): save it as UTF-8"),
+            ("long.txt", ValueError, "--prompt_file {}: 61 tokens and --length 20 need 80 positions, more than the "
+                                     "window of 64 (the last new token needs none); use at most 45 prompt tokens")]:
+        with pytest.raises(error) as e:
+            interactive_conditional_samples.interact_model(tiny_model, length=20, models_dir=models_dir,
+                                                           prompt_file=str(tmp_path / name))
+        assert cli.error_line(e.value) == "error: " + line.format(tmp_path / name)
 
 
 class Terminal:
@@ -312,7 +345,8 @@ def test_the_scripts_stop_at_stop_strings(models_dir, tiny_model, tiny):
     (dict(model_name="355M"), "download it with `python3 download_model.py 355M --models_dir"),
     (dict(length=65), "--length and the prompt's 1 token need 65 positions, more than the model's window of 64 (the "
                       "last new token needs none): use at most 64 new tokens"),
-    (dict(temperature=0), "--temperature must be greater than 0"),
+    (dict(temperature=0), "--temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number; "
+                          "for greedy decoding (the most likely token each time) use --top_k 1. Received: 0"),
     (dict(top_k=-1), "--top_k must be an integer >= 0"),
     (dict(top_p=1.5), "--top_p must be in (0, 1]"),
     (dict(batch_size=0), "--batch_size must be a positive integer. Received: 0"),

@@ -66,3 +66,23 @@ def test_the_readmes_python_example_runs_from_the_repository_root(models_dir, ti
                             env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("The meaning of life is") and len(result.stdout) > len("The meaning of life is")
+
+
+# The folders in the repository that README.md's commands write (models, exports, conversions,
+# runs, benchmark data): none belongs in git or in Docker's build context.
+WRITTEN = ["models", "exported", "hf", "checkpoint", "samples", "data"]
+
+
+@pytest.mark.parametrize("name", WRITTEN)
+def test_what_the_readmes_commands_write_stays_out_of_git_and_docker(name):
+    assert re.search(rf"[ `']{name}/", read("README.md")), f"README.md writes no {name}/: update WRITTEN"
+    ignored = {line.strip("/*") for line in read(".gitignore").splitlines() if line and line[0] not in "#!"}
+    assert name in ignored, f".gitignore lacks /{name}/"
+    assert name in read(".dockerignore").splitlines(), f".dockerignore lacks {name}"
+
+
+def test_the_guides_say_what_the_tests_and_the_models_are_now():
+    contributing = read("CONTRIBUTORS.md")
+    assert os.path.relpath(helpers.VOCAB_DIR, REPO) in contributing and "GPT2_VOCAB_DIR" not in contributing
+    card = read("model_card.md")
+    assert "src/train.py" in card and "src/convert_checkpoint.py" in card  # what makes other models
