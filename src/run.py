@@ -225,7 +225,7 @@ class Run:
             return
         saving.copy_model_files(self.model_path, self.run_dir)
         saving.save(self.run_dir, self.step, self.trainer.checkpoint_values(), self.trainer.optimizer.variables,
-                    {"step": self.step, "position": self.position, "seed": self.seed})
+                    {"step": self.step, "position": self.position, "seed": self.seed}, keep=self.s["keep"])
         print(f"saved {os.path.join(self.run_dir, f'model-{self.step}')}", file=sys.stderr)
 
 

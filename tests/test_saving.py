@@ -16,9 +16,9 @@ def optimizer_variables():
     return [tf.Variable(0, dtype=tf.int64), tf.Variable(tf.zeros([3, 2]))]
 
 
-def save(run_dir, step):
+def save(run_dir, step, **keep):
     saving.save(str(run_dir), step, variables(step), optimizer_variables(),
-                {"step": step, "position": 10 * step, "seed": 7})
+                {"step": step, "position": 10 * step, "seed": 7}, **keep)
 
 
 def test_the_checkpoint_file_names_the_latest_save_as_tf1_reads_it(tmp_path):
@@ -36,6 +36,41 @@ def test_only_the_last_saves_are_kept(tmp_path):
         save(tmp_path, step)
     assert saving.saved_steps(str(tmp_path)) == [2, 3]
     assert not any(name.startswith(("model-1.", "state-1.")) for name in os.listdir(tmp_path))
+
+
+def test_keep_sets_how_many_saves_stay(tmp_path):
+    for step in (1, 2, 3, 4):
+        save(tmp_path, step, keep=3)
+    assert saving.saved_steps(str(tmp_path)) == [2, 3, 4]
+    save(tmp_path, 5, keep=1)
+    assert saving.saved_steps(str(tmp_path)) == [5]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "model-5.data-00000-of-00001", "model-5.index",
+                                            "state-5.data-00000-of-00001", "state-5.index"]
+    with pytest.raises(ValueError, match=r"^keep must be an integer >= 1 \(the saves kept\). Received: 0$"):
+        save(tmp_path, 6, keep=0)
+    assert saving.saved_steps(str(tmp_path)) == [5]
+
+
+def test_a_save_removes_every_unlisted_steps_files(tmp_path):
+    """kill -9 after a save listed its step, before it deleted the steps it unlisted, leaves
+    their files (a .data without its .index, an .index without its data) that no list names."""
+    save(tmp_path, 3)
+    save(tmp_path, 4)
+    orphans = ["model-1.data-00000-of-00001", "state-1.index", "model-2.index", "state-2.data-00000-of-00001",
+               "model-9.data-00000-of-00001.tempstate12345"]
+    for name in orphans:
+        (tmp_path / name).write_bytes(b"\0" * 10)
+    (tmp_path / "state-8_temp").mkdir()
+    kept = ["hparams.json", "model.ckpt.index", "model-best.index", "notes.txt"]  # not a step's files
+    for name in kept:
+        (tmp_path / name).write_text("x")
+    save(tmp_path, 5)
+    assert saving.saved_steps(str(tmp_path)) == [4, 5]
+    assert sorted(os.listdir(tmp_path)) == sorted(kept + ["checkpoint"] + [
+        f"{kind}-{step}.{part}" for kind in ("model", "state") for step in (4, 5)
+        for part in ("index", "data-00000-of-00001")])
+    assert saving.read_state(str(tmp_path / "model-4"), optimizer_variables()) == {"step": 4, "position": 40,
+                                                                                    "seed": 7}
 
 
 def test_a_save_cut_short_leaves_the_previous_one_the_latest(tmp_path, monkeypatch):

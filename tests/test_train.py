@@ -15,6 +15,7 @@ import tensorflow as tf
 import checkpoints
 import encoder
 import model
+import saving
 import train as train_script
 import training
 from helpers import REPO, summaries
@@ -137,6 +138,12 @@ def test_ctrl_c_saves_then_exits(models_dir, tiny_model, text, tmp_path):
     assert model.find_checkpoint(str(tmp_path / "checkpoint" / "run1")).endswith(f"model-{steps[0]}")
 
 
+def test_keep_sets_the_saves_the_run_folder_keeps(models_dir, tiny_model, text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=3, save_every=1, keep=3)
+    assert saving.saved_steps(str(tmp_path / "checkpoint" / "run1")) == [1, 2, 3]
+
+
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(models_dir, tiny_model, text, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     flags = ["--dataset", text, "--sequence_length", "16", "--seed", "3"]
@@ -227,6 +234,7 @@ def flags(**changes):
     ({"sample_length": 0}, "--sample_length must be a positive integer or None"),
     ({"learning_rate": -1}, "--learning_rate must be a positive number"),
     ({"batch_size": 0}, "--batch_size must be an integer >= 1"),
+    ({"keep": 0}, "--keep must be an integer >= 1"),
     ({"steps": 1.5}, "--steps must be an integer >= 0"),
     ({"seed": 2 ** 63}, "--seed must be an integer from 0 to 2**63 - 1"),
     ({"learning_rate": float("inf")}, "--learning_rate must be a positive number"),
