@@ -18,6 +18,7 @@ import sys
 
 import compile_cache
 import logs
+import paths
 import stopping
 from checks import MAX_SEED, is_integer
 
@@ -161,6 +162,8 @@ def main(command, argv=None, *, tensorflow=True):
             raise
         sys.exit(f"error: {e} in {sys.executable}: install the requirements (pip install -r requirements.txt)")
     except out_of_memory as e:
+        if paths.is_disk_full(e):  # TensorFlow's file writes report ENOSPC as ResourceExhaustedError
+            sys.exit(disk_full_line(e))
         sys.exit(out_of_memory_line(command, e if isinstance(e, MemoryError) else None))
     except BrokenPipeError:  # the reader went away (`| head`): stop as quietly as `yes | head` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush has nowhere to go
@@ -174,6 +177,14 @@ def main(command, argv=None, *, tensorflow=True):
 def error_line(error):
     """The one line that reports an expected error; an argument's name becomes its flag."""
     return f"error: {'--' if getattr(error, 'argument', None) else ''}{error}"
+
+
+def disk_full_line(error):
+    """The line for a write of TensorFlow's that found the disk full, naming the file and its folder."""
+    file = paths.unwritten_file(error)
+    if file is None:
+        return f"error: the disk is full ({str(error).splitlines()[0]}): free space on it"
+    return f"error: the disk holding {os.path.dirname(file) or '.'} is full: {file} cannot be written; free space on it"
 
 
 def out_of_memory_line(command, error=None):

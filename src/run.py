@@ -19,6 +19,7 @@ import encoder
 import fast
 import logs
 import model
+import paths
 import saving
 import training
 from checks import MAX_SEED
@@ -223,9 +224,14 @@ class Run:
         """Saves the weights and the state of the current step (the chief alone)."""
         if not self.chief or self.step in saving.saved_steps(self.run_dir):
             return
-        saving.copy_model_files(self.model_path, self.run_dir)
-        saving.save(self.run_dir, self.step, self.trainer.checkpoint_values(), self.trainer.optimizer.variables,
-                    {"step": self.step, "position": self.position, "seed": self.seed}, keep=self.s["keep"])
+        try:
+            saving.save(self.run_dir, self.step, self.trainer.checkpoint_values(), self.trainer.optimizer.variables,
+                        {"step": self.step, "position": self.position, "seed": self.seed}, keep=self.s["keep"],
+                        model_dir=self.model_path)
+        except OSError as e:
+            if not paths.is_disk_full(e):
+                raise
+            raise OSError(f"{e}; free space there, lower --keep, or give another --checkpoint_dir") from None
         print(f"saved {os.path.join(self.run_dir, f'model-{self.step}')}", file=sys.stderr)
 
 

@@ -18,6 +18,7 @@ import tempfile
 
 import tensorflow as tf
 
+import paths
 from checks import bad_argument, is_integer
 
 KEEP = 2  # saves kept by default: the latest, and the one before in case the latest turns out bad (a NaN)
@@ -43,16 +44,23 @@ def read_tensors(prefix, dtypes):
 
 
 def atomic_write(path, text):
-    """Writes `text` to `path` in one rename: readers see the old file or the new, never half."""
+    """Writes `text` to `path` in one rename: readers see the old file or the new, never half;
+    a failed write (a full disk) leaves no temporary file."""
     folder = os.path.dirname(path) or "."
-    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".tmp-", delete=False) as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(f.name, 0o666 & ~umask)  # the umask's mode, not the temporary's 0600: others read the run folder too
-    os.replace(f.name, path)
+    temporary = tempfile.NamedTemporaryFile("w", dir=folder, prefix=".tmp-", delete=False)
+    try:
+        with temporary as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(f.name, 0o666 & ~umask)  # the umask's mode, not the temporary's 0600: others read the run folder too
+        os.replace(f.name, path)
+    except BaseException:
+        if os.path.exists(temporary.name):
+            os.remove(temporary.name)
+        raise
 
 
 def saved_steps(run_dir):
@@ -78,16 +86,42 @@ def copy_model_files(source_dir, run_dir):
         target = os.path.join(run_dir, name)
         if not os.path.exists(target):
             temporary = os.path.join(run_dir, f".tmp-{name}")
-            shutil.copyfile(os.path.join(source_dir, name), temporary)
+            try:
+                shutil.copyfile(os.path.join(source_dir, name), temporary)
+            except BaseException:
+                if os.path.exists(temporary):
+                    os.remove(temporary)
+                raise
             os.replace(temporary, target)
 
 
-def save(run_dir, step, variables, optimizer_variables, state, keep=KEEP):
+def save(run_dir, step, variables, optimizer_variables, state, keep=KEEP, model_dir=None):
     """Saves step `step` into run_dir: variables {checkpoint name: variable}, the optimizer's
-    variables (by position) and state {step, position, seed}; keeps the last `keep` saves and
-    deletes every other step's files."""
+    variables (by position) and state {step, position, seed}, and model_dir's MODEL_FILES the
+    first time; keeps the last `keep` saves and deletes every other step's files. On a full
+    disk, OSError (errno ENOSPC) saying so, the step's files deleted, the saves listed kept."""
     if not is_integer(keep) or keep < 1:
         raise bad_argument("keep", "must be an integer >= 1 (the saves kept)", keep)
+    try:
+        if model_dir is not None:
+            copy_model_files(model_dir, run_dir)
+        steps = write_step(run_dir, step, variables, optimizer_variables, state, keep)
+    except (tf.errors.ResourceExhaustedError, OSError) as e:  # TensorFlow's writes say ENOSPC so
+        if not paths.is_disk_full(e):
+            raise
+        if step not in saved_steps(run_dir):
+            remove_steps(run_dir, lambda saved: saved == step)
+        listed = saved_steps(run_dir)
+        kept = f"the save of step {listed[-1]} is the latest" if listed else "it holds no save"
+        raise paths.disk_full(run_dir, f"step {step} is not saved, {kept}") from None
+    # Every step not listed, not only those the list just dropped: a kill after the listing
+    # (or a run that crashed in the middle of a save) left files no list names any more.
+    remove_steps(run_dir, lambda saved: saved not in steps)
+
+
+def write_step(run_dir, step, variables, optimizer_variables, state, keep):
+    """`save`'s writes: the step's files, then the `checkpoint` file that lists it among the last
+    `keep`; returns the steps listed."""
     # A save of this step listed already (--restore_from fresh in a run folder with saves) is
     # unlisted before it is written over, so that a kill never leaves a listed save half written;
     # what a killed save of this step left goes too, TensorFlow's temporaries with it.
@@ -99,9 +133,7 @@ def save(run_dir, step, variables, optimizer_variables, state, keep=KEEP):
     write_tensors(os.path.join(run_dir, f"state-{step}"), extra)
     steps = ([s for s in saved_steps(run_dir) if s != step] + [step])[-keep:]
     atomic_write(os.path.join(run_dir, "checkpoint"), checkpoint_text(steps))
-    # Every step not listed, not only those the list just dropped: a kill after the listing
-    # (or a run that crashed in the middle of a save) left files no list names any more.
-    remove_steps(run_dir, lambda saved: saved not in steps)
+    return steps
 
 
 def forget_step(run_dir, step):

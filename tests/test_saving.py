@@ -1,4 +1,5 @@
 """saving.py: a run folder's saves are whole or absent, TF1 reads them, the last KEEP stay."""
+import errno
 import os
 
 import numpy as np
@@ -102,6 +103,52 @@ def test_a_listed_save_written_over_and_cut_short_leaves_the_others_the_latest(t
         save(tmp_path, 2)
     assert saving.saved_steps(str(tmp_path)) == [1]
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("model-1")
+
+
+def no_space(path):
+    """What TensorFlow raises when a write of `path` finds the disk full (ENOSPC)."""
+    return tf.errors.ResourceExhaustedError(None, None, f"{path}.tempstate1; No space left on device")
+
+
+@pytest.mark.parametrize("failing", ["state", "checkpoint file", "model files"])
+def test_a_full_disk_says_so_deletes_the_step_and_keeps_the_saves_listed(tmp_path, monkeypatch, failing):
+    """A full disk is ENOSPC, not "out of memory" (TensorFlow's ResourceExhaustedError); the
+    step's files go, and the latest save before it stays listed and loadable."""
+    run, model_dir = tmp_path / "run", tmp_path / "model"
+    run.mkdir()
+    model_dir.mkdir()
+    for name in saving.MODEL_FILES:
+        (model_dir / name).write_text(name)
+    save(run, 1)  # without the model's files, which the next save copies
+    write, fsync, copy = saving.write_tensors, os.fsync, saving.shutil.copyfile
+
+    def full_at_state(prefix, tensors):
+        write(prefix, tensors)
+        if "state-" in prefix:
+            raise no_space(prefix + ".data-00000-of-00001")
+
+    def full_at_fsync(descriptor):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_at_copy(source, target):
+        with open(target, "w") as f:
+            f.write("part")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), target)
+    if failing == "state":
+        monkeypatch.setattr(saving, "write_tensors", full_at_state)
+    elif failing == "checkpoint file":
+        monkeypatch.setattr(saving.os, "fsync", full_at_fsync)
+    else:
+        monkeypatch.setattr(saving.shutil, "copyfile", full_at_copy)
+    with pytest.raises(OSError) as e:
+        saving.save(str(run), 2, variables(2), optimizer_variables(), {"step": 2, "position": 20, "seed": 7},
+                    model_dir=str(model_dir))
+    assert str(e.value) == f"the disk holding {run} is full: step 2 is not saved, the save of step 1 is the latest"
+    assert e.value.errno == errno.ENOSPC
+    monkeypatch.setattr(saving.os, "fsync", fsync)
+    assert sorted(name for name in os.listdir(run) if "-2" in name or name.startswith(".")) == []
+    assert tf.train.latest_checkpoint(str(run)).endswith("model-1")
+    assert saving.read_state(str(run / "model-1"), optimizer_variables()) == {"step": 1, "position": 10, "seed": 7}
 
 
 def test_the_state_restores_the_optimizer_and_refuses_another(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import checkpoints
+import cli
 import encoder
 import model
 import saving
@@ -142,6 +143,38 @@ def test_keep_sets_the_saves_the_run_folder_keeps(models_dir, tiny_model, text, 
     monkeypatch.chdir(tmp_path)
     train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=3, save_every=1, keep=3)
     assert saving.saved_steps(str(tmp_path / "checkpoint" / "run1")) == [1, 2, 3]
+
+
+def test_a_full_disk_says_so_and_keeps_the_last_save(models_dir, tiny_model, text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write = saving.write_tensors
+
+    def full_at_step_2(prefix, tensors):
+        if prefix.endswith("model-2"):  # TensorFlow's ResourceExhaustedError for ENOSPC
+            raise tf.errors.ResourceExhaustedError(None, None, f"{prefix}.data-00000-of-00001.tempstate1; No space "
+                                                               f"left on device")
+        write(prefix, tensors)
+    monkeypatch.setattr(saving, "write_tensors", full_at_step_2)
+    with pytest.raises(OSError) as e:
+        train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=3, save_every=1)
+    run = tmp_path / "checkpoint" / "run1"
+    assert cli.error_line(e.value) == ("error: the disk holding checkpoint/run1 is full: step 2 is not saved, the save of "
+                                       "step 1 is the latest; free space there, lower --keep, or give another "
+                                       "--checkpoint_dir")
+    assert model.find_checkpoint(str(run)) == str(run / "model-1") and not (run / "model-2.index").exists()
+    weights(str(run / "model-1"))
+
+
+def test_a_full_disk_anywhere_is_not_called_out_of_memory():
+    """What TensorFlow writes elsewhere (summaries, an export) reports ENOSPC as ResourceExhaustedError too."""
+    def command():
+        raise tf.errors.ResourceExhaustedError(None, None, "{{function_node __wrapped__SaveV2}} /data/run/model-3"
+                                                           ".data-00000-of-00001.tempstate5; No space left on "
+                                                           "device [Op:SaveV2]")
+    with pytest.raises(SystemExit) as e:
+        cli.main(command, [])
+    assert e.value.code == ("error: the disk holding /data/run is full: /data/run/model-3.data-00000-of-00001."
+                            "tempstate5 cannot be written; free space on it")
 
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(models_dir, tiny_model, text, tmp_path, monkeypatch):
