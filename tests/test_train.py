@@ -177,6 +177,59 @@ def test_a_full_disk_anywhere_is_not_called_out_of_memory():
                             "tempstate5 cannot be written; free space on it")
 
 
+def saved_steps_on_disk(run_dir):
+    """The steps whose weights' .index is in the run folder."""
+    return sorted(int(name[6:-6]) for name in os.listdir(run_dir) if re.fullmatch(r"model-\d+\.index", name))
+
+
+def test_sigterm_and_ctrl_c_with_the_output_gone_save_then_exit(models_dir, tiny_model, text, tmp_path):
+    """SIGTERM (docker stop, Slurm, Kubernetes) saves as Ctrl-C does. Ctrl-C under `2>&1 | tee log`
+    ends tee too: the writes that follow find no reader, and must not stop the save. Both runs
+    at once, to take the time of one."""
+    runs = {}
+    for name in ("sigterm", "sigint"):
+        (tmp_path / name).mkdir()
+        runs[name] = subprocess.Popen([sys.executable, TRAIN, "--model_name", tiny_model, "--models_dir", models_dir,
+                                       "--dataset", text, "--sequence_length", "16", "--sample_every", "1",
+                                       "--sample_length", "2", "--save_every", "0"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path / name)
+    try:
+        deadline = time.monotonic() + 240
+        while not all((tmp_path / name / "samples" / "run1" / "samples-2").exists() for name in runs):
+            assert time.monotonic() < deadline and all(run.poll() is None for run in runs.values())
+            time.sleep(0.2)
+        runs["sigint"].stdout.close()  # tee is gone: nothing reads the pipes
+        runs["sigint"].stderr.close()
+        runs["sigint"].send_signal(signal.SIGINT)
+        runs["sigterm"].send_signal(signal.SIGTERM)
+        _, stderr = runs["sigterm"].communicate(timeout=120)
+        runs["sigint"].wait(timeout=120)
+    finally:
+        for run in runs.values():
+            run.kill()
+    assert (runs["sigterm"].returncode, runs["sigint"].returncode) == (143, 130), stderr
+    assert "Traceback" not in stderr and re.search(r"^saved checkpoint/run1/model-\d+$", stderr, re.M), stderr
+    for name in runs:
+        run_dir = tmp_path / name / "checkpoint" / "run1"
+        steps = saved_steps_on_disk(run_dir)
+        assert len(steps) == 1 and steps[0] >= 2, (name, steps)
+        assert model.find_checkpoint(str(run_dir)).endswith(f"model-{steps[0]}")
+
+
+def test_a_run_whose_output_has_no_reader_saves_then_exits_141(models_dir, tiny_model, text, tmp_path, monkeypatch):
+    """`train.py | head`: the first sample finds stdout's reader gone; the run saves and stops as
+    the scripts do when their reader goes (status 141), rather than lose its steps."""
+    monkeypatch.chdir(tmp_path)
+    read, write = os.pipe()
+    os.close(read)
+    monkeypatch.setattr(sys, "stdout", open(write, "w"))
+    with pytest.raises(SystemExit) as e:
+        train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=20, sample_every=2,
+                   sample_length=2)
+    assert e.value.code == 141
+    assert saved_steps_on_disk(tmp_path / "checkpoint" / "run1") == [2]
+
+
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(models_dir, tiny_model, text, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     flags = ["--dataset", text, "--sequence_length", "16", "--seed", "3"]
