@@ -158,9 +158,9 @@ def test_a_full_disk_says_so_and_keeps_the_last_save(models_dir, tiny_model, tex
     with pytest.raises(OSError) as e:
         train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=3, save_every=1)
     run = tmp_path / "checkpoint" / "run1"
-    assert cli.error_line(e.value) == ("error: the disk holding checkpoint/run1 is full: step 2 is not saved, the save of "
-                                       "step 1 is the latest; free space there, lower --keep, or give another "
-                                       "--checkpoint_dir")
+    assert cli.error_line(e.value) == ("error: the disk holding checkpoint/run1 is full: step 2 is not saved, the "
+                                       "save of step 1 is the latest; free space there, lower --keep, or give "
+                                       "another --checkpoint_dir")
     assert model.find_checkpoint(str(run)) == str(run / "model-1") and not (run / "model-2.index").exists()
     weights(str(run / "model-1"))
 
