@@ -20,6 +20,7 @@ import time
 
 import compile_cache
 import logs
+import paths
 import stopping
 from checks import MAX_SEED, is_integer
 
@@ -163,6 +164,8 @@ def main(command, argv=None, *, tensorflow=True):
             raise
         sys.exit(f"error: {e} in {sys.executable}: install the requirements (pip install -r requirements.txt)")
     except out_of_memory as e:
+        if paths.is_disk_full(e):  # TensorFlow's file writes report ENOSPC as ResourceExhaustedError
+            sys.exit(disk_full_line(e))
         sys.exit(out_of_memory_line(command, e if isinstance(e, MemoryError) else None))
     except BrokenPipeError:  # the reader went away (`| head`): stop as quietly as `yes | head` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush has nowhere to go
@@ -180,6 +183,14 @@ def error_line(error):
     for name in getattr(error, "mentions", ()):
         text = re.sub(rf"(?<![\w-]){re.escape(name)}\b", flag(name), text)
     return f"error: {'--' if getattr(error, 'argument', None) else ''}{text}"
+
+
+def disk_full_line(error):
+    """The line for a write of TensorFlow's that found the disk full, naming the file and its folder."""
+    file = paths.unwritten_file(error)
+    if file is None:
+        return f"error: the disk is full ({str(error).splitlines()[0]}): free space on it"
+    return f"error: the disk holding {os.path.dirname(file) or '.'} is full: {file} cannot be written; free space on it"
 
 
 def out_of_memory_line(command, error=None):
@@ -321,20 +332,73 @@ class CtrlC:
     """A `with` block in which Ctrl-C asks the sample in progress to stop: `print_samples`
     checks `.pressed` between tokens and ends the sample cleanly, where KeyboardInterrupt would
     be raised wherever Python happened to be, inside TensorFlow's calls too. A second Ctrl-C
-    raises KeyboardInterrupt as usual."""
+    raises KeyboardInterrupt as usual. `signals` (default SIGINT alone) are the signals that
+    count as Ctrl-C: train.py adds SIGTERM, which `docker stop`, Slurm and Kubernetes send;
+    `.signal` is the first one received."""
+
+    def __init__(self, *signals):
+        self.signals = signals or (signal.SIGINT,)
 
     def __enter__(self):
-        self.pressed = False
-        self.previous = signal.signal(signal.SIGINT, self.press)
+        self.pressed, self.signal = False, None
+        self.previous = {number: signal.signal(number, self.press) for number in self.signals}
         return self
 
     def press(self, signum, frame):
         if self.pressed:
             raise KeyboardInterrupt
-        self.pressed = True
+        self.pressed, self.signal = True, signum
 
     def __exit__(self, *exc_info):
-        signal.signal(signal.SIGINT, self.previous)
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+class ReaderMayGo:
+    """A text stream (sys.stdout, sys.stderr) whose writes are harmless once the reader of its
+    pipe has gone: `2>&1 | tee log`, whose tee Ctrl-C ends too. What it is given from then on
+    is dropped and `.gone` is set, where BrokenPipeError would be raised at whatever write came
+    next, before the work in progress is saved."""
+
+    def __init__(self, stream):
+        self.stream, self.gone = stream, False
+
+    def write(self, text):
+        self.call(self.stream.write, text)
+        return len(text)
+
+    def flush(self):
+        self.call(self.stream.flush)
+
+    def call(self, method, *args):
+        if self.gone:
+            return
+        try:
+            method(*args)
+        except BrokenPipeError:
+            self.gone = True
+            # what stays in the stream's buffer is flushed at exit: to nowhere, rather than an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...: the stream's
+        return getattr(self.stream, name)
+
+
+class ReadersMayGo:
+    """A `with` block in which sys.stdout and sys.stderr are `ReaderMayGo`s; `.gone` says
+    whether either's reader has gone."""
+
+    def __enter__(self):
+        self.streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self.wrapped = ReaderMayGo(sys.stdout), ReaderMayGo(sys.stderr)
+        return self
+
+    @property
+    def gone(self):
+        return any(stream.gone for stream in self.wrapped)
+
+    def __exit__(self, *exc_info):
+        sys.stdout, sys.stderr = self.streams
 
 
 class Speed:

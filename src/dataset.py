@@ -34,6 +34,11 @@ from checks import bad_argument, is_integer
 END_OF_TEXT = "<|endoftext|>"
 CUT = regex.compile(r"\n(?=\S)")  # `regex`, as encoder.PATTERN, so that \S means the same there
 PIECE_CHARS = 1 << 18  # characters a process encodes at a time; a smaller dataset is encoded without a pool
+# An .npz's arrays may declare at most MAX_COMPRESSION times the file's size (deflate gives token
+# ids of text about 3, a text repeated over and over up to its limit, 1032; bzip2 and lzma, which
+# zip allows too, far more), or UNCHECKED_BYTES (64M ids) whatever the file's size.
+MAX_COMPRESSION = 100
+UNCHECKED_BYTES = 1 << 28
 
 
 # --- Which files -------------------------------------------------------------------------------
@@ -113,17 +118,41 @@ def read_text(path):
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+class CompressedTooMuch(ValueError):
+    """An .npz whose arrays declare more bytes than token ids could be compressed into it."""
+
+
+def check_compression(path):
+    """CompressedTooMuch when the arrays of the .npz at `path` declare more than MAX_COMPRESSION
+    times its size, and more than UNCHECKED_BYTES: a damaged or crafted file (a zip bomb: 7.8 MB
+    that inflate to 2e9 ids, 8 GB), refused before a byte of it is inflated. The file's size is
+    what counts, not the compressed sizes its members declare, which can lie as well."""
+    with zipfile.ZipFile(path) as archive:
+        declared = sum(info.file_size for info in archive.infolist())
+    size = os.path.getsize(path)
+    if declared > max(UNCHECKED_BYTES, MAX_COMPRESSION * size):
+        raise CompressedTooMuch(
+            f"{path} declares arrays of {declared:,} bytes in a file of {size:,} bytes, {declared / size:,.0f} times "
+            f"as many: more than token ids compress (text's, about 3 times; at most {MAX_COMPRESSION} is read), so "
+            f"a damaged or crafted file. A text repeated over and over compresses so: train on the text itself, or "
+            f"save its ids uncompressed (np.savez)")
+
+
 def read_npz(path, n_vocab):
-    """The token arrays of the .npz at `path`, as np.savez wrote them (in `files` order), int32."""
+    """The token arrays of the .npz at `path`, as np.savez wrote them (in `files` order), int32
+    (the arrays read, not copies, when they are int32 already)."""
     if not zipfile.is_zipfile(path):  # np.load would read it as a .npy or a pickle, and say so
         raise ValueError(f"{path} is not a .npz (a zip archive of arrays): write it with encode.py, or name a "
                          f"text file otherwise")
     try:
+        check_compression(path)
         with np.load(path, allow_pickle=False) as npz:
             arrays = [(name, npz[name]) for name in npz.files]
         other = [name for name, array in arrays if not isinstance(array, np.ndarray)]  # np.load gives their bytes
         if other:
             raise ValueError(f"it holds {other[0]!r}, which is not a NumPy array (.npy)")
+    except CompressedTooMuch:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as e:
         # MemoryError: an array's header declares more than the memory holds (damaged, or too big here)
         reason = f"{type(e).__name__}: {e}".replace("\n", " ")
@@ -144,7 +173,7 @@ def checked_ids(path, name, array, n_vocab):
     if array.size and (array.min() < 0 or array.max() >= n_vocab):
         raise ValueError(f"{where} holds ids from {array.min()} to {array.max()}: ids of this model's vocabulary "
                          f"are 0 to {n_vocab - 1} (n_vocab {n_vocab}); encode the text with this model's encoder")
-    return array.astype(np.int32)
+    return array.astype(np.int32, copy=False)
 
 
 # --- Encoding text -----------------------------------------------------------------------------
@@ -244,9 +273,12 @@ def encode_texts(enc, texts, processes):
 
 # --- The dataset -------------------------------------------------------------------------------
 
-def load_chunks(enc, path, *, n_vocab, processes=None):
+def load_chunks(enc, path, *, n_vocab, processes=None, combine=0):
     """The dataset at `path` as a list of int32 token arrays, in order: one for each text file
-    (its documents, each followed by 50256), and each array of each .npz.
+    (its documents, each followed by 50256), and each array of each .npz. With `combine`, the
+    arrays of consecutive text files are joined into arrays of `combine` tokens or more, as
+    nshepperd/gpt-2's encode.py --combine joins its files: its train.py takes windows within
+    one array, and refuses a .npz whose arrays are shorter on average than a window.
 
     `path` is a file, a folder or a glob pattern (see `dataset_files`); a file named *.npz holds
     token ids (np.savez of 1-D integer arrays, as encode.py writes), any other UTF-8 text. Text
@@ -255,6 +287,8 @@ def load_chunks(enc, path, *, n_vocab, processes=None):
     """
     if not is_integer(n_vocab) or n_vocab < 1:
         raise bad_argument("n_vocab", "must be a positive integer", n_vocab)
+    if not is_integer(combine) or combine < 0:
+        raise bad_argument("combine", "must be an integer >= 0 (0: an array for each text file)", combine)
     files = dataset_files(path)
     loaded = {file: read_npz(file, n_vocab) if is_npz(file) else read_text(file) for file in files}
     if not any(holds_data(data) for data in loaded.values()):
@@ -263,8 +297,32 @@ def load_chunks(enc, path, *, n_vocab, processes=None):
     if texts and len(enc.encoder) > n_vocab:
         raise bad_argument("n_vocab", f"must cover the encoder's {len(enc.encoder)} tokens", n_vocab)
     encoded = encode_texts(enc, [loaded[file] for file in texts], processes or os.cpu_count() or 1)
-    loaded.update((file, [ids]) for file, ids in zip(texts, encoded))
-    return [array for file in files for array in loaded[file]]
+    loaded.update((file, ids) for file, ids in zip(texts, encoded))
+    return combined([(loaded[file], is_npz(file)) for file in files], combine)
+
+
+def combined(files, combine):
+    """The arrays of `files`, [(a text file's array, False) or (an .npz's arrays, True)], with
+    consecutive text files' arrays joined into arrays of `combine` tokens or more (the last may
+    be shorter). Each text file's array ends with 50256, which keeps its documents apart from
+    the next file's; an .npz's arrays stay as they were."""
+    chunks, texts, tokens = [], [], 0
+    for data, from_npz in files:
+        if from_npz:
+            chunks += ([joined(texts)] if texts else []) + data
+            texts, tokens = [], 0
+            continue
+        texts.append(data)
+        tokens += len(data)
+        if tokens >= combine:
+            chunks.append(joined(texts))
+            texts, tokens = [], 0
+    return chunks + ([joined(texts)] if texts else [])
+
+
+def joined(arrays):
+    """`arrays` as one array; the one itself, not a copy, when there is one."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def holds_data(data):
@@ -273,8 +331,18 @@ def holds_data(data):
 
 
 def load_dataset(enc, path, *, n_vocab, processes=None):
-    """The dataset at `path` as one int32 array of token ids: `load_chunks`'s arrays, joined."""
-    return np.concatenate(load_chunks(enc, path, n_vocab=n_vocab, processes=processes))
+    """The dataset at `path` as one int32 array of token ids: `load_chunks`'s arrays, joined,
+    each let go once it is copied: the memory holds the dataset once, and its largest array."""
+    chunks = load_chunks(enc, path, n_vocab=n_vocab, processes=processes)
+    if len(chunks) == 1:
+        return chunks[0]
+    tokens = np.empty(sum(map(len, chunks)), np.int32)
+    end = len(tokens)
+    while chunks:  # the last first: pop() drops the list's reference to it
+        chunk = chunks.pop()
+        tokens[end - len(chunk):end] = chunk
+        end -= len(chunk)
+    return tokens
 
 
 # --- Windows -----------------------------------------------------------------------------------

@@ -4,11 +4,13 @@
     python src/encode.py data/ data.npz
     python src/encode.py 'data/**/*.txt' data.npz --model_name 355M
 
-The .npz holds one int32 array per text file (its documents, each followed by <|endoftext|>,
-id 50256) and each array of each .npz in the dataset, as it was; nshepperd/gpt-2's train.py
-reads it too. OUT_NPZ must end in .npz (numpy adds .npz to any other name, so a file of
-another name would not be the one written); it is written whole or not at all.
-TensorFlow is not loaded.
+The .npz holds int32 arrays: the text files' ids (their documents, each followed by
+<|endoftext|>, id 50256), consecutive files joined into arrays of --combine tokens or more, and
+each array of each .npz in the dataset, as it was. nshepperd/gpt-2's train.py reads it too: it
+takes its windows within one array, and refuses arrays shorter on average than a window (an
+array for each of many short files). OUT_NPZ must end in .npz (numpy adds .npz to any other
+name, so a file of another name would not be the one written); it is written whole or not at
+all. TensorFlow is not loaded.
 """
 import os
 
@@ -17,9 +19,10 @@ import numpy as np
 import cli
 import dataset
 import encoder
+from checks import is_integer
 
 
-def encode(in_text=None, out_npz=None, model_name="124M", models_dir="models"):
+def encode(in_text=None, out_npz=None, model_name="124M", models_dir="models", combine=50000):
     """Encodes a dataset with GPT-2's tokenizer into a .npz of token ids
 
     :in_text=None : String, the dataset: a UTF-8 text file, a folder (every file under it but
@@ -28,11 +31,16 @@ def encode(in_text=None, out_npz=None, model_name="124M", models_dir="models"):
     :out_npz=None : String, the .npz file to write (its name must end in .npz)
     :model_name=124M : String, the model whose vocabulary encodes the text
     :models_dir=models : String, the folder holding the model folders
+    :combine=50000 : Integer, join consecutive text files into arrays of at least this many
+     tokens, as nshepperd/gpt-2's encode.py --combine (which counts characters) does, so that its
+     train.py reads the .npz; 0 writes an array for each file
     """
     in_text, out_npz = required("in_text", "DATASET", in_text), required("out_npz", "OUT.npz", out_npz)
     check_out(out_npz)
+    if not is_integer(combine) or combine < 0:
+        raise ValueError(f"--combine must be an integer >= 0 (0: an array for each text file). Received: {combine!r}")
     enc = encoder.get_encoder(str(model_name), cli.expand_dir(models_dir))
-    chunks = dataset.load_chunks(enc, in_text, n_vocab=len(enc.encoder))
+    chunks = dataset.load_chunks(enc, in_text, n_vocab=len(enc.encoder), combine=combine)
     write_npz(out_npz, chunks)
     tokens = sum(map(len, chunks))
     documents = sum(int(np.sum(chunk == enc.encoder[dataset.END_OF_TEXT])) for chunk in chunks)

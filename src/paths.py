@@ -1,6 +1,7 @@
-"""Where a downloaded model lives, the command that downloads (or repairs) it, and writing a
-folder whole or not at all."""
+"""Where a downloaded model lives, the command that downloads (or repairs) it, writing a
+folder whole or not at all, and saying so when the disk is full."""
 import contextlib
+import errno
 import os
 import re
 import shlex
@@ -100,3 +101,27 @@ def usual_modes(folder):
     for name in os.listdir(folder):  # the files written directly in it; folders below are the umask's
         path = os.path.join(folder, name)
         os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, and a full quota, which reads the same to its user
+
+
+def is_disk_full(error):
+    """Whether `error` is a write that found no room: an OSError ENOSPC or EDQUOT, or TensorFlow's
+    ResourceExhaustedError for them, which names the file and says `os.strerror`'s text (where
+    a MemoryError-like "out of memory" would otherwise be said)."""
+    return getattr(error, "errno", None) in NO_SPACE or any(os.strerror(code) in str(error) for code in NO_SPACE)
+
+
+def unwritten_file(error):
+    """The file a disk-full `error` of TensorFlow's names ("PATH; No space left on device"), or None."""
+    found = re.search(rf"(\S+); (?:{'|'.join(re.escape(os.strerror(code)) for code in NO_SPACE)})", str(error))
+    return found.group(1) if found else None
+
+
+def disk_full(where, what):
+    """The OSError (errno ENOSPC) saying that the disk holding the folder `where` is full, and `what`
+    follows from it (what was not written, what is kept, how to make room)."""
+    error = OSError(f"the disk holding {where} is full: {what}")
+    error.errno = errno.ENOSPC
+    return error

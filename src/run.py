@@ -7,6 +7,7 @@ takes the very windows, and makes the very updates, of a run that never stopped.
 """
 import math
 import os
+import signal
 import sys
 import time
 
@@ -19,6 +20,7 @@ import encoder
 import fast
 import logs
 import model
+import paths
 import saving
 import training
 from checks import MAX_SEED
@@ -137,7 +139,9 @@ class Run:
     # --- The loop ------------------------------------------------------------------------------
 
     def train(self):
-        """Trains until --steps (or Ctrl-C), then saves."""
+        """Trains until --steps, then saves. Ctrl-C or SIGTERM ends the step in progress, saves,
+        and exits (status 130 or 143), as does a step that finds the output's reader gone
+        (141): the save comes first, whatever stdout and stderr do."""
         s = self.s
         if s["steps"] and self.step >= s["steps"]:
             # restored_from: with --restore_from PATH the step is PATH's, not this run's
@@ -146,23 +150,31 @@ class Run:
         print(f"training {s['model_name']} from {self.restored_from} at step {self.step}, seed {self.seed}: "
               f"{len(self.tokens):,} tokens in windows of {self.windows.length}", file=sys.stderr)
         writer = tf.summary.create_file_writer(self.run_dir) if self.chief else tf.summary.create_noop_writer()
-        per_step = self.windows_per_step()
-        bar = tqdm(initial=self.step, total=s["steps"] or None, unit="step", file=sys.stderr, dynamic_ncols=True)
-        average, started, stop = Average(), time.perf_counter(), cli.CtrlC()
-        with writer.as_default(), stop:
-            while not stop.pressed and (not s["steps"] or self.step < s["steps"]):
-                loss = self.train_step(per_step)
-                average.add(loss)
-                tokens_per_s = (bar.n - bar.initial + 1) * per_step * self.windows.length / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{loss:.3f}", avg=f"{average.value:.3f}", tokens_per_s=f"{tokens_per_s:.0f}")
-                bar.update()
-                tf.summary.scalar("loss", loss, self.step)
-                tf.summary.scalar("learning_rate", s["learning_rate"], self.step)
-                self.every(bar)
-        bar.close()
-        self.save()
+        with cli.ReadersMayGo() as output, cli.CtrlC(signal.SIGINT, signal.SIGTERM) as stop, writer.as_default():
+            bar = tqdm(initial=self.step, total=s["steps"] or None, unit="step", file=sys.stderr, dynamic_ncols=True)
+            self.loop(bar, lambda: stop.pressed or output.gone)
+            bar.close()
+            self.save()
         if stop.pressed:
-            sys.exit(130)
+            sys.exit(128 + stop.signal)
+        if output.gone:
+            sys.exit(141)  # as for a process that SIGPIPE ends (cli.main)
+
+    def loop(self, bar, stopping):
+        """Steps until --steps or until stopping(), with the progress bar, summaries, samples,
+        validation and saves; what a step asks for is skipped once stopping() is true."""
+        s, per_step = self.s, self.windows_per_step()
+        average, started = Average(), time.perf_counter()
+        while not stopping() and (not s["steps"] or self.step < s["steps"]):
+            loss = self.train_step(per_step)
+            average.add(loss)
+            tokens_per_s = (bar.n - bar.initial + 1) * per_step * self.windows.length / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss:.3f}", avg=f"{average.value:.3f}", tokens_per_s=f"{tokens_per_s:.0f}")
+            bar.update()
+            tf.summary.scalar("loss", loss, self.step)
+            tf.summary.scalar("learning_rate", s["learning_rate"], self.step)
+            if not stopping():  # the save comes at once: a SIGTERM's sender waits only so long
+                self.every(bar)
 
     def windows_per_step(self):
         """Windows in one step, over every replica and accumulated batch."""
@@ -223,9 +235,14 @@ class Run:
         """Saves the weights and the state of the current step (the chief alone)."""
         if not self.chief or self.step in saving.saved_steps(self.run_dir):
             return
-        saving.copy_model_files(self.model_path, self.run_dir)
-        saving.save(self.run_dir, self.step, self.trainer.checkpoint_values(), self.trainer.optimizer.variables,
-                    {"step": self.step, "position": self.position, "seed": self.seed})
+        try:
+            saving.save(self.run_dir, self.step, self.trainer.checkpoint_values(), self.trainer.optimizer.variables,
+                        {"step": self.step, "position": self.position, "seed": self.seed}, keep=self.s["keep"],
+                        model_dir=self.model_path)
+        except OSError as e:
+            if not paths.is_disk_full(e):
+                raise
+            raise OSError(f"{e}; free space there, lower --keep, or give another --checkpoint_dir") from None
         print(f"saved {os.path.join(self.run_dir, f'model-{self.step}')}", file=sys.stderr)
 
 

@@ -8,7 +8,8 @@
 The sampling scripts, `score.py` and OpenAI's TensorFlow 1 code read RUN_DIR as a model
 (`--models_dir CHECKPOINT_DIR --model_name RUN_NAME`). A save writes the new step's files
 beside the old ones, then replaces `checkpoint` in one rename: a save cut short leaves the
-previous step the latest, whole.
+previous step the latest, whole; after it, every step's files but the kept ones' go, what a
+save killed after its listing left too.
 """
 import os
 import re
@@ -17,9 +18,14 @@ import tempfile
 
 import tensorflow as tf
 
-KEEP = 2  # saves kept: the latest, and the one before in case the latest turns out bad (a NaN)
+import paths
+from checks import bad_argument, is_integer
+
+KEEP = 2  # saves kept by default: the latest, and the one before in case the latest turns out bad (a NaN)
 STATE = ("step", "position", "seed")  # int64 scalars saved beside the optimizer's variables
 MODEL_FILES = ("hparams.json", "encoder.json", "vocab.bpe")
+# A step's files, and the temporaries TensorFlow writes them through (NAME.tempstateN, NAME_temp/)
+STEP_FILE = re.compile(r"(?:model|state)-(\d+)(?:\.(?:index|data-\d+-of-\d+)(?:\.tempstate\d+)?|_temp)")
 
 
 def write_tensors(prefix, tensors):
@@ -38,16 +44,23 @@ def read_tensors(prefix, dtypes):
 
 
 def atomic_write(path, text):
-    """Writes `text` to `path` in one rename: readers see the old file or the new, never half."""
+    """Writes `text` to `path` in one rename: readers see the old file or the new, never half;
+    a failed write (a full disk) leaves no temporary file."""
     folder = os.path.dirname(path) or "."
-    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".tmp-", delete=False) as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(f.name, 0o666 & ~umask)  # the umask's mode, not the temporary's 0600: others read the run folder too
-    os.replace(f.name, path)
+    temporary = tempfile.NamedTemporaryFile("w", dir=folder, prefix=".tmp-", delete=False)
+    try:
+        with temporary as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(f.name, 0o666 & ~umask)  # the umask's mode, not the temporary's 0600: others read the run folder too
+        os.replace(f.name, path)
+    except BaseException:
+        if os.path.exists(temporary.name):
+            os.remove(temporary.name)
+        raise
 
 
 def saved_steps(run_dir):
@@ -73,26 +86,54 @@ def copy_model_files(source_dir, run_dir):
         target = os.path.join(run_dir, name)
         if not os.path.exists(target):
             temporary = os.path.join(run_dir, f".tmp-{name}")
-            shutil.copyfile(os.path.join(source_dir, name), temporary)
+            try:
+                shutil.copyfile(os.path.join(source_dir, name), temporary)
+            except BaseException:
+                if os.path.exists(temporary):
+                    os.remove(temporary)
+                raise
             os.replace(temporary, target)
 
 
-def save(run_dir, step, variables, optimizer_variables, state):
+def save(run_dir, step, variables, optimizer_variables, state, keep=KEEP, model_dir=None):
     """Saves step `step` into run_dir: variables {checkpoint name: variable}, the optimizer's
-    variables (by position) and state {step, position, seed}; keeps the last KEEP saves."""
+    variables (by position) and state {step, position, seed}, and model_dir's MODEL_FILES the
+    first time; keeps the last `keep` saves and deletes every other step's files. On a full
+    disk, OSError (errno ENOSPC) saying so, the step's files deleted, the saves listed kept."""
+    if not is_integer(keep) or keep < 1:
+        raise bad_argument("keep", "must be an integer >= 1 (the saves kept)", keep)
+    try:
+        if model_dir is not None:
+            copy_model_files(model_dir, run_dir)
+        steps = write_step(run_dir, step, variables, optimizer_variables, state, keep)
+    except (tf.errors.ResourceExhaustedError, OSError) as e:  # TensorFlow's writes say ENOSPC so
+        if not paths.is_disk_full(e):
+            raise
+        if step not in saved_steps(run_dir):
+            remove_steps(run_dir, lambda saved: saved == step)
+        listed = saved_steps(run_dir)
+        kept = f"the save of step {listed[-1]} is the latest" if listed else "it holds no save"
+        raise paths.disk_full(run_dir, f"step {step} is not saved, {kept}") from None
+    # Every step not listed, not only those the list just dropped: a kill after the listing
+    # (or a run that crashed in the middle of a save) left files no list names any more.
+    remove_steps(run_dir, lambda saved: saved not in steps)
+
+
+def write_step(run_dir, step, variables, optimizer_variables, state, keep):
+    """`save`'s writes: the step's files, then the `checkpoint` file that lists it among the last
+    `keep`; returns the steps listed."""
     # A save of this step listed already (--restore_from fresh in a run folder with saves) is
     # unlisted before it is written over, so that a kill never leaves a listed save half written;
     # what a killed save of this step left goes too, TensorFlow's temporaries with it.
     forget_step(run_dir, step)
-    remove_step(run_dir, step)
+    remove_steps(run_dir, lambda saved: saved == step)
     write_tensors(os.path.join(run_dir, f"model-{step}"), variables)
     extra = {f"optimizer/{i}": v for i, v in enumerate(optimizer_variables)}
     extra.update({name: tf.constant(state[name], tf.int64) for name in STATE})
     write_tensors(os.path.join(run_dir, f"state-{step}"), extra)
-    steps = [s for s in saved_steps(run_dir) if s != step] + [step]
-    atomic_write(os.path.join(run_dir, "checkpoint"), checkpoint_text(steps[-KEEP:]))
-    for old in steps[:-KEEP]:
-        remove_step(run_dir, old)
+    steps = ([s for s in saved_steps(run_dir) if s != step] + [step])[-keep:]
+    atomic_write(os.path.join(run_dir, "checkpoint"), checkpoint_text(steps))
+    return steps
 
 
 def forget_step(run_dir, step):
@@ -105,18 +146,21 @@ def forget_step(run_dir, step):
             atomic_write(os.path.join(run_dir, "checkpoint"), checkpoint_text(steps))
         else:
             os.remove(os.path.join(run_dir, "checkpoint"))
-        remove_step(run_dir, step)
+        remove_steps(run_dir, lambda saved: saved == step)
     return steps
 
 
-def remove_step(run_dir, step):
-    """Deletes the files of one saved step, and the temporaries (NAME.tempstateN, NAME_temp/)
-    that TensorFlow writes them through."""
+def remove_steps(run_dir, which):
+    """Deletes the files of each step for which which(step) is true, and the temporaries that
+    TensorFlow writes them through."""
     for name in os.listdir(run_dir):
-        if re.fullmatch(rf"(model|state)-{step}_temp", name):
-            shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
-        elif re.fullmatch(rf"(model|state)-{step}\.(index|data-\d+-of-\d+)(\.tempstate\d+)?", name):
-            os.remove(os.path.join(run_dir, name))
+        found = STEP_FILE.fullmatch(name)
+        if found and which(int(found.group(1))):
+            path = os.path.join(run_dir, name)
+            if name.endswith("_temp"):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
 
 
 def read_state(prefix, optimizer_variables):

@@ -110,6 +110,25 @@ def test_npz_arrays_are_read_in_order_as_int32(enc, tmp_path):
     assert {c.dtype for c in chunks} == {np.dtype(np.int32)}
 
 
+def test_combine_joins_text_files_into_arrays_of_that_many_tokens(enc, tmp_path):
+    """nshepperd/gpt-2's train.py takes windows within one array, and refuses a .npz whose arrays
+    are shorter on average than a window: its encode.py joins files (--combine); so do we, with
+    50256 between documents. An .npz's arrays stay as they were, between the texts' arrays."""
+    texts = {f"{i:02}.txt": f"Document number {i} is short." for i in range(13)}
+    np.savez(tmp_path / "05a.npz", np.array([1, 2, 3]), np.array([4]))
+    write(tmp_path, texts)
+    each = dataset.load_chunks(enc, str(tmp_path), n_vocab=N_VOCAB)
+    assert len(each) == 15 and [c.tolist() for c in each[6:8]] == [[1, 2, 3], [4]]
+    assert {len(c) for i, c in enumerate(each) if i not in (6, 7)} == {7}  # 6 tokens and 50256 a text file
+    chunks = dataset.load_chunks(enc, str(tmp_path), n_vocab=N_VOCAB, combine=20)
+    assert [len(c) for c in chunks] == [21, 21, 3, 1, 21, 21, 7]
+    assert [c.tolist() for c in chunks[2:4]] == [[1, 2, 3], [4]]
+    assert np.concatenate(chunks).tolist() == np.concatenate(each).tolist()
+    assert all(c[-1] == EOT for i, c in enumerate(chunks) if i not in (2, 3))  # documents stay apart
+    with pytest.raises(ValueError, match=re.escape("combine must be an integer >= 0")):
+        dataset.load_chunks(enc, str(tmp_path), n_vocab=N_VOCAB, combine=-1)
+
+
 @pytest.mark.parametrize("files, path, message", [
     ({}, "missing", "missing not found: give a text file, a folder, a .npz, or a glob pattern"),
     ({"a.txt": "a"}, "*.md", "*.md matches no files: check the pattern"),
@@ -163,6 +182,41 @@ def test_an_npz_declaring_an_array_larger_than_memory_is_one_line(enc, tmp_path)
         z.writestr("arr_0.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(16))
     with pytest.raises(ValueError, match=re.escape(f"{path} cannot be read as a .npz (MemoryError: ")):
         dataset.load_dataset(enc, path, n_vocab=N_VOCAB)
+
+
+def npy_header(shape, dtype="<i4"):
+    """The .npy format 1.0 header of an array of this shape."""
+    header = f"{{'descr': '{dtype}', 'fortran_order': False, 'shape': {shape}, }}".encode()
+    header += b" " * (117 - len(header)) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+
+
+def test_an_npz_that_inflates_far_beyond_its_size_is_refused_before_it_is_read(enc, tmp_path, monkeypatch):
+    """A zip bomb: 2e9 ids (8 GB) in 7.8 MB took 16 GB and trained. Here 4e6 ids (16 MB) in 16 KB,
+    with the size read whatever the compression lowered to 1 MiB; np.savez's uncompressed
+    file of the same ids is read."""
+    monkeypatch.setattr(dataset, "UNCHECKED_BYTES", 1 << 20)
+    path = str(tmp_path / "bomb.npz")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z, z.open("arr_0.npy", "w") as member:
+        member.write(npy_header((4_000_000,)))
+        for _ in range(16):
+            member.write(bytes(1_000_000))
+    size = os.path.getsize(path)
+    with pytest.raises(ValueError) as e:
+        dataset.load_dataset(enc, path, n_vocab=N_VOCAB)
+    assert str(e.value) == (
+        f"{path} declares arrays of 16,000,128 bytes in a file of {size:,} bytes, {16_000_128 / size:,.0f} times as "
+        f"many: more than token ids compress (text's, about 3 times; at most 100 is read), so a damaged or crafted "
+        f"file. A text repeated over and over compresses so: train on the text itself, or save its ids "
+        f"uncompressed (np.savez)")
+    np.savez(tmp_path / "plain.npz", np.zeros(4_000_000, np.int32))
+    assert dataset.load_dataset(enc, str(tmp_path / "plain.npz"), n_vocab=N_VOCAB).shape == (4_000_000,)
+
+
+def test_npz_arrays_of_int32_are_not_copied():
+    """Read as int32, a dataset's arrays are kept as read: a copy would take the memory twice."""
+    array = np.arange(5, dtype=np.int32)
+    assert dataset.checked_ids("data.npz", "arr_0", array, N_VOCAB) is array
 
 
 def test_a_pipe_or_broken_link_in_a_folder_is_named_not_waited_on(enc, tmp_path):

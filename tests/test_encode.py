@@ -33,11 +33,14 @@ def test_round_trip_through_the_npz(run, enc, tmp_path):
     result = run(str(data), str(out))
     assert (result.returncode, result.stderr) == (0, "")  # TensorFlow never loaded: its import fails here
     from_text = dataset.load_dataset(enc, str(data), n_vocab=50257)
-    assert result.stdout == f"wrote 3 documents, {len(from_text)} tokens (2 arrays) to {out}\n"
+    assert result.stdout == f"wrote 3 documents, {len(from_text)} tokens (1 arrays) to {out}\n"
     assert (dataset.load_dataset(enc, str(out), n_vocab=50257) == from_text).all()
-    with np.load(out) as npz:  # one array for each file, as nshepperd/gpt-2's train.py reads them
-        assert [npz[name].dtype for name in npz.files] == [np.int32] * 2
+    with np.load(out) as npz:  # the two short files in one array (--combine), as nshepperd/gpt-2's train.py needs
+        assert [npz[name].dtype for name in npz.files] == [np.int32]
     assert sorted(os.listdir(tmp_path)) == ["data", "data.npz"]  # no temporary file left
+    result = run(str(data), str(tmp_path / "each.npz"), "--combine", "0")
+    assert result.stdout.endswith("(2 arrays) to " + str(tmp_path / "each.npz") + "\n"), result.stderr
+    assert (dataset.load_dataset(enc, str(tmp_path / "each.npz"), n_vocab=50257) == from_text).all()
 
 
 def test_an_npz_is_written_again_as_it_was(run, tmp_path):
@@ -61,6 +64,7 @@ def test_an_npz_is_written_again_as_it_was(run, tmp_path):
     ({"a.txt": "a"}, ["a.txt", "out"], "error: out does not end in .npz"),
     ({"a.txt": "a"}, ["a.txt", "nofolder/out.npz"], "error: nofolder is not a folder"),
     ({"a.txt": "a", "out.npz/x": ""}, ["a.txt", "out.npz"], "error: out.npz is a folder: name the .npz file"),
+    ({"a.txt": "a"}, ["a.txt", "out.npz", "--combine", "-1"], "error: --combine must be an integer >= 0"),
 ])
 def test_bad_input_is_one_line_and_exit_1(run, tmp_path, files, words, line):
     for name, content in files.items():
@@ -92,7 +96,7 @@ def test_an_unwritable_folder_is_one_line_before_any_work(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("words, code, line", [
-    (["--combine", "50000", "a", "b.npz"], 2, "error: unknown flag --combine: the flags are --in_text, --out_npz"),
+    (["--encoding", "utf-8", "a", "b.npz"], 2, "error: unknown flag --encoding: the flags are --in_text, --out_npz"),
     (["a.txt"], 2, "error: OUT.npz is missing: encode.py DATASET OUT.npz"),
 ])
 def test_a_command_line_that_cannot_be_read_exits_2(run, words, code, line):

@@ -215,6 +215,22 @@ def test_a_failed_export_leaves_nothing(tiny, tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "gpt2") == []
 
 
+def test_a_full_disk_says_so_and_leaves_nothing(models_dir, tiny_model, tmp_path, monkeypatch):
+    """TensorFlow reports ENOSPC as ResourceExhaustedError, which is no "out of memory"."""
+    def full(servable, folder, signatures):
+        (tmp_path / "gpt2" / os.path.basename(folder) / "saved_model.pb.tmp1").write_bytes(b"part")
+        raise serving.tf.errors.ResourceExhaustedError(None, None, f"{folder}/saved_model.pb.tmp1; No space left on "
+                                                                   "device")
+    monkeypatch.setattr(serving.tf.saved_model, "save", full)
+    export_dir = tmp_path / "gpt2" / "1"
+    with pytest.raises(OSError) as e:
+        export_model.export_model(model_name=tiny_model, models_dir=models_dir, export_dir=str(export_dir))
+    assert cli.error_line(e.value) == (f"error: the disk holding {tmp_path / 'gpt2'} is full: {export_dir} is not "
+                                       "written (nothing of it is left); free space there, or give another "
+                                       "--export_dir")
+    assert os.listdir(tmp_path / "gpt2") == []
+
+
 def test_signatures_take_any_batch_and_length(served):
     out, _ = served
     assert sorted(out["specs"]) == ["generate", "score", "serving_default"]

@@ -1,4 +1,5 @@
 """saving.py: a run folder's saves are whole or absent, TF1 reads them, the last KEEP stay."""
+import errno
 import os
 
 import numpy as np
@@ -16,9 +17,9 @@ def optimizer_variables():
     return [tf.Variable(0, dtype=tf.int64), tf.Variable(tf.zeros([3, 2]))]
 
 
-def save(run_dir, step):
+def save(run_dir, step, **keep):
     saving.save(str(run_dir), step, variables(step), optimizer_variables(),
-                {"step": step, "position": 10 * step, "seed": 7})
+                {"step": step, "position": 10 * step, "seed": 7}, **keep)
 
 
 def test_the_checkpoint_file_names_the_latest_save_as_tf1_reads_it(tmp_path):
@@ -36,6 +37,41 @@ def test_only_the_last_saves_are_kept(tmp_path):
         save(tmp_path, step)
     assert saving.saved_steps(str(tmp_path)) == [2, 3]
     assert not any(name.startswith(("model-1.", "state-1.")) for name in os.listdir(tmp_path))
+
+
+def test_keep_sets_how_many_saves_stay(tmp_path):
+    for step in (1, 2, 3, 4):
+        save(tmp_path, step, keep=3)
+    assert saving.saved_steps(str(tmp_path)) == [2, 3, 4]
+    save(tmp_path, 5, keep=1)
+    assert saving.saved_steps(str(tmp_path)) == [5]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "model-5.data-00000-of-00001", "model-5.index",
+                                            "state-5.data-00000-of-00001", "state-5.index"]
+    with pytest.raises(ValueError, match=r"^keep must be an integer >= 1 \(the saves kept\). Received: 0$"):
+        save(tmp_path, 6, keep=0)
+    assert saving.saved_steps(str(tmp_path)) == [5]
+
+
+def test_a_save_removes_every_unlisted_steps_files(tmp_path):
+    """kill -9 after a save listed its step, before it deleted the steps it unlisted, leaves
+    their files (a .data without its .index, an .index without its data) that no list names."""
+    save(tmp_path, 3)
+    save(tmp_path, 4)
+    orphans = ["model-1.data-00000-of-00001", "state-1.index", "model-2.index", "state-2.data-00000-of-00001",
+               "model-9.data-00000-of-00001.tempstate12345"]
+    for name in orphans:
+        (tmp_path / name).write_bytes(b"\0" * 10)
+    (tmp_path / "state-8_temp").mkdir()
+    kept = ["hparams.json", "model.ckpt.index", "model-best.index", "notes.txt"]  # not a step's files
+    for name in kept:
+        (tmp_path / name).write_text("x")
+    save(tmp_path, 5)
+    assert saving.saved_steps(str(tmp_path)) == [4, 5]
+    assert sorted(os.listdir(tmp_path)) == sorted(kept + ["checkpoint"] + [
+        f"{kind}-{step}.{part}" for kind in ("model", "state") for step in (4, 5)
+        for part in ("index", "data-00000-of-00001")])
+    assert saving.read_state(str(tmp_path / "model-4"), optimizer_variables()) == {"step": 4, "position": 40,
+                                                                                    "seed": 7}
 
 
 def test_a_save_cut_short_leaves_the_previous_one_the_latest(tmp_path, monkeypatch):
@@ -67,6 +103,52 @@ def test_a_listed_save_written_over_and_cut_short_leaves_the_others_the_latest(t
         save(tmp_path, 2)
     assert saving.saved_steps(str(tmp_path)) == [1]
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("model-1")
+
+
+def no_space(path):
+    """What TensorFlow raises when a write of `path` finds the disk full (ENOSPC)."""
+    return tf.errors.ResourceExhaustedError(None, None, f"{path}.tempstate1; No space left on device")
+
+
+@pytest.mark.parametrize("failing", ["state", "checkpoint file", "model files"])
+def test_a_full_disk_says_so_deletes_the_step_and_keeps_the_saves_listed(tmp_path, monkeypatch, failing):
+    """A full disk is ENOSPC, not "out of memory" (TensorFlow's ResourceExhaustedError); the
+    step's files go, and the latest save before it stays listed and loadable."""
+    run, model_dir = tmp_path / "run", tmp_path / "model"
+    run.mkdir()
+    model_dir.mkdir()
+    for name in saving.MODEL_FILES:
+        (model_dir / name).write_text(name)
+    save(run, 1)  # without the model's files, which the next save copies
+    write, fsync, copy = saving.write_tensors, os.fsync, saving.shutil.copyfile
+
+    def full_at_state(prefix, tensors):
+        write(prefix, tensors)
+        if "state-" in prefix:
+            raise no_space(prefix + ".data-00000-of-00001")
+
+    def full_at_fsync(descriptor):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_at_copy(source, target):
+        with open(target, "w") as f:
+            f.write("part")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), target)
+    if failing == "state":
+        monkeypatch.setattr(saving, "write_tensors", full_at_state)
+    elif failing == "checkpoint file":
+        monkeypatch.setattr(saving.os, "fsync", full_at_fsync)
+    else:
+        monkeypatch.setattr(saving.shutil, "copyfile", full_at_copy)
+    with pytest.raises(OSError) as e:
+        saving.save(str(run), 2, variables(2), optimizer_variables(), {"step": 2, "position": 20, "seed": 7},
+                    model_dir=str(model_dir))
+    assert str(e.value) == f"the disk holding {run} is full: step 2 is not saved, the save of step 1 is the latest"
+    assert e.value.errno == errno.ENOSPC
+    monkeypatch.setattr(saving.os, "fsync", fsync)
+    assert sorted(name for name in os.listdir(run) if "-2" in name or name.startswith(".")) == []
+    assert tf.train.latest_checkpoint(str(run)).endswith("model-1")
+    assert saving.read_state(str(run / "model-1"), optimizer_variables()) == {"step": 1, "position": 10, "seed": 7}
 
 
 def test_the_state_restores_the_optimizer_and_refuses_another(tmp_path):

@@ -13,8 +13,10 @@ import pytest
 import tensorflow as tf
 
 import checkpoints
+import cli
 import encoder
 import model
+import saving
 import train as train_script
 import training
 from helpers import REPO, summaries
@@ -137,6 +139,97 @@ def test_ctrl_c_saves_then_exits(models_dir, tiny_model, text, tmp_path):
     assert model.find_checkpoint(str(tmp_path / "checkpoint" / "run1")).endswith(f"model-{steps[0]}")
 
 
+def test_keep_sets_the_saves_the_run_folder_keeps(models_dir, tiny_model, text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=3, save_every=1, keep=3)
+    assert saving.saved_steps(str(tmp_path / "checkpoint" / "run1")) == [1, 2, 3]
+
+
+def test_a_full_disk_says_so_and_keeps_the_last_save(models_dir, tiny_model, text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write = saving.write_tensors
+
+    def full_at_step_2(prefix, tensors):
+        if prefix.endswith("model-2"):  # TensorFlow's ResourceExhaustedError for ENOSPC
+            raise tf.errors.ResourceExhaustedError(None, None, f"{prefix}.data-00000-of-00001.tempstate1; No space "
+                                                               f"left on device")
+        write(prefix, tensors)
+    monkeypatch.setattr(saving, "write_tensors", full_at_step_2)
+    with pytest.raises(OSError) as e:
+        train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=3, save_every=1)
+    run = tmp_path / "checkpoint" / "run1"
+    assert cli.error_line(e.value) == ("error: the disk holding checkpoint/run1 is full: step 2 is not saved, the "
+                                       "save of step 1 is the latest; free space there, lower --keep, or give "
+                                       "another --checkpoint_dir")
+    assert model.find_checkpoint(str(run)) == str(run / "model-1") and not (run / "model-2.index").exists()
+    weights(str(run / "model-1"))
+
+
+def test_a_full_disk_anywhere_is_not_called_out_of_memory():
+    """What TensorFlow writes elsewhere (summaries, an export) reports ENOSPC as ResourceExhaustedError too."""
+    def command():
+        raise tf.errors.ResourceExhaustedError(None, None, "{{function_node __wrapped__SaveV2}} /data/run/model-3"
+                                                           ".data-00000-of-00001.tempstate5; No space left on "
+                                                           "device [Op:SaveV2]")
+    with pytest.raises(SystemExit) as e:
+        cli.main(command, [])
+    assert e.value.code == ("error: the disk holding /data/run is full: /data/run/model-3.data-00000-of-00001."
+                            "tempstate5 cannot be written; free space on it")
+
+
+def saved_steps_on_disk(run_dir):
+    """The steps whose weights' .index is in the run folder."""
+    return sorted(int(name[6:-6]) for name in os.listdir(run_dir) if re.fullmatch(r"model-\d+\.index", name))
+
+
+def test_sigterm_and_ctrl_c_with_the_output_gone_save_then_exit(models_dir, tiny_model, text, tmp_path):
+    """SIGTERM (docker stop, Slurm, Kubernetes) saves as Ctrl-C does. Ctrl-C under `2>&1 | tee log`
+    ends tee too: the writes that follow find no reader, and must not stop the save. Both runs
+    at once, to take the time of one."""
+    runs = {}
+    for name in ("sigterm", "sigint"):
+        (tmp_path / name).mkdir()
+        runs[name] = subprocess.Popen([sys.executable, TRAIN, "--model_name", tiny_model, "--models_dir", models_dir,
+                                       "--dataset", text, "--sequence_length", "16", "--sample_every", "1",
+                                       "--sample_length", "2", "--save_every", "0"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path / name)
+    try:
+        deadline = time.monotonic() + 240
+        while not all((tmp_path / name / "samples" / "run1" / "samples-2").exists() for name in runs):
+            assert time.monotonic() < deadline and all(run.poll() is None for run in runs.values())
+            time.sleep(0.2)
+        runs["sigint"].stdout.close()  # tee is gone: nothing reads the pipes
+        runs["sigint"].stderr.close()
+        runs["sigint"].send_signal(signal.SIGINT)
+        runs["sigterm"].send_signal(signal.SIGTERM)
+        _, stderr = runs["sigterm"].communicate(timeout=120)
+        runs["sigint"].wait(timeout=120)
+    finally:
+        for run in runs.values():
+            run.kill()
+    assert (runs["sigterm"].returncode, runs["sigint"].returncode) == (143, 130), stderr
+    assert "Traceback" not in stderr and re.search(r"^saved checkpoint/run1/model-\d+$", stderr, re.M), stderr
+    for name in runs:
+        run_dir = tmp_path / name / "checkpoint" / "run1"
+        steps = saved_steps_on_disk(run_dir)
+        assert len(steps) == 1 and steps[0] >= 2, (name, steps)
+        assert model.find_checkpoint(str(run_dir)).endswith(f"model-{steps[0]}")
+
+
+def test_a_run_whose_output_has_no_reader_saves_then_exits_141(models_dir, tiny_model, text, tmp_path, monkeypatch):
+    """`train.py | head`: the first sample finds stdout's reader gone; the run saves and stops as
+    the scripts do when their reader goes (status 141), rather than lose its steps."""
+    monkeypatch.chdir(tmp_path)
+    read, write = os.pipe()
+    os.close(read)
+    monkeypatch.setattr(sys, "stdout", open(write, "w"))
+    with pytest.raises(SystemExit) as e:
+        train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=20, sample_every=2,
+                   sample_length=2)
+    assert e.value.code == 141
+    assert saved_steps_on_disk(tmp_path / "checkpoint" / "run1") == [2]
+
+
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(models_dir, tiny_model, text, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     flags = ["--dataset", text, "--sequence_length", "16", "--seed", "3"]
@@ -227,6 +320,7 @@ def flags(**changes):
     ({"sample_length": 0}, "--sample_length must be a positive integer or None"),
     ({"learning_rate": -1}, "--learning_rate must be a positive number"),
     ({"batch_size": 0}, "--batch_size must be an integer >= 1"),
+    ({"keep": 0}, "--keep must be an integer >= 1"),
     ({"steps": 1.5}, "--steps must be an integer >= 0"),
     ({"seed": 2 ** 63}, "--seed must be an integer from 0 to 2**63 - 1"),
     ({"learning_rate": float("inf")}, "--learning_rate must be a positive number"),
