@@ -8,7 +8,8 @@ It computes what `model.model` and `sample.next_token` compute, in another order
   `size` positions: the sample's length rounded up to a multiple of 128, so that a few compiled
   shapes serve every length. `decode` fills it, for the prompt and for each new token alike.
   It writes with `tf.tensor_scatter_nd_update`, which returns a new tensor: XLA writes it in
-  place, plain TensorFlow copies the cache. No write relies on undocumented aliasing.
+  place, plain TensorFlow copies the cache. Without XLA, `Choices.inplace_cache` writes with
+  InplaceUpdate into a cache the compiled function owns (`own_cache`), the same result either way.
 - The decode loop is one `tf.while_loop` in one `tf.function`, traced once for every batch.
 - `Choices` holds what depends on the device and dtype; each says what it wins and which
   bench command shows it (figures: bench/README.md).
@@ -48,6 +49,9 @@ class Choices:
     # where oneDNN's batch matmul and softmax cost ~50 us a call at these tiny shapes (`attend`)
     # (bench_generate.py --dtype bfloat16 --alternate float32_attention).
     float32_attention: bool = False
+    # Without XLA: write each step's keys and values into the cache in place (`write_cache`),
+    # not into a copy of the whole cache (bench_generate.py --dtype bfloat16 --alternate inplace_cache).
+    inplace_cache: bool = False
     # The scripts, whose weights never change, let oneDNN convert each weight matrix to its own
     # layout once rather than at every call (`freeze_weights`; bench_generate.py --dtype bfloat16
     # with and without TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1).
@@ -60,7 +64,7 @@ def choices_for(dtype=tf.float32, device_type=None):
     if (device_type or default_device_type()) != "CPU":
         return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
     if tf.as_dtype(dtype) == tf.bfloat16 and has_bfloat16_instructions():
-        return Choices(fused_matmuls=True, float32_attention=True, frozen_weights=True)  # oneDNN's native kernels
+        return Choices(fused_matmuls=True, float32_attention=True, inplace_cache=True, frozen_weights=True)  # oneDNN's
     return Choices(xla=True)
 
 
@@ -188,15 +192,29 @@ def cache_dtype(dtype, choices):
     return tf.float32 if choices.float32_attention else dtype
 
 
-def write_cache(cache, positions, k, v):
+def write_cache(cache, positions, k, v, inplace=False):
     """cache [2, batch, heads, size, head_dim] with k, v [batch, heads, seq, head_dim] written at
-    positions [seq]: a new tensor (see the module's docstring)."""
+    positions [seq]: a new tensor (see the module's docstring), or with `inplace` the given
+    cache's own memory written by InplaceUpdate, for a cache nothing else reads (`own_cache`)."""
     size, head_dim = tf.shape(cache)[3], cache.shape[-1]
     blocks = tf.size(cache) // (size * head_dim)  # 2 * batch * heads
-    rows = tf.reshape(tf.range(blocks)[:, None] * size + positions[None], [-1, 1])  # [2 * batch * heads * seq, 1]
+    rows = tf.reshape(tf.range(blocks)[:, None] * size + positions[None], [-1])  # [2 * batch * heads * seq]
     flat = tf.reshape(cache, [-1, head_dim])  # [2 * batch * heads * size, head_dim]
     values = tf.reshape(tf.stack([k, v]), [-1, head_dim])  # [2 * batch * heads * seq, head_dim]
-    return tf.reshape(tf.tensor_scatter_nd_update(flat, rows, values), tf.shape(cache))
+    if inplace:
+        written = tf.raw_ops.InplaceUpdate(x=flat, i=rows, v=values)
+    else:
+        written = tf.tensor_scatter_nd_update(flat, rows[:, None], values)
+    return tf.reshape(written, tf.shape(cache))
+
+
+def own_cache(cache, choices):
+    """The cache as a compiled function receives it, copied where `Choices.inplace_cache` will
+    write into it: InplaceUpdate is documented to return its input updated, and TensorFlow runs it
+    in the input's memory, which the caller's tensors (and the layers of `empty_cache`, one tensor)
+    share. Writing into copies nothing else reads gives the same result either way; one copy a
+    call, not one a step."""
+    return [tf.raw_ops.DeepCopy(x=layer) for layer in cache] if choices.inplace_cache else cache
 
 
 def conv1d(x, p, choices, gelu=False):
@@ -238,7 +256,7 @@ def block(x, p, cache, positions, mask, n_head, choices):
     cache [2, batch, heads, size, head_dim] -> (x, cache)."""
     c = conv1d(model.norm(x, p["ln_1"]), p["attn"]["c_attn"], choices)  # [batch, seq, 3 * n_embd]
     q, k, v = [model.split_heads(t, n_head) for t in tf.split(c, 3, axis=2)]
-    cache = write_cache(cache, positions, tf.cast(k, cache.dtype), tf.cast(v, cache.dtype))
+    cache = write_cache(cache, positions, tf.cast(k, cache.dtype), tf.cast(v, cache.dtype), choices.inplace_cache)
     a = model.merge_heads(attend(q, cache[0], cache[1], mask, choices))  # [batch, seq, n_embd]
     x = x + conv1d(a, p["attn"]["c_proj"], choices)
     m = conv1d(model.norm(x, p["ln_2"]), p["mlp"]["c_fc"], choices, gelu=True)  # [batch, seq, 4 * n_embd]
@@ -247,7 +265,8 @@ def block(x, p, cache, positions, mask, n_head, choices):
 
 def decode(params, hparams, X, cache, start, choices=Choices()):
     """X [batch, seq] at positions start.. -> (hidden [batch, seq, n_embd], the cache with their
-    keys and values). Attention covers the whole cache; the mask hides what is not yet written."""
+    keys and values). Attention covers the whole cache; the mask hides what is not yet written.
+    With `Choices.inplace_cache` the cache's memory is written: give it a cache from `own_cache`."""
     positions = start + tf.range(tf.shape(X)[1])  # [seq]
     h = tf.gather(params["wte"], X) + tf.gather(params["wpe"], positions)  # [batch, seq, n_embd]
     mask = positions[:, None] >= tf.range(tf.shape(cache[0])[3])[None]  # [seq, size]
@@ -428,7 +447,8 @@ class Sampler:
             self.choices = Choices(xla=jit)
         self.cache_dtype = cache_dtype(self.dtype, self.choices)
         # The prompt's pass runs without XLA, which would compile anew for each prompt length.
-        self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, cache, 0, self.choices)[1],
+        self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, own_cache(cache, self.choices), 0,
+                                                            self.choices)[1],
                                     input_signature=[tf.TensorSpec([None, None], tf.int32),
                                                      cache_spec(hparams, None, self.cache_dtype)])
         self._decoder = tf.function(self._decode_loop, jit_compile=self.choices.xla, autograph=False,
@@ -451,6 +471,7 @@ class Sampler:
         (tokens, cache, done, made).
         """
         rows = tf.range(tf.shape(tokens)[0])
+        cache = own_cache(cache, self.choices)
 
         def body(i, tokens, cache, done):
             p = position + i

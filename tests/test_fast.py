@@ -19,7 +19,7 @@ LOW = np.finfo(np.float32).min
 
 # The decode loop's ways, on any CPU: oneDNN's is what a CPU with bfloat16 instructions takes for
 # bfloat16 (fast.choices_for); without those instructions oneDNN emulates them, with the same results.
-ONEDNN = fast.Choices(fused_matmuls=True, float32_attention=True)
+ONEDNN = fast.Choices(fused_matmuls=True, float32_attention=True, inplace_cache=True)
 WAYS = {"xla": fast.Choices(xla=True), "no-xla": fast.Choices(), "onednn": ONEDNN}
 
 
@@ -141,7 +141,7 @@ def test_a_cumulative_probability_at_p_is_left_to_the_reference(xla):
 def test_decode_fills_the_cache_in_steps_as_the_full_pass_does(models_dir, tiny_model, tiny, way):
     hparams, params = tiny
     tokens = random_tokens(hparams.n_vocab, 2, 20, seed=2)
-    cache = fast.empty_cache(hparams, 2, 24, tf.float32)
+    cache = fast.own_cache(fast.empty_cache(hparams, 2, 24, tf.float32), WAYS[way])  # its layers one tensor
     logits = []
     for start, end in [(0, 13), (13, 14), (14, 20)]:
         h, cache = fast.decode(params, hparams, tokens[:, start:end], cache, start, WAYS[way])
@@ -280,7 +280,7 @@ def test_choices_follow_the_device_and_dtype(monkeypatch, bfloat16_instructions)
     monkeypatch.setattr(fast, "has_bfloat16_instructions", lambda: bfloat16_instructions)
     for dtype in (tf.float32, tf.float16):
         assert fast.choices_for(dtype, "CPU") == fast.Choices(xla=True)
-    native = fast.Choices(fused_matmuls=True, float32_attention=True, frozen_weights=True)
+    native = fast.Choices(fused_matmuls=True, float32_attention=True, inplace_cache=True, frozen_weights=True)
     assert fast.choices_for(tf.bfloat16, "CPU") == (native if bfloat16_instructions else fast.Choices(xla=True))
     for dtype in (tf.float32, tf.bfloat16):
         assert fast.choices_for(dtype, "GPU") == fast.Choices()  # no CPU choice imposed on a GPU
