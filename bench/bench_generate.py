@@ -79,7 +79,7 @@ PLAIN = {
     "xla": lambda: None,  # the decode loop without XLA (--alternate only)
     **{name: lambda: None for name in CHOICES},  # that fast.Choices field off
     "frozen_weights": lambda: None,  # TF_ONEDNN_ASSUME_FROZEN_WEIGHTS left unset (--plain only: it is the process's)
-    "transposed_wte": lambda: setattr(fast, "last_logits", lambda params, h, wte_t, choices=None: tf.cast(tf.matmul(
+    "transposed_wte": lambda: setattr(fast, "last_logits", lambda params, h, wte_t, zeros=None: tf.cast(tf.matmul(
         model.norm(h[:, -1], params["ln_f"]), params["wte"], transpose_b=True), tf.float32)),  # wte transposed in the matmul
 }
 

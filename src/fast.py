@@ -88,10 +88,12 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
 
 def train_with_xla(dtype, device_type=None):
     """Whether training's forward and backward pass go through XLA: only in half precision on a
-    CPU, where XLA's matmuls beat oneDNN's conversions (bench_train.py --dtype bfloat16 --xla
-    true/false). In float32 on a CPU it does not win 10% (bench_train.py --xla true/false), and it
-    weakens --memory_saving_gradients, whose recomputation XLA may merge back into the forward
-    pass; on a GPU nothing is measured yet: TensorFlow's default."""
+    CPU where sampling takes XLA too, where XLA's matmuls beat oneDNN's emulated ones
+    (bench_train.py --dtype bfloat16 --xla true/false); on a CPU with bfloat16 instructions,
+    bfloat16 trains on oneDNN's native kernels, 2.1x XLA's speed (the same command). In float32
+    on a CPU it does not win 10% (bench_train.py --xla true/false), and it weakens
+    --memory_saving_gradients, whose recomputation XLA may merge back into the forward pass; on a
+    GPU nothing is measured yet: TensorFlow's default."""
     return tf.as_dtype(dtype) != tf.float32 and choices_for(dtype, device_type).xla
 
 
@@ -287,14 +289,16 @@ def transposed_wte(params):
     return tf.transpose(params["wte"])
 
 
-def last_logits(params, h, wte_t, choices=Choices()):
+def last_logits(params, h, wte_t, zeros=None):
     """h [batch, seq, n_embd], wte_t [n_embd, n_vocab] (`transposed_wte`) -> float32 logits
-    [batch, n_vocab] of the last position. With `Choices.fused_matmuls`, a bias of zeros makes
-    the matmul one oneDNN fuses, whose weights it can keep converted (`Choices.frozen_weights`)."""
+    [batch, n_vocab] of the last position. `zeros` [n_vocab], a bias that changes no logit, is
+    for `Choices.fused_matmuls`: only a matmul with a bias is one oneDNN fuses and keeps its
+    weights converted for (`Choices.frozen_weights`). It must come from outside the compiled
+    function: a constant of zeros there is folded away, and the 77 MB of bfloat16 wte converted
+    at every step (bench_generate.py's profile, bench/README.md)."""
     h = model.norm(h[:, -1], params["ln_f"])  # [batch, n_embd]
-    if choices.fused_matmuls:
-        return tf.cast(tf.nn.bias_add(tf.matmul(h, wte_t), tf.zeros([wte_t.shape[-1]], wte_t.dtype)), tf.float32)
-    return tf.cast(tf.matmul(h, wte_t), tf.float32)
+    logits = tf.matmul(h, wte_t)  # [batch, n_vocab]
+    return tf.cast(logits if zeros is None else tf.nn.bias_add(logits, zeros), tf.float32)
 
 
 # --- Choosing the next token ----------------------------------------------------------------
@@ -446,6 +450,7 @@ class Sampler:
         if jit is not None and jit != self.choices.xla:  # XLA forced on or off: that alone
             self.choices = Choices(xla=jit)
         self.cache_dtype = cache_dtype(self.dtype, self.choices)
+        self._zeros = tf.zeros([hparams.n_vocab], self.dtype) if self.choices.fused_matmuls else None  # see last_logits
         # The prompt's pass runs without XLA, which would compile anew for each prompt length.
         self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, own_cache(cache, self.choices), 0,
                                                             self.choices)[1],
@@ -476,7 +481,7 @@ class Sampler:
         def body(i, tokens, cache, done):
             p = position + i
             h, cache = decode(self.params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p, self.choices)
-            token = next_token(last_logits(self.params, h, wte_t, self.choices), keys, p + 1, temperature, self.top_k,
+            token = next_token(last_logits(self.params, h, wte_t, self._zeros), keys, p + 1, temperature, self.top_k,
                                self.top_p, self.choices.xla)
             if self.end_token is not None:  # a finished sample only repeats end_token
                 token = tf.where(done, self.end_token, token)
