@@ -439,9 +439,9 @@ def _size_when_untold(part, size, known):
     """The size to hold `part` to: the server's, else OpenAI's; raise if `part` falls short of
     OpenAI's size while the server gave none.
 
-    Such a body is a cut transfer or a mirror's short copy, and nothing tells which: another
-    attempt cannot resume at a size the server never gave, so the error says to run again, which
-    resumes `part`.
+    Such a body is a cut transfer or a mirror's short copy, and nothing tells which. Retrying at
+    once would loop against a short copy, so the run ends, saying to run it again: that run
+    resumes `part` with a Range request.
     """
     if size is not None or known.size is None:
         return size

@@ -263,7 +263,7 @@ def main():
                         help="true or false: force XLA on or off for the decode loop (default: fast.choices_for)")
     parser.add_argument("--plain", choices=sorted(PLAIN), action="append", default=[],
                         help="measure without this speed-up of fast.py (repeatable)")
-    parser.add_argument("--alternate", choices=sorted(PLAIN),
+    parser.add_argument("--alternate", choices=sorted(set(PLAIN) - {"frozen_weights"}),  # the process's, not a Sampler's
                         help="time fast.py's way and this plain one in turn in one process (medians)")
     parser.add_argument("--against_top_k", action="store_true",
                         help="time --top_p alone and top-k 40 in turn in one process (medians)")

@@ -9,7 +9,7 @@ It computes what `model.model` and `sample.next_token` compute, in another order
   shapes serve every length. `decode` fills it, for the prompt and for each new token alike.
   It writes with `tf.tensor_scatter_nd_update`, which returns a new tensor: XLA writes it in
   place, plain TensorFlow copies the cache. Without XLA, `Choices.inplace_cache` writes with
-  InplaceUpdate into a cache the compiled function owns (`own_cache`), the same result either way.
+  InplaceUpdate into a cache `Sampler.generate` owns (`own_cache`), the same result either way.
 - The decode loop is one `tf.while_loop` in one `tf.function`, traced once for every batch.
 - `Choices` holds what depends on the device and dtype; each says what it wins and which
   bench command shows it (figures: bench/README.md).
@@ -211,11 +211,11 @@ def write_cache(cache, positions, k, v, inplace=False):
 
 
 def own_cache(cache, choices):
-    """The cache as a compiled function receives it, copied where `Choices.inplace_cache` will
-    write into it: InplaceUpdate is documented to return its input updated, and TensorFlow runs it
-    in the input's memory, which the caller's tensors (and the layers of `empty_cache`, one tensor)
-    share. Writing into copies nothing else reads gives the same result either way; one copy a
-    call, not one a step."""
+    """The cache copied where `Choices.inplace_cache` will write into it: InplaceUpdate is
+    documented to return its input updated, and TensorFlow runs it in the input's memory, which
+    other tensors may share (the layers of `empty_cache` are one tensor). Writing into copies that
+    nothing else reads gives the same result either way. `Sampler.generate` copies once a call and
+    hands each compiled call the cache the previous one returned, never read again."""
     return [tf.raw_ops.DeepCopy(x=layer) for layer in cache] if choices.inplace_cache else cache
 
 
@@ -230,7 +230,7 @@ def conv1d(x, p, choices, gelu=False):
     y = tf.nn.bias_add(tf.matmul(tf.reshape(x, [-1, nx]), p["w"]), p["b"])  # [batch * seq, nf]
     if gelu:
         y = tf.nn.gelu(y, approximate=True)
-    return tf.reshape(y, start + [p["w"].shape[-1]])
+    return tf.reshape(y, start + [p["w"].shape[-1]])  # [batch, seq, nf]
 
 
 def attend(q, k, v, mask, choices):
@@ -249,7 +249,7 @@ def attend(q, k, v, mask, choices):
     matmul = lambda a, b, adj_y=False: tf.raw_ops.BatchMatMulV3(x=a, y=b, adj_y=adj_y, Tout=tf.float32)
     w = tf.where(mask, matmul(tf.cast(q, tf.float32), k, adj_y=True) * scale, -1e9)  # [batch, heads, seq, size]
     w = tf.exp(w - tf.reduce_max(w, axis=-1, keepdims=True))
-    return tf.cast(matmul(w / tf.reduce_sum(w, axis=-1, keepdims=True), v), q.dtype)
+    return tf.cast(matmul(w / tf.reduce_sum(w, axis=-1, keepdims=True), v), q.dtype)  # [batch, heads, seq, head_dim]
 
 
 @functools.partial(tf.function, autograph=False)  # one trace serves every layer: start-up (bench_startup.py)
@@ -272,9 +272,12 @@ def decode(params, hparams, X, cache, start, choices=Choices()):
     positions = start + tf.range(tf.shape(X)[1])  # [seq]
     h = tf.gather(params["wte"], X) + tf.gather(params["wpe"], positions)  # [batch, seq, n_embd]
     mask = positions[:, None] >= tf.range(tf.shape(cache[0])[3])[None]  # [seq, size]
+    # Fused kernels may keep their weights converted (Choices.frozen_weights): each layer then
+    # gets kernels of its own, traced inline, whether or not TensorFlow inlines a shared function.
+    layer = block.python_function if choices.fused_matmuls else block
     new_cache = []
     for p, layer_cache in zip(params["h"], cache):
-        h, layer_cache = block(h, p, layer_cache, positions, mask, hparams.n_head, choices)
+        h, layer_cache = layer(h, p, layer_cache, positions, mask, hparams.n_head, choices)
         new_cache.append(layer_cache)
     return h, new_cache
 
@@ -451,9 +454,11 @@ class Sampler:
             self.choices = Choices(xla=jit)
         self.cache_dtype = cache_dtype(self.dtype, self.choices)
         self._zeros = tf.zeros([hparams.n_vocab], self.dtype) if self.choices.fused_matmuls else None  # see last_logits
+        # Tensors never change: wte transposed once, not at every call (0.1-0.2 s a call at 124M).
+        changing = any(isinstance(value, tf.Variable) for value in tf.nest.flatten(params))
+        self._wte_t = None if changing else transposed_wte(params)
         # The prompt's pass runs without XLA, which would compile anew for each prompt length.
-        self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, own_cache(cache, self.choices), 0,
-                                                            self.choices)[1],
+        self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, cache, 0, self.choices)[1],
                                     input_signature=[tf.TensorSpec([None, None], tf.int32),
                                                      cache_spec(hparams, None, self.cache_dtype)])
         self._decoder = tf.function(self._decode_loop, jit_compile=self.choices.xla, autograph=False,
@@ -476,7 +481,6 @@ class Sampler:
         (tokens, cache, done, made).
         """
         rows = tf.range(tf.shape(tokens)[0])
-        cache = own_cache(cache, self.choices)
 
         def body(i, tokens, cache, done):
             p = position + i
@@ -511,12 +515,12 @@ class Sampler:
         shortest = int(lengths.min())
         sample.check_sampling(self.hparams, longest, length, temperature, self.top_k, self.top_p)
         size = cache_size(longest + length, self.hparams.n_ctx)
-        cache = empty_cache(self.hparams, batch, size, self.cache_dtype)
+        cache = own_cache(empty_cache(self.hparams, batch, size, self.cache_dtype), self.choices)
         if shortest > 1:  # the common prefix's keys and values, but the last token's, which the loop feeds
             cache = self._prefill(context[:, :shortest - 1], cache)
         tokens = tf.constant(np.pad(context, [(0, 0), (0, size - longest)]))
         done, keys = tf.zeros([batch], tf.bool), sample.sample_keys(seed, first_sample, batch)
-        wte_t = transposed_wte(self.params)  # from the weights' values now
+        wte_t = transposed_wte(self.params) if self._wte_t is None else self._wte_t  # the weights' values now
         position, made = shortest - 1, 0  # the position fed next; new tokens yielded of every row
         while made < length and not done.numpy().all():
             want = min(chunk or length, length - made)

@@ -115,7 +115,11 @@ def is_disk_full(error):
 
 def unwritten_file(error):
     """The file a disk-full `error` of TensorFlow's names ("PATH; No space left on device"), or None."""
-    found = re.search(rf"(\S+); (?:{'|'.join(re.escape(os.strerror(code)) for code in NO_SPACE)})", str(error))
+    no_space = "|".join(re.escape(os.strerror(code)) for code in NO_SPACE)
+    # The path from the line's start, after the "{{function_node ...}} " eager ops put first: a
+    # path may hold spaces.
+    text = re.sub(r"^\{\{.*?\}\}\s*", "", str(error), flags=re.M)
+    found = re.search(rf"^(.+?); (?:{no_space})", text, re.M)
     return found.group(1) if found else None
 
 

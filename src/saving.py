@@ -112,11 +112,14 @@ def save(run_dir, step, variables, optimizer_variables, state, keep=KEEP, model_
         if step not in saved_steps(run_dir):
             remove_steps(run_dir, lambda saved: saved == step)
         listed = saved_steps(run_dir)
-        kept = f"the save of step {listed[-1]} is the latest" if listed else "it holds no save"
+        earlier = "the earlier save of step" if listed and listed[-1] == step else "the save of step"
+        kept = f"{earlier} {listed[-1]} is the latest" if listed else "it holds no save"
         raise paths.disk_full(run_dir, f"step {step} is not saved, {kept}") from None
-    # Every step not listed, not only those the list just dropped: a kill after the listing
-    # (or a run that crashed in the middle of a save) left files no list names any more.
-    remove_steps(run_dir, lambda saved: saved not in steps)
+    # Every step of this port's not listed, not only those the list just dropped: a kill after
+    # the listing (or a run that crashed in the middle of a save) left files no list names any
+    # more. Another tool's model-K files (nshepperd's, gpt-2-simple's) in the folder stay.
+    ours = steps_of_this_port(run_dir)
+    remove_steps(run_dir, lambda saved: saved not in steps and saved in ours)
 
 
 def write_step(run_dir, step, variables, optimizer_variables, state, keep):
@@ -150,10 +153,22 @@ def forget_step(run_dir, step):
     return steps
 
 
+def steps_of_this_port(run_dir):
+    """The steps in run_dir that a save of this port's wrote, whole or in part: those with a
+    state-K file, which `remove_steps` deletes last, or with TensorFlow's temporaries."""
+    steps = set()
+    for name in os.listdir(run_dir):
+        found = STEP_FILE.fullmatch(name)
+        if found and (name.startswith("state-") or name.endswith("_temp") or ".tempstate" in name):
+            steps.add(int(found.group(1)))
+    return steps
+
+
 def remove_steps(run_dir, which):
     """Deletes the files of each step for which which(step) is true, and the temporaries that
-    TensorFlow writes them through."""
-    for name in os.listdir(run_dir):
+    TensorFlow writes them through; the state files last, so that a kill in the middle leaves
+    the step still marked as this port's (`steps_of_this_port`)."""
+    for name in sorted(os.listdir(run_dir), key=lambda name: name.startswith("state-")):
         found = STEP_FILE.fullmatch(name)
         if found and which(int(found.group(1))):
             path = os.path.join(run_dir, name)

@@ -411,7 +411,8 @@ def test_frozen_weights_serve_each_model_and_layer_its_own(models_dir, tiny_mode
     turn, whose layers share one traced block, each sample greedily by its own weights (each
     token the plain model's top choice, up to bfloat16's rounding); weights that can change are
     refused; and the hazard is real there: one fused kernel given new weights keeps the old."""
-    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src"), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "CUDA_VISIBLE_DEVICES": "", "TF_ENABLE_ONEDNN_OPTS": "1"}  # a CPU, oneDNN on, wherever the test runs
     env.pop(fast.FROZEN_WEIGHTS, None)
     out = subprocess.run([sys.executable, "-c", FROZEN_WEIGHTS_RUN, models_dir, tiny_model, second_tiny],
                          capture_output=True, text=True, env=env, timeout=600)

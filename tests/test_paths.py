@@ -46,3 +46,11 @@ def test_what_a_killed_run_left_goes_and_nothing_else(tmp_path):
     with paths.new_folder(str(tmp_path / "out")):
         pass
     assert sorted(os.listdir(tmp_path)) == sorted(["out"] + [name for name, kept in left.items() if kept])
+
+
+def test_the_file_a_full_disk_stopped_is_read_from_tensorflows_message():
+    """The whole path, spaces and all, as TensorFlow's writes and its eager ops word it."""
+    name = "/data/my run/model-3.data-00000-of-00001.tempstate1"
+    assert paths.unwritten_file(f"{name}; No space left on device") == name
+    assert paths.unwritten_file(f"{{{{function_node __wrapped__SaveV2}}}} {name}; No space left on device [Op:SaveV2]") == name
+    assert paths.unwritten_file("Resource exhausted: OOM when allocating tensor") is None

@@ -63,6 +63,8 @@ def test_a_save_removes_every_unlisted_steps_files(tmp_path):
         (tmp_path / name).write_bytes(b"\0" * 10)
     (tmp_path / "state-8_temp").mkdir()
     kept = ["hparams.json", "model.ckpt.index", "model-best.index", "notes.txt"]  # not a step's files
+    # nshepperd's or gpt-2-simple's save of step 1000 in the same folder: no state file, not ours.
+    kept += ["model-1000.index", "model-1000.data-00000-of-00001", "model-1000.meta"]
     for name in kept:
         (tmp_path / name).write_text("x")
     save(tmp_path, 5)

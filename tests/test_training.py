@@ -121,11 +121,12 @@ def test_half_precision_gradients_stay_within_its_rounding(values, dtype, tolera
         assert np.linalg.norm(half[name] - value) <= tolerance * np.linalg.norm(value), name
 
 
+@pytest.mark.parametrize("xla", [True, False], ids=["xla", "no-xla"])  # a CPU with bfloat16 instructions: no XLA
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_mixed_precision_keeps_float32_weights_and_learns(values, dtype):
+def test_mixed_precision_keeps_float32_weights_and_learns(values, dtype, xla):
     hparams, v = values
     batch = random_tokens(hparams.n_vocab, 2, 16)
-    trainer = training.Trainer(v, hparams, dtype=dtype, learning_rate=1e-2)
+    trainer = training.Trainer(v, hparams, dtype=dtype, learning_rate=1e-2, xla=xla)
     losses = [float(trainer.step(batch[None])) for _ in range(5)]
     assert all(variable.dtype == tf.float32 for variable in tf.nest.flatten(trainer.params))
     assert losses[-1] < losses[0] - 0.5, losses
