@@ -45,10 +45,6 @@ class Choices:
     # the only kind whose weights oneDNN can keep converted (frozen_weights)
     # (bench_generate.py --dtype bfloat16 --alternate fused_matmuls).
     fused_matmuls: bool = False
-    # Without XLA: a step's attention (one query) in float32 by Eigen over a float32 cache,
-    # where oneDNN's batch matmul and softmax cost ~50 us a call at these tiny shapes (`attend`)
-    # (bench_generate.py --dtype bfloat16 --alternate float32_attention).
-    float32_attention: bool = False
     # Without XLA: write each step's keys and values into the cache in place (`write_cache`),
     # not into a copy of the whole cache (bench_generate.py --dtype bfloat16 --alternate inplace_cache).
     inplace_cache: bool = False
@@ -64,7 +60,7 @@ def choices_for(dtype=tf.float32, device_type=None):
     if (device_type or default_device_type()) != "CPU":
         return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
     if tf.as_dtype(dtype) == tf.bfloat16 and has_bfloat16_instructions():
-        return Choices(fused_matmuls=True, float32_attention=True, inplace_cache=True, frozen_weights=True)  # oneDNN's
+        return Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True)  # oneDNN's
     return Choices(xla=True)
 
 
@@ -90,7 +86,7 @@ def train_with_xla(dtype, device_type=None):
     """Whether training's forward and backward pass go through XLA: only in half precision on a
     CPU where sampling takes XLA too, where XLA's matmuls beat oneDNN's emulated ones
     (bench_train.py --dtype bfloat16 --xla true/false); on a CPU with bfloat16 instructions,
-    bfloat16 trains on oneDNN's native kernels, 2.1x XLA's speed (the same command). In float32
+    bfloat16 trains on oneDNN's native kernels, faster than XLA there (the same command). In float32
     on a CPU it does not win 10% (bench_train.py --xla true/false), and it weakens
     --memory_saving_gradients, whose recomputation XLA may merge back into the forward pass; on a
     GPU nothing is measured yet: TensorFlow's default."""
@@ -188,12 +184,6 @@ def cache_spec(hparams, batch_size, dtype):
     return [tf.TensorSpec([2, batch_size, hparams.n_head, None, hparams.head_dim], dtype)] * hparams.n_layer
 
 
-def cache_dtype(dtype, choices):
-    """The cache's dtype for weights in `dtype`: float32 for `Choices.float32_attention`, which
-    would otherwise cast the whole cache at every step."""
-    return tf.float32 if choices.float32_attention else dtype
-
-
 def write_cache(cache, positions, k, v, inplace=False):
     """cache [2, batch, heads, size, head_dim] with k, v [batch, heads, seq, head_dim] written at
     positions [seq]: a new tensor (see the module's docstring), or with `inplace` the given
@@ -233,23 +223,12 @@ def conv1d(x, p, choices, gelu=False):
     return tf.reshape(y, start + [p["w"].shape[-1]])  # [batch, seq, nf]
 
 
-def attend(q, k, v, mask, choices):
+def attend(q, k, v, mask):
     """`model.multihead_attn` over the whole cache: q [batch, heads, seq, head_dim], k, v
-    [batch, heads, size, head_dim], mask [seq, size] True where a query may see a key.
-
-    With `Choices.float32_attention`, in float32 by Eigen's BatchMatMulV3, which oneDNN leaves
-    alone, and with the original's own softmax: a step's matrices are tiny, and oneDNN's batch
-    matmul and softmax cost more to set up than to compute (bench/README.md).
-    """
-    scale = tf.math.rsqrt(float(v.shape[-1]))
-    if not choices.float32_attention:
-        w = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * scale
-        w = tf.nn.softmax(tf.where(mask, w, -1e9), axis=-1)  # [batch, heads, seq, size]
-        return tf.matmul(tf.cast(w, v.dtype), v)
-    matmul = lambda a, b, adj_y=False: tf.raw_ops.BatchMatMulV3(x=a, y=b, adj_y=adj_y, Tout=tf.float32)
-    w = tf.where(mask, matmul(tf.cast(q, tf.float32), k, adj_y=True) * scale, -1e9)  # [batch, heads, seq, size]
-    w = tf.exp(w - tf.reduce_max(w, axis=-1, keepdims=True))
-    return tf.cast(matmul(w / tf.reduce_sum(w, axis=-1, keepdims=True), v), q.dtype)  # [batch, heads, seq, head_dim]
+    [batch, heads, size, head_dim], mask [seq, size] True where a query may see a key."""
+    w = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * tf.math.rsqrt(float(v.shape[-1]))
+    w = tf.nn.softmax(tf.where(mask, w, -1e9), axis=-1)  # [batch, heads, seq, size]
+    return tf.matmul(tf.cast(w, v.dtype), v)  # [batch, heads, seq, head_dim]
 
 
 @functools.partial(tf.function, autograph=False)  # one trace serves every layer: start-up (bench_startup.py)
@@ -259,7 +238,7 @@ def block(x, p, cache, positions, mask, n_head, choices):
     c = conv1d(model.norm(x, p["ln_1"]), p["attn"]["c_attn"], choices)  # [batch, seq, 3 * n_embd]
     q, k, v = [model.split_heads(t, n_head) for t in tf.split(c, 3, axis=2)]
     cache = write_cache(cache, positions, tf.cast(k, cache.dtype), tf.cast(v, cache.dtype), choices.inplace_cache)
-    a = model.merge_heads(attend(q, cache[0], cache[1], mask, choices))  # [batch, seq, n_embd]
+    a = model.merge_heads(attend(q, cache[0], cache[1], mask))  # [batch, seq, n_embd]
     x = x + conv1d(a, p["attn"]["c_proj"], choices)
     m = conv1d(model.norm(x, p["ln_2"]), p["mlp"]["c_fc"], choices, gelu=True)  # [batch, seq, 4 * n_embd]
     return x + conv1d(m, p["mlp"]["c_proj"], choices), cache
@@ -297,8 +276,8 @@ def last_logits(params, h, wte_t, zeros=None):
     [batch, n_vocab] of the last position. `zeros` [n_vocab], a bias that changes no logit, is
     for `Choices.fused_matmuls`: only a matmul with a bias is one oneDNN fuses and keeps its
     weights converted for (`Choices.frozen_weights`). It must come from outside the compiled
-    function: a constant of zeros there is folded away, and the 77 MB of bfloat16 wte converted
-    at every step (bench_generate.py's profile, bench/README.md)."""
+    function: a constant of zeros there is folded away, and wte converted at every step
+    (bench/README.md, "bfloat16 on a CPU with bfloat16 instructions")."""
     h = model.norm(h[:, -1], params["ln_f"])  # [batch, n_embd]
     logits = tf.matmul(h, wte_t)  # [batch, n_vocab]
     return tf.cast(logits if zeros is None else tf.nn.bias_add(logits, zeros), tf.float32)
@@ -421,9 +400,9 @@ def cache_size(positions, n_ctx, multiple=128):
     return tf.minimum(rounded, n_ctx + 1) if tf.is_tensor(rounded) else min(rounded, n_ctx + 1)
 
 
-def decode_signature(hparams, dtype, choices=Choices()):
+def decode_signature(hparams, dtype):
     """The input signature of `Sampler._decode_loop`, for any batch size."""
-    return [cache_spec(hparams, None, cache_dtype(dtype, choices)), tf.TensorSpec([None, None], tf.int32),
+    return [cache_spec(hparams, None, dtype), tf.TensorSpec([None, None], tf.int32),
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.bool),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
             tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.float32),
@@ -452,7 +431,6 @@ class Sampler:
         self.choices = choices or choices_for(self.dtype)
         if jit is not None and jit != self.choices.xla:  # XLA forced on or off: that alone
             self.choices = Choices(xla=jit)
-        self.cache_dtype = cache_dtype(self.dtype, self.choices)
         self._zeros = tf.zeros([hparams.n_vocab], self.dtype) if self.choices.fused_matmuls else None  # see last_logits
         # Tensors never change: wte transposed once, not at every call (0.1-0.2 s a call at 124M).
         changing = any(isinstance(value, tf.Variable) for value in tf.nest.flatten(params))
@@ -460,9 +438,9 @@ class Sampler:
         # The prompt's pass runs without XLA, which would compile anew for each prompt length.
         self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, cache, 0, self.choices)[1],
                                     input_signature=[tf.TensorSpec([None, None], tf.int32),
-                                                     cache_spec(hparams, None, self.cache_dtype)])
+                                                     cache_spec(hparams, None, self.dtype)])
         self._decoder = tf.function(self._decode_loop, jit_compile=self.choices.xla, autograph=False,
-                                    input_signature=decode_signature(hparams, self.dtype, self.choices))
+                                    input_signature=decode_signature(hparams, self.dtype))
         self._first_calls = logs.FirstCalls()  # by (batch size, cache size)
         self.tokens_generated = 0  # new tokens of every row, over all calls: how fast it ran (cli.Speed)
 
@@ -515,7 +493,7 @@ class Sampler:
         shortest = int(lengths.min())
         sample.check_sampling(self.hparams, longest, length, temperature, self.top_k, self.top_p)
         size = cache_size(longest + length, self.hparams.n_ctx)
-        cache = own_cache(empty_cache(self.hparams, batch, size, self.cache_dtype), self.choices)
+        cache = own_cache(empty_cache(self.hparams, batch, size, self.dtype), self.choices)
         if shortest > 1:  # the common prefix's keys and values, but the last token's, which the loop feeds
             cache = self._prefill(context[:, :shortest - 1], cache)
         tokens = tf.constant(np.pad(context, [(0, 0), (0, size - longest)]))

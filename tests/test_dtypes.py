@@ -40,7 +40,7 @@ def test_logits_and_logprobs_stay_close_to_float32(tiny, dtype):
 
 # The decode loop's ways for half precision: XLA, and oneDNN's native kernels, which a CPU with
 # bfloat16 instructions takes for bfloat16 (fast.choices_for) and which any CPU can run.
-WAYS = {"xla": fast.Choices(xla=True), "onednn": fast.Choices(fused_matmuls=True, float32_attention=True, inplace_cache=True)}
+WAYS = {"xla": fast.Choices(xla=True), "onednn": fast.Choices(fused_matmuls=True, inplace_cache=True)}
 
 
 @pytest.mark.parametrize("way", list(WAYS))

@@ -19,7 +19,7 @@ LOW = np.finfo(np.float32).min
 
 # The decode loop's ways, on any CPU: oneDNN's is what a CPU with bfloat16 instructions takes for
 # bfloat16 (fast.choices_for); without those instructions oneDNN emulates them, with the same results.
-ONEDNN = fast.Choices(fused_matmuls=True, float32_attention=True, inplace_cache=True)
+ONEDNN = fast.Choices(fused_matmuls=True, inplace_cache=True)
 WAYS = {"xla": fast.Choices(xla=True), "no-xla": fast.Choices(), "onednn": ONEDNN}
 
 
@@ -281,7 +281,7 @@ def test_choices_follow_the_device_and_dtype(monkeypatch, bfloat16_instructions)
     monkeypatch.setattr(fast, "has_bfloat16_instructions", lambda: bfloat16_instructions)
     for dtype in (tf.float32, tf.float16):
         assert fast.choices_for(dtype, "CPU") == fast.Choices(xla=True)
-    native = fast.Choices(fused_matmuls=True, float32_attention=True, inplace_cache=True, frozen_weights=True)
+    native = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True)
     assert fast.choices_for(tf.bfloat16, "CPU") == (native if bfloat16_instructions else fast.Choices(xla=True))
     for dtype in (tf.float32, tf.bfloat16):
         assert fast.choices_for(dtype, "GPU") == fast.Choices()  # no CPU choice imposed on a GPU

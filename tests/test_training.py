@@ -163,7 +163,7 @@ def test_sgd_has_no_momentum_and_adam_the_epsilon_of_tf1():
 @pytest.mark.parametrize("dtype, device, bfloat16_instructions, xla", [
     (tf.float32, "CPU", False, False),  # under 10% (bench/README.md)
     (tf.bfloat16, "CPU", False, True),
-    (tf.bfloat16, "CPU", True, False),  # oneDNN's native kernels: 2.1x XLA's (bench/README.md)
+    (tf.bfloat16, "CPU", True, False),  # oneDNN's native kernels beat XLA's (bench/README.md)
     (tf.float16, "CPU", False, True),
     (tf.float16, "CPU", True, True),
     (tf.bfloat16, "GPU", False, False),
