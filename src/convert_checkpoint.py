@@ -381,14 +381,13 @@ def write_folder(writer, folder, dst, hparams, values, src):
     """writer(folder, hparams, values, src), its failures turned into an OSError naming `dst`:
     safetensors and TensorFlow raise errors of their own (a full disk is a ResourceExhaustedError,
     "out of memory" to cli.main), which would end in a traceback or a wrong line."""
-    import errno
     import tensorflow as tf
     from safetensors import SafetensorError
     try:
         writer(folder, hparams, values, src)
     except (OSError, SafetensorError, tf.errors.OpError) as e:
         text = e.strerror if isinstance(e, OSError) and e.strerror else getattr(e, "message", str(e))
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in text:
+        if paths.is_disk_full(e):
             raise OSError(f"cannot write {dst}: the disk that holds {os.path.dirname(os.path.abspath(dst))} is "
                           "full (No space left on device): free some space, or choose a destination on another "
                           "disk") from None

@@ -44,7 +44,7 @@ def encode(in_text=None, out_npz=None, model_name="124M", models_dir="models", c
     write_npz(out_npz, chunks)
     tokens = sum(map(len, chunks))
     documents = sum(int(np.sum(chunk == enc.encoder[dataset.END_OF_TEXT])) for chunk in chunks)
-    print(f"wrote {documents} documents, {tokens} tokens ({len(chunks)} arrays) to {out_npz}")
+    print(f"wrote {documents} documents, {tokens} tokens ({len(chunks)} array{'s' if len(chunks) != 1 else ''}) to {out_npz}")
 
 
 def required(name, metavar, value):

@@ -33,7 +33,7 @@ def test_round_trip_through_the_npz(run, enc, tmp_path):
     result = run(str(data), str(out))
     assert (result.returncode, result.stderr) == (0, "")  # TensorFlow never loaded: its import fails here
     from_text = dataset.load_dataset(enc, str(data), n_vocab=50257)
-    assert result.stdout == f"wrote 3 documents, {len(from_text)} tokens (1 arrays) to {out}\n"
+    assert result.stdout == f"wrote 3 documents, {len(from_text)} tokens (1 array) to {out}\n"
     assert (dataset.load_dataset(enc, str(out), n_vocab=50257) == from_text).all()
     with np.load(out) as npz:  # the two short files in one array (--combine), as nshepperd/gpt-2's train.py needs
         assert [npz[name].dtype for name in npz.files] == [np.int32]
