@@ -169,26 +169,31 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
     sampler = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p,
                              end_token=enc.encoder["<|endoftext|>"] if stop_at_endoftext else None)
     speed = cli.Speed(sampler)
-    if prompt is not None:
-        context_tokens = enc.encode(prompt)
-        if len(context_tokens) + length - 1 > hparams.n_ctx:
-            raise ValueError(f"--prompt_file {prompt_file}: {too_long(len(context_tokens), length, hparams.n_ctx)}")
+    for context_tokens in prompts(enc, prompt, prompt_file, length, hparams.n_ctx):
         with speed.timed():
             sample_prompt(enc, sampler, context_tokens, nsamples, batch_size, length, temperature, seed, stop)
-        speed.report()
+    speed.report()
+
+
+def prompts(enc, prompt, prompt_file, length, n_ctx):
+    """The prompts' tokens: --prompt_file's text once (too long for the window: ValueError), or
+    each prompt typed until Ctrl-D or Ctrl-C at the prompt (too long: said, and asked again)."""
+    if prompt is not None:
+        tokens = enc.encode(prompt)
+        if len(tokens) + length - 1 > n_ctx:
+            raise ValueError(f"--prompt_file {prompt_file}: {too_long(len(tokens), length, n_ctx)}")
+        yield tokens
         return
     while True:
         try:
-            context_tokens = enc.encode(read_prompt())
+            tokens = enc.encode(read_prompt())
         except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at the prompt ends the session
             print()
-            speed.report()
             return
-        if len(context_tokens) + length - 1 > hparams.n_ctx:
-            print(f"Prompt too long: {too_long(len(context_tokens), length, hparams.n_ctx)}.")
+        if len(tokens) + length - 1 > n_ctx:
+            print(f"Prompt too long: {too_long(len(tokens), length, n_ctx)}.")
             continue
-        with speed.timed():
-            sample_prompt(enc, sampler, context_tokens, nsamples, batch_size, length, temperature, seed, stop)
+        yield tokens
 
 
 def too_long(n, length, n_ctx):
