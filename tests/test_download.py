@@ -23,7 +23,7 @@ import pytest
 import requests
 
 import download_model
-from helpers import REPO, VOCAB_DIR
+from helpers import REPO, VOCAB_DIR, RecordingBar
 SCRIPT = os.path.join(REPO, "download_model.py")
 MODEL = "99M"  # no model OpenAI released: RELEASED knows nothing of it, so CONTENT can pass
 BIG = "model.ckpt.data-00000-of-00001"
@@ -695,27 +695,6 @@ def test_404_deletes_the_part_of_a_file_the_server_no_longer_has(store, tmp_path
 
 
 # Finer cases: fetch_file called directly.
-
-class RecordingBar:
-    """Stands in for tqdm and remembers what the bars were told."""
-
-    bars = []
-
-    def __init__(self, **kwargs):
-        self.kwargs, self.updates = kwargs, []
-        RecordingBar.bars.append(self)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n):
-        self.updates.append(n)
-
-    write = staticmethod(lambda *args, **kwargs: None)
-
 
 @pytest.fixture
 def bars(monkeypatch):

@@ -13,7 +13,7 @@ import reference
 import score
 import scoring
 
-from helpers import REPO
+from helpers import REPO, RecordingBar
 
 
 def test_windows_known_answer():
@@ -138,33 +138,16 @@ def test_models_dir_expands_home_and_variables(models_dir, tiny_model, tmp_path,
         score.score(model_name=tiny_model, models_dir=flag, text_file=str(text_file))
         assert "1 tokens, mean negative log-likelihood" in capsys.readouterr().out
 
-class RecordingBar:
-    """Stands in for tqdm.tqdm and remembers each bar's arguments and updates."""
-
-    def __init__(self, bars, **kwargs):
-        self.kwargs, self.updates = kwargs, []
-        bars.append(self)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n):
-        self.updates.append(n)
-
-
 @pytest.mark.parametrize("words, shown", [(200, True), (5, False)])
 def test_a_text_of_several_windows_shows_a_bar_on_stderr(models_dir, tiny_model, tmp_path, monkeypatch, capsys,
                                                          words, shown):
     import tqdm
-    bars = []
-    monkeypatch.setattr(tqdm, "tqdm", lambda **kwargs: RecordingBar(bars, **kwargs))
+    monkeypatch.setattr(RecordingBar, "bars", [])
+    monkeypatch.setattr(tqdm, "tqdm", RecordingBar)
     text_file = tmp_path / "text.txt"
     text_file.write_text("hello world " * words, encoding="utf-8")
     score.score(model_name=tiny_model, models_dir=models_dir, text_file=str(text_file))
-    (bar,) = bars
+    (bar,) = RecordingBar.bars
     n_tokens = int(capsys.readouterr().out.split(": ")[1].split()[0])
     assert n_tokens > 64 if shown else n_tokens < 64  # the tiny model's window
     assert bar.kwargs["disable"] is (None if shown else True)  # None: shown where stderr is a terminal
