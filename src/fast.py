@@ -421,6 +421,9 @@ class Sampler:
     fed at once, then one position a step, a row still inside its prompt taking its own next
     prompt token rather than the one drawn, as `serving.generate_tokens` does. So each row gives
     the tokens its prompt gives alone.
+
+    `choices` (default: `choices_for` the weights' dtype) sets how it runs; `jit` forces XLA on
+    or off, and a Sampler forced so takes XLA alone, or none of the choices.
     """
 
     def __init__(self, params, hparams, *, top_k=0, top_p=1.0, end_token=None, jit=None, choices=None):
@@ -432,7 +435,7 @@ class Sampler:
         if jit is not None and jit != self.choices.xla:  # XLA forced on or off: that alone
             self.choices = Choices(xla=jit)
         self._zeros = tf.zeros([hparams.n_vocab], self.dtype) if self.choices.fused_matmuls else None  # see last_logits
-        # Tensors never change: wte transposed once, not at every call (0.1-0.2 s a call at 124M).
+        # Tensors never change: wte transposed once, not at every call (a tenth of a second or more).
         changing = any(isinstance(value, tf.Variable) for value in tf.nest.flatten(params))
         self._wte_t = None if changing else transposed_wte(params)
         # The prompt's pass runs without XLA, which would compile anew for each prompt length.
