@@ -19,6 +19,7 @@ import numpy as np
 import cli
 import dataset
 import encoder
+import paths
 from checks import is_integer
 
 
@@ -72,15 +73,12 @@ def write_npz(path, arrays):
     """np.savez_compressed(path, *arrays), whole or not at all: written to a hidden temporary
     file beside `path` and renamed, so that a failure or Ctrl-C leaves no part of a file."""
     temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
+    with paths.removed_if_failed(temporary):
         with open(temporary, "wb") as f:
             np.savez_compressed(f, *arrays)
             f.flush()
             os.fsync(f.fileno())  # the data on disk before the name: a crash leaves the old file or the new
         os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,18 @@ def new_folder(dst, fix="give a destination that does not, or remove it first"):
         raise
 
 
+@contextlib.contextmanager
+def removed_if_failed(temporary):
+    """A `with` block that writes the file `temporary` and renames it into place: if the block
+    fails (a full disk, Ctrl-C), the temporary is removed and the error goes on."""
+    try:
+        yield temporary
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
 def temporary_prefix(dst):
     """The start of the names of `new_folder`'s temporaries for `dst`, on this machine; the
     process's id follows."""

@@ -48,7 +48,7 @@ def atomic_write(path, text):
     a failed write (a full disk) leaves no temporary file."""
     folder = os.path.dirname(path) or "."
     temporary = tempfile.NamedTemporaryFile("w", dir=folder, prefix=".tmp-", delete=False)
-    try:
+    with paths.removed_if_failed(temporary.name):
         with temporary as f:
             f.write(text)
             f.flush()
@@ -57,10 +57,6 @@ def atomic_write(path, text):
         os.umask(umask)
         os.chmod(f.name, 0o666 & ~umask)  # the umask's mode, not the temporary's 0600: others read the run folder too
         os.replace(f.name, path)
-    except BaseException:
-        if os.path.exists(temporary.name):
-            os.remove(temporary.name)
-        raise
 
 
 def saved_steps(run_dir):
@@ -85,14 +81,9 @@ def copy_model_files(source_dir, run_dir):
     for name in MODEL_FILES:
         target = os.path.join(run_dir, name)
         if not os.path.exists(target):
-            temporary = os.path.join(run_dir, f".tmp-{name}")
-            try:
+            with paths.removed_if_failed(os.path.join(run_dir, f".tmp-{name}")) as temporary:
                 shutil.copyfile(os.path.join(source_dir, name), temporary)
-            except BaseException:
-                if os.path.exists(temporary):
-                    os.remove(temporary)
-                raise
-            os.replace(temporary, target)
+                os.replace(temporary, target)
 
 
 def save(run_dir, step, variables, optimizer_variables, state, keep=KEEP, model_dir=None):
