@@ -6,6 +6,7 @@ import base64
 import email.utils
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -850,6 +851,35 @@ def test_released_vocabulary_is_the_repository_copy():
             assert download_model.released(model, name) == download_model.Released(
                 len(data), hashlib.sha256(data).hexdigest()), (model, name)
     assert download_model.released("99M", "vocab.bpe") == download_model.Released()
+
+
+def test_released_weights_are_four_bytes_a_parameter():
+    """A checkpoint's data file is its float32 variables back to back: OpenAI's published sizes
+    of 124M and 355M are, and RELEASED's sizes for 774M and 1558M are derived so."""
+    import checkpoints
+    import model
+    for name, shape in checkpoints.OFFICIAL.items():
+        shapes = model.checkpoint_shapes(model.HParams(**shape))
+        parameters = sum(math.prod(dims) for dims in shapes.values())
+        assert download_model.released(name, BIG).size == 4 * parameters, name
+
+
+OPENAI_TEXT = {  # what OpenAI wrote as these files, for a shape: 124M's SHA-256s are of this text
+    "checkpoint": lambda shape: b'model_checkpoint_path: "model.ckpt"\n'
+                                b'all_model_checkpoint_paths: "model.ckpt"\n',
+    "hparams.json": lambda shape: (json.dumps(shape, indent=2) + "\n").encode(),
+}
+
+
+@pytest.mark.parametrize("name", OPENAI_TEXT)
+def test_released_text_files_have_the_size_of_openais_text(name):
+    """The published sizes of 124M and 355M and the mirror's of 1558M are the text's; nothing is
+    known for 774M."""
+    import checkpoints
+    text = {model: OPENAI_TEXT[name](shape) for model, shape in checkpoints.OFFICIAL.items()}
+    assert download_model.released("124M", name).sha256 == hashlib.sha256(text["124M"]).hexdigest()
+    sizes = {model: download_model.released(model, name).size for model in text}
+    assert sizes == {model: None if model == "774M" else len(data) for model, data in text.items()}
 
 
 @pytest.fixture
