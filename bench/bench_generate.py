@@ -75,6 +75,7 @@ PLAIN = {
     "load_params": lambda: setattr(fast, "load_params", model.load_params),
     "first_argmax": lambda: setattr(fast, "first_argmax", lambda scores: tf.argmax(scores, -1, output_type=tf.int32)),
     "top_p_logits": lambda: setattr(fast, "top_p_logits", sample.top_p_logits),
+    "draw_kept": lambda: setattr(fast, "draw_kept", sample.sample_logits),  # noise for every token id
     "block_function": lambda: setattr(fast, "block", fast.block.python_function),  # each layer traced inline
     "xla": lambda: None,  # the decode loop without XLA (--alternate only)
     **{name: lambda: None for name in CHOICES},  # that fast.Choices field off

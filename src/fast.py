@@ -374,10 +374,27 @@ def next_token(logits, keys, step, temperature, top_k, top_p, xla):
     be scalar tensors (the exported model's runtime inputs)."""
     logits = sample.with_temperature(logits, temperature)
     if not xla:
-        return sample.sample_logits(top_p_logits(sample.top_k_logits(logits, top_k), top_p), keys, step)
+        kept = top_p_logits(sample.top_k_logits(logits, top_k), top_p)
+        return sample.branch((top_k == 0) & (top_p >= 1), lambda: sample.sample_logits(kept, keys, step),
+                             lambda: draw_kept(kept, keys, step))
     kept = sample.branch(top_k == 0, lambda: logits,
                          lambda: tf.where(logits < kth_largest(logits, top_k), logits.dtype.min, logits))
     return first_argmax(top_p_logits(kept, top_p) + sample.draw_noise(keys, step, tf.shape(logits)[1]))
+
+
+def draw_kept(logits, keys, step):
+    """`sample.sample_logits` for logits a filter has cut: noise for the kept ones only (above
+    float32's lowest, which the filters give the others), a few dozen hashes rather than one per
+    vocabulary entry (bench_generate.py --plain draw_kept); not for XLA, whose shapes cannot
+    depend on the logits. The same token: a removed logit plus any noise stays float32's lowest,
+    and the kept row's largest, 0 after `sample.with_temperature`, is always above it."""
+    kept = tf.where(logits > logits.dtype.min)  # [m, 2] (row, token id), rows in order
+    rows, index = kept[:, 0], tf.cast(kept[:, 1], tf.int32)  # [m] each
+    state = tf.gather(sample.stream_state(keys, step), rows)  # [m]
+    scores = tf.gather_nd(logits, kept) + sample.gumbel(state, index)  # [m]
+    batch, n = tf.shape(logits)[0], tf.shape(logits)[1]
+    best = tf.gather(tf.math.unsorted_segment_max(scores, rows, batch), rows)  # [m]: its row's largest score
+    return tf.math.unsorted_segment_min(tf.where(scores == best, index, n), rows, batch)  # the first of it, as argmax
 
 
 def first_argmax(scores):

@@ -62,6 +62,41 @@ def test_fast_step_draws_the_reference_token(top_k, top_p, xla):
         np.testing.assert_array_equal(step(logits, keys, tf.constant(i), 0.8, top_k, top_p, xla), want)  # traced once
 
 
+def test_draw_among_the_kept_is_the_whole_vocabularys_draw():
+    # Filtered as the filters leave logits: the removed ones float32's lowest, the kept ones 0 and below.
+    rng = np.random.RandomState(7)
+    logits = np.where(rng.rand(6, 1000) < 0.05, -np.abs(rng.randn(6, 1000)) * 3, LOW).astype(np.float32)
+    logits[:, 0] = 0.0  # each row's largest
+    logits[1] = np.where(np.arange(1000) < 500, LOW, logits[1])  # one row keeps a single token
+    logits[1, 500] = 0.0
+    keys = sample.sample_keys(11, 3, 6)
+    draw = tf.function(fast.draw_kept, autograph=False)
+    for i in range(10):
+        np.testing.assert_array_equal(draw(logits, keys, i), sample.sample_logits(logits, keys, i))
+    assert draw(logits, keys, 0)[1] == 500
+
+
+def test_draw_among_the_kept_takes_the_first_of_equal_scores(monkeypatch):
+    monkeypatch.setattr(sample, "gumbel", lambda state, index: tf.zeros(tf.shape(index), tf.float32))
+    logits = np.full([3, 50], LOW, np.float32)
+    logits[0, [4, 9, 30]] = 0.0  # three equal: the first wins, as tf.argmax's
+    logits[1, [2, 40]] = [-1.0, 0.0]
+    logits[2, 49] = 0.0
+    np.testing.assert_array_equal(fast.draw_kept(tf.constant(logits), sample.sample_keys(0, 0, 3), 1), [4, 40, 49])
+
+
+def test_fast_step_takes_its_filters_as_tensors():
+    # As the exported model gives them: one trace for every setting, and the reference's token.
+    logits = tf.constant(np.random.RandomState(2).randn(4, 2000).astype(np.float32) * 3)
+    keys = sample.sample_keys(5, 0, 4)
+    step = tf.function(fast.next_token, autograph=False)
+    for top_k, top_p in [(0, 1.0), (40, 1.0), (0, 0.9), (40, 0.9)]:
+        want = sample.next_token(logits, keys, 3, 1.1, top_k, top_p)
+        got = step(logits, keys, tf.constant(3), tf.constant(1.1), tf.constant(top_k), tf.constant(top_p), False)
+        np.testing.assert_array_equal(got, want)
+    assert step.experimental_get_tracing_count() == 1
+
+
 @pytest.mark.parametrize("xla", [True, False], ids=["xla", "no-xla"])
 @pytest.mark.parametrize("top_k, top_p", [(0, 0.9), (0, 1e-6), (300, 0.95)])
 def test_fast_top_p_draws_the_reference_token_for_small_and_large_nuclei(top_k, top_p, xla):
