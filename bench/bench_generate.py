@@ -68,6 +68,8 @@ def cpu():
                 frozen_weights=os.environ.get(fast.FROZEN_WEIGHTS, ""))
 
 
+DECODE_SIGNATURE = fast.decode_signature
+
 # --plain NAME puts the plain TensorFlow way back in place of one of fast.py's speed-ups, to
 # measure what it wins.
 PLAIN = {
@@ -76,6 +78,8 @@ PLAIN = {
     "first_argmax": lambda: setattr(fast, "first_argmax", lambda scores: tf.argmax(scores, -1, output_type=tf.int32)),
     "top_p_logits": lambda: setattr(fast, "top_p_logits", sample.top_p_logits),
     "draw_kept": lambda: setattr(fast, "draw_kept", sample.sample_logits),  # noise for every token id
+    "any_batch": lambda: setattr(fast, "decode_signature",  # the decode loop traced once for every batch size
+                                 lambda hparams, dtype, batch_size=None: DECODE_SIGNATURE(hparams, dtype)),
     "block_function": lambda: setattr(fast, "block", fast.block.python_function),  # each layer traced inline
     "xla": lambda: None,  # the decode loop without XLA (--alternate only)
     **{name: lambda: None for name in CHOICES},  # that fast.Choices field off

@@ -10,7 +10,8 @@ It computes what `model.model` and `sample.next_token` compute, in another order
   It writes with `tf.tensor_scatter_nd_update`, which returns a new tensor: XLA writes it in
   place, plain TensorFlow copies the cache. Without XLA, `Choices.inplace_cache` writes with
   InplaceUpdate into a cache `Sampler.generate` owns (`own_cache`), the same result either way.
-- The decode loop is one `tf.while_loop` in one `tf.function`, traced once for every batch.
+- The decode loop is one `tf.while_loop` in one `tf.function`, traced once for each batch size,
+  whose shape arithmetic TensorFlow then folds (bench_generate.py --alternate any_batch).
 - `Choices` holds what depends on the device and dtype; each says what it wins and which
   bench command shows it (figures: bench/README.md).
 
@@ -417,12 +418,12 @@ def cache_size(positions, n_ctx, multiple=128):
     return tf.minimum(rounded, n_ctx + 1) if tf.is_tensor(rounded) else min(rounded, n_ctx + 1)
 
 
-def decode_signature(hparams, dtype):
-    """The input signature of `Sampler._decode_loop`, for any batch size."""
-    return [cache_spec(hparams, None, dtype), tf.TensorSpec([None, None], tf.int32),
-            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.bool),
+def decode_signature(hparams, dtype, batch_size=None):
+    """The input signature of `Sampler._decode_loop` for `batch_size` rows (None: any)."""
+    return [cache_spec(hparams, batch_size, dtype), tf.TensorSpec([batch_size, None], tf.int32),
+            tf.TensorSpec([batch_size], tf.int32), tf.TensorSpec([batch_size], tf.bool),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
-            tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.float32),
+            tf.TensorSpec([batch_size, 2], tf.int64), tf.TensorSpec([], tf.float32),
             tf.TensorSpec([hparams.n_embd, hparams.n_vocab], dtype)]
 
 
@@ -430,8 +431,8 @@ class Sampler:
     """Compiled sampling for one model and one choice of filters.
 
     Create a Sampler once and call `generate` (streaming) or `sample` many times: the prompt's
-    pass and the decode loop are traced once, and with XLA compiled once per batch size and
-    cache size. Row r of a call is sample number first_sample + r of its seed,
+    pass is traced once and the decode loop once per batch size, and with XLA compiled once per
+    batch size and cache size. Row r of a call is sample number first_sample + r of its seed,
     whatever the batch (see sample.py).
 
     The prompts of a batch may differ in length (a list of token lists): the common prefix is
@@ -459,17 +460,25 @@ class Sampler:
         self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, cache, 0, self.choices)[1],
                                     input_signature=[tf.TensorSpec([None, None], tf.int32),
                                                      cache_spec(hparams, None, self.dtype)])
-        self._decoder = tf.function(self._decode_loop, jit_compile=self.choices.xla, autograph=False,
-                                    input_signature=decode_signature(hparams, self.dtype))
+        self._decoders = {}  # batch size -> the decode loop traced for it (`_decoder`)
         self._first_calls = logs.FirstCalls()  # by (batch size, cache size)
         self.tokens_generated = 0  # new tokens of every row, over all calls: how fast it ran (cli.Speed)
+
+    def _decoder(self, batch_size):
+        """The decode loop as a tf.function for `batch_size` rows, made on first use."""
+        if batch_size not in self._decoders:
+            self._decoders[batch_size] = tf.function(
+                self._decode_loop, jit_compile=self.choices.xla, autograph=False,
+                input_signature=decode_signature(self.hparams, self.dtype, batch_size))
+        return self._decoders[batch_size]
 
     def _decode(self, cache, *args):
         """Runs the decode loop. The first call for a batch and cache size compiles it, and the C++
         lines TensorFlow logs then (a program loaded from the disk cache, compile_cache.py, logs an
         error line it recovers from) are held back (logs.py)."""
-        with self._first_calls(tuple(cache[0].shape[1::2])):  # (batch, cache size)
-            return self._decoder(cache, *args)
+        batch_size, size = cache[0].shape[1::2]
+        with self._first_calls((batch_size, size)):
+            return self._decoder(batch_size)(cache, *args)
 
     def _decode_loop(self, cache, tokens, lengths, done, position, steps, keys, temperature, wte_t):
         """Feeds tokens[:, position] and fills up to `steps` positions of tokens[:, position + 1:].

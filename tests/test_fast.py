@@ -301,14 +301,15 @@ def test_ragged_rows_end_at_their_own_end_token(tiny):
     assert (stopped[1][9 + 3:] == end).all()
 
 
-def test_sampler_is_traced_once_for_every_batch_and_length(tiny):
+def test_sampler_is_traced_once_for_each_batch_size_and_every_length(tiny):
     hparams, params = tiny
     sampler = fast.Sampler(params, hparams, top_k=3)
     runs = [(1, 1, 5, 0), (2, 9, 3, 1), (2, 30, 20, 2), (1, 64, 1, 3), (1, 2, 63, 4), (2, 5, 50, 5), (3, 7, 9, 6)]
     for batch, n, length, seed in runs:
         assert sampler.sample(random_tokens(hparams.n_vocab, batch, n), length, seed=seed).shape == (batch, n + length)
     assert sampler._prefill.experimental_get_tracing_count() == 1
-    assert sampler._decoder.experimental_get_tracing_count() == 1
+    assert {batch: decoder.experimental_get_tracing_count() for batch, decoder in sampler._decoders.items()} == {
+        1: 1, 2: 1, 3: 1}
 
 
 @pytest.mark.parametrize("bfloat16_instructions", [True, False])
