@@ -292,7 +292,8 @@ def sampling_memory(hparams, batch_size, positions, dtype):
     choices = fast.choices_for(dtype)
     weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values()) * dtype.size
     cache = 2 * hparams.n_layer * batch_size * fast.cache_size(positions, hparams.n_ctx) * hparams.n_embd
-    cache *= dtype.size * (2 if choices.inplace_cache else 1)  # own_cache's copy
+    cache *= fast.cache_dtype_for(dtype, batch_size, choices).size
+    cache *= 2 if choices.inplace_cache else 1  # own_cache's copy
     return weights + cache + 4 * batch_size * hparams.n_vocab * 4
 
 

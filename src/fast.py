@@ -53,6 +53,11 @@ class Choices:
     # layout once rather than at every call (`freeze_weights`; bench_generate.py --dtype bfloat16
     # with and without TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1).
     frozen_weights: bool = False
+    # At batch 1, where a step's attention is a few hundred multiply-adds a head: the cache in
+    # float32 and that attention on TensorFlow's own float32 kernels, not oneDNN's bfloat16 ones,
+    # which cost more a call than the work (`attend`; bench_generate.py --dtype bfloat16
+    # --alternate float32_attention). Larger batches keep the cache in the weights' dtype.
+    float32_attention: bool = False
 
 
 def choices_for(dtype=tf.float32, device_type=None):
@@ -61,7 +66,7 @@ def choices_for(dtype=tf.float32, device_type=None):
     if (device_type or default_device_type()) != "CPU":
         return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
     if tf.as_dtype(dtype) == tf.bfloat16 and has_bfloat16_instructions():
-        return Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True)  # oneDNN's
+        return Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True)  # oneDNN's
     return Choices(xla=True)
 
 
@@ -180,6 +185,12 @@ def empty_cache(hparams, batch_size, size, dtype):
     return [tf.zeros([2, batch_size, hparams.n_head, size, hparams.head_dim], dtype)] * hparams.n_layer
 
 
+def cache_dtype_for(dtype, batch_size, choices):
+    """The cache's dtype for `batch_size` rows and weights in `dtype`: theirs, or float32 at
+    batch 1 with `Choices.float32_attention`."""
+    return tf.float32 if choices.float32_attention and batch_size == 1 else tf.as_dtype(dtype)
+
+
 def cache_spec(hparams, batch_size, dtype):
     """The TensorSpec of a cache of any size, for `tf.function` signatures."""
     return [tf.TensorSpec([2, batch_size, hparams.n_head, None, hparams.head_dim], dtype)] * hparams.n_layer
@@ -226,10 +237,24 @@ def conv1d(x, p, choices, gelu=False):
 
 def attend(q, k, v, mask):
     """`model.multihead_attn` over the whole cache: q [batch, heads, seq, head_dim], k, v
-    [batch, heads, size, head_dim], mask [seq, size] True where a query may see a key."""
-    w = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * tf.math.rsqrt(float(v.shape[-1]))
+    [batch, heads, size, head_dim], mask [seq, size] True where a query may see a key -> q's
+    shape and dtype. A float32 cache under half-precision queries (`Choices.float32_attention`)
+    takes one query's attention to `float32_attention`."""
+    if q.dtype != k.dtype and q.shape[-2] == 1:
+        return tf.cast(float32_attention(tf.cast(q, tf.float32), k, v, mask), q.dtype)
+    w = tf.cast(tf.matmul(tf.cast(q, k.dtype), k, transpose_b=True), tf.float32) * tf.math.rsqrt(float(v.shape[-1]))
     w = tf.nn.softmax(tf.where(mask, w, -1e9), axis=-1)  # [batch, heads, seq, size]
-    return tf.matmul(tf.cast(w, v.dtype), v)  # [batch, heads, seq, head_dim]
+    return tf.cast(tf.matmul(tf.cast(w, v.dtype), v), q.dtype)  # [batch, heads, seq, head_dim]
+
+
+def float32_attention(q, k, v, mask):
+    """`attend` for one query in float32 on TensorFlow's own kernels: BatchMatMulV3, which oneDNN
+    does not take over, and softmax as the three ops it is (oneDNN's softmax kernel, too, costs
+    more a call than one query's work). q [batch, heads, 1, head_dim]."""
+    w = tf.raw_ops.BatchMatMulV3(x=q, y=k, adj_y=True, Tout=tf.float32) * tf.math.rsqrt(float(v.shape[-1]))
+    w = tf.where(mask, w, -1e9)  # [batch, heads, 1, size]
+    e = tf.exp(w - tf.reduce_max(w, axis=-1, keepdims=True))
+    return tf.raw_ops.BatchMatMulV3(x=e / tf.reduce_sum(e, axis=-1, keepdims=True), y=v, Tout=tf.float32)
 
 
 @functools.partial(tf.function, autograph=False)  # one trace serves every layer: start-up (bench_startup.py)
@@ -418,9 +443,10 @@ def cache_size(positions, n_ctx, multiple=128):
     return tf.minimum(rounded, n_ctx + 1) if tf.is_tensor(rounded) else min(rounded, n_ctx + 1)
 
 
-def decode_signature(hparams, dtype, batch_size=None):
-    """The input signature of `Sampler._decode_loop` for `batch_size` rows (None: any)."""
-    return [cache_spec(hparams, batch_size, dtype), tf.TensorSpec([batch_size, None], tf.int32),
+def decode_signature(hparams, dtype, batch_size=None, cache_dtype=None):
+    """The input signature of `Sampler._decode_loop` for `batch_size` rows (None: any), weights
+    in `dtype`, the cache in `cache_dtype` (default: `dtype`)."""
+    return [cache_spec(hparams, batch_size, cache_dtype or dtype), tf.TensorSpec([batch_size, None], tf.int32),
             tf.TensorSpec([batch_size], tf.int32), tf.TensorSpec([batch_size], tf.bool),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
             tf.TensorSpec([batch_size, 2], tf.int64), tf.TensorSpec([], tf.float32),
@@ -457,19 +483,28 @@ class Sampler:
         changing = any(isinstance(value, tf.Variable) for value in tf.nest.flatten(params))
         self._wte_t = None if changing else transposed_wte(params)
         # The prompt's pass runs without XLA, which would compile anew for each prompt length.
-        self._prefill = tf.function(lambda X, cache: decode(params, hparams, X, cache, 0, self.choices)[1],
-                                    input_signature=[tf.TensorSpec([None, None], tf.int32),
-                                                     cache_spec(hparams, None, self.dtype)])
+        self._prefills = {}  # the cache's dtype -> the prompt's pass (`_prefill`)
         self._decoders = {}  # batch size -> the decode loop traced for it (`_decoder`)
         self._first_calls = logs.FirstCalls()  # by (batch size, cache size)
         self.tokens_generated = 0  # new tokens of every row, over all calls: how fast it ran (cli.Speed)
 
+    def _prefill(self, X, cache):
+        """The prompt's keys and values X [batch, n] written into the cache: traced once for each
+        cache dtype."""
+        dtype = cache[0].dtype
+        if dtype not in self._prefills:
+            self._prefills[dtype] = tf.function(
+                lambda X, cache: decode(self.params, self.hparams, X, cache, 0, self.choices)[1],
+                input_signature=[tf.TensorSpec([None, None], tf.int32), cache_spec(self.hparams, None, dtype)])
+        return self._prefills[dtype](X, cache)
+
     def _decoder(self, batch_size):
         """The decode loop as a tf.function for `batch_size` rows, made on first use."""
         if batch_size not in self._decoders:
+            cache_dtype = cache_dtype_for(self.dtype, batch_size, self.choices)
             self._decoders[batch_size] = tf.function(
                 self._decode_loop, jit_compile=self.choices.xla, autograph=False,
-                input_signature=decode_signature(self.hparams, self.dtype, batch_size))
+                input_signature=decode_signature(self.hparams, self.dtype, batch_size, cache_dtype))
         return self._decoders[batch_size]
 
     def _decode(self, cache, *args):
@@ -522,7 +557,8 @@ class Sampler:
         shortest = int(lengths.min())
         sample.check_sampling(self.hparams, longest, length, temperature, self.top_k, self.top_p)
         size = cache_size(longest + length, self.hparams.n_ctx)
-        cache = own_cache(empty_cache(self.hparams, batch, size, self.dtype), self.choices)
+        cache = empty_cache(self.hparams, batch, size, cache_dtype_for(self.dtype, batch, self.choices))
+        cache = own_cache(cache, self.choices)
         if shortest > 1:  # the common prefix's keys and values, but the last token's, which the loop feeds
             cache = self._prefill(context[:, :shortest - 1], cache)
         tokens = tf.constant(np.pad(context, [(0, 0), (0, size - longest)]))

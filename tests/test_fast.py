@@ -19,7 +19,7 @@ LOW = np.finfo(np.float32).min
 
 # The decode loop's ways, on any CPU: oneDNN's is what a CPU with bfloat16 instructions takes for
 # bfloat16 (fast.choices_for); without those instructions oneDNN emulates them, with the same results.
-ONEDNN = fast.Choices(fused_matmuls=True, inplace_cache=True)
+ONEDNN = fast.Choices(fused_matmuls=True, inplace_cache=True, float32_attention=True)
 WAYS = {"xla": fast.Choices(xla=True), "no-xla": fast.Choices(), "onednn": ONEDNN}
 
 
@@ -192,6 +192,20 @@ def test_decode_fills_the_cache_in_steps_as_the_full_pass_does(models_dir, tiny_
     assert not cache[..., 20:, :].numpy().any()
 
 
+@pytest.mark.parametrize("position", [0, 6, 9])
+def test_float32_attention_is_one_querys_attention(position):
+    # A query at `position` over a cache of 10, the positions after it not yet written.
+    rng = np.random.RandomState(position)
+    q, k, v = [tf.constant(rng.randn(2, 3, n, 8).astype(np.float32)) for n in (1, 10, 10)]
+    mask = tf.range(10)[None] <= position  # [1, 10]
+    want = model.multihead_attn(q, k[:, :, :position + 1], v[:, :, :position + 1])
+    np.testing.assert_allclose(fast.float32_attention(q, k, v, mask), want, atol=1e-6, rtol=0)
+    assert [fast.cache_dtype_for(tf.bfloat16, batch, ONEDNN) for batch in (1, 2)] == [tf.float32, tf.bfloat16]
+    half = fast.attend(tf.cast(q, tf.bfloat16), k, v, mask)  # a bfloat16 query over a float32 cache
+    assert half.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(half, tf.float32), want, atol=0.05, rtol=0)
+
+
 # --- the sampler ------------------------------------------------------------------------------
 
 def test_top_k_1_is_the_plain_models_argmax(tiny):
@@ -307,7 +321,7 @@ def test_sampler_is_traced_once_for_each_batch_size_and_every_length(tiny):
     runs = [(1, 1, 5, 0), (2, 9, 3, 1), (2, 30, 20, 2), (1, 64, 1, 3), (1, 2, 63, 4), (2, 5, 50, 5), (3, 7, 9, 6)]
     for batch, n, length, seed in runs:
         assert sampler.sample(random_tokens(hparams.n_vocab, batch, n), length, seed=seed).shape == (batch, n + length)
-    assert sampler._prefill.experimental_get_tracing_count() == 1
+    assert [prefill.experimental_get_tracing_count() for prefill in sampler._prefills.values()] == [1]
     assert {batch: decoder.experimental_get_tracing_count() for batch, decoder in sampler._decoders.items()} == {
         1: 1, 2: 1, 3: 1}
 
@@ -317,7 +331,7 @@ def test_choices_follow_the_device_and_dtype(monkeypatch, bfloat16_instructions)
     monkeypatch.setattr(fast, "has_bfloat16_instructions", lambda: bfloat16_instructions)
     for dtype in (tf.float32, tf.float16):
         assert fast.choices_for(dtype, "CPU") == fast.Choices(xla=True)
-    native = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True)
+    native = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True)
     assert fast.choices_for(tf.bfloat16, "CPU") == (native if bfloat16_instructions else fast.Choices(xla=True))
     for dtype in (tf.float32, tf.bfloat16):
         assert fast.choices_for(dtype, "GPU") == fast.Choices()  # no CPU choice imposed on a GPU
