@@ -6,7 +6,8 @@ It computes what `model.model` and `sample.next_token` compute, in another order
 
 - The cache is one tensor [2, batch, heads, size, head_dim] per layer, keys then values, for
   `size` positions: the sample's length rounded up to a multiple of 128, so that a few compiled
-  shapes serve every length. `decode` fills it, for the prompt and for each new token alike.
+  shapes serve every length. It holds the weights' dtype (float32 at batch 1 with
+  `Choices.float32_attention`). `decode` fills it, for the prompt and for each new token alike.
   It writes with `tf.tensor_scatter_nd_update`, which returns a new tensor: XLA writes it in
   place, plain TensorFlow copies the cache. Without XLA, `Choices.inplace_cache` writes with
   InplaceUpdate into a cache `Sampler.generate` owns (`own_cache`), the same result either way.
