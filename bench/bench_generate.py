@@ -79,7 +79,7 @@ PLAIN = {
     "top_p_logits": lambda: setattr(fast, "top_p_logits", sample.top_p_logits),
     "draw_kept": lambda: setattr(fast, "draw_kept", sample.sample_logits),  # noise for every token id
     "any_batch": lambda: setattr(fast, "decode_signature",  # the decode loop traced once for every batch size
-                                 lambda hparams, dtype, batch_size=None, cache_dtype=None: DECODE_SIGNATURE(
+                                 lambda hparams, dtype, batch_size, cache_dtype: DECODE_SIGNATURE(
                                      hparams, dtype, None, cache_dtype)),
     "block_function": lambda: setattr(fast, "block", fast.block.python_function),  # each layer traced inline
     "xla": lambda: None,  # the decode loop without XLA (--alternate only)

@@ -444,10 +444,10 @@ def cache_size(positions, n_ctx, multiple=128):
     return tf.minimum(rounded, n_ctx + 1) if tf.is_tensor(rounded) else min(rounded, n_ctx + 1)
 
 
-def decode_signature(hparams, dtype, batch_size=None, cache_dtype=None):
+def decode_signature(hparams, dtype, batch_size, cache_dtype):
     """The input signature of `Sampler._decode_loop` for `batch_size` rows (None: any), weights
-    in `dtype`, the cache in `cache_dtype` (default: `dtype`)."""
-    return [cache_spec(hparams, batch_size, cache_dtype or dtype), tf.TensorSpec([batch_size, None], tf.int32),
+    in `dtype`, the cache in `cache_dtype` (`cache_dtype_for`)."""
+    return [cache_spec(hparams, batch_size, cache_dtype), tf.TensorSpec([batch_size, None], tf.int32),
             tf.TensorSpec([batch_size], tf.int32), tf.TensorSpec([batch_size], tf.bool),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
             tf.TensorSpec([batch_size, 2], tf.int64), tf.TensorSpec([], tf.float32),
