@@ -331,13 +331,22 @@ def header(number):
     return "=" * 40 + " SAMPLE " + str(number) + " " + "=" * 40
 
 
+def stop_signals():
+    """The signals that stop a training run as Ctrl-C does, after a save: SIGINT, SIGTERM (what
+    `docker stop`, Slurm and Kubernetes send), and SIGHUP (the terminal or the SSH session
+    closing) unless it is ignored, as `nohup` asks: that run goes on."""
+    hangup = getattr(signal, "SIGHUP", None)  # Windows has none
+    if hangup is None or signal.getsignal(hangup) is signal.SIG_IGN:
+        return signal.SIGINT, signal.SIGTERM
+    return signal.SIGINT, signal.SIGTERM, hangup
+
+
 class CtrlC:
     """A `with` block in which Ctrl-C asks the sample in progress to stop: `print_samples`
     checks `.pressed` between tokens and ends the sample cleanly, where KeyboardInterrupt would
     be raised wherever Python happened to be, inside TensorFlow's calls too. A second Ctrl-C
     raises KeyboardInterrupt as usual. `signals` (default SIGINT alone) are the signals that
-    count as Ctrl-C: train.py adds SIGTERM, which `docker stop`, Slurm and Kubernetes send;
-    `.signal` is the first one received."""
+    count as Ctrl-C: train.py adds `stop_signals`; `.signal` is the first one received."""
 
     def __init__(self, *signals):
         self.signals = signals or (signal.SIGINT,)

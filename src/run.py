@@ -7,7 +7,6 @@ takes the very windows, and makes the very updates, of a run that never stopped.
 """
 import math
 import os
-import signal
 import sys
 import time
 
@@ -139,9 +138,9 @@ class Run:
     # --- The loop ------------------------------------------------------------------------------
 
     def train(self):
-        """Trains until --steps, then saves. Ctrl-C or SIGTERM ends the step in progress, saves,
-        and exits (status 130 or 143), as does a step that finds the output's reader gone
-        (141): the save comes first, whatever stdout and stderr do."""
+        """Trains until --steps, then saves. Ctrl-C, SIGTERM or SIGHUP (cli.stop_signals) ends the
+        step in progress, saves, and exits (status 130, 143 or 129), as does a step that finds
+        the output's reader gone (141): the save comes first, whatever stdout and stderr do."""
         s = self.s
         if s["steps"] and self.step >= s["steps"]:
             # restored_from: with --restore_from PATH the step is PATH's, not this run's
@@ -150,7 +149,7 @@ class Run:
         print(f"training {s['model_name']} from {self.restored_from} at step {self.step}, seed {self.seed}: "
               f"{len(self.tokens):,} tokens in windows of {self.windows.length}", file=sys.stderr)
         writer = tf.summary.create_file_writer(self.run_dir) if self.chief else tf.summary.create_noop_writer()
-        with cli.ReadersMayGo() as output, cli.CtrlC(signal.SIGINT, signal.SIGTERM) as stop, writer.as_default():
+        with cli.ReadersMayGo() as output, cli.CtrlC(*cli.stop_signals()) as stop, writer.as_default():
             bar = tqdm(initial=self.step, total=s["steps"] or None, unit="step", file=sys.stderr, dynamic_ncols=True)
             self.loop(bar, lambda: stop.pressed or output.gone)
             bar.close()

@@ -45,7 +45,8 @@ def train_model(dataset=None, model_name="124M", models_dir="models", run_name="
     :dtype=float32 : String, compute in float32, bfloat16 or float16 (mixed precision: the
      weights stay float32)
     :steps=0 : Train until this step (counting the steps of the run resumed); 0 trains until Ctrl-C.
-     Ctrl-C or SIGTERM (docker stop, Slurm, Kubernetes) saves at the end of the step in progress, then exits
+     Ctrl-C, SIGTERM (docker stop, Slurm, Kubernetes) or SIGHUP (the terminal closing, unless under nohup)
+     saves at the end of the step in progress, then exits
     :sample_every=100 : Print samples every this many steps (0: never)
     :sample_length=None : Tokens in each sample; None (default) means the window less one
     :sample_num=1 : Samples each time

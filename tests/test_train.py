@@ -182,17 +182,22 @@ def saved_steps_on_disk(run_dir):
     return sorted(int(name[6:-6]) for name in os.listdir(run_dir) if re.fullmatch(r"model-\d+\.index", name))
 
 
-def test_sigterm_and_ctrl_c_with_the_output_gone_save_then_exit(models_dir, tiny_model, text, tmp_path):
-    """SIGTERM (docker stop, Slurm, Kubernetes) saves as Ctrl-C does. Ctrl-C under `2>&1 | tee log`
-    ends tee too: the writes that follow find no reader, and must not stop the save. Both runs
-    at once, to take the time of one."""
+def test_sigterm_sighup_and_ctrl_c_with_the_output_gone_save_then_exit(models_dir, tiny_model, text, tmp_path):
+    """SIGTERM (docker stop, Slurm, Kubernetes) and SIGHUP (the terminal closing) save as Ctrl-C
+    does; under nohup (SIGHUP ignored) a SIGHUP changes nothing, and the SIGTERM after it saves.
+    Ctrl-C under `2>&1 | tee log` ends tee too: the writes that follow find no reader, and must
+    not stop the save. The runs at once, to take the time of one."""
+    def nohup():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
     runs = {}
-    for name in ("sigterm", "sigint"):
+    for name in ("sigterm", "sigint", "sighup", "nohup"):
         (tmp_path / name).mkdir()
         runs[name] = subprocess.Popen([sys.executable, TRAIN, "--model_name", tiny_model, "--models_dir", models_dir,
                                        "--dataset", text, "--sequence_length", "16", "--sample_every", "1",
                                        "--sample_length", "2", "--save_every", "0"], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path / name)
+                                      stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path / name,
+                                      preexec_fn=nohup if name == "nohup" else None)
     try:
         deadline = time.monotonic() + 240
         while not all((tmp_path / name / "samples" / "run1" / "samples-2").exists() for name in runs):
@@ -202,13 +207,23 @@ def test_sigterm_and_ctrl_c_with_the_output_gone_save_then_exit(models_dir, tiny
         runs["sigint"].stderr.close()
         runs["sigint"].send_signal(signal.SIGINT)
         runs["sigterm"].send_signal(signal.SIGTERM)
-        _, stderr = runs["sigterm"].communicate(timeout=120)
+        runs["sighup"].send_signal(signal.SIGHUP)
+        runs["nohup"].send_signal(signal.SIGHUP)
+        stderr = {name: runs[name].communicate(timeout=120)[1] for name in ("sigterm", "sighup")}
         runs["sigint"].wait(timeout=120)
+        samples = len(os.listdir(tmp_path / "nohup" / "samples" / "run1"))
+        while len(os.listdir(tmp_path / "nohup" / "samples" / "run1")) < samples + 2:  # it trains on
+            assert time.monotonic() < deadline and runs["nohup"].poll() is None
+            time.sleep(0.2)
+        runs["nohup"].send_signal(signal.SIGTERM)
+        stderr["nohup"] = runs["nohup"].communicate(timeout=120)[1]
     finally:
         for run in runs.values():
             run.kill()
-    assert (runs["sigterm"].returncode, runs["sigint"].returncode) == (143, 130), stderr
-    assert "Traceback" not in stderr and re.search(r"^saved checkpoint/run1/model-\d+$", stderr, re.M), stderr
+    codes = {name: run.returncode for name, run in runs.items()}
+    assert codes == {"sigterm": 143, "sigint": 130, "sighup": 129, "nohup": 143}, stderr
+    for name, text in stderr.items():
+        assert "Traceback" not in text and re.search(r"^saved checkpoint/run1/model-\d+$", text, re.M), (name, text)
     for name in runs:
         run_dir = tmp_path / name / "checkpoint" / "run1"
         steps = saved_steps_on_disk(run_dir)
