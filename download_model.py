@@ -12,10 +12,10 @@ digest, as Azure Blob Storage sends it) check out. The size is the Content-Lengt
 sends none, a HEAD request asks for it, so that a cut transfer is not taken for a whole file.
 Whatever the server says, a file of a released model must also have the size and SHA-256 of
 OpenAI's file where a value is known (RELEASED: the size of every file of 124M and 355M, the
-SHA-256 of every file of 124M, both for encoder.json and vocab.bpe of all four, the size of the
-weights, model.ckpt.data-00000-of-00001, of 774M and 1558M, and of checkpoint and hparams.json of
-1558M), and a body that ends short of that size while the server gave none is refused; the other
-files of 774M and 1558M are checked by loading the model. An HTML page where a file should be (a
+SHA-256 of every file of 124M, both for encoder.json and vocab.bpe of all four, the size of every
+other file of 774M and 1558M but model.ckpt.meta), and a body that ends short of that size while
+the server gave none is refused; model.ckpt.meta of 774M and 1558M is checked by loading the
+model. An HTML page where a file should be (a
 login or error page) is refused. A FILE.part left by an interrupted run is continued with an HTTP
 Range request, or started again from byte 0 when the server ignores Range.
 
@@ -99,18 +99,22 @@ _VOCABULARY = {
     "vocab.bpe": Released(
         456318, "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
 }
-# Published values, each with its source, and the weights' size, which follows from the shapes;
-# nothing was found for the other files of 774M and 1558M (model.ckpt.index and model.ckpt.meta,
-# and checkpoint and hparams.json of 774M), which the load check (check_model) reads in full.
+# Published values, each with its source, and the sizes that follow from the shapes; nothing was
+# found for model.ckpt.meta of 774M and 1558M (its size depends on the graph OpenAI's training
+# script built), which the load check (check_model) parses in full.
 # Sizes of 124M and 355M: rasbt/LLMs-from-scratch, ch05/01_main-chapter-code/tests.py
 # (test_model_files, which asks OpenAI's storage with HEAD). SHA-256 of 124M:
 # MontrealAI/AGI-Alpha-Agent-v0, scripts/download_openai_gpt2.py (CHECKSUMS), whose values for
 # encoder.json, vocab.bpe, checkpoint and hparams.json are those of the files' known bytes.
-# Weights of 774M and 1558M, published nowhere we found: the data file of a checkpoint is its
-# float32 variables back to back, 4 bytes a parameter, as the published sizes of 124M and 355M are
-# (test_download.py holds all four to src/model.py's checkpoint_shapes). checkpoint and
-# hparams.json of 1558M: the copy of OpenAI's 1558M files listed (77 and 91 bytes, weights
-# 6.23 GB) at https://huggingface.co/aisuko/gpt-2-1.5B-ggml/tree/main/original.
+# Derived for 774M and 1558M, each rule giving the published values of 124M and 355M
+# (test_download.py holds them to it):
+# - the weights: a checkpoint's data file is its float32 variables back to back, 4 bytes a
+#   parameter of src/model.py's checkpoint_shapes;
+# - model.ckpt.index: what TF1's Saver writes for OpenAI's names and shapes, in sorted order
+#   (1558M's 20,724 bytes are the 20.7 kB of the copy below);
+# - checkpoint and hparams.json: OpenAI's text for the shape, which is 124M's SHA-256 and the
+#   77 and 91 bytes of 1558M in the copy of OpenAI's 1558M files at
+#   https://huggingface.co/aisuko/gpt-2-1.5B-ggml/tree/main/original (weights 6.23 GB).
 RELEASED = {
     "124M": {
         **_VOCABULARY,
@@ -135,13 +139,17 @@ RELEASED = {
     },
     "774M": {
         **_VOCABULARY,
+        "checkpoint": Released(77),
+        "hparams.json": Released(91),
         "model.ckpt.data-00000-of-00001": Released(4 * 774_030_080),
+        "model.ckpt.index": Released(15535),
     },
     "1558M": {
         **_VOCABULARY,
         "checkpoint": Released(77),
         "hparams.json": Released(91),
         "model.ckpt.data-00000-of-00001": Released(4 * 1_557_611_200),
+        "model.ckpt.index": Released(20724),
     },
 }
 
