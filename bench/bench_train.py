@@ -12,12 +12,14 @@ configuration runs in a process of its own: this one. The model is read from --m
 written there first if none is present (speed does not depend on the weights).
 """
 import argparse
+import contextlib
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
+import unittest.mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
@@ -48,6 +50,40 @@ def measure(path, args):
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def plain_window_losses(params, hparams, inputs, targets, memory_saving=False):
+    """training.window_losses the plain way: every position's logits, then TensorFlow's loss."""
+    return training.predictions_loss(training.forward(params, hparams, inputs, memory_saving), targets)
+
+
+ALTERNATES = {"head": (training, "window_losses", plain_window_losses)}  # --alternate NAME: what it replaces
+
+
+def alternate(path, args):
+    """Steps with and without the choice --alternate names, in turns in one process, whose
+    speed swings less than that of two processes: medians and their ratio."""
+    hparams = model.load_hparams(path)
+    values = model.read_checkpoint(model.find_checkpoint(path), hparams)
+    windows = np.random.RandomState(0).randint(0, hparams.n_vocab, (1, args.batch_size, args.sequence_length))
+    module, name, replacement = ALTERNATES[args.alternate]
+    trainers = {}
+    for way in ("with", "without"):
+        trainers[way] = training.Trainer(values, hparams, optimizer=args.optimizer, dtype=args.dtype,
+                                         memory_saving=args.memory_saving_gradients, xla=args.xla,
+                                         xla_update=args.xla_update)
+        with unittest.mock.patch.object(module, name, replacement) if way == "without" else contextlib.nullcontext():
+            trainers[way].step(windows)  # traces with or without it, and compiles
+    speeds = {way: [] for way in trainers}
+    for _ in range(args.repeats):
+        for way, trainer in trainers.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                float(trainer.step(windows))
+            speeds[way].append(args.batch_size * args.sequence_length * args.steps / (time.perf_counter() - start))
+    medians = {way: float(np.median(values)) for way, values in speeds.items()}
+    return {"alternate": args.alternate, "dtype": args.dtype, "batch": args.batch_size, "seq": args.sequence_length,
+            "tokens_per_s": speeds, "with/without": medians["with"] / medians["without"]}
+
+
 def peer(python, path, args):
     """The peer's train_bench on the very checkpoint (float32 Adam)."""
     command = [python, os.path.join(ROOT, "..", "shared", "peer", "hf_generate.py"), path, "train_bench",
@@ -70,6 +106,9 @@ def main():
                         help="true/false: compile the forward and backward pass with XLA (default: fast.train_with_xla)")
     parser.add_argument("--xla_update", type=lambda v: {"true": True, "false": False}[v.lower()], default=None,
                         help="true/false: compile the optimizer's update with XLA (default: fast.update_with_xla)")
+    parser.add_argument("--alternate", choices=sorted(ALTERNATES),
+                        help="time steps with and without this choice in turns, --repeats times")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of --alternate")
     parser.add_argument("--peer", metavar="PYTHON", help="the peer venv's python: run hf_generate.py train_bench too")
     args = parser.parse_args()
     path = ensure_model(args.models_dir, args.model_name)
@@ -77,7 +116,7 @@ def main():
         path = os.path.join(args.models_dir, f"{args.model_name}-{args.n_layer}-layers")
         if not os.path.isfile(os.path.join(path, "checkpoint")):
             checkpoints.write_checkpoint(path, {**checkpoints.OFFICIAL[args.model_name], "n_layer": args.n_layer})
-    print(json.dumps(measure(path, args)), flush=True)
+    print(json.dumps(alternate(path, args) if args.alternate else measure(path, args)), flush=True)
     if args.peer:
         result = peer(args.peer, path, args)
         print(json.dumps(result), flush=True)

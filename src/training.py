@@ -24,18 +24,34 @@ FIXED_EMBEDDINGS = ("wte", "wpe")  # what --only_train_transformer_layers leaves
 
 def predictions_loss(logits, tokens):
     """The cross-entropies (nats) of predicting each token of tokens [batch, T] from the ones
-    before it, given logits [batch, T, n_vocab] -> [batch, T - 1]."""
+    before it, given logits [batch, T, n_vocab] -> [batch, T - 1]: the reference that
+    `window_losses` computes faster."""
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits[:, :-1])
 
 
 def forward(params, hparams, X, memory_saving=False):
-    """`model.model`'s logits [batch, seq, n_vocab] for X [batch, seq], without a cache. With
-    memory_saving each block keeps only its input for the backward pass, which computes the
-    block again (tf.recompute_grad): activations of one block in memory instead of all of them."""
+    """`model.model`'s logits [batch, seq, n_vocab] for X [batch, seq], without a cache."""
+    return model.unembed(params, hidden_states(params, hparams, X, memory_saving))
+
+
+def window_losses(params, hparams, inputs, targets, memory_saving=False):
+    """The cross-entropies (nats) [batch, T - 1] of predicting each token of targets [batch, T]
+    from the tokens of inputs [batch, T] before it (the same tokens, or with --noise):
+    `predictions_loss(forward(params, hparams, inputs), targets)`, faster. The last position,
+    which predicts nothing within the window, is left out before the output layer, not after it,
+    and the output layer and the loss are one (`fast.next_token_losses`)."""
+    h = hidden_states(params, hparams, inputs, memory_saving)[:, :-1]  # [batch, T - 1, n_embd]
+    return fast.next_token_losses(h, params["wte"], targets[:, 1:])
+
+
+def hidden_states(params, hparams, X, memory_saving=False):
+    """The final norm's output [batch, seq, n_embd] for X [batch, seq]. With memory_saving each
+    block keeps only its input for the backward pass, which computes the block again
+    (tf.recompute_grad): activations of one block in memory instead of all of them."""
     h = model.embed(params, X)  # [batch, seq, n_embd]
     for p in params["h"]:
         h = recomputed_block(h, p, hparams.n_head) if memory_saving else model.block(h, p, None, hparams.n_head)[0]
-    return model.unembed(params, model.norm(h, params["ln_f"]))
+    return model.norm(h, params["ln_f"])
 
 
 def recomputed_block(h, p, n_head):
@@ -112,8 +128,7 @@ class Trainer:
         return self._loss(tf.convert_to_tensor(tokens, tf.int32))
 
     def _mean_loss(self, tokens):
-        logits = forward(model.cast_params(self.params, self.dtype), self.hparams, tokens)
-        return tf.reduce_mean(predictions_loss(logits, tokens))
+        return tf.reduce_mean(window_losses(model.cast_params(self.params, self.dtype), self.hparams, tokens, tokens))
 
     def step(self, windows, seed=(0, 0)):
         """One update from windows [accumulate, replicas * batch, T] (replica r takes rows
@@ -158,7 +173,7 @@ class Trainer:
     def _gradients(self, inputs, targets, predictions):
         """(the loss's share of inputs, targets [batch, T], its gradients, as dense tensors)."""
         with tf.GradientTape() as tape:
-            logits = forward(model.cast_params(self.params, self.dtype), self.hparams, inputs, self.memory_saving)
-            loss = tf.reduce_sum(predictions_loss(logits, targets)) / predictions
+            params = model.cast_params(self.params, self.dtype)
+            loss = tf.reduce_sum(window_losses(params, self.hparams, inputs, targets, self.memory_saving)) / predictions
             scaled = self.optimizer.scale_loss(loss) if self.dtype == tf.float16 else loss
         return loss, [tf.convert_to_tensor(g) for g in tape.gradient(scaled, self.trainable)]

@@ -25,12 +25,18 @@ def weights(trainer):
     return {name: value.numpy() for name, value in trainer.checkpoint_values().items()}
 
 
-def gradients(values, hparams, batch, dtype=tf.float32, memory_saving=False):
-    """{checkpoint name: gradient of the mean loss of batch}, in the checkpoint's shapes."""
+def gradients(values, hparams, batch, dtype=tf.float32, memory_saving=False, inputs=None, losses=None):
+    """{checkpoint name: gradient of the mean loss of batch}, in the checkpoint's shapes, as the
+    Trainer computes it (`training.window_losses`) or by `losses(params, inputs, batch)`;
+    `inputs` (default: batch) are the tokens the model reads."""
     params = tf.nest.map_structure(tf.Variable, model.nest_params(values, hparams))
+    inputs = tf.constant(batch if inputs is None else inputs)
     with tf.GradientTape() as tape:
-        logits = training.forward(model.cast_params(params, dtype), hparams, tf.constant(batch), memory_saving)
-        loss = tf.reduce_mean(training.predictions_loss(logits, batch))
+        compute = model.cast_params(params, dtype)
+        if losses is None:
+            loss = tf.reduce_mean(training.window_losses(compute, hparams, inputs, tf.constant(batch), memory_saving))
+        else:
+            loss = tf.reduce_mean(losses(compute, inputs, batch))
     flat = tape.gradient(loss, tf.nest.flatten(params))
     nested = tf.nest.pack_sequence_as(params, [tf.convert_to_tensor(g) for g in flat])
     return {name: value.numpy() for name, value in model.checkpoint_values(nested).items()}
@@ -73,6 +79,39 @@ def test_gradients_agree_with_finite_differences_of_the_reference(values, models
         plus[name], minus[name] = rw[name] + eps * direction, rw[name] - eps * direction
         numeric = (reference_loss(rh, plus, batch) - reference_loss(rh, minus, batch)) / (2 * eps)
         assert np.sum(grads[name] * direction) == pytest.approx(numeric, rel=1e-3, abs=1e-6), name
+
+
+def test_window_losses_and_their_gradients_are_the_plain_output_layers_and_cross_entropys(values):
+    """`window_losses` (the last position left out before the output layer, the output layer and
+    the loss one) gives the losses and gradients of `model.unembed` and TensorFlow's softmax
+    cross-entropy, here with inputs that differ from the targets, as --noise makes them."""
+    hparams, v = values
+    batch = random_tokens(hparams.n_vocab, 2, 10, seed=2)
+    inputs = random_tokens(hparams.n_vocab, 2, 10, seed=3)
+    params = model.cast_params(model.nest_params(v, hparams), tf.float32)
+
+    def plain(params, inputs, targets):
+        return training.predictions_loss(training.forward(params, hparams, inputs), targets)
+    np.testing.assert_allclose(training.window_losses(params, hparams, tf.constant(inputs), tf.constant(batch)),
+                               plain(params, tf.constant(inputs), batch), rtol=1e-6)
+    fast_way = gradients(v, hparams, batch, inputs=inputs)
+    for name, value in gradients(v, hparams, batch, inputs=inputs, losses=plain).items():
+        # each way rounds p - 1 at the targets differently: within float32's rounding of the largest
+        np.testing.assert_allclose(fast_way[name], value, rtol=1e-5, atol=1e-5 * np.abs(value).max(), err_msg=name)
+
+
+def test_the_targets_gradient_is_made_in_float32_where_bfloat16_would_cancel():
+    """With the identity as output layer the logits are h, and h's gradient is the softmax less
+    one at the target. At p = 0.9926 bfloat16's nearest p is 0.9922, which would make p - 1 5%
+    off; made in float32 and then rounded, it is within bfloat16's 0.4%."""
+    h = tf.constant([[[6.0, 0.0, 0.0, 0.0]]], tf.bfloat16)  # [batch 1, n 1, n_embd 4]
+    wte = tf.eye(4, dtype=tf.bfloat16)  # [n_vocab 4, n_embd 4]
+    with tf.GradientTape() as tape:
+        tape.watch(h)
+        loss = tf.reduce_sum(fast.next_token_losses(h, wte, tf.constant([[0]])))
+    exact = np.exp([6.0, 0, 0, 0]) / np.exp([6.0, 0, 0, 0]).sum() - np.eye(4)[0]
+    np.testing.assert_allclose(loss, -np.log(exact[0] + 1), rtol=1e-4)  # 6.0074 - 6 in float32
+    np.testing.assert_allclose(tf.cast(tape.gradient(loss, h), tf.float32)[0, 0], exact, rtol=0.004)
 
 
 def test_a_step_moves_the_weights_down_the_gradient(values):
