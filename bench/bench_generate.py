@@ -65,7 +65,8 @@ def cpu():
     with open("/proc/cpuinfo") as f:
         name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
     return dict(cpu=name, bfloat16_flags=sorted(fast.BFLOAT16_FLAGS & fast.cpu_flags()),
-                frozen_weights=os.environ.get(fast.FROZEN_WEIGHTS, ""))
+                frozen_weights=os.environ.get(fast.FROZEN_WEIGHTS, ""),
+                intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads())  # 0: TensorFlow's default
 
 
 DECODE_SIGNATURE = fast.decode_signature
@@ -85,6 +86,7 @@ PLAIN = {
     "xla": lambda: None,  # the decode loop without XLA (--alternate only)
     **{name: lambda: None for name in CHOICES},  # that fast.Choices field off
     "frozen_weights": lambda: None,  # TF_ONEDNN_ASSUME_FROZEN_WEIGHTS left unset (--plain only: it is the process's)
+    "single_threaded_ops": lambda: None,  # TensorFlow's threads as they are (--plain only: the process's)
     "transposed_wte": lambda: setattr(fast, "last_logits", lambda params, h, wte_t, zeros=None: tf.cast(tf.matmul(
         model.norm(h[:, -1], params["ln_f"]), params["wte"], transpose_b=True), tf.float32)),  # wte transposed in the matmul
 }
@@ -269,7 +271,7 @@ def main():
                         help="true or false: force XLA on or off for the decode loop (default: fast.choices_for)")
     parser.add_argument("--plain", choices=sorted(PLAIN), action="append", default=[],
                         help="measure without this speed-up of fast.py (repeatable)")
-    parser.add_argument("--alternate", choices=sorted(set(PLAIN) - {"frozen_weights"}),  # the process's, not a Sampler's
+    parser.add_argument("--alternate", choices=sorted(set(PLAIN) - {"frozen_weights", "single_threaded_ops"}),  # the process's
                         help="time fast.py's way and this plain one in turn in one process (medians)")
     parser.add_argument("--against_top_k", action="store_true",
                         help="time --top_p alone and top-k 40 in turn in one process (medians)")
@@ -282,6 +284,8 @@ def main():
     args = parser.parse_args()
     if args.peer and (args.top_k, args.top_p, args.temperature) != (40, 1.0, 1.0):
         parser.error("--peer samples with top-k 40 only: leave --top_k, --top_p and --temperature at their defaults")
+    if "single_threaded_ops" not in args.plain:
+        fast.set_threads(cli.parse_dtype(args.dtype), args.batch_size)  # as the scripts do, before TensorFlow starts
     path = ensure_model(args.models_dir, args.model_name)
     if "frozen_weights" not in args.plain:
         fast.freeze_weights(cli.parse_dtype(args.dtype))  # as the scripts do, before the first matmul

@@ -257,13 +257,16 @@ def report_device():
               "and the NVIDIA driver", file=sys.stderr)
 
 
-def load(model_name, models_dir, dtype="float32"):
-    """(encoder, hparams, params) of a downloaded model, weights in `dtype`."""
+def load(model_name, models_dir, dtype="float32", sampling_batch_size=None):
+    """(encoder, hparams, params) of a downloaded model, weights in `dtype`. The sampling scripts
+    give the rows they sample at a time, which sets the process's threads (fast.set_threads)."""
     import encoder
     import fast
     import model
-    report_device()
     dtype = parse_dtype(dtype)
+    if sampling_batch_size is not None:
+        fast.set_threads(dtype, sampling_batch_size)  # before TensorFlow's runtime starts
+    report_device()
     fast.freeze_weights(dtype)  # the scripts' weights never change
     model_name, models_dir = str(model_name), expand_dir(models_dir)
     path = model.model_dir(model_name, models_dir)

@@ -62,6 +62,12 @@ class Choices:
     # which cost more a call than the work (`attend`; bench_generate.py --dtype bfloat16
     # --alternate float32_attention). Larger batches keep the cache in the weights' dtype.
     float32_attention: bool = False
+    # At batch 1, in a process that samples one row at a time (the scripts with --batch_size 1):
+    # each op on one thread (TensorFlow's intra-op threads 1, `set_threads`), the two cores taking
+    # ops in turn. A batch-1 matmul is too small to pay for waking a second thread: 1.10x
+    # (bench_generate.py --dtype bfloat16 --batch_size 1, with and without TF_NUM_INTRAOP_THREADS=1);
+    # at batch 8 it loses.
+    single_threaded_ops: bool = False
 
 
 def choices_for(dtype=tf.float32, device_type=None):
@@ -70,7 +76,8 @@ def choices_for(dtype=tf.float32, device_type=None):
     if (device_type or default_device_type()) != "CPU":
         return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
     if tf.as_dtype(dtype) == tf.bfloat16 and has_bfloat16_instructions():
-        return Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True)  # oneDNN's
+        return Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
+                       single_threaded_ops=True)  # oneDNN's
     return Choices(xla=True)
 
 
@@ -145,8 +152,9 @@ def next_token_losses(h, wte, targets):
 
 
 def default_device_type():
-    """'GPU' where TensorFlow sees one, else 'CPU': where its ops run by default."""
-    return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    """'GPU' where TensorFlow sees one, else 'CPU': where its ops run by default. It asks for
+    the physical devices, which leaves TensorFlow's runtime unstarted (`set_threads`)."""
+    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 
 
 def freeze_weights(dtype):
@@ -156,6 +164,18 @@ def freeze_weights(dtype):
     (`check_weights_can_change`)."""
     if choices_for(dtype).frozen_weights:
         os.environ.setdefault(FROZEN_WEIGHTS, "1")
+
+
+def set_threads(dtype, batch_size):
+    """For a process that samples `batch_size` rows at a time (the scripts), before TensorFlow's
+    first op: where `choices_for(dtype)` takes `single_threaded_ops` and batch_size is 1, each op
+    runs on one thread, unless TF_NUM_INTRAOP_THREADS says otherwise. A process whose runtime
+    has started keeps its threads."""
+    if batch_size == 1 and choices_for(dtype).single_threaded_ops and "TF_NUM_INTRAOP_THREADS" not in os.environ:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+        except RuntimeError:  # "cannot be modified after initialization"
+            pass
 
 
 def check_weights_can_change(params):

@@ -41,8 +41,9 @@ def sample_model(model_name="124M", seed=None, nsamples=0, batch_size=1, length=
     hparams = cli.load_hparams(model_name, models_dir)
     length = hparams.n_ctx if length is None else length
     sample.check_sampling(hparams, 1, length, temperature, top_k, top_p)
-    cli.check_memory(hparams, batch_size if nsamples == 0 else min(batch_size, nsamples), 1 + length, dtype)
-    enc, hparams, params = cli.load(model_name, models_dir, dtype)
+    rows = batch_size if nsamples == 0 else min(batch_size, nsamples)  # sampled at a time
+    cli.check_memory(hparams, rows, 1 + length, dtype)
+    enc, hparams, params = cli.load(model_name, models_dir, dtype, sampling_batch_size=rows)
     end_token = enc.encoder["<|endoftext|>"]
     sampler = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p,
                              end_token=end_token if stop_at_endoftext else None)

@@ -164,8 +164,9 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
     hparams = cli.load_hparams(model_name, models_dir)
     length = hparams.n_ctx // 2 if length is None else length
     sample.check_sampling(hparams, 1, length, temperature, top_k, top_p)
-    cli.check_memory(hparams, batch_size if nsamples == 0 else min(batch_size, nsamples), 1 + length, dtype)
-    enc, hparams, params = cli.load(model_name, models_dir, dtype)
+    rows = batch_size if nsamples == 0 else min(batch_size, nsamples)  # sampled at a time
+    cli.check_memory(hparams, rows, 1 + length, dtype)
+    enc, hparams, params = cli.load(model_name, models_dir, dtype, sampling_batch_size=rows)
     sampler = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p,
                              end_token=enc.encoder["<|endoftext|>"] if stop_at_endoftext else None)
     speed = cli.Speed(sampler)

@@ -331,7 +331,8 @@ def test_choices_follow_the_device_and_dtype(monkeypatch, bfloat16_instructions)
     monkeypatch.setattr(fast, "has_bfloat16_instructions", lambda: bfloat16_instructions)
     for dtype in (tf.float32, tf.float16):
         assert fast.choices_for(dtype, "CPU") == fast.Choices(xla=True)
-    native = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True)
+    native = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
+                          single_threaded_ops=True)
     assert fast.choices_for(tf.bfloat16, "CPU") == (native if bfloat16_instructions else fast.Choices(xla=True))
     for dtype in (tf.float32, tf.bfloat16):
         assert fast.choices_for(dtype, "GPU") == fast.Choices()  # no CPU choice imposed on a GPU
@@ -436,8 +437,9 @@ fast.has_bfloat16_instructions = lambda: True  # the same on every CPU (oneDNN e
 models_dir, first, second = sys.argv[1:]
 context = np.random.RandomState(1).randint(0, 50257, (2, 5))
 out = {}
-for name in (first, second, first):  # as the scripts load, the weights in turn
-    _, hparams, params = cli.load(name, models_dir, "bfloat16")
+for i, name in enumerate((first, second, first)):  # as the scripts load, the weights in turn
+    _, hparams, params = cli.load(name, models_dir, "bfloat16", sampling_batch_size=1 if i == 0 else None)
+    out.setdefault("intra_op_threads", tf.config.threading.get_intra_op_parallelism_threads())
     tokens = fast.Sampler(params, hparams, top_k=1).sample(context, 12)
     logits = model.model(params, hparams, tokens[:, :-1])["logits"][:, 4:].numpy()  # the plain model's, each step
     chosen = np.take_along_axis(logits, tokens[:, 5:, None], -1)[..., 0]
@@ -468,12 +470,42 @@ def test_frozen_weights_serve_each_model_and_layer_its_own(models_dir, tiny_mode
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     run = json.loads(out.stdout.splitlines()[-1])
-    assert run["environment"] == "1"
+    assert run["environment"] == "1" and run["intra_op_threads"] == 1  # one row at a time: an op a thread
     first, second, first_again = run["tokens"]
     assert first != second and first_again == first
     assert max(run["gaps"]) <= 0.25  # test_dtypes.TOLERANCE's for bfloat16
     assert "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set" in run["variables"]
     assert run["stale"]
+
+
+SET_THREADS_RUN = """
+import json
+import tensorflow as tf
+import fast
+
+fast.has_bfloat16_instructions = lambda: True
+seen = []
+for dtype, batch_size in ((tf.float32, 1), (tf.bfloat16, 8), (tf.bfloat16, 1)):
+    fast.set_threads(dtype, batch_size)
+    seen.append(tf.config.threading.get_intra_op_parallelism_threads())
+tf.constant(1.0) + 1  # TensorFlow's runtime starts: its threads are set
+fast.set_threads(tf.bfloat16, 1)
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("environment, threads", [({}, [0, 0, 1]), ({"TF_NUM_INTRAOP_THREADS": "2"}, [0, 0, 0])])
+def test_one_thread_an_op_only_for_one_row_of_bfloat16_and_only_before_the_runtime_starts(environment, threads):
+    """`set_threads` in a fresh process: float32 (XLA) and batch 8 keep TensorFlow's threads
+    (0: its default), bfloat16 at batch 1 on a CPU with bfloat16 instructions takes one thread an
+    op unless TF_NUM_INTRAOP_THREADS says otherwise, and once the runtime runs it changes nothing
+    and raises nothing."""
+    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src"), "TF_CPP_MIN_LOG_LEVEL": "3", **environment}
+    if not environment:
+        env.pop("TF_NUM_INTRAOP_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", SET_THREADS_RUN], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == threads
 
 
 def test_variables_are_refused_where_onednn_is_told_weights_never_change(tiny, monkeypatch):

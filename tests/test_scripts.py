@@ -363,6 +363,23 @@ def test_bad_flags_are_named(models_dir, tiny_model, script, flags, message):
     assert message in cli.error_line(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("script", [generate_unconditional_samples.sample_model, interactive_conditional_samples.interact_model])
+@pytest.mark.parametrize("batch_size, nsamples, rows", [(1, 1, 1), (4, 2, 2), (2, 5, 2)])
+def test_the_rows_sampled_at_a_time_go_to_the_load(models_dir, tiny_model, monkeypatch, script, batch_size, nsamples,
+                                                   rows):
+    """The scripts load with the rows they sample at a time, which set the process's threads
+    before TensorFlow starts (fast.set_threads: one thread an op for one row of bfloat16)."""
+    loads = []
+
+    def load(*args, **kwargs):
+        loads.append(kwargs)
+        raise SystemExit(0)
+    monkeypatch.setattr(cli, "load", load)
+    with pytest.raises(SystemExit):
+        script(model_name=tiny_model, models_dir=models_dir, batch_size=batch_size, nsamples=nsamples, length=4)
+    assert loads == [{"sampling_batch_size": rows}]
+
+
 @pytest.mark.parametrize("script", [UNCONDITIONAL, INTERACTIVE])
 def test_errors_are_one_line_and_exit_nonzero(models_dir, tiny_model, script):
     result = run(script, models_dir, tiny_model, "--top_p", "0")
