@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import os
 import re
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -542,6 +543,10 @@ class Sampler:
         self._decoders = {}  # batch size -> the decode loop traced for it (`_decoder`)
         self._first_calls = logs.FirstCalls()  # by (batch size, cache size)
         self.tokens_generated = 0  # new tokens of every row, over all calls: how fast it ran (cli.Speed)
+        # Of those, the ones made by calls that traced or compiled (the first of each batch and
+        # cache size), and the seconds those calls took, prompt's pass included: cli.Speed's
+        # rate leaves them out.
+        self.compiling_tokens, self.compiling_seconds = 0, 0.0
 
     def _prefill(self, X, cache):
         """The prompt's keys and values X [batch, n] written into the cache: traced once for each
@@ -614,7 +619,10 @@ class Sampler:
         size = cache_size(longest + length, self.hparams.n_ctx)
         cache = empty_cache(self.hparams, batch, size, cache_dtype_for(self.dtype, batch, self.choices))
         cache = own_cache(cache, self.choices)
+        compiles = (batch, size) not in self._first_calls.seen
+        started = time.perf_counter()
         if shortest > 1:  # the common prefix's keys and values, but the last token's, which the loop feeds
+            compiles |= cache[0].dtype not in self._prefills
             cache = self._prefill(context[:, :shortest - 1], cache)
         tokens = tf.constant(np.pad(context, [(0, 0), (0, size - longest)]))
         done, keys = tf.zeros([batch], tf.bool), sample.sample_keys(seed, first_sample, batch)
@@ -629,6 +637,10 @@ class Sampler:
             position += int(k)
             new = position + 1 - longest - made  # of every row
             self.tokens_generated += batch * new
+            if compiles:  # this call traced or compiled
+                self.compiling_tokens += batch * new
+                self.compiling_seconds += time.perf_counter() - started
+                compiles = False
             yield np.take_along_axis(tokens.numpy(), lengths[:, None] + made + np.arange(new)[None], axis=1)
             made += new
 

@@ -46,7 +46,9 @@ def find_vocab_dir(environ):
 def speed_tokens(stderr):
     """The tokens counted by the line that says how fast a sampling script ran (cli.Speed), which
     must be all of stderr: no TensorFlow start-up lines, nothing else."""
-    found = re.fullmatch(r"([\d,]+) tokens generated in \d+\.\d\d s: \d+\.\d tokens/s\n", stderr)
+    found = re.fullmatch(r"([\d,]+) tokens generated in \d+\.\d\d s: \d+\.\d tokens/s"
+                         r"(; \d+\.\d tokens/s without the first call of each batch size \(\d+\.\d\d s\), which compiles"
+                         r"|, compiling included \(the first call of each batch size compiles\))\n", stderr)
     assert found, stderr
     return int(found.group(1).replace(",", ""))
 

@@ -326,6 +326,20 @@ def test_sampler_is_traced_once_for_each_batch_size_and_every_length(tiny):
         1: 1, 2: 1, 3: 1}
 
 
+def test_a_sampler_counts_the_tokens_and_seconds_of_the_calls_that_compile(tiny):
+    """The first call of a batch size compiles; a second one of the same shape does not, and one
+    of a new batch size does."""
+    hparams, params = tiny
+    sampler = fast.Sampler(params, hparams, top_k=3)
+    sampler.sample(np.zeros([1, 3], np.int32), 5)
+    first = sampler.compiling_seconds
+    assert (sampler.tokens_generated, sampler.compiling_tokens) == (5, 5) and first > 0
+    sampler.sample(np.zeros([1, 3], np.int32), 5)
+    assert (sampler.tokens_generated, sampler.compiling_tokens, sampler.compiling_seconds) == (10, 5, first)
+    list(sampler.generate(np.zeros([2, 3], np.int32), 4, chunk=1))  # the first call is the first token's
+    assert (sampler.tokens_generated, sampler.compiling_tokens) == (18, 7) and sampler.compiling_seconds > first
+
+
 @pytest.mark.parametrize("bfloat16_instructions", [True, False])
 def test_choices_follow_the_device_and_dtype(monkeypatch, bfloat16_instructions):
     monkeypatch.setattr(fast, "has_bfloat16_instructions", lambda: bfloat16_instructions)

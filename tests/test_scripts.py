@@ -363,6 +363,26 @@ def test_bad_flags_are_named(models_dir, tiny_model, script, flags, message):
     assert message in cli.error_line(e.value) and "\n" not in str(e.value)
 
 
+class Counted:
+    """What cli.Speed reads of a fast.Sampler."""
+    def __init__(self, tokens, compiling_tokens, compiling_seconds):
+        self.tokens_generated, self.compiling_tokens, self.compiling_seconds = tokens, compiling_tokens, compiling_seconds
+
+
+@pytest.mark.parametrize("sampler, seconds, line", [
+    (Counted(0, 0, 0.0), 1.0, None),
+    (Counted(120, 0, 0.0), 2.4, "120 tokens generated in 2.40 s: 50.0 tokens/s"),
+    (Counted(1200, 20, 1.6), 11.6, "1,200 tokens generated in 11.60 s: 103.4 tokens/s; 118.0 tokens/s without the "
+                                   "first call of each batch size (1.60 s), which compiles"),
+    (Counted(20, 20, 2.5), 2.5, "20 tokens generated in 2.50 s: 8.0 tokens/s, compiling included (the first call "
+                                "of each batch size compiles)"),
+])
+def test_the_speed_line_gives_the_rate_without_the_calls_that_compile(sampler, seconds, line):
+    speed = cli.Speed(sampler)
+    speed.seconds = seconds
+    assert speed.line() == line
+
+
 @pytest.mark.parametrize("script", [generate_unconditional_samples.sample_model, interactive_conditional_samples.interact_model])
 @pytest.mark.parametrize("batch_size, nsamples, rows", [(1, 1, 1), (4, 2, 2), (2, 5, 2)])
 def test_the_rows_sampled_at_a_time_go_to_the_load(models_dir, tiny_model, monkeypatch, script, batch_size, nsamples,
