@@ -65,9 +65,9 @@ class Choices:
     float32_attention: bool = False
     # At batch 1, in a process that samples one row at a time (the scripts with --batch_size 1):
     # each op on one thread (TensorFlow's intra-op threads 1, `set_threads`), the two cores taking
-    # ops in turn. A batch-1 matmul is too small to pay for waking a second thread: 1.10x
-    # (bench_generate.py --dtype bfloat16 --batch_size 1, with and without TF_NUM_INTRAOP_THREADS=1);
-    # at batch 8 it loses.
+    # ops in turn. A batch-1 matmul gains about what waking a second thread costs: 1.10x
+    # (bench_generate.py --dtype bfloat16 --batch_size 1, and with --plain single_threaded_ops,
+    # processes in turn); at batch 8 it loses.
     single_threaded_ops: bool = False
 
 
