@@ -28,16 +28,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import checkpoints  # noqa: E402
+import fast  # noqa: E402
 import model  # noqa: E402
 import training  # noqa: E402
 from bench_generate import ensure_model  # noqa: E402
 
 
-def measure(path, args):
+def trainer_and_windows(path, args):
+    """A Trainer of the model at `path` as the flags ask, and random windows [1, batch, T]."""
     hparams = model.load_hparams(path)
-    trainer = training.Trainer(model.read_checkpoint(model.find_checkpoint(path), hparams), hparams, optimizer=args.optimizer, dtype=args.dtype,
-                               memory_saving=args.memory_saving_gradients, xla=args.xla, xla_update=args.xla_update)
-    windows = np.random.RandomState(0).randint(0, hparams.n_vocab, (1, args.batch_size, args.sequence_length))
+    trainer = training.Trainer(model.read_checkpoint(model.find_checkpoint(path), hparams), hparams,
+                               optimizer=args.optimizer, dtype=args.dtype, memory_saving=args.memory_saving_gradients,
+                               xla=args.xla, xla_update=args.xla_update)
+    return trainer, np.random.RandomState(0).randint(0, hparams.n_vocab, (1, args.batch_size, args.sequence_length))
+
+
+def measure(path, args):
+    trainer, windows = trainer_and_windows(path, args)
     trainer.step(windows)  # warm-up: traces and compiles
     start = time.perf_counter()
     for _ in range(args.steps):
@@ -55,22 +62,19 @@ def plain_window_losses(params, hparams, inputs, targets, memory_saving=False):
     return training.predictions_loss(training.forward(params, hparams, inputs, memory_saving), targets)
 
 
-ALTERNATES = {"head": (training, "window_losses", plain_window_losses)}  # --alternate NAME: what it replaces
+# --alternate NAME: what it replaces, and with what
+ALTERNATES = {"head": (training, "window_losses", plain_window_losses),
+              "copies": (fast, "weight_copies", lambda params, dtype: params)}  # the pass converts the weights
 
 
 def alternate(path, args):
     """Steps with and without the choice --alternate names, in turns in one process, whose
     speed swings less than that of two processes: medians and their ratio."""
-    hparams = model.load_hparams(path)
-    values = model.read_checkpoint(model.find_checkpoint(path), hparams)
-    windows = np.random.RandomState(0).randint(0, hparams.n_vocab, (1, args.batch_size, args.sequence_length))
     module, name, replacement = ALTERNATES[args.alternate]
     trainers = {}
     for way in ("with", "without"):
-        trainers[way] = training.Trainer(values, hparams, optimizer=args.optimizer, dtype=args.dtype,
-                                         memory_saving=args.memory_saving_gradients, xla=args.xla,
-                                         xla_update=args.xla_update)
         with unittest.mock.patch.object(module, name, replacement) if way == "without" else contextlib.nullcontext():
+            trainers[way], windows = trainer_and_windows(path, args)
             trainers[way].step(windows)  # traces with or without it, and compiles
     speeds = {way: [] for way in trainers}
     for _ in range(args.repeats):

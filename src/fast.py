@@ -121,6 +121,21 @@ def update_with_xla(optimizer, device_type=None):
     return optimizer == "adam" and choices_for(tf.float32, device_type).xla  # float32 master weights
 
 
+def weight_copies(params, dtype):
+    """What training's pass reads for the float32 weights `params` (tf.Variables): in half
+    precision, a copy of each in `dtype` (a tf.Variable the update writes, `Trainer`), so that the
+    weights are converted once an update, within it, and not at every pass, and the gradients
+    come back in `dtype`, converted within the update too; the norms' gains and biases, which
+    compute in float32, and float32 training read the weights themselves. Training 124M at
+    1 x 256 in bfloat16 on an AVX512_BF16 CPU: bench_train.py --dtype bfloat16 --alternate copies.
+    Under a tf.distribute strategy each replica's copies are the first replica's."""
+    def copy(variable, value):
+        if value.dtype == variable.dtype:
+            return variable
+        return tf.Variable(value, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    return tf.nest.map_structure(copy, params, model.cast_params(params, dtype))
+
+
 def next_token_losses(h, wte, targets):
     """The cross-entropies (nats, float32) of predicting targets [batch, n] from the final hidden
     states h [batch, n, n_embd] through the output layer wte [n_vocab, n_embd] (h's dtype):

@@ -10,7 +10,8 @@ in `model.model`'s layout, saved under OpenAI's names and shapes, on one device 
 The loss of a window of T tokens is the mean cross-entropy (nats) of its T - 1 next-token
 predictions; a step's loss is the mean over all the windows of the step, on every replica.
 Mixed precision computes in bfloat16 or float16 from the float32 weights, which the optimizer
-updates (float16 with a dynamic loss scale, as Keras's LossScaleOptimizer keeps it).
+updates (float16 with a dynamic loss scale, as Keras's LossScaleOptimizer keeps it), and of
+which each update writes the copies in that dtype that the next pass reads (`fast.weight_copies`).
 """
 import keras
 import tensorflow as tf
@@ -109,6 +110,10 @@ class Trainer:
             fast.check_weights_can_change(self.params)
             fixed = [self.params[name] for name in FIXED_EMBEDDINGS] if only_train_transformer_layers else []
             self.trainable = [v for v in tf.nest.flatten(self.params) if all(v is not f for f in fixed)]
+            # What the pass reads and differentiates: the weights, or copies that the update writes.
+            self.computed = fast.weight_copies(self.params, self.dtype)
+            read = {id(v): c for v, c in zip(tf.nest.flatten(self.params), tf.nest.flatten(self.computed))}
+            self.computed_trainable = [read[id(v)] for v in self.trainable]
             self.optimizer = make_optimizer(optimizer, learning_rate, self.dtype)
             self.optimizer.build(self.trainable)
         self._step = tf.function(self._distributed_step)
@@ -128,7 +133,7 @@ class Trainer:
         return self._loss(tf.convert_to_tensor(tokens, tf.int32))
 
     def _mean_loss(self, tokens):
-        return tf.reduce_mean(window_losses(model.cast_params(self.params, self.dtype), self.hparams, tokens, tokens))
+        return tf.reduce_mean(window_losses(model.cast_params(self.computed, self.dtype), self.hparams, tokens, tokens))
 
     def step(self, windows, seed=(0, 0)):
         """One update from windows [accumulate, replicas * batch, T] (replica r takes rows
@@ -156,9 +161,11 @@ class Trainer:
         on all replicas. The gradients of the micro-batches add up; the optimizer sums them over
         the replicas (Keras's all-reduce) and updates the weights once."""
         total, gradients = self._compiled_gradients(inputs[0], targets[0], predictions)
+        if inputs.shape[0] != 1:  # micro-batches' gradients add up in float32
+            gradients = [tf.cast(g, tf.float32) for g in gradients]
         for i in tf.range(1, tf.shape(inputs)[0]):  # a loop in the graph: one micro-batch in memory at a time
             loss, more = self._compiled_gradients(inputs[i], targets[i], predictions)
-            total, gradients = total + loss, [a + b for a, b in zip(gradients, more)]
+            total, gradients = total + loss, [a + tf.cast(b, a.dtype) for a, b in zip(gradients, more)]
         # Every update waits for every gradient: started as soon as its own gradient is ready, the
         # updates of the last layers would hold their temporaries while the backward pass of the
         # first layers still holds their activations (bench_train.py's peak memory).
@@ -168,12 +175,17 @@ class Trainer:
         return total
 
     def _apply_gradients(self, gradients):
-        self.optimizer.apply_gradients(zip(gradients, self.trainable))
+        """Updates the weights from their gradients (float32 or the copies' dtype), then the copies."""
+        self.optimizer.apply_gradients(zip([tf.cast(g, tf.float32) for g in gradients], self.trainable))
+        for variable, copy in zip(self.trainable, self.computed_trainable):
+            if copy is not variable:
+                copy.assign(tf.cast(variable, copy.dtype))
 
     def _gradients(self, inputs, targets, predictions):
         """(the loss's share of inputs, targets [batch, T], its gradients, as dense tensors)."""
         with tf.GradientTape() as tape:
-            params = model.cast_params(self.params, self.dtype)
+            tape.watch(self.computed_trainable)
+            params = model.cast_params(self.computed, self.dtype)  # copies are in self.dtype already
             loss = tf.reduce_sum(window_losses(params, self.hparams, inputs, targets, self.memory_saving)) / predictions
             scaled = self.optimizer.scale_loss(loss) if self.dtype == tf.float16 else loss
-        return loss, [tf.convert_to_tensor(g) for g in tape.gradient(scaled, self.trainable)]
+        return loss, [tf.convert_to_tensor(g) for g in tape.gradient(scaled, self.computed_trainable)]

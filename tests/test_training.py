@@ -171,6 +171,30 @@ def test_mixed_precision_keeps_float32_weights_and_learns(values, dtype, xla):
     assert losses[-1] < losses[0] - 0.5, losses
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_copies_make_the_steps_of_converting_in_the_pass(values, monkeypatch, dtype):
+    """The copies in the compute dtype that each update writes (`fast.weight_copies`) give the
+    losses and weights of converting the float32 weights in every pass, exactly: one window a
+    step, and two accumulated, whose gradients add up in float32 either way. The copies are the
+    float32 weights, converted."""
+    hparams, v = values
+    batches = [random_tokens(hparams.n_vocab, 2, 16)[None], random_tokens(hparams.n_vocab, 4, 16).reshape(2, 2, 16)]
+    trainers = [training.Trainer(v, hparams, dtype=dtype, learning_rate=1e-2)]
+    with monkeypatch.context() as patched:
+        patched.setattr(fast, "weight_copies", lambda params, dtype: params)
+        trainers.append(training.Trainer(v, hparams, dtype=dtype, learning_rate=1e-2))
+    copies, converting = trainers
+    assert all(c.dtype == dtype for c in copies.computed_trainable if len(c.shape) > 1)
+    assert all(c is w for c, w in zip(converting.computed_trainable, converting.trainable))
+    for batch in batches:
+        for _ in range(2):
+            assert float(copies.step(batch)) == float(converting.step(batch))
+    for name, value in weights(converting).items():
+        np.testing.assert_array_equal(weights(copies)[name], value, err_msg=name)
+    for copy, weight in zip(copies.computed_trainable, copies.trainable):
+        np.testing.assert_array_equal(copy.numpy(), tf.cast(weight, copy.dtype).numpy(), err_msg=weight.name)
+
+
 def test_only_transformer_layers_leaves_the_embeddings(values):
     hparams, v = values
     trainer = training.Trainer(v, hparams, only_train_transformer_layers=True, learning_rate=1e-2)
