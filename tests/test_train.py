@@ -187,8 +187,8 @@ def test_sigterm_sighup_and_ctrl_c_with_the_output_gone_save_then_exit(models_di
     does; under nohup (SIGHUP ignored) a SIGHUP changes nothing, and the SIGTERM after it saves.
     Ctrl-C under `2>&1 | tee log` ends tee too: the writes that follow find no reader, and must
     not stop the save. The runs at once, to take the time of one."""
-    def nohup():
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    def hangup(disposition):  # the child's SIGHUP as `nohup` leaves it, or as a terminal's child has it
+        return lambda: signal.signal(signal.SIGHUP, disposition)
 
     runs = {}
     for name in ("sigterm", "sigint", "sighup", "nohup"):
@@ -197,7 +197,7 @@ def test_sigterm_sighup_and_ctrl_c_with_the_output_gone_save_then_exit(models_di
                                        "--dataset", text, "--sequence_length", "16", "--sample_every", "1",
                                        "--sample_length", "2", "--save_every", "0"], stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path / name,
-                                      preexec_fn=nohup if name == "nohup" else None)
+                                      preexec_fn=hangup(signal.SIG_IGN if name == "nohup" else signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not all((tmp_path / name / "samples" / "run1" / "samples-2").exists() for name in runs):
