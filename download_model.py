@@ -11,12 +11,11 @@ FILE only once its size and, when the server sends one, its MD5 (Content-MD5, th
 digest, as Azure Blob Storage sends it) check out. The size is the Content-Length; when a server
 sends none, a HEAD request asks for it, so that a cut transfer is not taken for a whole file.
 Whatever the server says, a file of a released model must also have the size and SHA-256 of
-OpenAI's file where a value is known (RELEASED: the size of every file of 124M and 355M, the
-SHA-256 of every file of 124M, both for encoder.json and vocab.bpe of all four, the size of every
-other file of 774M and 1558M but model.ckpt.meta), and a body that ends short of that size while
-the server gave none is refused; model.ckpt.meta of 774M and 1558M is checked by loading the
-model. An HTML page where a file should be (a
-login or error page) is refused. A FILE.part left by an interrupted run is continued with an HTTP
+OpenAI's file where a value is known (RELEASED: the size of every file of the four models; the
+SHA-256 of every file of 124M, of every file but the weights of 355M and 1558M, and of 774M's
+checkpoint, hparams.json, encoder.json and vocab.bpe), and a body that ends short of that size
+while the server gave none is refused. An HTML page where a file should be (a login or error
+page) is refused. A FILE.part left by an interrupted run is continued with an HTTP
 Range request, or started again from byte 0 when the server ignores Range.
 
 Connection errors, timeouts, cut transfers, stalls (fewer than 64 KiB in GPT2_DOWNLOAD_STALL
@@ -99,22 +98,25 @@ _VOCABULARY = {
     "vocab.bpe": Released(
         456318, "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
 }
-# Published values, each with its source, and the sizes that follow from the shapes; nothing was
-# found for model.ckpt.meta of 774M and 1558M (its size depends on the graph OpenAI's training
-# script built), which the load check (check_model) parses in full.
+# Published values, each with its source, and the values that follow from the shapes.
 # Sizes of 124M and 355M: rasbt/LLMs-from-scratch, ch05/01_main-chapter-code/tests.py
 # (test_model_files, which asks OpenAI's storage with HEAD). SHA-256 of 124M:
 # MontrealAI/AGI-Alpha-Agent-v0, scripts/download_openai_gpt2.py (CHECKSUMS), whose values for
 # encoder.json, vocab.bpe, checkpoint and hparams.json are those of the files' known bytes.
-# Derived for 774M and 1558M, each rule giving the published values of 124M and 355M
-# (test_download.py holds them to it):
+# SHA-256 of every file of 355M and 1558M but the weights, and the size of 1558M's
+# model.ckpt.meta: the copy of OpenAI's files in icemagno/ai-models (commit 5c0c675, models/),
+# whose 124M files have every size and SHA-256 above; hobg0blin/ganterbury-tales (commit
+# da18c90) holds the same 355M model.ckpt.index and model.ckpt.meta (their Git LFS pointers).
+# Derived for 774M (and 1558M where it says so), each rule giving the published values of the
+# other models (test_download.py holds them to it):
 # - the weights: a checkpoint's data file is its float32 variables back to back, 4 bytes a
 #   parameter of src/model.py's checkpoint_shapes;
 # - model.ckpt.index: what TF1's Saver writes for OpenAI's names and shapes, in sorted order
-#   (1558M's 20,724 bytes are the 20.7 kB of the copy below);
-# - checkpoint and hparams.json: OpenAI's text for the shape, which is 124M's SHA-256 and the
-#   77 and 91 bytes of 1558M in the copy of OpenAI's 1558M files at
-#   https://huggingface.co/aisuko/gpt-2-1.5B-ggml/tree/main/original (weights 6.23 GB).
+#   (1558M's 20,724 bytes are also the 20.7 kB of the copy at
+#   https://huggingface.co/aisuko/gpt-2-1.5B-ggml/tree/main/original);
+# - model.ckpt.meta: OpenAI's training graph, which grows by 37,947 bytes a layer beyond 124M's
+#   12 (layers h12 and up; their names have two digits, as h10's and h11's);
+# - checkpoint and hparams.json: OpenAI's text for the shape, bytes and SHA-256.
 RELEASED = {
     "124M": {
         **_VOCABULARY,
@@ -131,25 +133,37 @@ RELEASED = {
     },
     "355M": {
         **_VOCABULARY,
-        "checkpoint": Released(77),
-        "hparams.json": Released(91),
+        "checkpoint": Released(
+            77, "dd1b025d2e155283f5e300ce95bf6d5b6bc0f7fe010db73daa6975eb896ab9cb"),
+        "hparams.json": Released(
+            91, "310dfdb1f0c786b79d93459eaa470f3978d873bdc3e1f9fed1cad24d9dd0b1f6"),
         "model.ckpt.data-00000-of-00001": Released(1419292672),
-        "model.ckpt.index": Released(10399),
-        "model.ckpt.meta": Released(926519),
+        "model.ckpt.index": Released(
+            10399, "4490e7b1f5ec0abfc1e111fcd27cdda7cb280c597ba0a885c364134e62ce43aa"),
+        "model.ckpt.meta": Released(
+            926519, "06e1a92057d2a4fbdc483bd1f61a26cc274f1c999b84c6d9e9c50aa8d5ead44a"),
     },
     "774M": {
         **_VOCABULARY,
-        "checkpoint": Released(77),
-        "hparams.json": Released(91),
+        "checkpoint": Released(
+            77, "dd1b025d2e155283f5e300ce95bf6d5b6bc0f7fe010db73daa6975eb896ab9cb"),
+        "hparams.json": Released(
+            91, "55485135775c1ed186dd09e372e74d2617ee7dc2cf7b54de26960fb5192dbacf"),
         "model.ckpt.data-00000-of-00001": Released(4 * 774_030_080),
         "model.ckpt.index": Released(15535),
+        "model.ckpt.meta": Released(1381883),
     },
     "1558M": {
         **_VOCABULARY,
-        "checkpoint": Released(77),
-        "hparams.json": Released(91),
+        "checkpoint": Released(
+            77, "dd1b025d2e155283f5e300ce95bf6d5b6bc0f7fe010db73daa6975eb896ab9cb"),
+        "hparams.json": Released(
+            91, "647420ef8cf586f8933899000aa50c1996eaca50e4dc6fbd25bfdc64f4207bbf"),
         "model.ckpt.data-00000-of-00001": Released(4 * 1_557_611_200),
-        "model.ckpt.index": Released(20724),
+        "model.ckpt.index": Released(
+            20724, "3a968cd212647a6007ddf7d6c9f52c9b158d0e9aabc9206390709c37d4175e5e"),
+        "model.ckpt.meta": Released(
+            1837247, "0bba0140dbafca5282c11610908aebcfec35070973c87836a81b985d2f620817"),
     },
 }
 

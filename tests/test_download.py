@@ -872,14 +872,23 @@ OPENAI_TEXT = {  # what OpenAI wrote as these files, for a shape: 124M's SHA-256
 
 
 @pytest.mark.parametrize("name", OPENAI_TEXT)
-def test_released_text_files_have_the_size_of_openais_text(name):
-    """The published sizes of 124M and 355M and the mirror's of 1558M are the text's, and 774M's
-    are derived so."""
+def test_released_text_files_are_openais_text(name):
+    """The published sizes and SHA-256s of 124M, 355M and 1558M are the text's, and 774M's are
+    derived so."""
     import checkpoints
     text = {model: OPENAI_TEXT[name](shape) for model, shape in checkpoints.OFFICIAL.items()}
-    assert download_model.released("124M", name).sha256 == hashlib.sha256(text["124M"]).hexdigest()
-    sizes = {model: download_model.released(model, name).size for model in text}
-    assert sizes == {model: len(data) for model, data in text.items()}
+    assert {model: download_model.released(model, name) for model in text} == {
+        model: download_model.Released(len(data), hashlib.sha256(data).hexdigest())
+        for model, data in text.items()}
+
+
+def test_released_meta_graphs_grow_by_the_same_bytes_a_layer():
+    """The rule RELEASED's model.ckpt.meta size of 774M follows: the published sizes of 124M and
+    355M differ by 37,947 bytes a layer, and 1558M's, 24 layers on, by as many again."""
+    import checkpoints
+    sizes = {model: download_model.released(model, "model.ckpt.meta").size for model in checkpoints.OFFICIAL}
+    layers = {model: shape["n_layer"] for model, shape in checkpoints.OFFICIAL.items()}
+    assert sizes == {model: sizes["124M"] + 37947 * (layers[model] - layers["124M"]) for model in sizes}
 
 
 @pytest.mark.parametrize("name", ["124M", "355M"])
