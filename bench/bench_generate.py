@@ -49,7 +49,7 @@ def ensure_model(models_dir, model_name):
 
 
 # --plain NAME or --alternate NAME for one of these turns that field of fast.Choices off.
-CHOICES = ("fused_matmuls", "inplace_cache", "float32_attention")
+CHOICES = ("fused_matmuls", "inplace_cache", "float32_attention", "growing_cache")
 
 
 def choices(dtype, args, plain=()):

@@ -6,7 +6,8 @@ It computes what `model.model` and `sample.next_token` compute, in another order
 
 - The cache is one tensor [2, batch, heads, size, head_dim] per layer, keys then values, for
   `size` positions: the sample's length rounded up to a multiple of 128, so that a few compiled
-  shapes serve every length. It holds the weights' dtype (float32 at batch 1 with
+  shapes serve every length (without XLA, `Choices.growing_cache` grows it GROWTH positions at
+  a time instead). It holds the weights' dtype (float32 at batch 1 with
   `Choices.float32_attention`). `decode` fills it, for the prompt and for each new token alike.
   It writes with `tf.tensor_scatter_nd_update`, which returns a new tensor: XLA writes it in
   place, plain TensorFlow copies the cache. Without XLA, `Choices.inplace_cache` writes with
@@ -69,6 +70,11 @@ class Choices:
     # (bench_generate.py --dtype bfloat16 --batch_size 1, and with --plain single_threaded_ops,
     # processes in turn); at batch 8 it loses.
     single_threaded_ops: bool = False
+    # Without XLA, which compiles anew for each cache size: a cache that grows by
+    # `GROWTH` positions as the sample does, not one sized for the whole sample at once, so that a
+    # step's attention reads fewer positions not yet written (`Sampler.generate`;
+    # bench_generate.py --dtype bfloat16 --batch_size 8 --alternate growing_cache).
+    growing_cache: bool = False
 
 
 def choices_for(dtype=tf.float32, device_type=None):
@@ -78,7 +84,7 @@ def choices_for(dtype=tf.float32, device_type=None):
         return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
     if tf.as_dtype(dtype) == tf.bfloat16 and has_bfloat16_instructions():
         return Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
-                       single_threaded_ops=True)  # oneDNN's
+                       single_threaded_ops=True, growing_cache=True)  # oneDNN's
     return Choices(xla=True)
 
 
@@ -507,6 +513,9 @@ def first_argmax(scores):
 
 # --- The sampler ----------------------------------------------------------------------------
 
+GROWTH = 32  # positions a growing cache takes at a time (`Choices.growing_cache`)
+
+
 def cache_size(positions, n_ctx, multiple=128):
     """Positions rounded up to a multiple, so a few compiled shapes serve every length (XLA
     compiles each shape anew: bench_generate.py's warm_up); positions may be a scalar tensor."""
@@ -583,12 +592,28 @@ class Sampler:
         return self._decoders[batch_size]
 
     def _decode(self, cache, *args):
-        """Runs the decode loop. The first call for a batch and cache size compiles it, and the C++
-        lines TensorFlow logs then (a program loaded from the disk cache, compile_cache.py, logs an
-        error line it recovers from) are held back (logs.py)."""
+        """Runs the decode loop. The first call for a batch size, and with XLA for a cache size,
+        traces or compiles it, and the C++ lines TensorFlow logs then (a program loaded from the
+        disk cache, compile_cache.py, logs an error line it recovers from) are held back (logs.py)."""
+        with self._first_calls(self._program(cache)):
+            return self._decoder(cache[0].shape[1])(cache, *args)
+
+    def _program(self, cache):
+        """What a call with `cache` runs: the decode loop traced for its batch size, and with XLA
+        compiled for its size too."""
         batch_size, size = cache[0].shape[1::2]
-        with self._first_calls((batch_size, size)):
-            return self._decoder(batch_size)(cache, *args)
+        return batch_size, size if self.choices.xla else None
+
+    def _capacity(self, position, size):
+        """The positions a cache holds while `position` is fed, for a sample of `size` positions:
+        all of them, or with `Choices.growing_cache` those up to the next multiple of GROWTH."""
+        return min(size, cache_size(position + 1, self.hparams.n_ctx, GROWTH)) if self.choices.growing_cache else size
+
+    def _grown(self, cache, position, size):
+        """The cache, with room for `position` (`_capacity`): padded where it has none, which
+        makes tensors of its own (`own_cache`)."""
+        more = self._capacity(position, size) - cache[0].shape[3]
+        return [tf.pad(layer, [[0, 0]] * 3 + [[0, more], [0, 0]]) for layer in cache] if more > 0 else cache
 
     def _decode_loop(self, cache, tokens, lengths, done, position, steps, keys, temperature, wte_t):
         """Feeds tokens[:, position] and fills up to `steps` positions of tokens[:, position + 1:].
@@ -631,10 +656,11 @@ class Sampler:
         batch, longest = context.shape
         shortest = int(lengths.min())
         sample.check_sampling(self.hparams, longest, length, temperature, self.top_k, self.top_p)
-        size = cache_size(longest + length, self.hparams.n_ctx)
-        cache = empty_cache(self.hparams, batch, size, cache_dtype_for(self.dtype, batch, self.choices))
+        size = cache_size(longest + length, self.hparams.n_ctx)  # the positions the sample takes
+        cache = empty_cache(self.hparams, batch, self._capacity(shortest - 1, size),
+                            cache_dtype_for(self.dtype, batch, self.choices))
         cache = own_cache(cache, self.choices)
-        compiles = (batch, size) not in self._first_calls.seen
+        compiles = self._program(cache) not in self._first_calls.seen
         started = time.perf_counter()
         if shortest > 1:  # the common prefix's keys and values, but the last token's, which the loop feeds
             compiles |= cache[0].dtype not in self._prefills
@@ -645,11 +671,14 @@ class Sampler:
         position, made = shortest - 1, 0  # the position fed next; new tokens yielded of every row
         while made < length and not done.numpy().all():
             want = min(chunk or length, length - made)
-            steps = longest - 1 + made + want - position  # the longest prompt's row has `want` more
-            tokens, cache, done, k = self._decode(
-                cache, tokens, tf.constant(lengths), done, tf.constant(position), tf.constant(steps), keys,
-                tf.constant(temperature, tf.float32), wte_t)
-            position += int(k)
+            goal = longest - 1 + made + want  # the position fed next once the longest prompt's row has `want` more
+            while position < goal and not done.numpy().all():
+                cache = self._grown(cache, position, size)
+                steps = min(goal, cache[0].shape[3]) - position
+                tokens, cache, done, k = self._decode(
+                    cache, tokens, tf.constant(lengths), done, tf.constant(position), tf.constant(steps), keys,
+                    tf.constant(temperature, tf.float32), wte_t)
+                position += int(k)
             new = position + 1 - longest - made  # of every row
             self.tokens_generated += batch * new
             if compiles:  # this call traced or compiled

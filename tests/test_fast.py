@@ -1,4 +1,5 @@
 """fast.py: the cached, compiled sampler computes what model.py and sample.py compute."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ LOW = np.finfo(np.float32).min
 
 # The decode loop's ways, on any CPU: oneDNN's is what a CPU with bfloat16 instructions takes for
 # bfloat16 (fast.choices_for); without those instructions oneDNN emulates them, with the same results.
-ONEDNN = fast.Choices(fused_matmuls=True, inplace_cache=True, float32_attention=True)
+ONEDNN = fast.Choices(fused_matmuls=True, inplace_cache=True, float32_attention=True, growing_cache=True)
 WAYS = {"xla": fast.Choices(xla=True), "no-xla": fast.Choices(), "onednn": ONEDNN}
 
 
@@ -315,6 +316,47 @@ def test_ragged_rows_end_at_their_own_end_token(tiny):
     assert (stopped[1][9 + 3:] == end).all()
 
 
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_a_growing_cache_gives_the_tokens_of_a_cache_sized_for_the_sample(tiny, chunk, monkeypatch):
+    """The cache grows by fast.GROWTH positions, within a call's steps and between chunks, up to
+    the whole window: rows of any prompt length, and rows that end early, get the tokens of a
+    cache sized for the whole sample, and model.py's."""
+    hparams, params = tiny
+    sizes = []  # the cache's size at each call of the decode loop
+    decode = fast.Sampler._decode
+    monkeypatch.setattr(fast.Sampler, "_decode", lambda self, cache, *args: (
+        sizes.append(cache[0].shape[3]), decode(self, cache, *args))[1])
+
+    def new_tokens(prompts, length, grow, end_token=None, first_sample=0):
+        """The new tokens, `chunk` at a time, and the cache sizes the decode loop saw."""
+        choices = dataclasses.replace(ONEDNN, growing_cache=grow)
+        sampler = fast.Sampler(params, hparams, top_k=10, end_token=end_token, choices=choices)
+        sizes.clear()
+        chunks = sampler.generate(prompts, length, seed=5, first_sample=first_sample, chunk=chunk)
+        return np.concatenate(list(chunks), 1), sorted(set(sizes))
+
+    one = random_tokens(hparams.n_vocab, 2, 1, seed=3)
+    got, seen = new_tokens(one, 63, grow=True)  # positions 0 to 63: the whole window
+    assert seen == [32, 64]
+    np.testing.assert_array_equal(got, sample.sample_plain(params, hparams, one, 63, top_k=10, seed=5)[:, 1:])
+
+    prompts = ragged_prompts(hparams)  # 3, 9, 1 and 5 tokens
+    got, seen = new_tokens(prompts, 50, grow=True)
+    assert seen == [32, 64]
+    np.testing.assert_array_equal(got, new_tokens(prompts, 50, grow=False)[0])
+    # An end_token row 2 (one token of prompt) first draws at position 36 or later.
+    end = next(token for i, token in enumerate(got[2]) if i >= 35 and token not in got[2, :i])
+    ends = list(got[2]).index(end) + 1  # row 2's new tokens up to its end_token
+    for rows, first in ((prompts, 0), (prompts[2:3], 2)):  # row 2 ends; row 2 alone ends, and the sample
+        stopped, seen = new_tokens(rows, 50, grow=True, end_token=end, first_sample=first)
+        assert seen == [32, 64]
+        np.testing.assert_array_equal(stopped, new_tokens(rows, 50, grow=False, end_token=end, first_sample=first)[0])
+        row = stopped[2 - first]
+        np.testing.assert_array_equal(row[:ends], got[2, :ends])
+        assert (row[ends:] == end).all()
+    assert stopped.shape[1] < 50
+
+
 def test_sampler_is_traced_once_for_each_batch_size_and_every_length(tiny):
     hparams, params = tiny
     sampler = fast.Sampler(params, hparams, top_k=3)
@@ -346,7 +388,7 @@ def test_choices_follow_the_device_and_dtype(monkeypatch, bfloat16_instructions)
     for dtype in (tf.float32, tf.float16):
         assert fast.choices_for(dtype, "CPU") == fast.Choices(xla=True)
     native = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
-                          single_threaded_ops=True)
+                          single_threaded_ops=True, growing_cache=True)
     assert fast.choices_for(tf.bfloat16, "CPU") == (native if bfloat16_instructions else fast.Choices(xla=True))
     for dtype in (tf.float32, tf.bfloat16):
         assert fast.choices_for(dtype, "GPU") == fast.Choices()  # no CPU choice imposed on a GPU
