@@ -90,13 +90,16 @@ class Released:
     sha256: str | None = None
 
 
-# encoder.json and vocab.bpe are the same for every model: byte for byte tests/gpt2-vocab's
-# (test_download.py holds these values to them).
-_VOCABULARY = {
+# The files that are the same for every model: encoder.json and vocab.bpe, byte for byte
+# tests/gpt2-vocab's (test_download.py holds these values to them), and checkpoint, which names
+# model.ckpt.
+_EVERY_MODEL = {
     "encoder.json": Released(
         1042301, "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
     "vocab.bpe": Released(
         456318, "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+    "checkpoint": Released(
+        77, "dd1b025d2e155283f5e300ce95bf6d5b6bc0f7fe010db73daa6975eb896ab9cb"),
 }
 # Published values, each with its source, and the values that follow from the shapes.
 # Sizes of 124M and 355M: rasbt/LLMs-from-scratch, ch05/01_main-chapter-code/tests.py
@@ -116,12 +119,11 @@ _VOCABULARY = {
 #   https://huggingface.co/aisuko/gpt-2-1.5B-ggml/tree/main/original);
 # - model.ckpt.meta: OpenAI's training graph, which grows by 37,947 bytes a layer beyond 124M's
 #   12 (layers h12 and up; their names have two digits, as h10's and h11's);
-# - checkpoint and hparams.json: OpenAI's text for the shape, bytes and SHA-256.
+# - hparams.json: OpenAI's text for the shape, bytes and SHA-256 (checkpoint's text is every
+#   model's).
 RELEASED = {
     "124M": {
-        **_VOCABULARY,
-        "checkpoint": Released(
-            77, "dd1b025d2e155283f5e300ce95bf6d5b6bc0f7fe010db73daa6975eb896ab9cb"),
+        **_EVERY_MODEL,
         "hparams.json": Released(
             90, "d9d56e4121c427164e0c55c6f03c08e1daf9002b9b672825112d19097b680318"),
         "model.ckpt.data-00000-of-00001": Released(
@@ -132,9 +134,7 @@ RELEASED = {
             471155, "4668c448fa11531fd6700460487f73e82d3272960cea942252f8744bf225c77b"),
     },
     "355M": {
-        **_VOCABULARY,
-        "checkpoint": Released(
-            77, "dd1b025d2e155283f5e300ce95bf6d5b6bc0f7fe010db73daa6975eb896ab9cb"),
+        **_EVERY_MODEL,
         "hparams.json": Released(
             91, "310dfdb1f0c786b79d93459eaa470f3978d873bdc3e1f9fed1cad24d9dd0b1f6"),
         "model.ckpt.data-00000-of-00001": Released(1419292672),
@@ -144,9 +144,7 @@ RELEASED = {
             926519, "06e1a92057d2a4fbdc483bd1f61a26cc274f1c999b84c6d9e9c50aa8d5ead44a"),
     },
     "774M": {
-        **_VOCABULARY,
-        "checkpoint": Released(
-            77, "dd1b025d2e155283f5e300ce95bf6d5b6bc0f7fe010db73daa6975eb896ab9cb"),
+        **_EVERY_MODEL,
         "hparams.json": Released(
             91, "55485135775c1ed186dd09e372e74d2617ee7dc2cf7b54de26960fb5192dbacf"),
         "model.ckpt.data-00000-of-00001": Released(4 * 774_030_080),
@@ -154,9 +152,7 @@ RELEASED = {
         "model.ckpt.meta": Released(1381883),
     },
     "1558M": {
-        **_VOCABULARY,
-        "checkpoint": Released(
-            77, "dd1b025d2e155283f5e300ce95bf6d5b6bc0f7fe010db73daa6975eb896ab9cb"),
+        **_EVERY_MODEL,
         "hparams.json": Released(
             91, "647420ef8cf586f8933899000aa50c1996eaca50e4dc6fbd25bfdc64f4207bbf"),
         "model.ckpt.data-00000-of-00001": Released(4 * 1_557_611_200),
