@@ -49,7 +49,7 @@ def ensure_model(models_dir, model_name):
 
 
 # --plain NAME or --alternate NAME for one of these turns that field of fast.Choices off.
-CHOICES = ("fused_matmuls", "inplace_cache", "float32_attention", "growing_cache")
+CHOICES = ("fused_matmuls", "inplace_cache", "float32_attention", "growing_cache", "column_halves")
 
 
 def choices(dtype, args, plain=()):
@@ -80,8 +80,8 @@ PLAIN = {
     "top_p_logits": lambda: setattr(fast, "top_p_logits", sample.top_p_logits),
     "draw_kept": lambda: setattr(fast, "draw_kept", sample.sample_logits),  # noise for every token id
     "any_batch": lambda: setattr(fast, "decode_signature",  # the decode loop traced once for every batch size
-                                 lambda hparams, dtype, batch_size, cache_dtype: DECODE_SIGNATURE(
-                                     hparams, dtype, None, cache_dtype)),
+                                 lambda hparams, dtype, batch_size, cache_dtype, **kw: DECODE_SIGNATURE(
+                                     hparams, dtype, None, cache_dtype, **kw)),
     "block_function": lambda: setattr(fast, "block", fast.block.python_function),  # each layer traced inline
     "xla": lambda: None,  # the decode loop without XLA (--alternate only)
     **{name: lambda: None for name in CHOICES},  # that fast.Choices field off

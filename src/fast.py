@@ -75,6 +75,11 @@ class Choices:
     # step's attention reads fewer positions not yet written (`Sampler.generate`;
     # bench_generate.py --dtype bfloat16 --batch_size 8 --alternate growing_cache).
     growing_cache: bool = False
+    # At batch 1 with one thread an op: each weight matrix as two column halves, two ops that the
+    # two cores run at once, as llama.cpp's threads split a matrix: one core reads a matrix at
+    # ~40 GB/s, both at 55-65 (`column_halves`; bench_generate.py --dtype bfloat16 --alternate
+    # column_halves). The halves are copies, made for the first call at batch 1.
+    column_halves: bool = False
 
 
 def choices_for(dtype=tf.float32, device_type=None):
@@ -84,7 +89,7 @@ def choices_for(dtype=tf.float32, device_type=None):
         return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
     if tf.as_dtype(dtype) == tf.bfloat16 and has_bfloat16_instructions():
         return Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
-                       single_threaded_ops=True, growing_cache=True)  # oneDNN's
+                       single_threaded_ops=True, growing_cache=True, column_halves=True)  # oneDNN's
     return Choices(xla=True)
 
 
@@ -301,7 +306,10 @@ def own_cache(cache, choices):
 def conv1d(x, p, choices, gelu=False):
     """`model.conv1d`, then `model.gelu` with `gelu`: [batch, seq, nx] -> [batch, seq, nf].
     With `Choices.fused_matmuls`, as the ops oneDNN fuses into one kernel: MatMul, BiasAdd and
-    TensorFlow's GELU (the same tanh approximation)."""
+    TensorFlow's GELU (the same tanh approximation). p may be a list of column blocks
+    (`column_halves`), each computed alone, their outputs side by side."""
+    if isinstance(p, list):
+        return tf.concat([conv1d(x, block, choices, gelu) for block in p], axis=-1)
     if not choices.fused_matmuls:
         y = model.conv1d(x, p)
         return model.gelu(y) if gelu else y
@@ -380,10 +388,34 @@ def last_logits(params, h, wte_t, zeros=None):
     for `Choices.fused_matmuls`: only a matmul with a bias is one oneDNN fuses and keeps its
     weights converted for (`Choices.frozen_weights`). It must come from outside the compiled
     function: a constant of zeros there is folded away, and wte converted at every step
-    (bench/README.md, "bfloat16 on a CPU with bfloat16 instructions")."""
+    (bench/README.md, "bfloat16 on a CPU with bfloat16 instructions"). wte_t and zeros may be
+    lists of column blocks (`column_halves`)."""
     h = model.norm(h[:, -1], params["ln_f"])  # [batch, n_embd]
-    logits = tf.matmul(h, wte_t)  # [batch, n_vocab]
+    if isinstance(wte_t, list):
+        return tf.concat([last_logits_of(h, block, zeros) for block, zeros in zip(wte_t, zeros)], axis=-1)
+    return last_logits_of(h, wte_t, zeros)
+
+
+def last_logits_of(h, wte_t, zeros=None):
+    """`last_logits` of normalized h [batch, n_embd] through wte_t [n_embd, n] -> [batch, n]."""
+    logits = tf.matmul(h, wte_t)  # [batch, n]
     return tf.cast(logits if zeros is None else tf.nn.bias_add(logits, zeros), tf.float32)
+
+
+def column_halves(params):
+    """The weights of `params`' layers (tensors) with each matrix and its bias as a list of two
+    column blocks, halves of its columns (`conv1d`; `Choices.column_halves`): copies."""
+    def split(p):  # {"w": [nx, nf], "b": [nf]} -> two of {"w": [nx, ~nf / 2], "b": [~nf / 2]}
+        return [{"w": w, "b": b} for w, b in zip(halves(p["w"]), halves(p["b"]))]
+    return dict(params, h=[dict(p, attn={name: split(p["attn"][name]) for name in ("c_attn", "c_proj")},
+                                mlp={name: split(p["mlp"][name]) for name in ("c_fc", "c_proj")})
+                           for p in params["h"]])
+
+
+def halves(t):
+    """t [..., n] -> [t[..., :n - n // 2], t[..., n - n // 2:]]: copies, not views."""
+    n = t.shape[-1]
+    return tf.split(t, [n - n // 2, n // 2], axis=-1)
 
 
 # --- Choosing the next token ----------------------------------------------------------------
@@ -523,14 +555,16 @@ def cache_size(positions, n_ctx, multiple=128):
     return tf.minimum(rounded, n_ctx + 1) if tf.is_tensor(rounded) else min(rounded, n_ctx + 1)
 
 
-def decode_signature(hparams, dtype, batch_size, cache_dtype):
+def decode_signature(hparams, dtype, batch_size, cache_dtype, halves=False):
     """The input signature of `Sampler._decode_loop` for `batch_size` rows (None: any), weights
-    in `dtype`, the cache in `cache_dtype` (`cache_dtype_for`)."""
+    in `dtype`, the cache in `cache_dtype` (`cache_dtype_for`), wte_t whole or in `halves`."""
+    n_vocab = hparams.n_vocab
+    wte_t = ([tf.TensorSpec([hparams.n_embd, n], dtype) for n in (n_vocab - n_vocab // 2, n_vocab // 2)] if halves
+             else tf.TensorSpec([hparams.n_embd, n_vocab], dtype))
     return [cache_spec(hparams, batch_size, cache_dtype), tf.TensorSpec([batch_size, None], tf.int32),
             tf.TensorSpec([batch_size], tf.int32), tf.TensorSpec([batch_size], tf.bool),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
-            tf.TensorSpec([batch_size, 2], tf.int64), tf.TensorSpec([], tf.float32),
-            tf.TensorSpec([hparams.n_embd, hparams.n_vocab], dtype)]
+            tf.TensorSpec([batch_size, 2], tf.int64), tf.TensorSpec([], tf.float32), wte_t]
 
 
 class Sampler:
@@ -562,6 +596,7 @@ class Sampler:
         # Tensors never change: wte transposed once, not at every call (a tenth of a second or more).
         changing = any(isinstance(value, tf.Variable) for value in tf.nest.flatten(params))
         self._wte_t = None if changing else transposed_wte(params)
+        self._halves = None  # (params, wte_t, zeros) in column halves, made on first use (`_weights`)
         # The prompt's pass runs without XLA, which would compile anew for each prompt length.
         self._prefills = {}  # the cache's dtype -> the prompt's pass (`_prefill`)
         self._decoders = {}  # batch size -> the decode loop traced for it (`_decoder`)
@@ -582,13 +617,26 @@ class Sampler:
                 input_signature=[tf.TensorSpec([None, None], tf.int32), cache_spec(self.hparams, None, dtype)])
         return self._prefills[dtype](X, cache)
 
+    def _weights(self, batch_size):
+        """(params, wte_t, zeros): what the decode loop for `batch_size` rows reads. With
+        `Choices.column_halves`, at batch 1, tensors only (Variables change), in column halves,
+        made on first use; otherwise the weights as they are, and wte_t None for Variables (see
+        `generate`)."""
+        if not (self.choices.column_halves and batch_size == 1 and self._wte_t is not None):
+            return self.params, self._wte_t, self._zeros
+        if self._halves is None:
+            self._halves = column_halves(self.params), halves(self._wte_t), halves(self._zeros)
+        return self._halves
+
     def _decoder(self, batch_size):
         """The decode loop as a tf.function for `batch_size` rows, made on first use."""
         if batch_size not in self._decoders:
             cache_dtype = cache_dtype_for(self.dtype, batch_size, self.choices)
+            params, wte_t, zeros = self._weights(batch_size)
             self._decoders[batch_size] = tf.function(
-                self._decode_loop, jit_compile=self.choices.xla, autograph=False,
-                input_signature=decode_signature(self.hparams, self.dtype, batch_size, cache_dtype))
+                functools.partial(self._decode_loop, params, zeros), jit_compile=self.choices.xla, autograph=False,
+                input_signature=decode_signature(self.hparams, self.dtype, batch_size, cache_dtype,
+                                                 halves=isinstance(wte_t, list)))
         return self._decoders[batch_size]
 
     def _decode(self, cache, *args):
@@ -615,19 +663,19 @@ class Sampler:
         more = self._capacity(position, size) - cache[0].shape[3]
         return [tf.pad(layer, [[0, 0]] * 3 + [[0, more], [0, 0]]) for layer in cache] if more > 0 else cache
 
-    def _decode_loop(self, cache, tokens, lengths, done, position, steps, keys, temperature, wte_t):
+    def _decode_loop(self, params, zeros, cache, tokens, lengths, done, position, steps, keys, temperature, wte_t):
         """Feeds tokens[:, position] and fills up to `steps` positions of tokens[:, position + 1:].
 
         tokens [batch, size] holds the whole sequence; row r's prompt is its first lengths[r]
-        tokens, which a row keeps where it is still inside it. wte_t: `transposed_wte`. Returns
-        (tokens, cache, done, made).
+        tokens, which a row keeps where it is still inside it. params, wte_t (`transposed_wte`)
+        and zeros (`last_logits`): from `_weights`. Returns (tokens, cache, done, made).
         """
         rows = tf.range(tf.shape(tokens)[0])
 
         def body(i, tokens, cache, done):
             p = position + i
-            h, cache = decode(self.params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p, self.choices)
-            token = next_token(last_logits(self.params, h, wte_t, self._zeros), keys, p + 1, temperature, self.top_k,
+            h, cache = decode(params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p, self.choices)
+            token = next_token(last_logits(params, h, wte_t, zeros), keys, p + 1, temperature, self.top_k,
                                self.top_p, self.choices.xla)
             if self.end_token is not None:  # a finished sample only repeats end_token
                 token = tf.where(done, self.end_token, token)
@@ -667,7 +715,8 @@ class Sampler:
             cache = self._prefill(context[:, :shortest - 1], cache)
         tokens = tf.constant(np.pad(context, [(0, 0), (0, size - longest)]))
         done, keys = tf.zeros([batch], tf.bool), sample.sample_keys(seed, first_sample, batch)
-        wte_t = transposed_wte(self.params) if self._wte_t is None else self._wte_t  # the weights' values now
+        wte_t = self._weights(batch)[1]
+        wte_t = transposed_wte(self.params) if wte_t is None else wte_t  # the weights' values now
         position, made = shortest - 1, 0  # the position fed next; new tokens yielded of every row
         while made < length and not done.numpy().all():
             want = min(chunk or length, length - made)

@@ -20,7 +20,8 @@ LOW = np.finfo(np.float32).min
 
 # The decode loop's ways, on any CPU: oneDNN's is what a CPU with bfloat16 instructions takes for
 # bfloat16 (fast.choices_for); without those instructions oneDNN emulates them, with the same results.
-ONEDNN = fast.Choices(fused_matmuls=True, inplace_cache=True, float32_attention=True, growing_cache=True)
+ONEDNN = fast.Choices(fused_matmuls=True, inplace_cache=True, float32_attention=True, growing_cache=True,
+                      column_halves=True)
 WAYS = {"xla": fast.Choices(xla=True), "no-xla": fast.Choices(), "onednn": ONEDNN}
 
 
@@ -207,6 +208,45 @@ def test_float32_attention_is_one_querys_attention(position):
     np.testing.assert_allclose(tf.cast(half, tf.float32), want, atol=0.05, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_column_halves_compute_what_the_whole_matrices_do(tiny, dtype):
+    """A layer's matrices and the unembedding (n_vocab columns: odd) in column halves give the
+    whole matrices' outputs to the bit, on oneDNN's fused kernels and on plain ones."""
+    hparams, params = tiny
+    params = model.cast_params(params, dtype)
+    split = fast.column_halves(params)
+    for rows in (1, 3):
+        x = tf.cast(np.random.RandomState(rows).randn(2, rows, hparams.n_embd), dtype)
+        for choices in (fast.Choices(), ONEDNN):
+            for part, name, gelu in (("attn", "c_attn", False), ("mlp", "c_fc", True)):
+                assert [block["w"].shape[-1] for block in split["h"][1][part][name]] == [
+                    params["h"][1][part][name]["w"].shape[-1] // 2] * 2
+                np.testing.assert_array_equal(fast.conv1d(x, split["h"][1][part][name], choices, gelu),
+                                              fast.conv1d(x, params["h"][1][part][name], choices, gelu))
+        wte_t, zeros = fast.transposed_wte(params), tf.zeros([hparams.n_vocab], dtype)
+        assert [block.shape[-1] for block in fast.halves(wte_t)] == [25129, 25128]
+        np.testing.assert_array_equal(fast.last_logits(params, x, fast.halves(wte_t), fast.halves(zeros)),
+                                      fast.last_logits(params, x, wte_t, zeros))
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_one_row_samples_on_column_halves_the_tokens_of_whole_matrices(tiny, dtype):
+    """`Choices.column_halves` at batch 1: the same tokens as whole matrices (and in float32
+    model.py's), whole matrices at other batch sizes, and never for weights that can change."""
+    hparams, params = tiny
+    params = model.cast_params(params, dtype)
+    context = random_tokens(hparams.n_vocab, 1, 6, seed=4)
+    halves = fast.Sampler(params, hparams, top_k=40, choices=ONEDNN)
+    got = halves.sample(context, 40, seed=3)
+    whole = fast.Sampler(params, hparams, top_k=40, choices=dataclasses.replace(ONEDNN, column_halves=False))
+    np.testing.assert_array_equal(got, whole.sample(context, 40, seed=3))
+    if dtype == tf.float32:
+        np.testing.assert_array_equal(got, sample.sample_plain(params, hparams, context, 40, top_k=40, seed=3))
+    halved = lambda sampler, batch: isinstance(sampler._weights(batch)[0]["h"][0]["mlp"]["c_fc"], list)
+    assert [halved(halves, batch) for batch in (1, 2)] == [True, False]
+    assert not halved(fast.Sampler(tf.nest.map_structure(tf.Variable, params), hparams, choices=ONEDNN), 1)
+
+
 # --- the sampler ------------------------------------------------------------------------------
 
 def test_top_k_1_is_the_plain_models_argmax(tiny):
@@ -388,7 +428,7 @@ def test_choices_follow_the_device_and_dtype(monkeypatch, bfloat16_instructions)
     for dtype in (tf.float32, tf.float16):
         assert fast.choices_for(dtype, "CPU") == fast.Choices(xla=True)
     native = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
-                          single_threaded_ops=True, growing_cache=True)
+                          single_threaded_ops=True, growing_cache=True, column_halves=True)
     assert fast.choices_for(tf.bfloat16, "CPU") == (native if bfloat16_instructions else fast.Choices(xla=True))
     for dtype in (tf.float32, tf.bfloat16):
         assert fast.choices_for(dtype, "GPU") == fast.Choices()  # no CPU choice imposed on a GPU
@@ -496,11 +536,13 @@ out = {}
 for i, name in enumerate((first, second, first)):  # as the scripts load, the weights in turn
     _, hparams, params = cli.load(name, models_dir, "bfloat16", sampling_batch_size=1 if i == 0 else None)
     out.setdefault("intra_op_threads", tf.config.threading.get_intra_op_parallelism_threads())
-    tokens = fast.Sampler(params, hparams, top_k=1).sample(context, 12)
-    logits = model.model(params, hparams, tokens[:, :-1])["logits"][:, 4:].numpy()  # the plain model's, each step
-    chosen = np.take_along_axis(logits, tokens[:, 5:, None], -1)[..., 0]
-    out.setdefault("gaps", []).append(float((logits.max(-1) - chosen).max()))
-    out.setdefault("tokens", []).append(tokens.tolist())
+    sampler = fast.Sampler(params, hparams, top_k=1)
+    for rows in (context, context[:1]):  # two rows, and one on column halves: kernels of their own
+        tokens = sampler.sample(rows, 12)
+        logits = model.model(params, hparams, tokens[:, :-1])["logits"][:, 4:].numpy()  # the plain model's, each step
+        chosen = np.take_along_axis(logits, tokens[:, 5:, None], -1)[..., 0]
+        out.setdefault("gaps", []).append(float((logits.max(-1) - chosen).max()))
+        out.setdefault("tokens", []).append(tokens.tolist())
 out["environment"] = fast.os.environ.get(fast.FROZEN_WEIGHTS)
 try:
     fast.Sampler(tf.nest.map_structure(tf.Variable, params), hparams)
@@ -527,8 +569,9 @@ def test_frozen_weights_serve_each_model_and_layer_its_own(models_dir, tiny_mode
     assert out.returncode == 0, out.stderr
     run = json.loads(out.stdout.splitlines()[-1])
     assert run["environment"] == "1" and run["intra_op_threads"] == 1  # one row at a time: an op a thread
-    first, second, first_again = run["tokens"]
+    first, first_row, second, second_row, first_again, first_row_again = run["tokens"]
     assert first != second and first_again == first
+    assert first_row != second_row and first_row_again == first_row
     assert max(run["gaps"]) <= 0.25  # test_dtypes.TOLERANCE's for bfloat16
     assert "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set" in run["variables"]
     assert run["stale"]
