@@ -633,8 +633,10 @@ class Sampler:
         if batch_size not in self._decoders:
             cache_dtype = cache_dtype_for(self.dtype, batch_size, self.choices)
             params, wte_t, zeros = self._weights(batch_size)
+            loop = functools.partial(self._decode_loop, params, zeros)
+            loop.__name__ = "_decode_loop"  # the name TensorFlow's logs and compile_cache.py's files show
             self._decoders[batch_size] = tf.function(
-                functools.partial(self._decode_loop, params, zeros), jit_compile=self.choices.xla, autograph=False,
+                loop, jit_compile=self.choices.xla, autograph=False,
                 input_signature=decode_signature(self.hparams, self.dtype, batch_size, cache_dtype,
                                                  halves=isinstance(wte_t, list)))
         return self._decoders[batch_size]
