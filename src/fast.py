@@ -64,21 +64,23 @@ class Choices:
     # which cost more a call than the work (`attend`; bench_generate.py --dtype bfloat16
     # --alternate float32_attention). Larger batches keep the cache in the weights' dtype.
     float32_attention: bool = False
-    # At batch 1, in a process that samples one row at a time (the scripts with --batch_size 1):
-    # each op on one thread (TensorFlow's intra-op threads 1, `set_threads`), the two cores taking
-    # ops in turn. A batch-1 matmul gains about what waking a second thread costs: 1.10x
+    # In a process that samples up to SINGLE_THREADED_ROWS rows at a time (the scripts): each op
+    # on one thread (TensorFlow's intra-op threads 1, `set_threads`), the two cores taking ops in
+    # turn, and with `column_halves` a matrix's two halves at once. A matmul gains less from a
+    # second thread of its own than waking it costs: 1.10x at batch 1 with whole matrices
     # (bench_generate.py --dtype bfloat16 --batch_size 1, and with --plain single_threaded_ops,
-    # processes in turn); at batch 8 it loses.
+    # processes in turn); at batch 8 it loses with whole matrices and wins with halves.
     single_threaded_ops: bool = False
     # Without XLA, which compiles anew for each cache size: a cache that grows by
     # `GROWTH` positions as the sample does, not one sized for the whole sample at once, so that a
     # step's attention reads fewer positions not yet written (`Sampler.generate`;
     # bench_generate.py --dtype bfloat16 --batch_size 8 --alternate growing_cache).
     growing_cache: bool = False
-    # At batch 1 with one thread an op: each weight matrix as two column halves, two ops that the
-    # two cores run at once, as llama.cpp's threads split a matrix: one core reads a matrix at
-    # ~40 GB/s, both at 55-65 (`column_halves`; bench_generate.py --dtype bfloat16 --alternate
-    # column_halves). The halves are copies, made for the first call at batch 1.
+    # With one thread an op: each weight matrix as two column halves, two ops that the two cores
+    # run at once, as llama.cpp's threads split a matrix: one core reads a matrix at ~40 GB/s,
+    # both at 55-65 (`column_halves`; bench_generate.py --dtype bfloat16 --alternate
+    # column_halves, with TF_NUM_INTRAOP_THREADS=1 at batch 8). The halves are copies, which
+    # the Sampler makes of tensor weights (Variables change).
     column_halves: bool = False
 
 
@@ -193,12 +195,18 @@ def freeze_weights(dtype):
         os.environ.setdefault(FROZEN_WEIGHTS, "1")
 
 
+# The most rows a process may sample at a time for `Choices.single_threaded_ops`: measured at 1
+# and 8 (bench/README.md); larger batches keep TensorFlow's threads.
+SINGLE_THREADED_ROWS = 8
+
+
 def set_threads(dtype, batch_size):
     """For a process that samples `batch_size` rows at a time (the scripts), before TensorFlow's
-    first op: where `choices_for(dtype)` takes `single_threaded_ops` and batch_size is 1, each op
-    runs on one thread, unless TF_NUM_INTRAOP_THREADS says otherwise. A process whose runtime
-    has started keeps its threads."""
-    if batch_size == 1 and choices_for(dtype).single_threaded_ops and "TF_NUM_INTRAOP_THREADS" not in os.environ:
+    first op: where `choices_for(dtype)` takes `single_threaded_ops` and batch_size is at most
+    SINGLE_THREADED_ROWS, each op runs on one thread, unless TF_NUM_INTRAOP_THREADS says
+    otherwise. A process whose runtime has started keeps its threads."""
+    if (batch_size <= SINGLE_THREADED_ROWS and choices_for(dtype).single_threaded_ops
+            and "TF_NUM_INTRAOP_THREADS" not in os.environ):
         try:
             tf.config.threading.set_intra_op_parallelism_threads(1)
         except RuntimeError:  # "cannot be modified after initialization"
@@ -593,10 +601,14 @@ class Sampler:
         if jit is not None and jit != self.choices.xla:  # XLA forced on or off: that alone
             self.choices = Choices(xla=jit)
         self._zeros = tf.zeros([hparams.n_vocab], self.dtype) if self.choices.fused_matmuls else None  # see last_logits
-        # Tensors never change: wte transposed once, not at every call (a tenth of a second or more).
+        # What the passes read: the weights, and wte transposed (`last_logits`). Tensors never
+        # change: transposed once, not at every call (a tenth of a second or more), and with
+        # `Choices.column_halves` the matrices halved once. Variables are read as they are, and
+        # wte transposed at each call (`generate`).
         changing = any(isinstance(value, tf.Variable) for value in tf.nest.flatten(params))
-        self._wte_t = None if changing else transposed_wte(params)
-        self._halves = None  # (params, wte_t, zeros) in column halves, made on first use (`_weights`)
+        self._params, self._wte_t = params, None if changing else transposed_wte(params)
+        if self.choices.column_halves and not changing:
+            self._params, self._wte_t, self._zeros = column_halves(params), halves(self._wte_t), halves(self._zeros)
         # The prompt's pass runs without XLA, which would compile anew for each prompt length.
         self._prefills = {}  # the cache's dtype -> the prompt's pass (`_prefill`)
         self._decoders = {}  # batch size -> the decode loop traced for it (`_decoder`)
@@ -613,32 +625,18 @@ class Sampler:
         dtype = cache[0].dtype
         if dtype not in self._prefills:
             self._prefills[dtype] = tf.function(
-                lambda X, cache: decode(self.params, self.hparams, X, cache, 0, self.choices)[1],
+                lambda X, cache: decode(self._params, self.hparams, X, cache, 0, self.choices)[1],
                 input_signature=[tf.TensorSpec([None, None], tf.int32), cache_spec(self.hparams, None, dtype)])
         return self._prefills[dtype](X, cache)
-
-    def _weights(self, batch_size):
-        """(params, wte_t, zeros): what the decode loop for `batch_size` rows reads. With
-        `Choices.column_halves`, at batch 1, tensors only (Variables change), in column halves,
-        made on first use; otherwise the weights as they are, and wte_t None for Variables (see
-        `generate`)."""
-        if not (self.choices.column_halves and batch_size == 1 and self._wte_t is not None):
-            return self.params, self._wte_t, self._zeros
-        if self._halves is None:
-            self._halves = column_halves(self.params), halves(self._wte_t), halves(self._zeros)
-        return self._halves
 
     def _decoder(self, batch_size):
         """The decode loop as a tf.function for `batch_size` rows, made on first use."""
         if batch_size not in self._decoders:
             cache_dtype = cache_dtype_for(self.dtype, batch_size, self.choices)
-            params, wte_t, zeros = self._weights(batch_size)
-            loop = functools.partial(self._decode_loop, params, zeros)
-            loop.__name__ = "_decode_loop"  # the name TensorFlow's logs and compile_cache.py's files show
             self._decoders[batch_size] = tf.function(
-                loop, jit_compile=self.choices.xla, autograph=False,
+                self._decode_loop, jit_compile=self.choices.xla, autograph=False,
                 input_signature=decode_signature(self.hparams, self.dtype, batch_size, cache_dtype,
-                                                 halves=isinstance(wte_t, list)))
+                                                 halves=isinstance(self._wte_t, list)))
         return self._decoders[batch_size]
 
     def _decode(self, cache, *args):
@@ -665,19 +663,19 @@ class Sampler:
         more = self._capacity(position, size) - cache[0].shape[3]
         return [tf.pad(layer, [[0, 0]] * 3 + [[0, more], [0, 0]]) for layer in cache] if more > 0 else cache
 
-    def _decode_loop(self, params, zeros, cache, tokens, lengths, done, position, steps, keys, temperature, wte_t):
+    def _decode_loop(self, cache, tokens, lengths, done, position, steps, keys, temperature, wte_t):
         """Feeds tokens[:, position] and fills up to `steps` positions of tokens[:, position + 1:].
 
         tokens [batch, size] holds the whole sequence; row r's prompt is its first lengths[r]
-        tokens, which a row keeps where it is still inside it. params, wte_t (`transposed_wte`)
-        and zeros (`last_logits`): from `_weights`. Returns (tokens, cache, done, made).
+        tokens, which a row keeps where it is still inside it. wte_t: `transposed_wte`, or its
+        column halves. Returns (tokens, cache, done, made).
         """
         rows = tf.range(tf.shape(tokens)[0])
 
         def body(i, tokens, cache, done):
             p = position + i
-            h, cache = decode(params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p, self.choices)
-            token = next_token(last_logits(params, h, wte_t, zeros), keys, p + 1, temperature, self.top_k,
+            h, cache = decode(self._params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p, self.choices)
+            token = next_token(last_logits(self._params, h, wte_t, self._zeros), keys, p + 1, temperature, self.top_k,
                                self.top_p, self.choices.xla)
             if self.end_token is not None:  # a finished sample only repeats end_token
                 token = tf.where(done, self.end_token, token)
@@ -717,8 +715,7 @@ class Sampler:
             cache = self._prefill(context[:, :shortest - 1], cache)
         tokens = tf.constant(np.pad(context, [(0, 0), (0, size - longest)]))
         done, keys = tf.zeros([batch], tf.bool), sample.sample_keys(seed, first_sample, batch)
-        wte_t = self._weights(batch)[1]
-        wte_t = transposed_wte(self.params) if wte_t is None else wte_t  # the weights' values now
+        wte_t = transposed_wte(self.params) if self._wte_t is None else self._wte_t  # the weights' values now
         position, made = shortest - 1, 0  # the position fed next; new tokens yielded of every row
         while made < length and not done.numpy().all():
             want = min(chunk or length, length - made)

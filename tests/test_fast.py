@@ -230,21 +230,23 @@ def test_column_halves_compute_what_the_whole_matrices_do(tiny, dtype):
 
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
-def test_one_row_samples_on_column_halves_the_tokens_of_whole_matrices(tiny, dtype):
-    """`Choices.column_halves` at batch 1: the same tokens as whole matrices (and in float32
-    model.py's), whole matrices at other batch sizes, and never for weights that can change."""
+def test_column_halves_sample_the_tokens_of_whole_matrices(tiny, dtype):
+    """A Sampler with `Choices.column_halves` reads its tensor weights in halves, and samples
+    the tokens of whole matrices (and in float32 model.py's), one row or several; weights that
+    can change it reads whole."""
     hparams, params = tiny
     params = model.cast_params(params, dtype)
-    context = random_tokens(hparams.n_vocab, 1, 6, seed=4)
     halves = fast.Sampler(params, hparams, top_k=40, choices=ONEDNN)
-    got = halves.sample(context, 40, seed=3)
     whole = fast.Sampler(params, hparams, top_k=40, choices=dataclasses.replace(ONEDNN, column_halves=False))
-    np.testing.assert_array_equal(got, whole.sample(context, 40, seed=3))
-    if dtype == tf.float32:
-        np.testing.assert_array_equal(got, sample.sample_plain(params, hparams, context, 40, top_k=40, seed=3))
-    halved = lambda sampler, batch: isinstance(sampler._weights(batch)[0]["h"][0]["mlp"]["c_fc"], list)
-    assert [halved(halves, batch) for batch in (1, 2)] == [True, False]
-    assert not halved(fast.Sampler(tf.nest.map_structure(tf.Variable, params), hparams, choices=ONEDNN), 1)
+    for rows in (1, 3):
+        context = random_tokens(hparams.n_vocab, rows, 6, seed=rows)
+        got = halves.sample(context, 40, seed=3)
+        np.testing.assert_array_equal(got, whole.sample(context, 40, seed=3))
+        if dtype == tf.float32:
+            np.testing.assert_array_equal(got, sample.sample_plain(params, hparams, context, 40, top_k=40, seed=3))
+    halved = lambda sampler: isinstance(sampler._params["h"][0]["mlp"]["c_fc"], list)
+    assert halved(halves) and not halved(whole)
+    assert not halved(fast.Sampler(tf.nest.map_structure(tf.Variable, params), hparams, choices=ONEDNN))
 
 
 # --- the sampler ------------------------------------------------------------------------------
@@ -537,7 +539,7 @@ for i, name in enumerate((first, second, first)):  # as the scripts load, the we
     _, hparams, params = cli.load(name, models_dir, "bfloat16", sampling_batch_size=1 if i == 0 else None)
     out.setdefault("intra_op_threads", tf.config.threading.get_intra_op_parallelism_threads())
     sampler = fast.Sampler(params, hparams, top_k=1)
-    for rows in (context, context[:1]):  # two rows, and one on column halves: kernels of their own
+    for rows in (context, context[:1]):  # two rows and one: decode loops of their own
         tokens = sampler.sample(rows, 12)
         logits = model.model(params, hparams, tokens[:, :-1])["logits"][:, 4:].numpy()  # the plain model's, each step
         chosen = np.take_along_axis(logits, tokens[:, 5:, None], -1)[..., 0]
@@ -584,7 +586,7 @@ import fast
 
 fast.has_bfloat16_instructions = lambda: True
 seen = []
-for dtype, batch_size in ((tf.float32, 1), (tf.bfloat16, 8), (tf.bfloat16, 1)):
+for dtype, batch_size in ((tf.float32, 1), (tf.bfloat16, 9), (tf.bfloat16, 8), (tf.bfloat16, 1)):
     fast.set_threads(dtype, batch_size)
     seen.append(tf.config.threading.get_intra_op_parallelism_threads())
 tf.constant(1.0) + 1  # TensorFlow's runtime starts: its threads are set
@@ -593,12 +595,13 @@ print(json.dumps(seen))
 """
 
 
-@pytest.mark.parametrize("environment, threads", [({}, [0, 0, 1]), ({"TF_NUM_INTRAOP_THREADS": "2"}, [0, 0, 0])])
-def test_one_thread_an_op_only_for_one_row_of_bfloat16_and_only_before_the_runtime_starts(environment, threads):
-    """`set_threads` in a fresh process: float32 (XLA) and batch 8 keep TensorFlow's threads
-    (0: its default), bfloat16 at batch 1 on a CPU with bfloat16 instructions takes one thread an
-    op unless TF_NUM_INTRAOP_THREADS says otherwise, and once the runtime runs it changes nothing
-    and raises nothing."""
+@pytest.mark.parametrize("environment, threads", [({}, [0, 0, 1, 1]),
+                                                  ({"TF_NUM_INTRAOP_THREADS": "2"}, [0, 0, 0, 0])])
+def test_one_thread_an_op_only_for_up_to_8_rows_of_bfloat16_and_only_before_the_runtime_starts(environment, threads):
+    """`set_threads` in a fresh process: float32 (XLA) and batch 9 keep TensorFlow's threads
+    (0: its default), bfloat16 at batch 8 or 1 on a CPU with bfloat16 instructions takes one
+    thread an op unless TF_NUM_INTRAOP_THREADS says otherwise, and once the runtime runs it
+    changes nothing and raises nothing."""
     env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src"), "TF_CPP_MIN_LOG_LEVEL": "3", **environment}
     if not environment:
         env.pop("TF_NUM_INTRAOP_THREADS", None)

@@ -388,7 +388,7 @@ def test_the_speed_line_gives_the_rate_without_the_calls_that_compile(sampler, s
 def test_the_rows_sampled_at_a_time_go_to_the_load(models_dir, tiny_model, monkeypatch, script, batch_size, nsamples,
                                                    rows):
     """The scripts load with the rows they sample at a time, which set the process's threads
-    before TensorFlow starts (fast.set_threads: one thread an op for one row of bfloat16)."""
+    before TensorFlow starts (fast.set_threads: one thread an op for up to 8 rows of bfloat16)."""
     loads = []
 
     def load(*args, **kwargs):
