@@ -78,9 +78,9 @@ class Choices:
     growing_cache: bool = False
     # With one thread an op: each weight matrix as two column halves, two ops that the two cores
     # run at once, as llama.cpp's threads split a matrix: one core reads a matrix at ~40 GB/s,
-    # both at 55-65 (`column_halves`; bench_generate.py --dtype bfloat16 --alternate
-    # column_halves, with TF_NUM_INTRAOP_THREADS=1 at batch 8). The halves are copies, which
-    # the Sampler makes of tensor weights (Variables change).
+    # both at 55-65 (`column_halves`; bench_generate.py --dtype bfloat16 --batch_size B
+    # --alternate column_halves). The halves are copies, which the Sampler makes of tensor
+    # weights (Variables change).
     column_halves: bool = False
 
 
@@ -400,6 +400,7 @@ def last_logits(params, h, wte_t, zeros=None):
     lists of column blocks (`column_halves`)."""
     h = model.norm(h[:, -1], params["ln_f"])  # [batch, n_embd]
     if isinstance(wte_t, list):
+        zeros = zeros or [None] * len(wte_t)
         return tf.concat([last_logits_of(h, block, zeros) for block, zeros in zip(wte_t, zeros)], axis=-1)
     return last_logits_of(h, wte_t, zeros)
 
@@ -563,11 +564,11 @@ def cache_size(positions, n_ctx, multiple=128):
     return tf.minimum(rounded, n_ctx + 1) if tf.is_tensor(rounded) else min(rounded, n_ctx + 1)
 
 
-def decode_signature(hparams, dtype, batch_size, cache_dtype, halves=False):
+def decode_signature(hparams, dtype, batch_size, cache_dtype, in_halves=False):
     """The input signature of `Sampler._decode_loop` for `batch_size` rows (None: any), weights
-    in `dtype`, the cache in `cache_dtype` (`cache_dtype_for`), wte_t whole or in `halves`."""
+    in `dtype`, the cache in `cache_dtype` (`cache_dtype_for`), wte_t whole or `in_halves`."""
     n_vocab = hparams.n_vocab
-    wte_t = ([tf.TensorSpec([hparams.n_embd, n], dtype) for n in (n_vocab - n_vocab // 2, n_vocab // 2)] if halves
+    wte_t = ([tf.TensorSpec([hparams.n_embd, n], dtype) for n in (n_vocab - n_vocab // 2, n_vocab // 2)] if in_halves
              else tf.TensorSpec([hparams.n_embd, n_vocab], dtype))
     return [cache_spec(hparams, batch_size, cache_dtype), tf.TensorSpec([batch_size, None], tf.int32),
             tf.TensorSpec([batch_size], tf.int32), tf.TensorSpec([batch_size], tf.bool),
@@ -608,7 +609,8 @@ class Sampler:
         changing = any(isinstance(value, tf.Variable) for value in tf.nest.flatten(params))
         self._params, self._wte_t = params, None if changing else transposed_wte(params)
         if self.choices.column_halves and not changing:
-            self._params, self._wte_t, self._zeros = column_halves(params), halves(self._wte_t), halves(self._zeros)
+            self._params, self._wte_t = column_halves(params), halves(self._wte_t)
+            self._zeros = None if self._zeros is None else halves(self._zeros)
         # The prompt's pass runs without XLA, which would compile anew for each prompt length.
         self._prefills = {}  # the cache's dtype -> the prompt's pass (`_prefill`)
         self._decoders = {}  # batch size -> the decode loop traced for it (`_decoder`)
@@ -636,7 +638,7 @@ class Sampler:
             self._decoders[batch_size] = tf.function(
                 self._decode_loop, jit_compile=self.choices.xla, autograph=False,
                 input_signature=decode_signature(self.hparams, self.dtype, batch_size, cache_dtype,
-                                                 halves=isinstance(self._wte_t, list)))
+                                                 in_halves=isinstance(self._wte_t, list)))
         return self._decoders[batch_size]
 
     def _decode(self, cache, *args):

@@ -236,16 +236,17 @@ def test_column_halves_sample_the_tokens_of_whole_matrices(tiny, dtype):
     can change it reads whole."""
     hparams, params = tiny
     params = model.cast_params(params, dtype)
-    halves = fast.Sampler(params, hparams, top_k=40, choices=ONEDNN)
-    whole = fast.Sampler(params, hparams, top_k=40, choices=dataclasses.replace(ONEDNN, column_halves=False))
-    for rows in (1, 3):
-        context = random_tokens(hparams.n_vocab, rows, 6, seed=rows)
-        got = halves.sample(context, 40, seed=3)
-        np.testing.assert_array_equal(got, whole.sample(context, 40, seed=3))
-        if dtype == tf.float32:
-            np.testing.assert_array_equal(got, sample.sample_plain(params, hparams, context, 40, top_k=40, seed=3))
     halved = lambda sampler: isinstance(sampler._params["h"][0]["mlp"]["c_fc"], list)
-    assert halved(halves) and not halved(whole)
+    for choices in (ONEDNN, fast.Choices(column_halves=True)):  # oneDNN's fused kernels, and plain ones
+        halves = fast.Sampler(params, hparams, top_k=40, choices=choices)
+        whole = fast.Sampler(params, hparams, top_k=40, choices=dataclasses.replace(choices, column_halves=False))
+        assert halved(halves) and not halved(whole)
+        for rows in (1, 3):
+            context = random_tokens(hparams.n_vocab, rows, 6, seed=rows)
+            got = halves.sample(context, 40, seed=3)
+            np.testing.assert_array_equal(got, whole.sample(context, 40, seed=3))
+            if dtype == tf.float32:
+                np.testing.assert_array_equal(got, sample.sample_plain(params, hparams, context, 40, top_k=40, seed=3))
     assert not halved(fast.Sampler(tf.nest.map_structure(tf.Variable, params), hparams, choices=ONEDNN))
 
 
