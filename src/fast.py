@@ -400,8 +400,9 @@ def last_logits(params, h, wte_t, zeros=None):
     lists of column blocks (`column_halves`)."""
     h = model.norm(h[:, -1], params["ln_f"])  # [batch, n_embd]
     if isinstance(wte_t, list):
-        zeros = zeros or [None] * len(wte_t)
-        return tf.concat([last_logits_of(h, block, zeros) for block, zeros in zip(wte_t, zeros)], axis=-1)
+        blocks_zeros = zeros or [None] * len(wte_t)
+        return tf.concat([last_logits_of(h, block, block_zeros) for block, block_zeros in zip(wte_t, blocks_zeros)],
+                         axis=-1)
     return last_logits_of(h, wte_t, zeros)
 
 
@@ -423,8 +424,12 @@ def column_halves(params):
 
 def halves(t):
     """t [..., n] -> [t[..., :n - n // 2], t[..., n - n // 2:]]: copies, not views."""
-    n = t.shape[-1]
-    return tf.split(t, [n - n // 2, n // 2], axis=-1)
+    return tf.split(t, half_widths(t.shape[-1]), axis=-1)
+
+
+def half_widths(n):
+    """The widths of `halves` of n columns: the first takes the odd one."""
+    return [n - n // 2, n // 2]
 
 
 # --- Choosing the next token ----------------------------------------------------------------
@@ -567,9 +572,8 @@ def cache_size(positions, n_ctx, multiple=128):
 def decode_signature(hparams, dtype, batch_size, cache_dtype, in_halves=False):
     """The input signature of `Sampler._decode_loop` for `batch_size` rows (None: any), weights
     in `dtype`, the cache in `cache_dtype` (`cache_dtype_for`), wte_t whole or `in_halves`."""
-    n_vocab = hparams.n_vocab
-    wte_t = ([tf.TensorSpec([hparams.n_embd, n], dtype) for n in (n_vocab - n_vocab // 2, n_vocab // 2)] if in_halves
-             else tf.TensorSpec([hparams.n_embd, n_vocab], dtype))
+    wte_t = ([tf.TensorSpec([hparams.n_embd, n], dtype) for n in half_widths(hparams.n_vocab)] if in_halves
+             else tf.TensorSpec([hparams.n_embd, hparams.n_vocab], dtype))
     return [cache_spec(hparams, batch_size, cache_dtype), tf.TensorSpec([batch_size, None], tf.int32),
             tf.TensorSpec([batch_size], tf.int32), tf.TensorSpec([batch_size], tf.bool),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
