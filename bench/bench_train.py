@@ -64,7 +64,8 @@ def plain_window_losses(params, hparams, inputs, targets, memory_saving=False):
 
 # --alternate NAME: what it replaces, and with what
 ALTERNATES = {"head": (training, "window_losses", plain_window_losses),
-              "copies": (fast, "weight_copies", lambda params, dtype: params)}  # the pass converts the weights
+              "copies": (fast, "weight_copies", lambda params, dtype: params),  # the pass converts the weights
+              "tied": (fast, "tied_embeddings", lambda wte: (wte, wte))}  # TensorFlow adds the two gradients
 
 
 def alternate(path, args):

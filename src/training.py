@@ -40,9 +40,11 @@ def window_losses(params, hparams, inputs, targets, memory_saving=False):
     from the tokens of inputs [batch, T] before it (the same tokens, or with --noise):
     `predictions_loss(forward(params, hparams, inputs), targets)`, faster. The last position,
     which predicts nothing within the window, is left out before the output layer, not after it,
-    and the output layer and the loss are one (`fast.next_token_losses`)."""
-    h = hidden_states(params, hparams, inputs, memory_saving)[:, :-1]  # [batch, T - 1, n_embd]
-    return fast.next_token_losses(h, params["wte"], targets[:, 1:])
+    and the output layer and the loss are one (`fast.next_token_losses`); the two uses of wte add
+    their gradients as `fast.tied_embeddings` does."""
+    embedding, output_layer = fast.tied_embeddings(params["wte"])
+    h = hidden_states({**params, "wte": embedding}, hparams, inputs, memory_saving)[:, :-1]  # [batch, T - 1, n_embd]
+    return fast.next_token_losses(h, output_layer, targets[:, 1:])
 
 
 def hidden_states(params, hparams, X, memory_saving=False):

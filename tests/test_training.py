@@ -100,6 +100,30 @@ def test_window_losses_and_their_gradients_are_the_plain_output_layers_and_cross
         np.testing.assert_allclose(fast_way[name], value, rtol=1e-5, atol=1e-5 * np.abs(value).max(), err_msg=name)
 
 
+@pytest.mark.parametrize("embedding_use", ["gather", "matmul"])
+def test_the_embeddings_gradient_is_added_row_by_row_into_the_output_layers(embedding_use):
+    """`fast.tied_embeddings`: wte's gradient, from the embedding and from the output layer, is
+    TensorFlow's sum of the two, here with a token read three times. A gather's gradient, the
+    embedding's rows, is added into the output layer's dense one (TensorScatterAdd), never made
+    dense first (UnsortedSegmentSum); a dense one is added as it is."""
+    wte = tf.constant(np.random.RandomState(0).randn(7, 3), tf.float32)  # [n_vocab, n_embd]
+    ids = tf.constant([[1, 4, 1], [6, 1, 0]])
+
+    def loss(embedding, output_layer):
+        read = tf.gather(embedding, ids) if embedding_use == "gather" else tf.matmul(embedding, embedding, transpose_a=True)
+        return tf.reduce_sum(read ** 2) + tf.reduce_sum(tf.matmul(output_layer, output_layer, transpose_b=True) ** 2)
+
+    @tf.function
+    def gradient(tied):
+        with tf.GradientTape() as tape:
+            tape.watch(wte)
+            value = loss(*fast.tied_embeddings(wte)) if tied else loss(wte, wte)
+        return tape.gradient(value, wte)
+    np.testing.assert_allclose(gradient(True), gradient(False), rtol=1e-6)
+    ops = {op.type for op in gradient.get_concrete_function(True).graph.get_operations()}
+    assert ("TensorScatterAdd" in ops) == (embedding_use == "gather") and "UnsortedSegmentSum" not in ops
+
+
 def test_the_targets_gradient_is_made_in_float32_where_bfloat16_would_cancel():
     """With the identity as output layer the logits are h, and h's gradient is the softmax less
     one at the target. At p = 0.9926 bfloat16's nearest p is 0.9922, which would make p - 1 5%
