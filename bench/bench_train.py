@@ -25,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import checkpoints  # noqa: E402
@@ -62,20 +63,22 @@ def plain_window_losses(params, hparams, inputs, targets, memory_saving=False):
     return training.predictions_loss(training.forward(params, hparams, inputs, memory_saving), targets)
 
 
-# --alternate NAME: what it replaces, and with what
-ALTERNATES = {"head": (training, "window_losses", plain_window_losses),
-              "copies": (fast, "weight_copies", lambda params, dtype: params),  # the pass converts the weights
-              "tied": (fast, "tied_embeddings", lambda wte: (wte, wte))}  # TensorFlow adds the two gradients
+# --alternate NAME: what it replaces, with what, and the flags of the Trainer without it
+ALTERNATES = {"head": (training, "window_losses", plain_window_losses, {}),
+              "copies": (fast, "weight_copies", lambda params, dtype: params, {}),  # the pass converts the weights
+              "tied": (fast, "tied_embeddings", lambda wte: (wte, wte), {}),  # TensorFlow adds the two gradients
+              "adam": (fast, "FusedAdam", keras.optimizers.Adam, {"xla_update": True})}  # Keras's, through XLA
 
 
 def alternate(path, args):
     """Steps with and without the choice --alternate names, in turns in one process, whose
     speed swings less than that of two processes: medians and their ratio."""
-    module, name, replacement = ALTERNATES[args.alternate]
+    module, name, replacement, flags = ALTERNATES[args.alternate]
     trainers = {}
     for way in ("with", "without"):
         with unittest.mock.patch.object(module, name, replacement) if way == "without" else contextlib.nullcontext():
-            trainers[way], windows = trainer_and_windows(path, args)
+            trainers[way], windows = trainer_and_windows(path, argparse.Namespace(**{
+                **vars(args), **(flags if way == "without" else {})}))
             trainers[way].step(windows)  # traces with or without it, and compiles
     speeds = {way: [] for way in trainers}
     for _ in range(args.repeats):
@@ -109,8 +112,8 @@ def main():
     parser.add_argument("--memory_saving_gradients", action="store_true")
     parser.add_argument("--xla", type=lambda v: {"true": True, "false": False}[v.lower()], default=None,
                         help="true/false: compile the forward and backward pass with XLA (default: fast.train_with_xla)")
-    parser.add_argument("--xla_update", type=lambda v: {"true": True, "false": False}[v.lower()], default=None,
-                        help="true/false: compile the optimizer's update with XLA (default: fast.update_with_xla)")
+    parser.add_argument("--xla_update", type=lambda v: {"true": True, "false": False}[v.lower()], default=False,
+                        help="true/false: compile the optimizer's update with XLA (default: false, fast.FusedAdam)")
     parser.add_argument("--alternate", choices=sorted(ALTERNATES),
                         help="time steps with and without this choice in turns, --repeats times")
     parser.add_argument("--repeats", type=int, default=5, help="rounds of --alternate")

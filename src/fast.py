@@ -17,8 +17,9 @@ It computes what `model.model` and `sample.next_token` compute, in another order
 - `Choices` holds what depends on the device and dtype; each says what it wins and which
   bench command shows it (figures: bench/README.md).
 
-Training's speed lives here too: whether its pass and its update go through XLA
-(`train_with_xla`, `update_with_xla`) and its output layer and loss in one (`next_token_losses`).
+Training's speed lives here too: whether its pass goes through XLA (`train_with_xla`), Adam's
+update (`FusedAdam`), its output layer and loss in one
+(`next_token_losses`), and wte's two gradients (`tied_embeddings`).
 
 Weights must not change under a compiled Sampler's feet in a way the kernels cannot see: see
 `check_weights_can_change`.
@@ -29,6 +30,7 @@ import os
 import re
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -124,14 +126,23 @@ def train_with_xla(dtype, device_type=None):
     return tf.as_dtype(dtype) != tf.float32 and choices_for(dtype, device_type).xla
 
 
-def update_with_xla(optimizer, device_type=None):
-    """Whether the optimizer's update of the weights goes through XLA: for Adam on a CPU, where
-    it makes the dozen passes over each variable one, 1.15x the steps of 124M at batch 1 and 1.17x
-    at batch 4 (bench_train.py --xla_update true/false); not for SGD, whose update is one pass
-    already (1.02x, for 4% more peak memory); on a GPU nothing is measured yet: TensorFlow's
-    default. Only on a single device: the update of several replicas sums their gradients across
-    them first, which stays TensorFlow's."""
-    return optimizer == "adam" and choices_for(tf.float32, device_type).xla  # float32 master weights
+class FusedAdam(keras.optimizers.Adam):
+    """Keras's Adam, each variable's update one pass of TensorFlow's ApplyAdam kernel (TF1's
+    AdamOptimizer's) over the weight, its two moments and its gradient: the same arithmetic (but
+    1 - beta_2 made in float32, as TF1 made it), where Keras's update makes a dozen passes, and XLA's loops of them (the update as one
+    `tf.function(jit_compile=True)`) are slower than the kernel. Training 124M at 1 x 256 on an AMX
+    CPU: 1.18x the steps in bfloat16, 1.13x in float32, against Keras's Adam through XLA
+    (bench_train.py --dtype D --alternate adam). Its variables are Keras's: a run saved with
+    either resumes with the other."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype, index = variable.dtype, self._get_variable_index(variable)
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
+            beta1_power=beta_1 ** step, beta2_power=beta_2 ** step, lr=tf.cast(learning_rate, dtype),
+            beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
 
 
 def weight_copies(params, dtype):

@@ -76,10 +76,11 @@ def add_noise(tokens, noise, n_vocab, seed):
 
 
 def make_optimizer(name, learning_rate, dtype):
-    """Adam with the epsilon of TF1's AdamOptimizer that GPT-2 fine-tuning used, or plain SGD
-    (no momentum); with a dynamic loss scale for float16, whose gradients would underflow."""
+    """Adam with the epsilon of TF1's AdamOptimizer that GPT-2 fine-tuning used, on its kernel
+    (`fast.FusedAdam`), or plain SGD (no momentum); with a dynamic loss scale for float16, whose
+    gradients would underflow."""
     if name == "adam":
-        optimizer = keras.optimizers.Adam(learning_rate, epsilon=1e-8)
+        optimizer = fast.FusedAdam(learning_rate, epsilon=1e-8)
     elif name == "sgd":
         optimizer = keras.optimizers.SGD(learning_rate)
     else:
@@ -99,12 +100,11 @@ class Trainer:
 
     def __init__(self, values, hparams, *, optimizer="adam", learning_rate=2e-5, dtype=tf.float32,
                  memory_saving=False, only_train_transformer_layers=False, noise=0.0, strategy=None, xla=None,
-                 xla_update=None):
+                 xla_update=False):
         self.hparams, self.dtype, self.memory_saving, self.noise = hparams, tf.as_dtype(dtype), memory_saving, noise
         self.xla = fast.train_with_xla(self.dtype) if xla is None else xla
         self.strategy = strategy or tf.distribute.get_strategy()
-        one_device = not tf.distribute.has_strategy() and self.strategy is tf.distribute.get_strategy()  # the default
-        self.xla_update = (one_device and fast.update_with_xla(optimizer)) if xla_update is None else xla_update
+        self.xla_update = xla_update
         with self.strategy.scope():
             # Variables in `model.model`'s layout, so that a Sampler given them reads their values
             # at each call; refused where oneDNN is told weights never change.
@@ -120,8 +120,7 @@ class Trainer:
             self.optimizer.build(self.trainable)
         self._step = tf.function(self._distributed_step)
         # The forward and backward pass, compiled by XLA where it wins (fast.train_with_xla); the
-        # update too, on one device (fast.update_with_xla): over replicas it sums their gradients
-        # first, and stays TensorFlow's.
+        # update only when asked (xla_update): Adam's kernel beats XLA's loops (fast.FusedAdam).
         self._compiled_gradients = tf.function(self._gradients, jit_compile=self.xla)
         self._update = tf.function(self._apply_gradients, jit_compile=True) if self.xla_update else self._apply_gradients
         self._loss = tf.function(self._mean_loss, input_signature=[tf.TensorSpec([None, None], tf.int32)])
