@@ -18,8 +18,8 @@ It computes what `model.model` and `sample.next_token` compute, in another order
   bench command shows it (figures: bench/README.md).
 
 Training's speed lives here too: whether its pass goes through XLA (`train_with_xla`), Adam's
-update (`FusedAdam`), its output layer and loss in one
-(`next_token_losses`), and wte's two gradients (`tied_embeddings`).
+update (`FusedAdam`), the output layer and loss in one (`next_token_losses`), and wte's two
+gradients (`tied_embeddings`).
 
 Weights must not change under a compiled Sampler's feet in a way the kernels cannot see: see
 `check_weights_can_change`.
@@ -128,12 +128,12 @@ def train_with_xla(dtype, device_type=None):
 
 class FusedAdam(keras.optimizers.Adam):
     """Keras's Adam, each variable's update one pass of TensorFlow's ApplyAdam kernel (TF1's
-    AdamOptimizer's) over the weight, its two moments and its gradient: the same arithmetic (but
-    1 - beta_2 made in float32, as TF1 made it), where Keras's update makes a dozen passes, and XLA's loops of them (the update as one
-    `tf.function(jit_compile=True)`) are slower than the kernel. Training 124M at 1 x 256 on an AMX
-    CPU: 1.18x the steps in bfloat16, 1.13x in float32, against Keras's Adam through XLA
-    (bench_train.py --dtype D --alternate adam). Its variables are Keras's: a run saved with
-    either resumes with the other."""
+    AdamOptimizer's) over the weight, its two moments and its gradient. The same arithmetic, but
+    for 1 - beta_2, made in float32 as TF1 made it. Keras's own update makes a dozen passes, and
+    XLA's loops of them (the update as one `tf.function(jit_compile=True)`) are slower than the
+    kernel: training 124M at 1 x 256 on an AMX CPU, 1.18x the steps in bfloat16 and 1.13x in
+    float32 against Keras's Adam through XLA (bench_train.py --dtype D --alternate adam). Its
+    variables are Keras's, in the same order: a run saved with either resumes with the other."""
 
     def update_step(self, gradient, variable, learning_rate):
         dtype, index = variable.dtype, self._get_variable_index(variable)
@@ -162,12 +162,12 @@ def weight_copies(params, dtype):
 
 @tf.custom_gradient
 def tied_embeddings(wte):
-    """wte [n_vocab, n_embd] twice: (for the embedding, for the output layer), whose gradients
+    """wte [n_vocab, n_embd] twice, (for the embedding, for the output layer), whose gradients
     add up as the embedding's rows, one a token read, added into the output layer's dense
-    gradient in place. TensorFlow would make the embedding's gradient dense, a pass over
-    [n_vocab, n_embd], then add the two, another pass: in bfloat16, TensorFlow's own kernels
-    convert element by element. Training 124M at 1 x 256 on an AMX CPU: bench_train.py --dtype D
-    --alternate tied."""
+    gradient. TensorFlow would make the embedding's gradient dense, a pass over [n_vocab, n_embd],
+    then add the two, another pass, which in bfloat16 its own kernels make element by element.
+    Training 124M at 1 x 256 on an AMX CPU: 1.077x the steps in bfloat16, 1.041x in float32
+    (bench_train.py --dtype D --alternate tied)."""
     def gradient(embedding, output):  # tf.IndexedSlices of the rows read, dense [n_vocab, n_embd]
         if not isinstance(embedding, tf.IndexedSlices):
             return embedding + output
