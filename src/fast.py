@@ -79,10 +79,11 @@ class Choices:
     # bench_generate.py --dtype bfloat16 --batch_size 8 --alternate growing_cache).
     growing_cache: bool = False
     # With one thread an op: each weight matrix as two column halves, two ops that the two cores
-    # run at once, as llama.cpp's threads split a matrix: one core reads a matrix at ~40 GB/s,
-    # both at 55-65 (`column_halves`; bench_generate.py --dtype bfloat16 --batch_size B
-    # --alternate column_halves). The halves are copies, which the Sampler makes of tensor
-    # weights (Variables change).
+    # run at once, as llama.cpp's threads split a matrix: on a Zen 5 one core reads a matrix at
+    # ~40 GB/s, both at 55-65; on an AMX Xeon one core streams at 15, both at 26
+    # (`column_halves`; bench_generate.py --dtype bfloat16 --batch_size B --alternate
+    # column_halves: 1.13 and 1.51 at batch 1). The halves are copies, which the Sampler makes of
+    # tensor weights (Variables change).
     column_halves: bool = False
 
 
