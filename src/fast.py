@@ -18,8 +18,8 @@ It computes what `model.model` and `sample.next_token` compute, in another order
   bench command shows it (figures: bench/README.md).
 
 Training's speed lives here too: whether its pass goes through XLA (`train_with_xla`), Adam's
-update (`FusedAdam`), the output layer and loss in one (`next_token_losses`), and wte's two
-gradients (`tied_embeddings`).
+update (`FusedAdam`), the output layer and loss in one (`next_token_losses`), wte's two
+gradients (`tied_embeddings`), and the norms and GELU each one XLA loop (`xla_fused`).
 
 Weights must not change under a compiled Sampler's feet in a way the kernels cannot see: see
 `check_weights_can_change`.
@@ -205,6 +205,40 @@ def next_token_losses(h, wte, targets):
             return tf.matmul(d_logits, wte) * scale, tf.matmul(d_logits, flat_h * scale, transpose_a=True)
         return log_total - target_logits, gradient
     return tf.reshape(losses(flat_h, wte), [batch, n])
+
+
+def xla_fused(f):
+    """f(x, *rest), computed in float32 and given back in x's dtype, its forward and its backward
+    each one XLA program: XLA fuses the elementwise ops into one loop over the tensor, where
+    TensorFlow's kernels make a pass each (and in bfloat16 convert each element at each op). The
+    backward computes f again from its inputs, which are all the two passes keep between them.
+    For training's norms and GELU (`norm`, `gelu`); the matmuls stay on oneDNN, whose AMX and
+    AVX512_BF16 kernels XLA's CPU backend does not use. Training 124M at 1 x 256 on an AMX CPU:
+    bench_train.py --dtype D --alternate xla_fused (bench/README.md)."""
+    def in_float32(x, *rest):
+        return tf.cast(f(tf.cast(x, tf.float32), *rest), x.dtype)
+    forward = tf.function(in_float32, jit_compile=True, autograph=False)
+
+    @functools.partial(tf.function, jit_compile=True, autograph=False)
+    def backward(upstream, *args):
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            y = in_float32(*args)
+        return tape.gradient(y, args, upstream)
+
+    @tf.custom_gradient
+    def fused(*args):
+        return forward(*args), lambda upstream: backward(upstream, *args)
+    return fused
+
+
+gelu = xla_fused(model.gelu)
+_norm = xla_fused(lambda x, g, b: model.norm(x, {"g": g, "b": b}))
+
+
+def norm(x, p):
+    """`model.norm` of x [..., n] with p's gain and bias, as `xla_fused` makes it."""
+    return _norm(x, p["g"], p["b"])
 
 
 def default_device_type():

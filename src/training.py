@@ -53,17 +53,26 @@ def hidden_states(params, hparams, X, memory_saving=False):
     (tf.recompute_grad): activations of one block in memory instead of all of them."""
     h = model.embed(params, X)  # [batch, seq, n_embd]
     for p in params["h"]:
-        h = recomputed_block(h, p, hparams.n_head) if memory_saving else model.block(h, p, None, hparams.n_head)[0]
-    return model.norm(h, params["ln_f"])
+        h = recomputed_block(h, p, hparams.n_head) if memory_saving else block(h, p, hparams.n_head)
+    return fast.norm(h, params["ln_f"])
+
+
+def block(x, p, n_head):
+    """`model.block` without a cache, its norms and GELU each one XLA loop forward and backward
+    (`fast.xla_fused`): x [batch, seq, n_embd] -> x."""
+    a, _ = model.attn(fast.norm(x, p["ln_1"]), p["attn"], None, n_head)
+    x = x + a
+    m = fast.gelu(model.conv1d(fast.norm(x, p["ln_2"]), p["mlp"]["c_fc"]))  # [batch, seq, 4 * n_embd]
+    return x + model.conv1d(m, p["mlp"]["c_proj"])
 
 
 def recomputed_block(h, p, n_head):
-    """`model.block`'s output for h [batch, seq, n_embd], recomputed in the backward pass."""
+    """`block`'s output for h [batch, seq, n_embd], recomputed in the backward pass."""
     flat = [tf.convert_to_tensor(value) for value in tf.nest.flatten(p)]  # tensors: no variables inside
 
-    def block(h, *flat):
-        return model.block(h, tf.nest.pack_sequence_as(p, flat), None, n_head)[0]
-    return tf.recompute_grad(block)(h, *flat)
+    def computed(h, *flat):
+        return block(h, tf.nest.pack_sequence_as(p, flat), n_head)
+    return tf.recompute_grad(computed)(h, *flat)
 
 
 def add_noise(tokens, noise, n_vocab, seed):
