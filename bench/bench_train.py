@@ -68,7 +68,7 @@ ALTERNATES = {"head": (training, "window_losses", plain_window_losses, {}),
               "copies": (fast, "weight_copies", lambda params, dtype: params, {}),  # the pass converts the weights
               "tied": (fast, "tied_embeddings", lambda wte: (wte, wte), {}),  # TensorFlow adds the two gradients
               "adam": (fast, "FusedAdam", keras.optimizers.Adam, {"xla_update": True}),  # Keras's, through XLA
-              # the blocks' norms and GELU on TensorFlow's kernels, op by op (the final norm stays one loop)
+              # the blocks' norms and GELU on TensorFlow's kernels, op by op (the final norm stays through XLA)
               "xla_fused": (training, "block", lambda x, p, n_head: model.block(x, p, None, n_head)[0], {})}
 
 

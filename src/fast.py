@@ -19,7 +19,7 @@ It computes what `model.model` and `sample.next_token` compute, in another order
 
 Training's speed lives here too: whether its pass goes through XLA (`train_with_xla`), Adam's
 update (`FusedAdam`), the output layer and loss in one (`next_token_losses`), wte's two
-gradients (`tied_embeddings`), and the norms and GELU each one XLA loop (`xla_fused`).
+gradients (`tied_embeddings`), and the norms and GELU each one XLA program (`xla_fused`).
 
 Weights must not change under a compiled Sampler's feet in a way the kernels cannot see: see
 `check_weights_can_change`.
@@ -208,19 +208,21 @@ def next_token_losses(h, wte, targets):
 
 
 def xla_fused(f):
-    """f(x, *rest), computed in float32 and given back in x's dtype, its forward and its backward
-    each one XLA program: XLA fuses the elementwise ops into one loop over the tensor, where
-    TensorFlow's kernels make a pass each (and in bfloat16 convert each element at each op). The
-    backward computes f again from its inputs, which are all the two passes keep between them.
-    For training's norms and GELU (`norm`, `gelu`); the matmuls stay on oneDNN, whose AMX and
-    AVX512_BF16 kernels XLA's CPU backend does not use. Training 124M at 1 x 256 on an AMX CPU:
-    1.073x the steps in bfloat16, 1.030x in float32 (bench_train.py --dtype D --alternate
-    xla_fused)."""
+    """f(x, *rest) with x converted to float32 (rest as given), the result given back in x's
+    dtype, its forward and its backward each one XLA program: XLA fuses the elementwise ops into
+    a few loops over the tensor, where TensorFlow's kernels make a pass an op (and in bfloat16
+    convert each element at each op). The backward computes f again from its inputs, which are
+    all the two passes keep between them (inside a pass XLA compiles whole, `train_with_xla`,
+    XLA may merge the two). For training's norms and GELU (`norm`, `gelu`), on any device: the
+    matmuls stay on oneDNN, whose AMX and AVX512_BF16 kernels XLA's CPU backend does not use.
+    Training 124M at 1 x 256 on an AMX CPU: 1.073x the steps in bfloat16, 1.030x in float32
+    (bench_train.py --dtype D --alternate xla_fused); not measured on a GPU yet. Each new shape
+    is compiled once (a few small programs)."""
     def in_float32(x, *rest):
         return tf.cast(f(tf.cast(x, tf.float32), *rest), x.dtype)
-    forward = tf.function(in_float32, jit_compile=True, autograph=False)
+    forward = tf.function(in_float32, jit_compile=True, autograph=False, reduce_retracing=True)
 
-    @functools.partial(tf.function, jit_compile=True, autograph=False)
+    @functools.partial(tf.function, jit_compile=True, autograph=False, reduce_retracing=True)
     def backward(upstream, *args):
         with tf.GradientTape() as tape:
             tape.watch(args)

@@ -58,8 +58,9 @@ def hidden_states(params, hparams, X, memory_saving=False):
 
 
 def block(x, p, n_head):
-    """`model.block` without a cache, its norms and GELU each one XLA loop forward and backward
-    (`fast.xla_fused`): x [batch, seq, n_embd] -> x."""
+    """`model.block` without a cache, its norms and GELU each one XLA program forward and one
+    backward (`fast.xla_fused`): x [batch, seq, n_embd] -> x. In half precision GELU computes in
+    float32 and rounds once, where model.py's rounds at each op."""
     a, _ = model.attn(fast.norm(x, p["ln_1"]), p["attn"], None, n_head)
     x = x + a
     m = fast.gelu(model.conv1d(fast.norm(x, p["ln_2"]), p["mlp"]["c_fc"]))  # [batch, seq, 4 * n_embd]
