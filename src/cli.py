@@ -287,13 +287,18 @@ def available_memory():
 
 
 def sampling_memory(hparams, batch_size, positions, dtype):
-    """Bytes that sampling batch_size rows of `positions` tokens takes, about: the weights, the
-    key/value cache (fast.py), and a step's float32 logits, a few copies of them."""
+    """Bytes that sampling batch_size rows of `positions` tokens takes, about: the weights and
+    the copies the chosen path makes of them, the key/value cache (fast.py), and a step's float32
+    logits, a few copies of them."""
     import fast
     import model
     dtype = parse_dtype(dtype)
     choices = fast.choices_for(dtype)
     weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values()) * dtype.size
+    # The Sampler's column halves, and oneDNN's converted copies of frozen weights, one for the
+    # prompt's pass and one for the decode loop: 1558M in bfloat16 on an AMX CPU peaked at 14.5 GB
+    # for 3.1 GB of weights (bench/README.md, "1558M's peak memory on this CPU").
+    weights *= 1 + choices.column_halves + 2 * choices.frozen_weights
     cache = 2 * hparams.n_layer * batch_size * fast.cache_size(positions, hparams.n_ctx) * hparams.n_embd
     cache *= fast.cache_dtype_for(dtype, batch_size, choices).size
     cache *= 2 if choices.inplace_cache else 1  # own_cache's copy

@@ -3,6 +3,7 @@ streaming, Ctrl-C / Ctrl-D, and one-line errors."""
 import fcntl
 import inspect
 import io
+import math
 import os
 import pty
 import re
@@ -512,7 +513,9 @@ def test_a_batch_too_big_for_memory_says_what_to_lower(models_dir, tiny_model):
                         result.stderr), result.stderr
 
 
-def test_memory_is_checked_against_what_is_available():
+@pytest.mark.parametrize("bfloat16_instructions", [True, False])
+def test_memory_is_checked_against_what_is_available(monkeypatch, bfloat16_instructions):
+    monkeypatch.setattr(fast, "has_bfloat16_instructions", lambda: bfloat16_instructions)
     hparams = model.HParams(**{**checkpoints.TINY, "n_ctx": 1024})
     needed = cli.sampling_memory(hparams, 64, 100, "float32")
     cli.check_memory(hparams, 64, 100, "float32", available=needed)
@@ -521,7 +524,16 @@ def test_memory_is_checked_against_what_is_available():
     # The cache grows with the batch and the positions (rounded up to 128), in the dtype's bytes.
     cache = cli.sampling_memory(hparams, 2, 129, "float32") - cli.sampling_memory(hparams, 1, 129, "float32")
     assert cache == 2 * hparams.n_layer * 256 * hparams.n_embd * 4 + 4 * hparams.n_vocab * 4
-    assert cli.sampling_memory(hparams, 1, 100, "bfloat16") < cli.sampling_memory(hparams, 1, 100, "float32")
+    # The weights, and where bfloat16 takes oneDNN's choices their halves and two frozen copies.
+    weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values())
+    cache = 2 * hparams.n_layer * 128 * hparams.n_embd
+    logits = 4 * hparams.n_vocab * 4
+    assert cli.sampling_memory(hparams, 1, 100, "float32") == weights * 4 + cache * 4 + logits
+    half = cli.sampling_memory(hparams, 1, 100, "bfloat16")
+    if bfloat16_instructions:  # a float32 cache (float32_attention), copied once for writing in place
+        assert half == weights * 2 * 4 + cache * 4 * 2 + logits
+    else:
+        assert half == weights * 2 + cache * 2 + logits
 
 
 def test_out_of_memory_names_the_flags_each_script_has():
