@@ -195,11 +195,19 @@ def disk_full_line(error):
 
 def out_of_memory_line(command, error=None):
     """What to lower when a run does not fit in memory, among the command's flags; with what
-    a MemoryError says it needed."""
-    flags = [f"--{name}" for name in ("batch_size", "length") if name in inspect.signature(command).parameters]
-    lower = f"lower {' or '.join(flags)}, or " if flags else ""
+    a MemoryError says it needed. --dtype bfloat16 is named unless the error says it would not
+    take less (`check_memory`'s `lighter_dtype`)."""
+    has, fixes = inspect.signature(command).parameters, []
+    lower = [f"--{name}" for name in ("batch_size", "length") if name in has]
+    if lower:
+        fixes.append(f"lower {' or '.join(lower)}")
+    use = ["a smaller --model_name"] if "model_name" in has else []
+    if "dtype" in has and getattr(error, "lighter_dtype", True):
+        use.append("--dtype bfloat16")
+    if use:
+        fixes.append(f"use {' or '.join(use)}")
     needed = f" ({error})" if error is not None and str(error) else ""
-    return f"error: out of memory{needed}: {lower}use a smaller --model_name or --dtype bfloat16"
+    return f"error: out of memory{needed}: {', or '.join(fixes) or 'free some memory'}"
 
 
 # --- TensorFlow's start --------------------------------------------------------------------------
@@ -295,10 +303,11 @@ def sampling_memory(hparams, batch_size, positions, dtype):
     dtype = parse_dtype(dtype)
     choices = fast.choices_for(dtype)
     weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values()) * dtype.size
-    # The Sampler's column halves, and oneDNN's converted copies of frozen weights, one for the
-    # prompt's pass and one for the decode loop: 1558M in bfloat16 on an AMX CPU peaked at 14.5 GB
-    # for 3.1 GB of weights (bench/README.md, "1558M's peak memory on this CPU").
-    weights *= 1 + choices.column_halves + 2 * choices.frozen_weights
+    # The weights as loaded, the Sampler's column halves, and oneDNN's converted copy of frozen
+    # weights for the decode loop: the scripts drop the whole matrices once halved, and the
+    # prompt's pass's converted copies take the memory they leave. 1558M in bfloat16 on an AMX
+    # CPU peaked at 11.0 GB for 3.1 GB of weights (bench/README.md, "1558M's peak memory").
+    weights *= 1 + choices.column_halves + choices.frozen_weights
     cache = 2 * hparams.n_layer * batch_size * fast.cache_size(positions, hparams.n_ctx) * hparams.n_embd
     cache *= fast.cache_dtype_for(dtype, batch_size, choices).size
     cache *= 2 if choices.inplace_cache else 1  # own_cache's copy
@@ -307,12 +316,17 @@ def sampling_memory(hparams, batch_size, positions, dtype):
 
 def check_memory(hparams, batch_size, positions, dtype, available=None):
     """MemoryError when sampling would take more memory than is available: there, rather than
-    being killed by the kernel without a word, a run says what to lower (`main`)."""
+    being killed by the kernel without a word, a run says what to lower (`main`,
+    `out_of_memory_line`)."""
     needed = sampling_memory(hparams, batch_size, positions, dtype)
     available = available_memory() if available is None else available
     if available is not None and needed > available:
-        raise MemoryError(f"a batch of {batch_size} needs about {needed / 2 ** 30:.1f} GiB, "
-                          f"{available / 2 ** 30:.1f} GiB is available")
+        error = MemoryError(f"a batch of {batch_size} needs about {needed / 2 ** 30:.1f} GiB, "
+                            f"{available / 2 ** 30:.1f} GiB is available")
+        # Whether --dtype bfloat16 would take less (out_of_memory_line): not where the path it
+        # takes on this CPU keeps more copies of the weights than float32's.
+        error.lighter_dtype = sampling_memory(hparams, batch_size, positions, "bfloat16") < needed
+        raise error
 
 
 def check_counts(nsamples, batch_size, *, forever=False):

@@ -663,17 +663,18 @@ class Sampler:
 
     def __init__(self, params, hparams, *, top_k=0, top_p=1.0, end_token=None, jit=None, choices=None):
         check_weights_can_change(params)
-        self.params, self.hparams = params, hparams
+        self.hparams = hparams
         self.top_k, self.top_p, self.end_token = top_k, top_p, end_token
         self.dtype = params["wte"].dtype
         self.choices = choices or choices_for(self.dtype)
         if jit is not None and jit != self.choices.xla:  # XLA forced on or off: that alone
             self.choices = Choices(xla=jit)
         self._zeros = tf.zeros([hparams.n_vocab], self.dtype) if self.choices.fused_matmuls else None  # see last_logits
-        # What the passes read: the weights, and wte transposed (`last_logits`). Tensors never
-        # change: transposed once, not at every call (a tenth of a second or more), and with
-        # `Choices.column_halves` the matrices halved once. Variables are read as they are, and
-        # wte transposed at each call (`generate`).
+        # What the passes read, all the Sampler keeps: the weights, and wte transposed
+        # (`last_logits`). Tensors never change: transposed once, not at every call (a tenth of a
+        # second or more), and with `Choices.column_halves` the matrices halved once, the whole
+        # ones not kept (the scripts then drop theirs: a copy of the weights fewer). Variables are
+        # read as they are, and wte transposed at each call (`generate`).
         changing = any(isinstance(value, tf.Variable) for value in tf.nest.flatten(params))
         self._params, self._wte_t = params, None if changing else transposed_wte(params)
         if self.choices.column_halves and not changing:
@@ -785,7 +786,7 @@ class Sampler:
             cache = self._prefill(context[:, :shortest - 1], cache)
         tokens = tf.constant(np.pad(context, [(0, 0), (0, size - longest)]))
         done, keys = tf.zeros([batch], tf.bool), sample.sample_keys(seed, first_sample, batch)
-        wte_t = transposed_wte(self.params) if self._wte_t is None else self._wte_t  # the weights' values now
+        wte_t = transposed_wte(self._params) if self._wte_t is None else self._wte_t  # the weights' values now
         position, made = shortest - 1, 0  # the position fed next; new tokens yielded of every row
         while made < length and not done.numpy().all():
             want = min(chunk or length, length - made)

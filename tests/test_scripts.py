@@ -20,6 +20,7 @@ import pytest
 
 import checkpoints
 import cli
+import convert_checkpoint
 import encoder
 import logs
 import fast
@@ -508,8 +509,10 @@ def test_a_batch_too_big_for_memory_says_what_to_lower(models_dir, tiny_model):
                              models_dir, "--nsamples", "2000000", "--batch_size", "2000000", "--length", "2"],
                             capture_output=True, text=True, timeout=300, env={**ENV, "MALLOC_ARENA_MAX": "2"})
     assert (result.returncode, result.stdout) == (1, "")
+    # bfloat16 is advised where it takes less: not on a CPU whose bfloat16 path copies the weights
+    lighter = "" if fast.has_bfloat16_instructions() else " or --dtype bfloat16"
     assert re.fullmatch(r"error: out of memory \(a batch of 2000000 needs about \d+\.\d GiB, [\d.]+ GiB is available\): "
-                        r"lower --batch_size or --length, or use a smaller --model_name or --dtype bfloat16\n",
+                        rf"lower --batch_size or --length, or use a smaller --model_name{lighter}\n",
                         result.stderr), result.stderr
 
 
@@ -524,22 +527,40 @@ def test_memory_is_checked_against_what_is_available(monkeypatch, bfloat16_instr
     # The cache grows with the batch and the positions (rounded up to 128), in the dtype's bytes.
     cache = cli.sampling_memory(hparams, 2, 129, "float32") - cli.sampling_memory(hparams, 1, 129, "float32")
     assert cache == 2 * hparams.n_layer * 256 * hparams.n_embd * 4 + 4 * hparams.n_vocab * 4
-    # The weights, and where bfloat16 takes oneDNN's choices their halves and two frozen copies.
+    # The weights, and where bfloat16 takes oneDNN's choices their halves and a frozen copy.
     weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values())
     cache = 2 * hparams.n_layer * 128 * hparams.n_embd
     logits = 4 * hparams.n_vocab * 4
     assert cli.sampling_memory(hparams, 1, 100, "float32") == weights * 4 + cache * 4 + logits
     half = cli.sampling_memory(hparams, 1, 100, "bfloat16")
     if bfloat16_instructions:  # a float32 cache (float32_attention), copied once for writing in place
-        assert half == weights * 2 * 4 + cache * 4 * 2 + logits
+        assert half == weights * 2 * 3 + cache * 4 * 2 + logits
     else:
         assert half == weights * 2 + cache * 2 + logits
 
 
+
+@pytest.mark.parametrize("bfloat16_instructions", [True, False])
+def test_bfloat16_is_advised_only_where_it_takes_less_memory(monkeypatch, bfloat16_instructions):
+    monkeypatch.setattr(fast, "has_bfloat16_instructions", lambda: bfloat16_instructions)
+    hparams = model.HParams(**{**checkpoints.TINY, "n_ctx": 1024})
+
+    def line(batch_size, dtype):  # the line for a run that needs one byte more than is available
+        needed = cli.sampling_memory(hparams, batch_size, 100, dtype)
+        with pytest.raises(MemoryError) as error:
+            cli.check_memory(hparams, batch_size, 100, dtype, available=needed - 1)
+        return cli.out_of_memory_line(interactive_conditional_samples.interact_model, error.value)
+    lighter = cli.sampling_memory(hparams, 1, 100, "bfloat16") < cli.sampling_memory(hparams, 1, 100, "float32")
+    assert lighter != bfloat16_instructions  # on such a CPU, bfloat16's path keeps more copies of the weights
+    assert line(1, "float32").endswith(", or use a smaller --model_name" + " or --dtype bfloat16" * lighter)
+    assert line(1, "bfloat16").endswith(", or use a smaller --model_name")  # already bfloat16
+
+
 def test_out_of_memory_names_the_flags_each_script_has():
     assert cli.out_of_memory_line(score.score) == "error: out of memory: use a smaller --model_name or --dtype bfloat16"
-    assert cli.out_of_memory_line(interactive_conditional_samples.interact_model).startswith(
-        "error: out of memory: lower --batch_size or --length, or ")
+    assert cli.out_of_memory_line(interactive_conditional_samples.interact_model) == (
+        "error: out of memory: lower --batch_size or --length, or use a smaller --model_name or --dtype bfloat16")
+    assert cli.out_of_memory_line(convert_checkpoint.convert_checkpoint) == "error: out of memory: free some memory"
 
 
 def test_unsupported_pythons_are_named_in_one_line(no_tensorflow):
