@@ -83,6 +83,7 @@ PLAIN = {
                                  lambda hparams, dtype, batch_size, cache_dtype, **kw: DECODE_SIGNATURE(
                                      hparams, dtype, None, cache_dtype, **kw)),
     "block_function": lambda: setattr(fast, "block", fast.block.python_function),  # each layer traced inline
+    "prompt_choices": lambda: setattr(fast, "prompt_choices", lambda choices: choices),  # the decode loop's kernels
     "xla": lambda: None,  # the decode loop without XLA (--alternate only)
     **{name: lambda: None for name in CHOICES},  # that fast.Choices field off
     "frozen_weights": lambda: None,  # TF_ONEDNN_ASSUME_FROZEN_WEIGHTS left unset (--plain only: it is the process's)

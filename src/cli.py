@@ -303,11 +303,12 @@ def sampling_memory(hparams, batch_size, positions, dtype):
     dtype = parse_dtype(dtype)
     choices = fast.choices_for(dtype)
     weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values()) * dtype.size
-    # The weights as loaded, the Sampler's column halves, and oneDNN's converted copy of frozen
-    # weights for the decode loop: the scripts drop the whole matrices once halved, and the
-    # prompt's pass's converted copies take the memory they leave. 1558M in bfloat16 on an AMX
-    # CPU peaked at 11.0 GB for 3.1 GB of weights (bench/README.md, "1558M's peak memory").
-    weights *= 1 + choices.column_halves + choices.frozen_weights
+    # The weights as loaded and one copy more: the Sampler's column halves, made while the whole
+    # matrices are held, and oneDNN's converted copy of frozen weights for the decode loop, which
+    # takes the memory of the whole matrices once the scripts drop them (fast.prompt_choices).
+    # 1558M in bfloat16 on an AMX CPU peaked at 7.8 GB for 3.1 GB of weights (bench/README.md,
+    # "1558M's peak memory").
+    weights *= 2 if choices.column_halves or choices.frozen_weights else 1
     cache = 2 * hparams.n_layer * batch_size * fast.cache_size(positions, hparams.n_ctx) * hparams.n_embd
     cache *= fast.cache_dtype_for(dtype, batch_size, choices).size
     cache *= 2 if choices.inplace_cache else 1  # own_cache's copy

@@ -59,8 +59,12 @@ class Choices:
     inplace_cache: bool = False
     # The scripts, whose weights never change, let oneDNN convert each weight matrix to its own
     # layout once rather than at every call (`freeze_weights`; bench_generate.py --dtype bfloat16
-    # with and without TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1).
+    # with and without TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1). Only the decode loop's kernels keep
+    # such a copy: the prompt's pass takes `prompt_choices`.
     frozen_weights: bool = False
+    # Without XLA: each matmul as `tf.einsum`, which oneDNN neither fuses nor keeps converted
+    # weights for: the prompt's pass where weights are frozen (`prompt_choices`).
+    einsum_matmuls: bool = False
     # At batch 1, where a step's attention is a few hundred multiply-adds a head: the cache in
     # float32 and that attention on TensorFlow's own float32 kernels, not oneDNN's bfloat16 ones,
     # which cost more a call than the work (`attend`; bench_generate.py --dtype bfloat16
@@ -100,6 +104,18 @@ def choices_for(dtype=tf.float32, device_type=None):
 
 # The CPU flags (as Linux names them) of instructions that multiply bfloat16 natively.
 BFLOAT16_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def prompt_choices(choices):
+    """The choices of the prompt's pass (`Sampler._prefill`): the decode loop's, but where
+    weights are frozen its matmuls on `Choices.einsum_matmuls`, so that only the decode loop's
+    kernels, which run at every step, keep a converted copy of the weights. 1558M in bfloat16 on
+    an AMX CPU, with a prompt: 7.8 GB at its peak rather than 11.0, for a prompt's pass 1.15-1.2x
+    slower, a run's whole speed within the noise (bench_generate.py --dtype bfloat16
+    [--model_name 1558M] with and without --plain prompt_choices: prefill, peak_memory)."""
+    if not choices.frozen_weights or choices.xla:
+        return choices
+    return dataclasses.replace(choices, fused_matmuls=False, einsum_matmuls=True)
 
 
 def has_bfloat16_instructions():
@@ -378,10 +394,14 @@ def own_cache(cache, choices):
 def conv1d(x, p, choices, gelu=False):
     """`model.conv1d`, then `model.gelu` with `gelu`: [batch, seq, nx] -> [batch, seq, nf].
     With `Choices.fused_matmuls`, as the ops oneDNN fuses into one kernel: MatMul, BiasAdd and
-    TensorFlow's GELU (the same tanh approximation). p may be a list of column blocks
+    TensorFlow's GELU (the same tanh approximation); with `Choices.einsum_matmuls`, the matmul as
+    an einsum, which oneDNN keeps no converted weights for. p may be a list of column blocks
     (`column_halves`), each computed alone, their outputs side by side."""
     if isinstance(p, list):
         return tf.concat([conv1d(x, block, choices, gelu) for block in p], axis=-1)
+    if choices.einsum_matmuls:
+        y = tf.einsum("bsi,io->bso", x, p["w"]) + p["b"]  # [batch, seq, nf]
+        return tf.nn.gelu(y, approximate=True) if gelu else y
     if not choices.fused_matmuls:
         y = model.conv1d(x, p)
         return model.gelu(y) if gelu else y
@@ -696,7 +716,7 @@ class Sampler:
         dtype = cache[0].dtype
         if dtype not in self._prefills:
             self._prefills[dtype] = tf.function(
-                lambda X, cache: decode(self._params, self.hparams, X, cache, 0, self.choices)[1],
+                lambda X, cache: decode(self._params, self.hparams, X, cache, 0, prompt_choices(self.choices))[1],
                 input_signature=[tf.TensorSpec([None, None], tf.int32), cache_spec(self.hparams, None, dtype)])
         return self._prefills[dtype](X, cache)
 

@@ -20,9 +20,11 @@ LOW = np.finfo(np.float32).min
 
 # The decode loop's ways, on any CPU: oneDNN's is what a CPU with bfloat16 instructions takes for
 # bfloat16 (fast.choices_for); without those instructions oneDNN emulates them, with the same results.
-ONEDNN = fast.Choices(fused_matmuls=True, inplace_cache=True, float32_attention=True, growing_cache=True,
-                      column_halves=True)
-WAYS = {"xla": fast.Choices(xla=True), "no-xla": fast.Choices(), "onednn": ONEDNN}
+ONEDNN = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
+                      growing_cache=True, column_halves=True)
+# The Sampler's prompt's pass takes the einsum's way (fast.prompt_choices); here the decode loop takes it too.
+WAYS = {"xla": fast.Choices(xla=True), "no-xla": fast.Choices(), "onednn": ONEDNN,
+        "einsum": fast.prompt_choices(ONEDNN)}
 
 
 # --- the sampling step's speed-ups draw the reference's tokens ------------------------------
@@ -174,7 +176,7 @@ def test_a_cumulative_probability_at_p_is_left_to_the_reference(xla):
 
 # --- decoding into the cache ------------------------------------------------------------------
 
-@pytest.mark.parametrize("way", ["no-xla", "onednn"])
+@pytest.mark.parametrize("way", ["no-xla", "onednn", "einsum"])
 def test_decode_fills_the_cache_in_steps_as_the_full_pass_does(models_dir, tiny_model, tiny, way):
     hparams, params = tiny
     tokens = random_tokens(hparams.n_vocab, 2, 20, seed=2)
@@ -217,7 +219,7 @@ def test_column_halves_compute_what_the_whole_matrices_do(tiny, dtype):
     split = fast.column_halves(params)
     for rows in (1, 3):
         x = tf.cast(np.random.RandomState(rows).randn(2, rows, hparams.n_embd), dtype)
-        for choices in (fast.Choices(), ONEDNN):
+        for choices in (fast.Choices(), ONEDNN, WAYS["einsum"]):
             for part, name, gelu in (("attn", "c_attn", False), ("mlp", "c_fc", True)):
                 assert [block["w"].shape[-1] for block in split["h"][1][part][name]] == [
                     params["h"][1][part][name]["w"].shape[-1] // 2] * 2
@@ -233,11 +235,14 @@ def test_column_halves_compute_what_the_whole_matrices_do(tiny, dtype):
 def test_column_halves_sample_the_tokens_of_whole_matrices(tiny, dtype):
     """A Sampler with `Choices.column_halves` reads its tensor weights in halves, and samples
     the tokens of whole matrices (and in float32 model.py's), one row or several; weights that
-    can change it reads whole."""
+    can change it reads whole. The einsums of the prompt's pass where weights are frozen
+    (`fast.prompt_choices`) round bfloat16 by the matrix's width: in bfloat16 the prompt's pass
+    here takes the fused kernels of the decode loop, whose halves round as the whole does."""
     hparams, params = tiny
     params = model.cast_params(params, dtype)
     halved = lambda sampler: isinstance(sampler._params["h"][0]["mlp"]["c_fc"], list)
-    for choices in (ONEDNN, fast.Choices(column_halves=True)):  # oneDNN's fused kernels, and plain ones
+    fused = ONEDNN if dtype == tf.float32 else dataclasses.replace(ONEDNN, frozen_weights=False)
+    for choices in (fused, fast.Choices(column_halves=True)):  # oneDNN's fused kernels, and plain ones
         halves = fast.Sampler(params, hparams, top_k=40, choices=choices)
         whole = fast.Sampler(params, hparams, top_k=40, choices=dataclasses.replace(choices, column_halves=False))
         assert halved(halves) and not halved(whole)
