@@ -307,7 +307,7 @@ def sampling_memory(hparams, batch_size, positions, dtype):
     # matrices are held, and oneDNN's converted copy of frozen weights for the decode loop, which
     # takes the memory of the whole matrices once the scripts drop them (fast.prompt_choices).
     # 1558M in bfloat16 on an AMX CPU peaked at 7.8 GB for 3.1 GB of weights (bench/README.md,
-    # "1558M's peak memory").
+    # "one converted copy of the weights").
     weights *= 2 if choices.column_halves or choices.frozen_weights else 1
     cache = 2 * hparams.n_layer * batch_size * fast.cache_size(positions, hparams.n_ctx) * hparams.n_embd
     cache *= fast.cache_dtype_for(dtype, batch_size, choices).size
