@@ -196,13 +196,13 @@ def disk_full_line(error):
 def out_of_memory_line(command, error=None):
     """What to lower when a run does not fit in memory, among the command's flags; with what
     a MemoryError says it needed. --dtype bfloat16 is named unless the error says it would not
-    take less (`check_memory`'s `lighter_dtype`)."""
+    fit either (`check_memory`'s `bfloat16_fits`)."""
     has, fixes = inspect.signature(command).parameters, []
     lower = [f"--{name}" for name in ("batch_size", "length") if name in has]
     if lower:
         fixes.append(f"lower {' or '.join(lower)}")
     use = ["a smaller --model_name"] if "model_name" in has else []
-    if "dtype" in has and getattr(error, "lighter_dtype", True):
+    if "dtype" in has and getattr(error, "bfloat16_fits", True):
         use.append("--dtype bfloat16")
     if use:
         fixes.append(f"use {' or '.join(use)}")
@@ -305,10 +305,10 @@ def sampling_memory(hparams, batch_size, positions, dtype):
     weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values()) * dtype.size
     # The weights as loaded and one copy more: the Sampler's column halves, made while the whole
     # matrices are held, and oneDNN's converted copy of frozen weights for the decode loop, which
-    # takes the memory of the whole matrices once the scripts drop them (fast.prompt_choices).
-    # 1558M in bfloat16 on an AMX CPU peaked at 7.8 GB for 3.1 GB of weights (bench/README.md,
-    # "one converted copy of the weights").
+    # takes the memory of the whole matrices once the scripts drop them (fast.prompt_choices;
+    # bench/README.md, "one converted copy of the weights"). And wte transposed, beside wte.
     weights *= 2 if choices.column_halves or choices.frozen_weights else 1
+    weights += hparams.n_vocab * hparams.n_embd * dtype.size
     cache = 2 * hparams.n_layer * batch_size * fast.cache_size(positions, hparams.n_ctx) * hparams.n_embd
     cache *= fast.cache_dtype_for(dtype, batch_size, choices).size
     cache *= 2 if choices.inplace_cache else 1  # own_cache's copy
@@ -324,9 +324,9 @@ def check_memory(hparams, batch_size, positions, dtype, available=None):
     if available is not None and needed > available:
         error = MemoryError(f"a batch of {batch_size} needs about {needed / 2 ** 30:.1f} GiB, "
                             f"{available / 2 ** 30:.1f} GiB is available")
-        # Whether --dtype bfloat16 would take less (out_of_memory_line): not where the path it
-        # takes on this CPU keeps more copies of the weights than float32's.
-        error.lighter_dtype = sampling_memory(hparams, batch_size, positions, "bfloat16") < needed
+        # Whether --dtype bfloat16 would fit (out_of_memory_line): on a CPU with bfloat16
+        # instructions its path's two copies of the weights weigh about what float32's one does.
+        error.bfloat16_fits = sampling_memory(hparams, batch_size, positions, "bfloat16") <= available
         raise error
 
 

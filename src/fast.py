@@ -63,7 +63,7 @@ class Choices:
     # such a copy: the prompt's pass takes `prompt_choices`.
     frozen_weights: bool = False
     # Without XLA: each matmul as `tf.einsum`, which oneDNN neither fuses nor keeps converted
-    # weights for: the prompt's pass where weights are frozen (`prompt_choices`).
+    # weights for: the prompt's pass where fused kernels keep theirs (`prompt_choices`).
     einsum_matmuls: bool = False
     # At batch 1, where a step's attention is a few hundred multiply-adds a head: the cache in
     # float32 and that attention on TensorFlow's own float32 kernels, not oneDNN's bfloat16 ones,
@@ -107,13 +107,14 @@ BFLOAT16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
 def prompt_choices(choices):
-    """The choices of the prompt's pass (`Sampler._prefill`): the decode loop's, but where
-    weights are frozen its matmuls on `Choices.einsum_matmuls`, so that only the decode loop's
-    kernels, which run at every step, keep a converted copy of the weights. 1558M in bfloat16 on
-    an AMX CPU, with a prompt: 7.8 GB at its peak rather than 11.0, for a prompt's pass 1.15-1.2x
-    slower, a run's whole speed within the noise (bench_generate.py --dtype bfloat16
-    [--model_name 1558M] with and without --plain prompt_choices: prefill, peak_memory)."""
-    if not choices.frozen_weights or choices.xla:
+    """The choices of the prompt's pass (`Sampler._prefill`): the decode loop's, but where fused
+    kernels keep their weights converted (TF_ONEDNN_ASSUME_FROZEN_WEIGHTS set, `freeze_weights`)
+    its matmuls on `Choices.einsum_matmuls`, so that only the decode loop's kernels, which run at
+    every step, keep a converted copy of the weights: 1558M in bfloat16 on an AMX CPU then peaks
+    at float32's memory, for a prompt's pass that converts the weights at each call
+    (bench_generate.py --dtype bfloat16 [--model_name 1558M] with and without --plain
+    prompt_choices: peak_memory, prefill)."""
+    if not (choices.fused_matmuls and weights_frozen()):
         return choices
     return dataclasses.replace(choices, fused_matmuls=False, einsum_matmuls=True)
 
@@ -293,6 +294,11 @@ def set_threads(dtype, batch_size):
             pass
 
 
+def weights_frozen():
+    """Whether this process lets oneDNN keep fused kernels' weights converted (`freeze_weights`)."""
+    return os.environ.get(FROZEN_WEIGHTS, "0") not in ("", "0")
+
+
 def check_weights_can_change(params):
     """Refuses tf.Variable weights while TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set.
 
@@ -303,8 +309,7 @@ def check_weights_can_change(params):
     given as tensors cannot change: a new set of weights makes a new Sampler, with kernels of
     its own.
     """
-    if os.environ.get(FROZEN_WEIGHTS, "0") not in ("", "0") and any(
-            isinstance(value, tf.Variable) for value in tf.nest.flatten(params)):
+    if weights_frozen() and any(isinstance(value, tf.Variable) for value in tf.nest.flatten(params)):
         raise ValueError(f"the weights are tf.Variables, whose values can change, while {FROZEN_WEIGHTS} is set, "
                          "which would keep computing with their first values: unset it, or pass tensors")
 
@@ -456,7 +461,8 @@ def decode(params, hparams, X, cache, start, choices=Choices()):
     mask = positions[:, None] >= tf.range(tf.shape(cache[0])[3])[None]  # [seq, size]
     # Fused kernels may keep their weights converted (Choices.frozen_weights): each layer then
     # gets kernels of its own, traced inline, whether or not TensorFlow inlines a shared function.
-    layer = block.python_function if choices.fused_matmuls else block
+    # So do einsums, which keep none today, lest a later oneDNN keep some.
+    layer = block.python_function if choices.fused_matmuls or choices.einsum_matmuls else block
     new_cache = []
     for p, layer_cache in zip(params["h"], cache):
         h, layer_cache = layer(h, p, layer_cache, positions, mask, hparams.n_head, choices)

@@ -22,9 +22,10 @@ LOW = np.finfo(np.float32).min
 # bfloat16 (fast.choices_for); without those instructions oneDNN emulates them, with the same results.
 ONEDNN = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
                       growing_cache=True, column_halves=True)
-# The Sampler's prompt's pass takes the einsum's way (fast.prompt_choices); here the decode loop takes it too.
+# The einsums are the prompt's pass's where fused kernels keep converted weights (fast.prompt_choices);
+# here the decode loop takes them too.
 WAYS = {"xla": fast.Choices(xla=True), "no-xla": fast.Choices(), "onednn": ONEDNN,
-        "einsum": fast.prompt_choices(ONEDNN)}
+        "einsum": dataclasses.replace(ONEDNN, fused_matmuls=False, einsum_matmuls=True)}
 
 
 # --- the sampling step's speed-ups draw the reference's tokens ------------------------------
@@ -235,14 +236,11 @@ def test_column_halves_compute_what_the_whole_matrices_do(tiny, dtype):
 def test_column_halves_sample_the_tokens_of_whole_matrices(tiny, dtype):
     """A Sampler with `Choices.column_halves` reads its tensor weights in halves, and samples
     the tokens of whole matrices (and in float32 model.py's), one row or several; weights that
-    can change it reads whole. The einsums of the prompt's pass where weights are frozen
-    (`fast.prompt_choices`) round bfloat16 by the matrix's width: in bfloat16 the prompt's pass
-    here takes the fused kernels of the decode loop, whose halves round as the whole does."""
+    can change it reads whole."""
     hparams, params = tiny
     params = model.cast_params(params, dtype)
     halved = lambda sampler: isinstance(sampler._params["h"][0]["mlp"]["c_fc"], list)
-    fused = ONEDNN if dtype == tf.float32 else dataclasses.replace(ONEDNN, frozen_weights=False)
-    for choices in (fused, fast.Choices(column_halves=True)):  # oneDNN's fused kernels, and plain ones
+    for choices in (ONEDNN, fast.Choices(column_halves=True)):  # oneDNN's fused kernels, and plain ones
         halves = fast.Sampler(params, hparams, top_k=40, choices=choices)
         whole = fast.Sampler(params, hparams, top_k=40, choices=dataclasses.replace(choices, column_halves=False))
         assert halved(halves) and not halved(whole)
@@ -428,6 +426,17 @@ def test_a_sampler_counts_the_tokens_and_seconds_of_the_calls_that_compile(tiny)
     assert (sampler.tokens_generated, sampler.compiling_tokens, sampler.compiling_seconds) == (10, 5, first)
     list(sampler.generate(np.zeros([2, 3], np.int32), 4, chunk=1))  # the first call is the first token's
     assert (sampler.tokens_generated, sampler.compiling_tokens) == (18, 7) and sampler.compiling_seconds > first
+
+
+def test_the_prompts_pass_keeps_no_converted_weights_where_the_decode_loop_does(monkeypatch):
+    """Where fused kernels keep their weights converted, the prompt's pass takes einsums, which
+    keep none; elsewhere, and under XLA or on plain kernels, the decode loop's choices."""
+    monkeypatch.delenv(fast.FROZEN_WEIGHTS, raising=False)
+    assert fast.prompt_choices(ONEDNN) == ONEDNN
+    monkeypatch.setenv(fast.FROZEN_WEIGHTS, "1")
+    assert fast.prompt_choices(ONEDNN) == WAYS["einsum"]
+    for choices in (fast.Choices(xla=True), fast.Choices()):
+        assert fast.prompt_choices(choices) == choices
 
 
 @pytest.mark.parametrize("bfloat16_instructions", [True, False])
