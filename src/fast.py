@@ -102,10 +102,6 @@ def choices_for(dtype=tf.float32, device_type=None):
     return Choices(xla=True)
 
 
-# The CPU flags (as Linux names them) of instructions that multiply bfloat16 natively.
-BFLOAT16_FLAGS = {"avx512_bf16", "amx_bf16"}
-
-
 def prompt_choices(choices):
     """The choices of the prompt's pass (`Sampler._prefill`): the decode loop's, but where fused
     kernels keep their weights converted (TF_ONEDNN_ASSUME_FROZEN_WEIGHTS set, `freeze_weights`)
@@ -117,6 +113,10 @@ def prompt_choices(choices):
     if not (choices.fused_matmuls and weights_frozen()):
         return choices
     return dataclasses.replace(choices, fused_matmuls=False, einsum_matmuls=True)
+
+
+# The CPU flags (as Linux names them) of instructions that multiply bfloat16 natively.
+BFLOAT16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
 def has_bfloat16_instructions():
