@@ -40,11 +40,9 @@ def test_logits_and_logprobs_stay_close_to_float32(tiny, dtype):
 
 # The decode loop's ways for half precision: XLA, and oneDNN's native kernels, which a CPU with
 # bfloat16 instructions takes for bfloat16 (fast.choices_for) and which any CPU can run.
-# At batch 1 the oneDNN way keeps the cache in float32 (fast.Choices.float32_attention). The
-# einsum's way is the prompt's pass's where weights are frozen (fast.prompt_choices).
+# At batch 1 the oneDNN way keeps the cache in float32 (fast.Choices.float32_attention).
 WAYS = {"xla": fast.Choices(xla=True),
-        "onednn": fast.Choices(fused_matmuls=True, inplace_cache=True, float32_attention=True),
-        "einsum": fast.Choices(einsum_matmuls=True, inplace_cache=True, float32_attention=True)}
+        "onednn": fast.Choices(fused_matmuls=True, inplace_cache=True, float32_attention=True)}
 
 
 @pytest.mark.parametrize("way", list(WAYS))

@@ -22,10 +22,9 @@ LOW = np.finfo(np.float32).min
 # bfloat16 (fast.choices_for); without those instructions oneDNN emulates them, with the same results.
 ONEDNN = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
                       growing_cache=True, column_halves=True)
-# The einsums are the prompt's pass's where fused kernels keep converted weights (fast.prompt_choices);
-# here the decode loop takes them too.
-WAYS = {"xla": fast.Choices(xla=True), "no-xla": fast.Choices(), "onednn": ONEDNN,
-        "einsum": dataclasses.replace(ONEDNN, fused_matmuls=False, einsum_matmuls=True)}
+WAYS = {"xla": fast.Choices(xla=True), "no-xla": fast.Choices(), "onednn": ONEDNN}
+# The prompt's pass's way where fused kernels keep converted weights (fast.prompt_choices).
+EINSUM = dataclasses.replace(ONEDNN, fused_matmuls=False, einsum_matmuls=True)
 
 
 # --- the sampling step's speed-ups draw the reference's tokens ------------------------------
@@ -180,13 +179,14 @@ def test_a_cumulative_probability_at_p_is_left_to_the_reference(xla):
 @pytest.mark.parametrize("way", ["no-xla", "onednn", "einsum"])
 def test_decode_fills_the_cache_in_steps_as_the_full_pass_does(models_dir, tiny_model, tiny, way):
     hparams, params = tiny
+    choices = {**WAYS, "einsum": EINSUM}[way]
     tokens = random_tokens(hparams.n_vocab, 2, 20, seed=2)
-    cache = fast.own_cache(fast.empty_cache(hparams, 2, 24, tf.float32), WAYS[way])  # its layers one tensor
+    cache = fast.own_cache(fast.empty_cache(hparams, 2, 24, tf.float32), choices)  # its layers one tensor
     logits = []
     for start, end in [(0, 13), (13, 14), (14, 20)]:
-        h, cache = fast.decode(params, hparams, tokens[:, start:end], cache, start, WAYS[way])
+        h, cache = fast.decode(params, hparams, tokens[:, start:end], cache, start, choices)
         logits.append(model.model(params, hparams, tokens[:, :end])["logits"][:, start:end])
-        zeros = tf.zeros([hparams.n_vocab]) if WAYS[way].fused_matmuls else None
+        zeros = tf.zeros([hparams.n_vocab]) if choices.fused_matmuls else None
         np.testing.assert_allclose(fast.last_logits(params, h, fast.transposed_wte(params), zeros), logits[-1][:, -1],
                                    atol=1e-5, rtol=0)
     np.testing.assert_allclose(tf.concat(logits, 1), reference_logits(os.path.join(models_dir, tiny_model), tokens),
@@ -220,7 +220,7 @@ def test_column_halves_compute_what_the_whole_matrices_do(tiny, dtype):
     split = fast.column_halves(params)
     for rows in (1, 3):
         x = tf.cast(np.random.RandomState(rows).randn(2, rows, hparams.n_embd), dtype)
-        for choices in (fast.Choices(), ONEDNN, WAYS["einsum"]):
+        for choices in (fast.Choices(), ONEDNN, EINSUM):
             for part, name, gelu in (("attn", "c_attn", False), ("mlp", "c_fc", True)):
                 assert [block["w"].shape[-1] for block in split["h"][1][part][name]] == [
                     params["h"][1][part][name]["w"].shape[-1] // 2] * 2
@@ -434,9 +434,25 @@ def test_the_prompts_pass_keeps_no_converted_weights_where_the_decode_loop_does(
     monkeypatch.delenv(fast.FROZEN_WEIGHTS, raising=False)
     assert fast.prompt_choices(ONEDNN) == ONEDNN
     monkeypatch.setenv(fast.FROZEN_WEIGHTS, "1")
-    assert fast.prompt_choices(ONEDNN) == WAYS["einsum"]
+    assert fast.prompt_choices(ONEDNN) == EINSUM
     for choices in (fast.Choices(xla=True), fast.Choices()):
         assert fast.prompt_choices(choices) == choices
+
+
+def test_a_prompts_pass_on_einsums_gives_the_plain_models_tokens(tiny, monkeypatch):
+    """oneDNN's way as the scripts run it, the prompt's pass on einsums (with frozen weights,
+    which the decode loop's fused kernels keep) and the decode loop on fused kernels: model.py's
+    tokens, for prompts of one length and of several."""
+    monkeypatch.setattr(fast, "weights_frozen", lambda: True)
+    hparams, params = tiny
+    sampler = fast.Sampler(params, hparams, top_k=40, choices=ONEDNN)
+    context = random_tokens(hparams.n_vocab, 3, 6, seed=4)
+    np.testing.assert_array_equal(sampler.sample(context, 12, seed=8),
+                                  sample.sample_plain(params, hparams, context, 12, top_k=40, seed=8))
+    prompts = ragged_prompts(hparams)
+    for i, (row, prompt) in enumerate(zip(sampler.sample(prompts, 8, seed=8), prompts)):  # row i: sample i
+        plain = sample.sample_plain(params, hparams, [prompt], 8, top_k=40, seed=8, first_sample=i)
+        np.testing.assert_array_equal(row, plain[0])
 
 
 @pytest.mark.parametrize("bfloat16_instructions", [True, False])
