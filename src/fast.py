@@ -89,6 +89,11 @@ class Choices:
     # column_halves: 1.13 and 1.51 at batch 1). The halves are copies, which the Sampler makes of
     # tensor weights (Variables change).
     column_halves: bool = False
+    # With one thread an op, at two rows or more: the sampling step (temperature, filters, draw)
+    # on each half of the rows apart, two chains of ops that the two cores run at once; each row's
+    # draw is its own, so the tokens are the same (`next_token_in_row_halves`; bench_generate.py
+    # --dtype bfloat16 --batch_size 8 --alternate sampling_row_halves).
+    sampling_row_halves: bool = False
 
 
 def choices_for(dtype=tf.float32, device_type=None):
@@ -98,7 +103,8 @@ def choices_for(dtype=tf.float32, device_type=None):
         return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
     if tf.as_dtype(dtype) == tf.bfloat16 and has_bfloat16_instructions():
         return Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
-                       single_threaded_ops=True, growing_cache=True, column_halves=True)  # oneDNN's
+                       single_threaded_ops=True, growing_cache=True, column_halves=True,
+                       sampling_row_halves=True)  # oneDNN's
     return Choices(xla=True)
 
 
@@ -518,7 +524,7 @@ def halves(t):
 
 
 def half_widths(n):
-    """The widths of `halves` of n columns: the first takes the odd one."""
+    """The widths of two halves of n columns (`halves`) or rows: the first takes the odd one."""
     return [n - n // 2, n // 2]
 
 
@@ -619,6 +625,14 @@ def next_token(logits, keys, step, temperature, top_k, top_p, xla):
     kept = sample.branch(top_k == 0, lambda: logits,
                          lambda: tf.where(logits < kth_largest(logits, top_k), logits.dtype.min, logits))
     return first_argmax(top_p_logits(kept, top_p) + sample.draw_noise(keys, step, tf.shape(logits)[1]))
+
+
+def next_token_in_row_halves(logits, keys, step, temperature, top_k, top_p, xla):
+    """`next_token` of each half of the rows apart (`Choices.sampling_row_halves`): logits
+    [batch, n_vocab] with batch known and 2 or more, keys [batch, 2] -> [batch] int32."""
+    widths = half_widths(logits.shape[0])
+    return tf.concat([next_token(rows, row_keys, step, temperature, top_k, top_p, xla)
+                      for rows, row_keys in zip(tf.split(logits, widths), tf.split(keys, widths))], axis=0)
 
 
 def draw_kept(logits, keys, step):
@@ -772,8 +786,10 @@ class Sampler:
         def body(i, tokens, cache, done):
             p = position + i
             h, cache = decode(self._params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p, self.choices)
-            token = next_token(last_logits(self._params, h, wte_t, self._zeros), keys, p + 1, temperature, self.top_k,
-                               self.top_p, self.choices.xla)
+            logits = last_logits(self._params, h, wte_t, self._zeros)  # [batch, n_vocab]
+            by_halves = self.choices.sampling_row_halves and (logits.shape[0] or 0) > 1
+            token = (next_token_in_row_halves if by_halves else next_token)(
+                logits, keys, p + 1, temperature, self.top_k, self.top_p, self.choices.xla)
             if self.end_token is not None:  # a finished sample only repeats end_token
                 token = tf.where(done, self.end_token, token)
             prompt = p + 1 < lengths  # [batch]: rows still inside their prompts, never done

@@ -21,7 +21,7 @@ LOW = np.finfo(np.float32).min
 # The decode loop's ways, on any CPU: oneDNN's is what a CPU with bfloat16 instructions takes for
 # bfloat16 (fast.choices_for); without those instructions oneDNN emulates them, with the same results.
 ONEDNN = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
-                      growing_cache=True, column_halves=True)
+                      growing_cache=True, column_halves=True, sampling_row_halves=True)
 WAYS = {"xla": fast.Choices(xla=True), "no-xla": fast.Choices(), "onednn": ONEDNN}
 # The prompt's pass's way where fused kernels keep converted weights (fast.prompt_choices).
 EINSUM = dataclasses.replace(ONEDNN, fused_matmuls=False, einsum_matmuls=True)
@@ -61,9 +61,11 @@ def test_fast_step_draws_the_reference_token(top_k, top_p, xla):
         assert (tf.reduce_sum(tf.cast(kept, tf.int32), -1) > top_k).numpy().any()  # ties kept
     keys = sample.sample_keys(3, 10, 5)
     step = tf.function(fast.next_token, jit_compile=xla, autograph=False)
+    in_row_halves = tf.function(fast.next_token_in_row_halves, jit_compile=xla, autograph=False)  # rows 3 and 2
     for i in range(20):
         want = sample.next_token(logits, keys, i, 0.8, top_k, top_p)
         np.testing.assert_array_equal(step(logits, keys, tf.constant(i), 0.8, top_k, top_p, xla), want)  # traced once
+        np.testing.assert_array_equal(in_row_halves(logits, keys, tf.constant(i), 0.8, top_k, top_p, xla), want)
 
 
 def test_draw_among_the_kept_is_the_whole_vocabularys_draw():
@@ -461,7 +463,7 @@ def test_choices_follow_the_device_and_dtype(monkeypatch, bfloat16_instructions)
     for dtype in (tf.float32, tf.float16):
         assert fast.choices_for(dtype, "CPU") == fast.Choices(xla=True)
     native = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
-                          single_threaded_ops=True, growing_cache=True, column_halves=True)
+                          single_threaded_ops=True, growing_cache=True, column_halves=True, sampling_row_halves=True)
     assert fast.choices_for(tf.bfloat16, "CPU") == (native if bfloat16_instructions else fast.Choices(xla=True))
     for dtype in (tf.float32, tf.bfloat16):
         assert fast.choices_for(dtype, "GPU") == fast.Choices()  # no CPU choice imposed on a GPU
