@@ -4,8 +4,8 @@ sample, compiled once, with the choices that make it fast on the device it runs 
 It computes what `model.model` and `sample.next_token` compute, in another order: in float32,
 `Sampler` gives the tokens of `sample.sample_plain` (tests/test_fast.py). How:
 
-- The cache is one tensor [2, batch, heads, size, head_dim] per layer, keys then values, for
-  `size` positions: the sample's length rounded up to a multiple of 128, so that a few compiled
+- The cache is one tensor [2, batch, heads, size, head_dim] per layer (with
+  `Choices.column_halves`, one for each half of the heads), keys then values, for `size` positions: the sample's length rounded up to a multiple of 128, so that a few compiled
   shapes serve every length (without XLA, `Choices.growing_cache` grows it GROWTH positions at
   a time instead). It holds the weights' dtype (float32 at batch 1 with
   `Choices.float32_attention`). `decode` fills it, for the prompt and for each new token alike.
@@ -86,8 +86,11 @@ class Choices:
     # run at once, as llama.cpp's threads split a matrix: on a Zen 5 one core reads a matrix at
     # ~40 GB/s, both at 55-65; on an AMX Xeon one core streams at 15, both at 26
     # (`column_halves`; bench_generate.py --dtype bfloat16 --batch_size B --alternate
-    # column_halves: 1.13 and 1.51 at batch 1). The halves are copies, which the Sampler makes of
-    # tensor weights (Variables change).
+    # column_halves: 1.13 and 1.51 at batch 1). c_attn's halves are each the q, k and v of half
+    # the heads, so that each half's attention runs on its core too, with a cache of its own, and
+    # no hand-over between the cores comes before it (bench/bench_against.py against 93eda39,
+    # whose c_attn was in plain halves). The halves are copies, which the Sampler makes of tensor
+    # weights (Variables change).
     column_halves: bool = False
     # With one thread an op, at two rows or more: the sampling step (temperature, filters, draw)
     # on each half of the rows apart, two chains of ops that the two cores run at once; each row's
@@ -361,9 +364,11 @@ def read_groups(shapes, n_layer, limit):
 
 # --- The model, decoding into the cache -----------------------------------------------------
 
-def empty_cache(hparams, batch_size, size, dtype):
-    """A cache for `size` positions: one [2, batch, heads, size, head_dim] per layer."""
-    return [tf.zeros([2, batch_size, hparams.n_head, size, hparams.head_dim], dtype)] * hparams.n_layer
+def empty_cache(hparams, batch_size, size, dtype, groups=None):
+    """A cache for `size` positions: one [2, batch, heads, size, head_dim] per layer, or with
+    `groups` (`head_groups`) a list of them a layer, one for each group of heads."""
+    layer = lambda heads: tf.zeros([2, batch_size, heads, size, hparams.head_dim], dtype)
+    return [[layer(heads) for heads in groups] if groups else layer(hparams.n_head) for _ in range(hparams.n_layer)]
 
 
 def cache_dtype_for(dtype, batch_size, choices):
@@ -372,9 +377,15 @@ def cache_dtype_for(dtype, batch_size, choices):
     return tf.float32 if choices.float32_attention and batch_size == 1 else tf.as_dtype(dtype)
 
 
-def cache_spec(hparams, batch_size, dtype):
-    """The TensorSpec of a cache of any size, for `tf.function` signatures."""
-    return [tf.TensorSpec([2, batch_size, hparams.n_head, None, hparams.head_dim], dtype)] * hparams.n_layer
+def cache_spec(hparams, batch_size, dtype, groups=None):
+    """The TensorSpec of a cache of any size (`empty_cache`), for `tf.function` signatures."""
+    layer = lambda heads: tf.TensorSpec([2, batch_size, heads, None, hparams.head_dim], dtype)
+    return [[layer(heads) for heads in groups] if groups else layer(hparams.n_head) for _ in range(hparams.n_layer)]
+
+
+def cache_tensor(cache):
+    """One tensor of a cache, whose batch size, size (axis 3) and dtype are the whole cache's."""
+    return tf.nest.flatten(cache)[0]
 
 
 def write_cache(cache, positions, k, v, inplace=False):
@@ -399,7 +410,7 @@ def own_cache(cache, choices):
     other tensors may share (the layers of `empty_cache` are one tensor). Writing into copies that
     nothing else reads gives the same result either way. `Sampler.generate` copies once a call and
     hands each compiled call the cache the previous one returned, never read again."""
-    return [tf.raw_ops.DeepCopy(x=layer) for layer in cache] if choices.inplace_cache else cache
+    return tf.nest.map_structure(lambda t: tf.raw_ops.DeepCopy(x=t), cache) if choices.inplace_cache else cache
 
 
 def conv1d(x, p, choices, gelu=False):
@@ -446,16 +457,30 @@ def float32_attention(q, k, v, mask):
 
 
 @functools.partial(tf.function, autograph=False)  # one trace serves every layer: start-up (bench_startup.py)
-def block(x, p, cache, positions, mask, n_head, choices):
+def block(x, p, cache, positions, mask, choices):
     """`model.block` writing its keys and values into the cache: x [batch, seq, n_embd],
-    cache [2, batch, heads, size, head_dim] -> (x, cache)."""
-    c = conv1d(model.norm(x, p["ln_1"]), p["attn"]["c_attn"], choices)  # [batch, seq, 3 * n_embd]
-    q, k, v = [model.split_heads(t, n_head) for t in tf.split(c, 3, axis=2)]
-    cache = write_cache(cache, positions, tf.cast(k, cache.dtype), tf.cast(v, cache.dtype), choices.inplace_cache)
-    a = model.merge_heads(attend(q, cache[0], cache[1], mask))  # [batch, seq, n_embd]
-    x = x + conv1d(a, p["attn"]["c_proj"], choices)
+    cache [2, batch, heads, size, head_dim] -> (x, cache). Where c_attn is in head halves
+    (`column_halves`), each group of heads attends on its own, with its own cache (a list)."""
+    h = model.norm(x, p["ln_1"])
+    if isinstance(p["attn"]["c_attn"], list):
+        a, cache = map(list, zip(*[attention(h, part, part_cache, positions, mask, choices)
+                                   for part, part_cache in zip(p["attn"]["c_attn"], cache)]))
+        a = tf.concat(a, axis=1)  # [batch, heads, seq, head_dim]
+    else:
+        a, cache = attention(h, p["attn"]["c_attn"], cache, positions, mask, choices)
+    x = x + conv1d(model.merge_heads(a), p["attn"]["c_proj"], choices)  # merged: [batch, seq, n_embd]
     m = conv1d(model.norm(x, p["ln_2"]), p["mlp"]["c_fc"], choices, gelu=True)  # [batch, seq, 4 * n_embd]
     return x + conv1d(m, p["mlp"]["c_proj"], choices), cache
+
+
+def attention(h, p, cache, positions, mask, choices):
+    """The attention of normalized h [batch, seq, n_embd] through c_attn's p, the q, k and v
+    columns of the cache's heads [2, batch, heads, size, head_dim] -> (a [batch, heads, seq,
+    head_dim], the cache with h's keys and values)."""
+    c = conv1d(h, p, choices)  # [batch, seq, 3 * heads * head_dim]
+    q, k, v = [model.split_heads(t, cache.shape[2]) for t in tf.split(c, 3, axis=2)]
+    cache = write_cache(cache, positions, tf.cast(k, cache.dtype), tf.cast(v, cache.dtype), choices.inplace_cache)
+    return attend(q, cache[0], cache[1], mask), cache
 
 
 def decode(params, hparams, X, cache, start, choices=Choices()):
@@ -464,14 +489,14 @@ def decode(params, hparams, X, cache, start, choices=Choices()):
     With `Choices.inplace_cache` the cache's memory is written: give it a cache from `own_cache`."""
     positions = start + tf.range(tf.shape(X)[1])  # [seq]
     h = tf.gather(params["wte"], X) + tf.gather(params["wpe"], positions)  # [batch, seq, n_embd]
-    mask = positions[:, None] >= tf.range(tf.shape(cache[0])[3])[None]  # [seq, size]
+    mask = positions[:, None] >= tf.range(tf.shape(cache_tensor(cache))[3])[None]  # [seq, size]
     # Fused kernels may keep their weights converted (Choices.frozen_weights): each layer then
     # gets kernels of its own, traced inline, whether or not TensorFlow inlines a shared function.
     # So do einsums, which keep none today, lest a later oneDNN keep some.
     layer = block.python_function if choices.fused_matmuls or choices.einsum_matmuls else block
     new_cache = []
     for p, layer_cache in zip(params["h"], cache):
-        h, layer_cache = layer(h, p, layer_cache, positions, mask, hparams.n_head, choices)
+        h, layer_cache = layer(h, p, layer_cache, positions, mask, choices)
         new_cache.append(layer_cache)
     return h, new_cache
 
@@ -508,14 +533,30 @@ def last_logits_of(h, wte_t, zeros=None):
     return tf.cast(logits if zeros is None else tf.nn.bias_add(logits, zeros), tf.float32)
 
 
-def column_halves(params):
+def column_halves(params, n_head):
     """The weights of `params`' layers (tensors) with each matrix and its bias as a list of two
-    column blocks, halves of its columns (`conv1d`; `Choices.column_halves`): copies."""
-    def split(p):  # {"w": [nx, nf], "b": [nf]} -> two of {"w": [nx, ~nf / 2], "b": [~nf / 2]}
-        return [{"w": w, "b": b} for w, b in zip(halves(p["w"]), halves(p["b"]))]
-    return dict(params, h=[dict(p, attn={name: split(p["attn"][name]) for name in ("c_attn", "c_proj")},
-                                mlp={name: split(p["mlp"][name]) for name in ("c_fc", "c_proj")})
+    column blocks (`Choices.column_halves`): copies. c_attn's are its head halves (`head_halves`),
+    which `block` takes one at a time through the attention; the others' are halves of their
+    columns, which `conv1d` puts side by side."""
+    def split(p, columns):  # {"w": [nx, nf], "b": [nf]} -> two of {"w": [nx, ~nf / 2], "b": [~nf / 2]}
+        return [{"w": w, "b": b} for w, b in zip(columns(p["w"]), columns(p["b"]))]
+    return dict(params, h=[dict(p, attn={"c_attn": split(p["attn"]["c_attn"], lambda t: head_halves(t, n_head)),
+                                         "c_proj": split(p["attn"]["c_proj"], halves)},
+                                mlp={name: split(p["mlp"][name], halves) for name in ("c_fc", "c_proj")})
                            for p in params["h"]])
+
+
+def head_groups(n_head):
+    """The heads of each of c_attn's head halves (`head_halves`)."""
+    return half_widths(n_head)
+
+
+def head_halves(t, n_head):
+    """c_attn's columns t [..., 3 * n_embd] (q, k, v) -> two [..., 3 * heads * head_dim], each the
+    q, k and v columns of one group of heads (`head_groups`), in that order: copies."""
+    widths = [heads * t.shape[-1] // (3 * n_head) for heads in head_groups(n_head)]
+    q, k, v = [tf.split(part, widths, axis=-1) for part in tf.split(t, 3, axis=-1)]
+    return [tf.concat(group, axis=-1) for group in zip(q, k, v)]
 
 
 def halves(t):
@@ -675,10 +716,12 @@ def cache_size(positions, n_ctx, multiple=128):
 
 def decode_signature(hparams, dtype, batch_size, cache_dtype, in_halves=False):
     """The input signature of `Sampler._decode_loop` for `batch_size` rows (None: any), weights
-    in `dtype`, the cache in `cache_dtype` (`cache_dtype_for`), wte_t whole or `in_halves`."""
+    in `dtype`, the cache in `cache_dtype` (`cache_dtype_for`), wte_t whole or `in_halves` (and
+    then the cache in groups of heads: `column_halves`)."""
     wte_t = ([tf.TensorSpec([hparams.n_embd, n], dtype) for n in half_widths(hparams.n_vocab)] if in_halves
              else tf.TensorSpec([hparams.n_embd, hparams.n_vocab], dtype))
-    return [cache_spec(hparams, batch_size, cache_dtype), tf.TensorSpec([batch_size, None], tf.int32),
+    groups = head_groups(hparams.n_head) if in_halves else None
+    return [cache_spec(hparams, batch_size, cache_dtype, groups), tf.TensorSpec([batch_size, None], tf.int32),
             tf.TensorSpec([batch_size], tf.int32), tf.TensorSpec([batch_size], tf.bool),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
             tf.TensorSpec([batch_size, 2], tf.int64), tf.TensorSpec([], tf.float32), wte_t]
@@ -717,9 +760,11 @@ class Sampler:
         # read as they are, and wte transposed at each call (`generate`).
         changing = any(isinstance(value, tf.Variable) for value in tf.nest.flatten(params))
         self._params, self._wte_t = params, None if changing else transposed_wte(params)
+        self._groups = None  # the cache's groups of heads (`empty_cache`), as c_attn's halves take them
         if self.choices.column_halves and not changing:
-            self._params, self._wte_t = column_halves(params), halves(self._wte_t)
+            self._params, self._wte_t = column_halves(params, hparams.n_head), halves(self._wte_t)
             self._zeros = None if self._zeros is None else halves(self._zeros)
+            self._groups = head_groups(hparams.n_head)
         # The prompt's pass runs without XLA, which would compile anew for each prompt length.
         self._prefills = {}  # the cache's dtype -> the prompt's pass (`_prefill`)
         self._decoders = {}  # batch size -> the decode loop traced for it (`_decoder`)
@@ -733,11 +778,11 @@ class Sampler:
     def _prefill(self, X, cache):
         """The prompt's keys and values X [batch, n] written into the cache: traced once for each
         cache dtype."""
-        dtype = cache[0].dtype
+        dtype = cache_tensor(cache).dtype
         if dtype not in self._prefills:
             self._prefills[dtype] = tf.function(
                 lambda X, cache: decode(self._params, self.hparams, X, cache, 0, prompt_choices(self.choices))[1],
-                input_signature=[tf.TensorSpec([None, None], tf.int32), cache_spec(self.hparams, None, dtype)])
+                input_signature=[tf.TensorSpec([None, None], tf.int32), cache_spec(self.hparams, None, dtype, self._groups)])
         return self._prefills[dtype](X, cache)
 
     def _decoder(self, batch_size):
@@ -755,12 +800,12 @@ class Sampler:
         traces or compiles it, and the C++ lines TensorFlow logs then (a program loaded from the
         disk cache, compile_cache.py, logs an error line it recovers from) are held back (logs.py)."""
         with self._first_calls(self._program(cache)):
-            return self._decoder(cache[0].shape[1])(cache, *args)
+            return self._decoder(cache_tensor(cache).shape[1])(cache, *args)
 
     def _program(self, cache):
         """What a call with `cache` runs: the decode loop traced for its batch size, and with XLA
         compiled for its size too."""
-        batch_size, size = cache[0].shape[1::2]
+        batch_size, size = cache_tensor(cache).shape[1::2]
         return batch_size, size if self.choices.xla else None
 
     def _capacity(self, position, size):
@@ -771,8 +816,9 @@ class Sampler:
     def _grown(self, cache, position, size):
         """The cache, with room for `position` (`_capacity`): padded where it has none, which
         makes tensors of its own (`own_cache`)."""
-        more = self._capacity(position, size) - cache[0].shape[3]
-        return [tf.pad(layer, [[0, 0]] * 3 + [[0, more], [0, 0]]) for layer in cache] if more > 0 else cache
+        more = self._capacity(position, size) - cache_tensor(cache).shape[3]
+        pad = lambda t: tf.pad(t, [[0, 0]] * 3 + [[0, more], [0, 0]])  # [2, batch, heads, size + more, head_dim]
+        return tf.nest.map_structure(pad, cache) if more > 0 else cache
 
     def _decode_loop(self, cache, tokens, lengths, done, position, steps, keys, temperature, wte_t):
         """Feeds tokens[:, position] and fills up to `steps` positions of tokens[:, position + 1:].
@@ -819,12 +865,12 @@ class Sampler:
         sample.check_sampling(self.hparams, longest, length, temperature, self.top_k, self.top_p)
         size = cache_size(longest + length, self.hparams.n_ctx)  # the positions the sample takes
         cache = empty_cache(self.hparams, batch, self._capacity(shortest - 1, size),
-                            cache_dtype_for(self.dtype, batch, self.choices))
+                            cache_dtype_for(self.dtype, batch, self.choices), self._groups)
         cache = own_cache(cache, self.choices)
         compiles = self._program(cache) not in self._first_calls.seen
         started = time.perf_counter()
         if shortest > 1:  # the common prefix's keys and values, but the last token's, which the loop feeds
-            compiles |= cache[0].dtype not in self._prefills
+            compiles |= cache_tensor(cache).dtype not in self._prefills
             cache = self._prefill(context[:, :shortest - 1], cache)
         tokens = tf.constant(np.pad(context, [(0, 0), (0, size - longest)]))
         done, keys = tf.zeros([batch], tf.bool), sample.sample_keys(seed, first_sample, batch)
@@ -835,7 +881,7 @@ class Sampler:
             goal = longest - 1 + made + want  # the position fed next once the longest prompt's row has `want` more
             while position < goal and not done.numpy().all():
                 cache = self._grown(cache, position, size)
-                steps = min(goal, cache[0].shape[3]) - position
+                steps = min(goal, cache_tensor(cache).shape[3]) - position
                 tokens, cache, done, k = self._decode(
                     cache, tokens, tf.constant(lengths), done, tf.constant(position), tf.constant(steps), keys,
                     tf.constant(temperature, tf.float32), wte_t)

@@ -178,15 +178,18 @@ def test_a_cumulative_probability_at_p_is_left_to_the_reference(xla):
 
 # --- decoding into the cache ------------------------------------------------------------------
 
-@pytest.mark.parametrize("way", ["no-xla", "onednn", "einsum"])
+@pytest.mark.parametrize("way", ["no-xla", "onednn", "einsum", "halves"])
 def test_decode_fills_the_cache_in_steps_as_the_full_pass_does(models_dir, tiny_model, tiny, way):
+    """And in column halves, each group of heads its own cache."""
     hparams, params = tiny
-    choices = {**WAYS, "einsum": EINSUM}[way]
+    choices = {**WAYS, "einsum": EINSUM, "halves": ONEDNN}[way]
+    groups = fast.head_groups(hparams.n_head) if way == "halves" else None
+    weights = fast.column_halves(params, hparams.n_head) if groups else params
     tokens = random_tokens(hparams.n_vocab, 2, 20, seed=2)
-    cache = fast.own_cache(fast.empty_cache(hparams, 2, 24, tf.float32), choices)  # its layers one tensor
+    cache = fast.own_cache(fast.empty_cache(hparams, 2, 24, tf.float32, groups), choices)
     logits = []
     for start, end in [(0, 13), (13, 14), (14, 20)]:
-        h, cache = fast.decode(params, hparams, tokens[:, start:end], cache, start, choices)
+        h, cache = fast.decode(weights, hparams, tokens[:, start:end], cache, start, choices)
         logits.append(model.model(params, hparams, tokens[:, :end])["logits"][:, start:end])
         zeros = tf.zeros([hparams.n_vocab]) if choices.fused_matmuls else None
         np.testing.assert_allclose(fast.last_logits(params, h, fast.transposed_wte(params), zeros), logits[-1][:, -1],
@@ -194,6 +197,9 @@ def test_decode_fills_the_cache_in_steps_as_the_full_pass_does(models_dir, tiny_
     np.testing.assert_allclose(tf.concat(logits, 1), reference_logits(os.path.join(models_dir, tiny_model), tokens),
                                atol=1e-4, rtol=0)
     present = model.model(params, hparams, tokens)["present"]  # [batch, layer, 2, heads, seq, head_dim]
+    if groups:
+        assert [[group.shape[2] for group in layer] for layer in cache] == [groups] * hparams.n_layer
+        cache = [tf.concat(layer, axis=2) for layer in cache]  # the groups' heads side by side
     cache = tf.transpose(tf.stack(cache), [2, 0, 1, 3, 4, 5])  # [batch, layer, 2, heads, size, head_dim]
     np.testing.assert_allclose(cache[..., :20, :], present, atol=1e-5, rtol=0)
     assert not cache[..., 20:, :].numpy().any()
@@ -216,22 +222,38 @@ def test_float32_attention_is_one_querys_attention(position):
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
 def test_column_halves_compute_what_the_whole_matrices_do(tiny, dtype):
     """A layer's matrices and the unembedding (n_vocab columns: odd) in column halves give the
-    whole matrices' outputs to the bit, on oneDNN's fused kernels and on plain ones."""
+    whole matrices' outputs to the bit, on oneDNN's fused kernels and on plain ones: c_attn's
+    halves each the q, k and v of half the heads."""
     hparams, params = tiny
     params = model.cast_params(params, dtype)
-    split = fast.column_halves(params)
+    split = fast.column_halves(params, hparams.n_head)
     for rows in (1, 3):
         x = tf.cast(np.random.RandomState(rows).randn(2, rows, hparams.n_embd), dtype)
         for choices in (fast.Choices(), ONEDNN, EINSUM):
-            for part, name, gelu in (("attn", "c_attn", False), ("mlp", "c_fc", True)):
+            for part, name, gelu in (("attn", "c_proj", False), ("mlp", "c_fc", True)):
                 assert [block["w"].shape[-1] for block in split["h"][1][part][name]] == [
                     params["h"][1][part][name]["w"].shape[-1] // 2] * 2
                 np.testing.assert_array_equal(fast.conv1d(x, split["h"][1][part][name], choices, gelu),
                                               fast.conv1d(x, params["h"][1][part][name], choices, gelu))
+            whole = tf.split(fast.conv1d(x, params["h"][1]["attn"]["c_attn"], choices), 3, axis=-1)  # q, k, v
+            heads = [model.split_heads(t, hparams.n_head) for t in whole]  # each [batch, heads, seq, head_dim]
+            for group, block, first in zip(fast.head_groups(hparams.n_head), split["h"][1]["attn"]["c_attn"],
+                                           np.cumsum([0] + fast.head_groups(hparams.n_head))):
+                got = [model.split_heads(t, group) for t in tf.split(fast.conv1d(x, block, choices), 3, axis=-1)]
+                for got_t, want_t in zip(got, heads):
+                    np.testing.assert_array_equal(got_t, want_t[:, first:first + group])
         wte_t, zeros = fast.transposed_wte(params), tf.zeros([hparams.n_vocab], dtype)
         assert [block.shape[-1] for block in fast.halves(wte_t)] == [25129, 25128]
         np.testing.assert_array_equal(fast.last_logits(params, x, fast.halves(wte_t), fast.halves(zeros)),
                                       fast.last_logits(params, x, wte_t, zeros))
+
+
+def test_head_halves_are_the_q_k_and_v_of_each_group_of_heads():
+    columns = tf.range(3 * 5 * 2)[None]  # c_attn's [1, 3 * n_embd] for 5 heads of 2: q, k, v
+    assert fast.head_groups(5) == [3, 2]
+    first, second = fast.head_halves(columns, 5)
+    np.testing.assert_array_equal(first[0], [0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15, 20, 21, 22, 23, 24, 25])
+    np.testing.assert_array_equal(second[0], [6, 7, 8, 9, 16, 17, 18, 19, 26, 27, 28, 29])
 
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
@@ -373,7 +395,7 @@ def test_a_growing_cache_gives_the_tokens_of_a_cache_sized_for_the_sample(tiny, 
     sizes = []  # the cache's size at each call of the decode loop
     decode = fast.Sampler._decode
     monkeypatch.setattr(fast.Sampler, "_decode", lambda self, cache, *args: (
-        sizes.append(cache[0].shape[3]), decode(self, cache, *args))[1])
+        sizes.append(fast.cache_tensor(cache).shape[3]), decode(self, cache, *args))[1])
 
     def new_tokens(prompts, length, grow, end_token=None, first_sample=0):
         """The new tokens, `chunk` at a time, and the cache sizes the decode loop saw."""
