@@ -5,7 +5,8 @@ It computes what `model.model` and `sample.next_token` compute, in another order
 `Sampler` gives the tokens of `sample.sample_plain` (tests/test_fast.py). How:
 
 - The cache is one tensor [2, batch, heads, size, head_dim] per layer (with
-  `Choices.column_halves`, one for each half of the heads), keys then values, for `size` positions: the sample's length rounded up to a multiple of 128, so that a few compiled
+  `Choices.column_halves`, one for each half of the heads), keys then values, for `size`
+  positions: the sample's length rounded up to a multiple of 128, so that a few compiled
   shapes serve every length (without XLA, `Choices.growing_cache` grows it GROWTH positions at
   a time instead). It holds the weights' dtype (float32 at batch 1 with
   `Choices.float32_attention`). `decode` fills it, for the prompt and for each new token alike.
