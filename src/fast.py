@@ -367,9 +367,10 @@ def read_groups(shapes, n_layer, limit):
 
 def empty_cache(hparams, batch_size, size, dtype, groups=None):
     """A cache for `size` positions: one [2, batch, heads, size, head_dim] per layer, or with
-    `groups` (`head_groups`) a list of them a layer, one for each group of heads."""
-    layer = lambda heads: tf.zeros([2, batch_size, heads, size, hparams.head_dim], dtype)
-    return [[layer(heads) for heads in groups] if groups else layer(hparams.n_head) for _ in range(hparams.n_layer)]
+    `groups` (`head_groups`) a list of them a layer, one for each group of heads. The layers
+    share their tensors (`own_cache`)."""
+    tensors = [tf.zeros([2, batch_size, heads, size, hparams.head_dim], dtype) for heads in groups or [hparams.n_head]]
+    return [list(tensors) if groups else tensors[0] for _ in range(hparams.n_layer)]
 
 
 def cache_dtype_for(dtype, batch_size, choices):
@@ -408,7 +409,7 @@ def write_cache(cache, positions, k, v, inplace=False):
 def own_cache(cache, choices):
     """The cache copied where `Choices.inplace_cache` will write into it: InplaceUpdate is
     documented to return its input updated, and TensorFlow runs it in the input's memory, which
-    other tensors may share (the layers of `empty_cache` are one tensor). Writing into copies that
+    other tensors may share (the layers of `empty_cache` share theirs). Writing into copies that
     nothing else reads gives the same result either way. `Sampler.generate` copies once a call and
     hands each compiled call the cache the previous one returned, never read again."""
     return tf.nest.map_structure(lambda t: tf.raw_ops.DeepCopy(x=t), cache) if choices.inplace_cache else cache
@@ -783,7 +784,8 @@ class Sampler:
         if dtype not in self._prefills:
             self._prefills[dtype] = tf.function(
                 lambda X, cache: decode(self._params, self.hparams, X, cache, 0, prompt_choices(self.choices))[1],
-                input_signature=[tf.TensorSpec([None, None], tf.int32), cache_spec(self.hparams, None, dtype, self._groups)])
+                input_signature=[tf.TensorSpec([None, None], tf.int32),
+                                 cache_spec(self.hparams, None, dtype, self._groups)])
         return self._prefills[dtype](X, cache)
 
     def _decoder(self, batch_size):
