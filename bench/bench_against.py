@@ -9,9 +9,11 @@ The other modules are the working tree's: for changes to fast.py alone. Both Sam
 same prompt with the same seed; `same_tokens` says whether they drew the same tokens.
 """
 import argparse
+import atexit
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,9 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import bench_generate  # noqa: E402
-import cli  # noqa: E402
 import fast  # noqa: E402
-import model  # noqa: E402
 
 
 def fast_at(commit):
@@ -35,32 +35,24 @@ def fast_at(commit):
                                 check=True).stdout
     except subprocess.CalledProcessError as e:
         sys.exit(f"error: no src/fast.py at {commit!r}: {e.stderr.strip()}")
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+    folder = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, folder)  # kept while the process runs: AutoGraph reads the source
+    path = os.path.join(folder, f"fast_at_{commit}.py")
+    with open(path, "w") as f:
         f.write(source)
-    spec = importlib.util.spec_from_file_location(f"fast_at_{commit}", f.name)
+    spec = importlib.util.spec_from_file_location(f"fast_at_{commit}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    os.unlink(f.name)
     return module
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("commit", help="the commit whose src/fast.py to time against the working tree's")
-    parser.add_argument("--model_name", default="124M")
-    parser.add_argument("--models_dir", default=os.path.join(ROOT, "bench", "models"))
-    parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument("--prompt_len", type=int, default=16)
-    parser.add_argument("--new_tokens", type=int, default=128)
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(cli.DTYPES))
+    bench_generate.model_arguments(parser, new_tokens=128, dtype="bfloat16")
     parser.add_argument("--repeats", type=int, default=9, help="timed calls of each, in turn")
     args = parser.parse_args()
-    dtype = cli.parse_dtype(args.dtype)
-    fast.set_threads(dtype, args.batch_size)  # as the scripts do, before TensorFlow starts
-    path = bench_generate.ensure_model(args.models_dir, args.model_name)
-    fast.freeze_weights(dtype)  # as the scripts do, before the first matmul
-    hparams = model.load_hparams(path)
-    params = fast.load_params(model.find_checkpoint(path), hparams, dtype)
+    hparams, params = bench_generate.load_as_the_scripts_do(args)
     samplers = {"then": fast_at(args.commit).Sampler(params, hparams, top_k=40),
                 "now": fast.Sampler(params, hparams, top_k=40)}
     del params  # as the scripts do: each Sampler keeps what it reads

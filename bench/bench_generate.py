@@ -80,7 +80,7 @@ PLAIN = {
     "first_argmax": lambda: setattr(fast, "first_argmax", lambda scores: tf.argmax(scores, -1, output_type=tf.int32)),
     "top_p_logits": lambda: setattr(fast, "top_p_logits", sample.top_p_logits),
     "draw_kept": lambda: setattr(fast, "draw_kept", sample.sample_logits),  # noise for every token id
-    "any_batch": lambda: setattr(fast, "decode_signature",  # the decode loop traced once for every batch size
+    "any_batch": lambda: setattr(fast, "decode_signature",  # traced for any batch (no row halves)
                                  lambda hparams, dtype, batch_size, cache_dtype, **kw: DECODE_SIGNATURE(
                                      hparams, dtype, None, cache_dtype, **kw)),
     "block_function": lambda: setattr(fast, "block", fast.block.python_function),  # each layer traced inline
@@ -258,14 +258,31 @@ def llamacpp(gguf, args):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_arguments(parser, new_tokens=64, dtype="float32"):
+    """The flags of a sampling benchmark (this one, profile_generate.py, bench_against.py): which
+    model, in which dtype, and how many rows, prompt tokens and new tokens."""
     parser.add_argument("--model_name", default="124M")
     parser.add_argument("--models_dir", default=os.path.join(ROOT, "bench", "models"))
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--prompt_len", type=int, default=16)
-    parser.add_argument("--new_tokens", type=int, default=64)
-    parser.add_argument("--dtype", default="float32", choices=sorted(cli.DTYPES))
+    parser.add_argument("--new_tokens", type=int, default=new_tokens)
+    parser.add_argument("--dtype", default=dtype, choices=sorted(cli.DTYPES))
+
+
+def load_as_the_scripts_do(args):
+    """(hparams, params) of `model_arguments`' model in their dtype, in a process set up as the
+    sampling scripts set theirs up: TensorFlow's threads and frozen weights as fast.py chooses."""
+    dtype = cli.parse_dtype(args.dtype)
+    fast.set_threads(dtype, args.batch_size)  # before TensorFlow starts
+    path = ensure_model(args.models_dir, args.model_name)
+    fast.freeze_weights(dtype)  # before the first matmul
+    hparams = model.load_hparams(path)
+    return hparams, fast.load_params(model.find_checkpoint(path), hparams, dtype)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model_arguments(parser)
     parser.add_argument("--top_k", type=int, default=40)
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--temperature", type=float, default=1.0,

@@ -13,6 +13,8 @@ matmul does; `no_op_ms`, the time no op runs at all (the executor handing ops to
 while loop's own work). `weight_matmuls_concurrency` is the matmuls' summed time over the time
 some of them run: 2 where a matrix's column halves (`fast.Choices.column_halves`) always run at
 once on two cores. The profiler slows the call a little: `profiled_seconds` against `seconds`.
+For the decode loop without XLA (bfloat16 on a CPU with bfloat16 instructions): XLA's loop is
+one compiled program, whose work the trace does not split into ops.
 """
 import argparse
 import collections
@@ -32,9 +34,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
 import bench_generate  # noqa: E402
-import cli  # noqa: E402
 import fast  # noqa: E402
-import model  # noqa: E402
 
 # The kinds of op that multiply by the weights: oneDNN's (fused or einsum) and TensorFlow's own.
 WEIGHT_MATMULS = {"_MklNativeFusedMatMul", "_MklFusedMatMul", "_MklMatMul", "_MklNativeMatMul", "_MklEinsum",
@@ -86,7 +86,7 @@ def summary(events, seconds, new_tokens, top):
     yield dict(measure="call", profiled_seconds=seconds, ms_per_step=per_step(seconds * 1e6),
                weight_matmuls_ms=per_step(some_matmul), other_ops_ms=per_step(any_op - some_matmul),
                no_op_ms=per_step(seconds * 1e6 - any_op),
-               weight_matmuls_concurrency=sum(end - start for start, end in matmuls) / some_matmul)
+               weight_matmuls_concurrency=sum(end - start for start, end in matmuls) / some_matmul if matmuls else None)
     time_of, calls = collections.Counter(), collections.Counter()
     for start, end, kind in events:
         time_of[kind] += end - start
@@ -98,23 +98,13 @@ def summary(events, seconds, new_tokens, top):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_name", default="124M")
-    parser.add_argument("--models_dir", default=os.path.join(ROOT, "bench", "models"))
-    parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument("--prompt_len", type=int, default=16)
-    parser.add_argument("--new_tokens", type=int, default=64)
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(cli.DTYPES))
+    bench_generate.model_arguments(parser, dtype="bfloat16")
     parser.add_argument("--plain", choices=bench_generate.CHOICES, action="append", default=[],
                         help="profile without this choice of fast.Choices (repeatable)")
     parser.add_argument("--top", type=int, default=12, help="kinds of op to list, the costliest first")
     args = parser.parse_args()
-    dtype = cli.parse_dtype(args.dtype)
-    fast.set_threads(dtype, args.batch_size)  # as the scripts do, before TensorFlow starts
-    path = bench_generate.ensure_model(args.models_dir, args.model_name)
-    fast.freeze_weights(dtype)  # as the scripts do, before the first matmul
-    hparams = model.load_hparams(path)
-    params = fast.load_params(model.find_checkpoint(path), hparams, dtype)
-    choices = dataclasses.replace(fast.choices_for(dtype), **{name: False for name in args.plain})
+    hparams, params = bench_generate.load_as_the_scripts_do(args)
+    choices = dataclasses.replace(fast.choices_for(params["wte"].dtype), **{name: False for name in args.plain})
     sampler = fast.Sampler(params, hparams, top_k=40, choices=choices)
     del params  # as the scripts do: the Sampler keeps what it reads
     context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))

@@ -4,15 +4,16 @@ sample, compiled once, with the choices that make it fast on the device it runs 
 It computes what `model.model` and `sample.next_token` compute, in another order: in float32,
 `Sampler` gives the tokens of `sample.sample_plain` (tests/test_fast.py). How:
 
-- The cache is one tensor [2, batch, heads, size, head_dim] per layer (with
-  `Choices.column_halves`, one for each half of the heads), keys then values, for `size`
-  positions: the sample's length rounded up to a multiple of 128, so that a few compiled
-  shapes serve every length (without XLA, `Choices.growing_cache` grows it GROWTH positions at
-  a time instead). It holds the weights' dtype (float32 at batch 1 with
-  `Choices.float32_attention`). `decode` fills it, for the prompt and for each new token alike.
-  It writes with `tf.tensor_scatter_nd_update`, which returns a new tensor: XLA writes it in
-  place, plain TensorFlow copies the cache. Without XLA, `Choices.inplace_cache` writes with
-  InplaceUpdate into a cache `Sampler.generate` owns (`own_cache`), the same result either way.
+- The cache is one tensor [2, batch, heads, size, head_dim] per layer (where the Sampler
+  halves tensor weights, `Choices.column_halves`, a list of two, one for each half of the
+  heads), keys then values, for `size` positions: the sample's length rounded up to a multiple
+  of 128, so that a few compiled shapes serve every length (without XLA,
+  `Choices.growing_cache` grows it GROWTH positions at a time instead). It holds the weights'
+  dtype (float32 at batch 1 with `Choices.float32_attention`). `decode` fills it, for the
+  prompt and for each new token alike. It writes with `tf.tensor_scatter_nd_update`, which
+  returns a new tensor: XLA writes it in place, plain TensorFlow copies the cache. Without
+  XLA, `Choices.inplace_cache` writes with InplaceUpdate into a cache `Sampler.generate` owns
+  (`own_cache`), the same result either way.
 - The decode loop is one `tf.while_loop` in one `tf.function`, traced once for each batch size,
   whose shape arithmetic TensorFlow then folds (bench_generate.py --alternate any_batch).
 - `Choices` holds what depends on the device and dtype; each says what it wins and which
@@ -73,7 +74,8 @@ class Choices:
     float32_attention: bool = False
     # In a process that samples up to SINGLE_THREADED_ROWS rows at a time (the scripts): each op
     # on one thread (TensorFlow's intra-op threads 1, `set_threads`), the two cores taking ops in
-    # turn, and with `column_halves` a matrix's two halves at once. A matmul gains less from a
+    # turn, and with `column_halves` a matrix's two halves at once (with `sampling_row_halves`,
+    # the sampling step's two halves of the rows). A matmul gains less from a
     # second thread of its own than waking it costs: 1.10x at batch 1 with whole matrices
     # (bench_generate.py --dtype bfloat16 --batch_size 1, and with --plain single_threaded_ops,
     # processes in turn); at batch 8 it loses with whole matrices and wins with halves.
@@ -93,8 +95,8 @@ class Choices:
     # whose c_attn was in plain halves). The halves are copies, which the Sampler makes of tensor
     # weights (Variables change).
     column_halves: bool = False
-    # With one thread an op, at two rows or more: the sampling step (temperature, filters, draw)
-    # on each half of the rows apart, two chains of ops that the two cores run at once; each row's
+    # With one thread an op, at 2 to SINGLE_THREADED_ROWS rows: the sampling step (temperature,
+    # filters, draw) on each half of the rows apart, two chains of ops that the two cores run at once; each row's
     # draw is its own, so the tokens are the same (`next_token_in_row_halves`; bench_generate.py
     # --dtype bfloat16 --batch_size 8 --alternate sampling_row_halves).
     sampling_row_halves: bool = False
@@ -459,28 +461,31 @@ def float32_attention(q, k, v, mask):
 
 
 @functools.partial(tf.function, autograph=False)  # one trace serves every layer: start-up (bench_startup.py)
-def block(x, p, cache, positions, mask, choices):
+def block(x, p, cache, positions, mask, n_head, choices):
     """`model.block` writing its keys and values into the cache: x [batch, seq, n_embd],
     cache [2, batch, heads, size, head_dim] -> (x, cache). Where c_attn is in head halves
     (`column_halves`), each group of heads attends on its own, with its own cache (a list)."""
     h = model.norm(x, p["ln_1"])
     if isinstance(p["attn"]["c_attn"], list):
-        a, cache = map(list, zip(*[attention(h, part, part_cache, positions, mask, choices)
-                                   for part, part_cache in zip(p["attn"]["c_attn"], cache)]))
+        assert isinstance(cache, list), "c_attn in head halves takes a cache in groups of heads (empty_cache)"
+        groups = zip(p["attn"]["c_attn"], cache, head_groups(n_head))
+        a, cache = map(list, zip(*[attention(h, part, part_cache, heads, positions, mask, choices)
+                                   for part, part_cache, heads in groups]))
         a = tf.concat(a, axis=1)  # [batch, heads, seq, head_dim]
     else:
-        a, cache = attention(h, p["attn"]["c_attn"], cache, positions, mask, choices)
+        assert not isinstance(cache, list), "a cache in groups of heads takes c_attn in head halves (column_halves)"
+        a, cache = attention(h, p["attn"]["c_attn"], cache, n_head, positions, mask, choices)
     x = x + conv1d(model.merge_heads(a), p["attn"]["c_proj"], choices)  # merged: [batch, seq, n_embd]
     m = conv1d(model.norm(x, p["ln_2"]), p["mlp"]["c_fc"], choices, gelu=True)  # [batch, seq, 4 * n_embd]
     return x + conv1d(m, p["mlp"]["c_proj"], choices), cache
 
 
-def attention(h, p, cache, positions, mask, choices):
+def attention(h, p, cache, n_head, positions, mask, choices):
     """The attention of normalized h [batch, seq, n_embd] through c_attn's p, the q, k and v
-    columns of the cache's heads [2, batch, heads, size, head_dim] -> (a [batch, heads, seq,
-    head_dim], the cache with h's keys and values)."""
-    c = conv1d(h, p, choices)  # [batch, seq, 3 * heads * head_dim]
-    q, k, v = [model.split_heads(t, cache.shape[2]) for t in tf.split(c, 3, axis=2)]
+    columns of n_head heads, whose cache is [2, batch, n_head, size, head_dim] -> (a [batch,
+    n_head, seq, head_dim], the cache with h's keys and values)."""
+    c = conv1d(h, p, choices)  # [batch, seq, 3 * n_head * head_dim]
+    q, k, v = [model.split_heads(t, n_head) for t in tf.split(c, 3, axis=2)]
     cache = write_cache(cache, positions, tf.cast(k, cache.dtype), tf.cast(v, cache.dtype), choices.inplace_cache)
     return attend(q, cache[0], cache[1], mask), cache
 
@@ -488,7 +493,8 @@ def attention(h, p, cache, positions, mask, choices):
 def decode(params, hparams, X, cache, start, choices=Choices()):
     """X [batch, seq] at positions start.. -> (hidden [batch, seq, n_embd], the cache with their
     keys and values). Attention covers the whole cache; the mask hides what is not yet written.
-    With `Choices.inplace_cache` the cache's memory is written: give it a cache from `own_cache`."""
+    With `Choices.inplace_cache` the cache's memory is written: give it a cache from `own_cache`.
+    params from `column_halves` take a cache in groups of heads: `empty_cache(..., head_groups(n_head))`."""
     positions = start + tf.range(tf.shape(X)[1])  # [seq]
     h = tf.gather(params["wte"], X) + tf.gather(params["wpe"], positions)  # [batch, seq, n_embd]
     mask = positions[:, None] >= tf.range(tf.shape(cache_tensor(cache))[3])[None]  # [seq, size]
@@ -498,7 +504,7 @@ def decode(params, hparams, X, cache, start, choices=Choices()):
     layer = block.python_function if choices.fused_matmuls or choices.einsum_matmuls else block
     new_cache = []
     for p, layer_cache in zip(params["h"], cache):
-        h, layer_cache = layer(h, p, layer_cache, positions, mask, choices)
+        h, layer_cache = layer(h, p, layer_cache, positions, mask, hparams.n_head, choices)
         new_cache.append(layer_cache)
     return h, new_cache
 
@@ -542,15 +548,17 @@ def column_halves(params, n_head):
     columns, which `conv1d` puts side by side."""
     def split(p, columns):  # {"w": [nx, nf], "b": [nf]} -> two of {"w": [nx, ~nf / 2], "b": [~nf / 2]}
         return [{"w": w, "b": b} for w, b in zip(columns(p["w"]), columns(p["b"]))]
-    return dict(params, h=[dict(p, attn={"c_attn": split(p["attn"]["c_attn"], lambda t: head_halves(t, n_head)),
+    by_heads = lambda p: split(p, lambda t: head_halves(t, n_head)) if head_groups(n_head) else p  # one head: whole
+    return dict(params, h=[dict(p, attn={"c_attn": by_heads(p["attn"]["c_attn"]),
                                          "c_proj": split(p["attn"]["c_proj"], halves)},
                                 mlp={name: split(p["mlp"][name], halves) for name in ("c_fc", "c_proj")})
                            for p in params["h"]])
 
 
 def head_groups(n_head):
-    """The heads of each of c_attn's head halves (`head_halves`)."""
-    return half_widths(n_head)
+    """The heads of each of c_attn's head halves (`head_halves`); None for one head, which
+    `column_halves` leaves whole."""
+    return half_widths(n_head) if n_head > 1 else None
 
 
 def head_halves(t, n_head):
@@ -836,7 +844,7 @@ class Sampler:
             p = position + i
             h, cache = decode(self._params, self.hparams, tf.gather(tokens, [p], axis=1), cache, p, self.choices)
             logits = last_logits(self._params, h, wte_t, self._zeros)  # [batch, n_vocab]
-            by_halves = self.choices.sampling_row_halves and (logits.shape[0] or 0) > 1
+            by_halves = self.choices.sampling_row_halves and 1 < (logits.shape[0] or 0) <= SINGLE_THREADED_ROWS
             token = (next_token_in_row_halves if by_halves else next_token)(
                 logits, keys, p + 1, temperature, self.top_k, self.top_p, self.choices.xla)
             if self.end_token is not None:  # a finished sample only repeats end_token

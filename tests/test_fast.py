@@ -14,7 +14,7 @@ import fast
 import model
 import sample
 import training
-from helpers import REPO, random_tokens, reference_logits
+from helpers import REPO, load, random_tokens, reference_logits
 
 LOW = np.finfo(np.float32).min
 
@@ -254,6 +254,30 @@ def test_head_halves_are_the_q_k_and_v_of_each_group_of_heads():
     first, second = fast.head_halves(columns, 5)
     np.testing.assert_array_equal(first[0], [0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15, 20, 21, 22, 23, 24, 25])
     np.testing.assert_array_equal(second[0], [6, 7, 8, 9, 16, 17, 18, 19, 26, 27, 28, 29])
+
+
+@pytest.mark.parametrize("n_head", [3, 1])
+def test_column_halves_of_an_odd_number_of_heads_or_one_sample_the_plain_models_tokens(tmp_path, n_head):
+    """Heads in two groups of 2 and 1 (1558M's 25: 13 and 12); a single head leaves c_attn whole."""
+    hparams = dict(checkpoints.TINY, n_vocab=500, n_embd=6 * n_head, n_head=n_head)
+    hparams, params = load(checkpoints.write_checkpoint(str(tmp_path / "heads"), hparams))
+    sampler = fast.Sampler(params, hparams, top_k=40, choices=ONEDNN)
+    assert isinstance(sampler._params["h"][0]["attn"]["c_attn"], list) == (n_head > 1)
+    context = random_tokens(hparams.n_vocab, 2, 5, seed=n_head)
+    np.testing.assert_array_equal(sampler.sample(context, 12, seed=1),
+                                  sample.sample_plain(params, hparams, context, 12, top_k=40, seed=1))
+
+
+def test_the_sampling_step_is_in_row_halves_for_2_to_8_rows(tiny, monkeypatch):
+    hparams, params = tiny
+    rows_seen = []  # the batch of each trace that took row halves
+    in_row_halves = fast.next_token_in_row_halves
+    monkeypatch.setattr(fast, "next_token_in_row_halves",
+                        lambda logits, *args: (rows_seen.append(logits.shape[0]), in_row_halves(logits, *args))[1])
+    sampler = fast.Sampler(params, hparams, top_k=40, choices=ONEDNN)
+    for rows in (1, 3, 9):
+        sampler.sample(random_tokens(hparams.n_vocab, rows, 4), 2, seed=1)
+    assert rows_seen == [3]
 
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
