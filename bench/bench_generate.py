@@ -80,6 +80,8 @@ PLAIN = {
     "first_argmax": lambda: setattr(fast, "first_argmax", lambda scores: tf.argmax(scores, -1, output_type=tf.int32)),
     "top_p_logits": lambda: setattr(fast, "top_p_logits", sample.top_p_logits),
     "draw_kept": lambda: setattr(fast, "draw_kept", sample.sample_logits),  # noise for every token id
+    "draw_top_k": lambda: setattr(fast, "draw_top_k", lambda logits, keys, step, k: fast.draw_kept(
+        sample.top_k_logits(logits, k), keys, step)),  # TensorFlow's top-k over each whole row, then a filtered row
     "any_batch": lambda: setattr(fast, "decode_signature",  # traced for any batch (no row halves)
                                  lambda hparams, dtype, batch_size, cache_dtype, **kw: DECODE_SIGNATURE(
                                      hparams, dtype, None, cache_dtype, **kw)),

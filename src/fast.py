@@ -665,14 +665,21 @@ def top_p_logits(logits, p):
 
 
 def next_token(logits, keys, step, temperature, top_k, top_p, xla):
-    """`sample.next_token`'s token, faster: top-p filtered by `top_p_logits`, and under XLA top-k
-    by `kth_largest` and the draw's argmax by `first_argmax`. temperature, top_k and top_p may
-    be scalar tensors (the exported model's runtime inputs)."""
+    """`sample.next_token`'s token, faster: top-p filtered by `top_p_logits`; without XLA top-k
+    alone by `draw_top_k`; under XLA top-k by `kth_largest` and the draw's argmax by
+    `first_argmax`. temperature, top_k and top_p may be scalar tensors (the exported model's
+    runtime inputs)."""
     logits = sample.with_temperature(logits, temperature)
     if not xla:
-        kept = top_p_logits(sample.top_k_logits(logits, top_k), top_p)
-        return sample.branch((top_k == 0) & (top_p >= 1), lambda: sample.sample_logits(kept, keys, step),
-                             lambda: draw_kept(kept, keys, step))
+        def filtered():
+            kept = top_p_logits(sample.top_k_logits(logits, top_k), top_p)
+            return sample.branch((top_k == 0) & (top_p >= 1), lambda: sample.sample_logits(kept, keys, step),
+                                 lambda: draw_kept(kept, keys, step))
+        blocks = top_k_blocks(logits)
+        if not blocks:
+            return filtered()
+        return sample.branch((top_k > 0) & (top_k <= blocks) & (top_p >= 1),
+                             lambda: draw_top_k(logits, keys, step, top_k), filtered)
     kept = sample.branch(top_k == 0, lambda: logits,
                          lambda: tf.where(logits < kth_largest(logits, top_k), logits.dtype.min, logits))
     return first_argmax(top_p_logits(kept, top_p) + sample.draw_noise(keys, step, tf.shape(logits)[1]))
@@ -692,13 +699,55 @@ def draw_kept(logits, keys, step):
     vocabulary entry (bench_generate.py --plain draw_kept); not for XLA, whose shapes cannot
     depend on the logits. The same token: a removed logit plus any noise stays float32's lowest,
     and the kept row's largest, 0 after `sample.with_temperature`, is always above it."""
-    kept = tf.where(logits > logits.dtype.min)  # [m, 2] (row, token id), rows in order
-    rows, index = kept[:, 0], tf.cast(kept[:, 1], tf.int32)  # [m] each
-    state = tf.gather(sample.stream_state(keys, step), rows)  # [m]
-    scores = tf.gather_nd(logits, kept) + sample.gumbel(state, index)  # [m]
-    batch, n = tf.shape(logits)[0], tf.shape(logits)[1]
-    best = tf.gather(tf.math.unsorted_segment_max(scores, rows, batch), rows)  # [m]: its row's largest score
-    return tf.math.unsorted_segment_min(tf.where(scores == best, index, n), rows, batch)  # the first of it, as argmax
+    kept = tf.where(logits > logits.dtype.min)  # [m, 2] (row, token id)
+    return draw_among(kept[:, 0], tf.cast(kept[:, 1], tf.int32), tf.gather_nd(logits, kept), keys, step,
+                      tf.shape(logits)[1])
+
+
+def draw_among(row, index, values, keys, step, n):
+    """`sample.sample_logits`' draw among some of the logits of n token ids, the others left out:
+    values [m], their token ids index [m] int32 and rows row [m] -> [batch] int32, each row's
+    token, the first of equal scores as argmax's. Each row must have some."""
+    batch = tf.shape(keys)[0]
+    state = tf.gather(sample.stream_state(keys, step), row)  # [m]
+    scores = values + sample.gumbel(state, index)  # [m]
+    best = tf.gather(tf.math.unsorted_segment_max(scores, row, batch), row)  # [m]: its row's largest score
+    return tf.math.unsorted_segment_min(tf.where(scores == best, index, n), row, batch)  # the first of it, as argmax
+
+
+TOP_K_BLOCK = 128  # the logits of each block of `draw_top_k`'s search
+
+
+def top_k_blocks(logits):
+    """The blocks `draw_top_k` cuts a row of logits [batch, n] into: the largest top-k it takes;
+    0 for n unknown until the graph runs."""
+    return -(-logits.shape[-1] // TOP_K_BLOCK) if logits.shape[-1] else 0
+
+
+def draw_top_k(logits, keys, step, k):
+    """`sample.sample_logits(sample.top_k_logits(logits, k), keys, step)`, the same token, for k
+    from 1 to `top_k_blocks(logits)`, without TensorFlow's top-k over each whole row or a row of
+    filtered logits: logits [batch, n] float32 -> [batch] int32 (bench_generate.py --plain
+    draw_top_k). Each row in blocks of TOP_K_BLOCK: the k-th largest of the blocks' maxima is a
+    floor under the row's k-th largest logit, since k blocks reach it, so every logit top-k keeps
+    lies in a block whose maximum reaches the floor, k blocks but for ties. The k-th largest
+    is found among the logits of those blocks that reach the floor, and the draw made among the
+    ones that reach it (`draw_among`). Not for XLA, whose shapes cannot depend on the logits."""
+    n = logits.shape[-1]
+    blocks = tf.reshape(tf.pad(logits, [[0, 0], [0, -n % TOP_K_BLOCK]], constant_values=-np.inf),
+                        [tf.shape(logits)[0], -1, TOP_K_BLOCK])  # [batch, blocks, TOP_K_BLOCK]
+    maxima = tf.reduce_max(blocks, axis=-1)  # [batch, blocks]
+    floor = tf.math.top_k(maxima, k).values[:, -1]  # [batch]
+    reached = tf.where(maxima >= floor[:, None])  # [r, 2] (row, block)
+    candidates = tf.gather_nd(blocks, reached)  # [r, TOP_K_BLOCK]
+    above = tf.where(candidates >= tf.gather(floor, reached[:, 0])[:, None])  # [m, 2] (reached block, column)
+    values, row = tf.gather_nd(candidates, above), tf.gather(reached[:, 0], above[:, 0])  # [m] each
+    index = tf.gather(reached[:, 1], above[:, 0]) * TOP_K_BLOCK + above[:, 1]  # [m] token ids
+    rows = tf.RaggedTensor.from_value_rowids(values, row, nrows=tf.shape(logits, out_type=tf.int64)[0])
+    kth = tf.math.top_k(rows.to_tensor(-np.inf), k).values[:, -1]  # [batch]: each has k or more
+    kept = values >= tf.gather(kth, row)  # [m]
+    return draw_among(tf.boolean_mask(row, kept), tf.cast(tf.boolean_mask(index, kept), tf.int32),
+                      tf.boolean_mask(values, kept), keys, step, n)
 
 
 def first_argmax(scores):

@@ -103,6 +103,31 @@ def test_fast_step_takes_its_filters_as_tensors():
     assert step.experimental_get_tracing_count() == 1
 
 
+@pytest.mark.parametrize("rows", [1, 5])
+def test_top_k_in_blocks_draws_the_reference_token(rows, monkeypatch):
+    """`fast.draw_top_k`, top-k alone without XLA, over GPT-2's vocabulary (393 blocks, the last
+    one short): each k up to the number of blocks draws the reference's token, with Python
+    settings and with tensors; beyond it the filtered row does."""
+    rng = np.random.RandomState(rows)
+    logits = np.round(rng.randn(rows, 50257) * 3, 1).astype(np.float32)  # ties at the k-th
+    logits[0, 128:256] = 20 + np.round(rng.randn(128), 1)  # row 0's 128 largest in one block
+    logits[-1, -1] = 30.0  # the last row's largest in the short block
+    logits = tf.constant(logits)
+    assert fast.top_k_blocks(logits) == 393
+    ks = []  # the k of each trace that took draw_top_k (one trace takes them as a tensor)
+    in_blocks = fast.draw_top_k
+    monkeypatch.setattr(fast, "draw_top_k", lambda logits, keys, step, k: (ks.append(k), in_blocks(
+        logits, keys, step, k))[1])
+    keys = sample.sample_keys(6, 2, rows)
+    step = tf.function(fast.next_token, autograph=False)
+    for k in [1, 2, 40, 393, 394]:
+        for i in range(2):
+            want = sample.next_token(logits, keys, i, 0.7, k, 1.0)
+            np.testing.assert_array_equal(step(logits, keys, tf.constant(i), 0.7, k, 1.0, False), want)
+            np.testing.assert_array_equal(
+                step(logits, keys, tf.constant(i), tf.constant(0.7), tf.constant(k), tf.constant(1.0), False), want)
+    assert [k for k in ks if not tf.is_tensor(k)] == [1, 2, 40, 393] and sum(map(tf.is_tensor, ks)) == 1
+
 @pytest.mark.parametrize("xla", [True, False], ids=["xla", "no-xla"])
 @pytest.mark.parametrize("top_k, top_p", [(0, 0.9), (0, 1e-6), (300, 0.95)])
 def test_fast_top_p_draws_the_reference_token_for_small_and_large_nuclei(top_k, top_p, xla):
