@@ -97,18 +97,23 @@ def read_flags(command, words):
     values for the parameters not named, in order. Values stay strings for fire to parse, but
     for booleans (a bool default): `--flag`, `--noflag`, or true/false, yes/no, 1/0, which
     fire would take as strings, all true. UsageError for what fire would have found only after
-    running the command, or never: an unknown flag, a value too many, a flag without a value.
+    running the command, or never: an unknown flag, a value too many, a flag without a value, a
+    bare value right after `--name value` that would fill a parameter with a default (a setting,
+    not an input left unnamed such as encode.py's files: a second value for `name`, more likely,
+    from an unquoted pattern the shell expanded into several).
     A flag whose default is a tuple or list may be repeated: its values, in order, as a list.
     """
     parameters = inspect.signature(command).parameters
     booleans = {name for name, parameter in parameters.items() if isinstance(parameter.default, bool)}
     repeated = {name for name, parameter in parameters.items() if isinstance(parameter.default, (tuple, list))}
     values, loose, words = {}, [], list(words)
+    given = None  # (name, value) of a flag just read as two words, which a bare word may follow
     while words:
         word = words.pop(0)
         if not is_flag(word):
-            loose.append(word)
+            loose.append((word, given))
             continue
+        given = None
         key, equals, value = word.lstrip("-").partition("=")
         key = key.replace("-", "_")
         if not equals and key.startswith("no") and key[2:] in booleans and key not in parameters:
@@ -118,15 +123,20 @@ def read_flags(command, words):
         if not equals:
             if words and not is_flag(words[0]):
                 value = words.pop(0)
+                given = name, value
             elif name in booleans:
                 value = True
             else:
                 raise UsageError(f"{flag(name)} needs a value: {flag(name)} VALUE")
         values[name] = values.get(name, []) + [value] if name in repeated else value
-    for word in loose:
+    for word, after in loose:
         free = [name for name in parameters if name not in values]
         if not free:
             raise UsageError(f"unexpected argument {word!r}: every flag has a value already (--help lists them)")
+        if after and parameters[free[0]].default is not None:  # not an input left out: a second value for the flag
+            raise UsageError(f"unexpected argument {word!r} after {flag(after[0])} {after[1]}: a flag takes one "
+                             "value (quote a value with spaces, or a pattern such as 'data/*.txt', for the shell to "
+                             "pass it whole)")
         values[free[0]] = [word] if free[0] in repeated else word
     return {name: boolean(name, value) if name in booleans else value for name, value in values.items()}
 

@@ -37,7 +37,7 @@ from math import inf
 
 import regex
 
-from paths import download_command
+from paths import download_command, how_to_get
 
 # The original's pattern. Case-sensitive, as there: "'S" is not a contraction but "'" and "S".
 PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -258,10 +258,9 @@ def get_encoder(model_name, models_dir):
     >>> enc = get_encoder("124M", "models")
     """
     folder = os.path.join(models_dir, model_name)
-    download = download_command(model_name, models_dir)
-    fix = f"download it again with `{download}`"
+    fix = f"download it again with `{download_command(model_name, models_dir)}`"
     encoder_json, vocab_bpe = os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")
-    data = {path: _read(path, download) for path in (encoder_json, vocab_bpe)}
+    data = {path: _read(path, how_to_get(model_name, models_dir)) for path in (encoder_json, vocab_bpe)}
     encoder = _parse_encoder_json(encoder_json, _text(encoder_json, data[encoder_json], fix), fix)
     merges = _parse_vocab_bpe(vocab_bpe, _text(vocab_bpe, data[vocab_bpe], fix), encoder, fix)
     gpt2 = all(hashlib.sha256(data[path]).hexdigest() == GPT2_SHA256[os.path.basename(path)] for path in data)
@@ -280,12 +279,12 @@ def _bad_file(path, problem, fix):
     return ValueError(f"{path} {problem}; {fix}")
 
 
-def _read(path, download):
+def _read(path, how):
     try:
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found; download it with `{download}`") from None
+        raise FileNotFoundError(f"{path} not found; {how}") from None
     except PermissionError:
         raise PermissionError(f"{path} is unreadable (permission denied); let this user read it and its "
                               f"folder, e.g. `chmod -R u+rX {os.path.dirname(path)}`") from None

@@ -12,13 +12,14 @@ fast path that sampling uses (a preallocated cache, compiled decoding, device ch
 """
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
 
 import tensorflow as tf
 
-from paths import download_command
+from paths import how_to_get
 
 
 @dataclasses.dataclass
@@ -80,7 +81,7 @@ def model_dir(model_name, models_dir="models"):
                                   f"e.g. `chmod -R u+rX {path}`")
     if not os.path.isfile(hparams):
         raise FileNotFoundError(f"model {model_name!r} not found in {models_dir}/: "
-                                f"download it with `{download_command(model_name, models_dir)}`")
+                                f"{how_to_get(model_name, models_dir)}")
     return path
 
 
@@ -121,12 +122,27 @@ def find_checkpoint(path):
     """The checkpoint prefix named by the folder's `checkpoint` file (e.g. `DIR/model.ckpt`).
     `tf.train.latest_checkpoint`'s, looked up without the ERROR line it logs when the files are
     missing, before this error says so."""
-    state = tf.train.get_checkpoint_state(path)
+    state = checkpoint_state(path)
     prefix = state.model_checkpoint_path if state else None  # made absolute from the folder
     if prefix is None or not tf.io.gfile.exists(prefix + ".index"):
         raise FileNotFoundError(f"no checkpoint in {path}: it needs the files `checkpoint`, "
                                 "`model.ckpt.index` and `model.ckpt.data-*`; download the model again")
     return prefix
+
+
+def checkpoint_state(path):
+    """`tf.train.get_checkpoint_state(path)`: the folder's `checkpoint` file read, its paths made
+    absolute from the folder; None where it is missing or TensorFlow cannot read it, without
+    the warnings TensorFlow logs then (the callers say what is wrong)."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return tf.train.get_checkpoint_state(path)
+    except ValueError:  # a file without model_checkpoint_path
+        return None
+    finally:
+        logger.setLevel(level)
 
 
 def check_checkpoint(found, hparams):
@@ -145,12 +161,25 @@ def check_checkpoint(found, hparams):
         raise ValueError(f"checkpoint does not match hparams.json: {shown}")
 
 
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint TensorFlow could not read, in one line; `reason` is TensorFlow's, for callers
+    with other advice than the download (a run's own saves, run.py)."""
+
+    def __init__(self, prefix, reason):
+        super().__init__(f"cannot read checkpoint {prefix} ({reason}): download the model again")
+        self.reason = reason
+
+
 def checkpoint_error(prefix, error):
-    """A one-line ValueError for a checkpoint TensorFlow could not read."""
+    """An `UnreadableCheckpoint` for a checkpoint TensorFlow could not read."""
+    return UnreadableCheckpoint(prefix, error_reason(error))
+
+
+def error_reason(error):
+    """TensorFlow's error message, its first line without TensorFlow's decorations."""
     message = getattr(error, "message", None) or str(error)
-    reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", message).strip()  # TensorFlow's decorations
-    return ValueError(f"cannot read checkpoint {prefix} ({reason.splitlines()[0] if reason else 'unreadable'}): "
-                      "download the model again")
+    reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", message).strip()
+    return reason.splitlines()[0] if reason else "unreadable"
 
 
 def load_params(prefix, hparams, dtype=tf.float32):

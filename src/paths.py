@@ -10,6 +10,21 @@ import socket
 import tempfile
 
 
+RELEASED = ("124M", "355M", "774M", "1558M")  # the models download_model.py fetches (its MODELS)
+
+
+def how_to_get(model_name, models_dir="models"):
+    """What to do about a model missing from models_dir: download it, where it is a released one.
+
+    >>> how_to_get("124M")
+    'download it with `python3 download_model.py 124M`'
+    """
+    if str(model_name) in RELEASED:
+        return f"download it with `{download_command(model_name, models_dir)}`"
+    return (f"{model_name} is none of the released models ({', '.join(RELEASED)}), which download_model.py "
+            "fetches: give the --models_dir and --model_name of your model's folder")
+
+
 def download_command(model_name, models_dir="models"):
     """The command that downloads a model, or repairs a damaged one. download_model.py, which
     runs without src/, builds the same line (its repair_command; tests/test_download.py).
@@ -75,6 +90,24 @@ def removed_if_failed(temporary):
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def folders_to_make(folder):
+    """The folders `os.makedirs(folder)` would make, innermost first."""
+    missing, path = [], os.path.abspath(folder)
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def remove_empty(folders):
+    """Removes each of `folders`, in order, that is empty (innermost first: a parent empties after its child)."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty, or gone
+            pass
 
 
 def temporary_prefix(dst):

@@ -53,6 +53,10 @@ class NonFiniteLoss(ValueError):
     """The loss became NaN or infinite: the run stops without saving the weights it made."""
 
 
+class SamplesNotWritten(OSError):
+    """A sample's text could not be printed or written (a full disk): the run saves, then stops."""
+
+
 class Run:
     """One training run; `settings` are train.py's checked flags."""
 
@@ -65,41 +69,71 @@ class Run:
         self.enc = encoder.get_encoder(settings["model_name"], settings["models_dir"])
         self.run_dir = os.path.join(settings["checkpoint_dir"], settings["run_name"])
         self.samples_dir = os.path.join("samples", settings["run_name"])
-        self.check_writable()
-        self.tokens = dataset.load_dataset(self.enc, settings["dataset"], n_vocab=self.hparams.n_vocab)
-        self.val_tokens = (self.tokens if settings["val_dataset"] is None else
-                           dataset.load_dataset(self.enc, settings["val_dataset"], n_vocab=self.hparams.n_vocab))
-        for flag, tokens in (("dataset", self.tokens), ("val_dataset", self.val_tokens)):
-            if len(tokens) < 2:  # dataset.Windows would name its own argument, `tokens`, which is no flag
-                raise ValueError(f"--{flag} {settings[flag]} holds {len(tokens)} token: a window needs 2 or more "
-                                 "(each token is predicted from those before it); give more text")
         self.length = settings["sequence_length"] or self.hparams.n_ctx
         self.first_step = logs.FirstCalls()  # the first step compiles
         if self.length > self.hparams.n_ctx:
             raise ValueError(f"--sequence_length {self.length} is longer than the model's window "
                              f"(n_ctx {self.hparams.n_ctx}): use at most {self.hparams.n_ctx}")
+        if (settings["sample_length"] or 0) > self.hparams.n_ctx:  # as the sampling scripts refuse it
+            raise ValueError(f"--sample_length {settings['sample_length']} is longer than the model's window "
+                             f"(n_ctx {self.hparams.n_ctx}): use at most {self.hparams.n_ctx}")
         if settings["top_k"] > self.hparams.n_vocab:  # refused now, not at the first sample after minutes of training
             raise ValueError(f"--top_k must be at most the vocabulary size {self.hparams.n_vocab}. "
                              f"Received: {settings['top_k']}")
-        self.restore()
+        made = self.check_writable()
+        try:
+            self.tokens, self.val_tokens = self.load_datasets()
+            self.restore()
+        except BaseException:  # bad input, Ctrl-C: the folders just made go again
+            paths.remove_empty(made)
+            raise
 
     def check_writable(self):
-        """Refuses, before any work, a run folder or samples folder this user cannot write."""
+        """Refuses, before any work, a run folder or samples folder this user cannot write;
+        returns the folders it made, innermost first."""
+        made = []
         for folder in (self.run_dir, self.samples_dir) if self.chief else ():
+            missing = paths.folders_to_make(folder)
             try:
                 os.makedirs(folder, exist_ok=True)
             except OSError as e:
+                paths.remove_empty(made)
                 raise PermissionError(f"cannot create {folder} ({e.strerror}): choose another --checkpoint_dir "
                                       "or --run_name, or let this user write there") from None
+            made += missing
             if not os.access(folder, os.W_OK | os.X_OK):
                 raise PermissionError(f"{folder} is not writable: choose another --checkpoint_dir or --run_name, "
                                       f"or let this user write there (`chmod -R u+w {folder}`)")
+        return made
+
+    def load_datasets(self):
+        """The tokens of --dataset and of --val_dataset (--dataset's where it is None)."""
+        s, n_vocab = self.s, self.hparams.n_vocab
+        tokens = dataset.load_dataset(self.enc, s["dataset"], n_vocab=n_vocab)
+        val_tokens = tokens if s["val_dataset"] is None else dataset.load_dataset(self.enc, s["val_dataset"],
+                                                                                  n_vocab=n_vocab)
+        for flag, found in (("dataset", tokens), ("val_dataset", val_tokens)):
+            if len(found) < 2:  # dataset.Windows would name its own argument, `tokens`, which is no flag
+                raise ValueError(f"--{flag} {s[flag]} holds {len(found)} token: a window needs 2 or more "
+                                 "(each token is predicted from those before it); give more text")
+        return tokens, val_tokens
 
     def start_prefix(self):
         """The checkpoint to start from, and whether it is a save of a run (with its state)."""
         restore_from = str(self.s["restore_from"])
-        if restore_from == "latest" and saving.saved_steps(self.run_dir):
-            return model.find_checkpoint(self.run_dir), True
+        if restore_from == "latest":
+            listed = saving.saved_steps(self.run_dir)
+            if listed:
+                prefix = os.path.join(self.run_dir, f"model-{listed[-1]}")
+                if not tf.io.gfile.exists(prefix + ".index"):
+                    raise FileNotFoundError(f"{os.path.join(self.run_dir, 'checkpoint')} names model-{listed[-1]}, "
+                                            f"whose files are missing: {self.other_save(listed[-1])}")
+                return prefix, True
+            unlisted = sorted(saving.steps_of_this_port(self.run_dir))
+            if unlisted:  # a save's next listing would delete them
+                raise FileNotFoundError(
+                    f"{self.run_dir} holds saves of steps {', '.join(map(str, unlisted))} but no `checkpoint` file "
+                    f"that TensorFlow can read to list them: {self.other_save(None)}")
         if restore_from in ("latest", "fresh"):
             return model.find_checkpoint(self.model_path), False
         path = cli.expand_dir(restore_from)
@@ -110,12 +144,24 @@ class Run:
                                     "`checkpoint` file nor a prefix with a .index file); use latest, fresh or a path")
         return path, True
 
+    def other_save(self, step):
+        """What to do when this run's save of `step` (None: the listing) is damaged: resume from
+        its latest other save whose files are there, or start again."""
+        others = [other for other in saving.whole_saves(self.run_dir) if other != step]
+        resume = (f"resume from {'the save before it' if step else 'one'} with --restore_from "
+                  f"{os.path.join(self.run_dir, f'model-{others[-1]}')}, or " if others else "")
+        return f"{resume}start again from the model with --restore_from fresh (which deletes this run's saves)"
+
     def restore(self):
         """Builds the trainer from the starting weights, and the run's state when it has one."""
         prefix, resumed = self.start_prefix()
+        step = saving.step_of(prefix, self.run_dir)  # where prefix is one of this run's saves
         try:
             values = model.read_checkpoint(prefix, self.hparams)
         except ValueError as e:
+            if isinstance(e, model.UnreadableCheckpoint) and step is not None:
+                raise ValueError(f"--restore_from {self.s['restore_from']}: the save {prefix} cannot be read "
+                                 f"({e.reason}): {self.other_save(step)}") from None
             raise ValueError(f"--restore_from {self.s['restore_from']}: {prefix} is not a checkpoint of "
                              f"{self.s['model_name']} ({e})") from None
         s = self.s
@@ -123,7 +169,13 @@ class Run:
             values, self.hparams, optimizer=s["optimizer"], learning_rate=s["learning_rate"], dtype=s["dtype"],
             memory_saving=s["memory_saving_gradients"], noise=s["noise"], strategy=self.strategy,
             only_train_transformer_layers=s["only_train_transformer_layers"])
-        state = saving.read_state(prefix, self.trainer.optimizer.variables) if resumed else None
+        try:
+            state = saving.read_state(prefix, self.trainer.optimizer.variables) if resumed else None
+        except saving.DamagedState as e:
+            raise ValueError(f"--restore_from {self.s['restore_from']}: {e}: "
+                             f"{self.other_save(step) if step is not None else 'resume from another save'}") from None
+        if step is not None and self.chief and step not in saving.saved_steps(self.run_dir):
+            saving.list_step(self.run_dir, step)  # resumed from a save the listing lacks: the next save keeps it
         self.trainer.optimizer.learning_rate = s["learning_rate"]  # a resume may change it
         if state and s["seed"] is not None and s["seed"] != state["seed"]:
             raise ValueError(f"--seed {s['seed']}: {prefix} was trained with --seed {state['seed']}; resume "
@@ -151,7 +203,13 @@ class Run:
         writer = tf.summary.create_file_writer(self.run_dir) if self.chief else tf.summary.create_noop_writer()
         with cli.ReadersMayGo() as output, cli.CtrlC(*cli.stop_signals()) as stop, writer.as_default():
             bar = tqdm(initial=self.step, total=s["steps"] or None, unit="step", file=sys.stderr, dynamic_ncols=True)
-            self.loop(bar, lambda: stop.pressed or output.gone)
+            try:
+                self.loop(bar, lambda: stop.pressed or output.gone)
+            except SamplesNotWritten as e:
+                bar.close()
+                self.save()
+                raise OSError(f"{e}: stopped at step {self.step}, saved in {self.run_dir}; free space there, or "
+                              "sample less (--sample_every)") from None
             bar.close()
             self.save()
         if stop.pressed:
@@ -222,12 +280,18 @@ class Run:
         length = s["sample_length"] or self.hparams.n_ctx - 1
         if not hasattr(self, "sampler"):  # reads the variables at each call: samples of the current weights
             self.sampler = fast.Sampler(self.trainer.params, self.hparams, top_k=s["top_k"], top_p=s["top_p"])
-        out = self.sampler.sample([[end]] * s["sample_num"], min(length, self.hparams.n_ctx - 1),
-                                  seed=(self.seed + self.step) % (MAX_SEED + 1))[:, 1:]
+        seed = (self.seed + self.step) % (MAX_SEED + 1)
+        out = self.sampler.sample([[end]] * s["sample_num"], length, seed=seed)[:, 1:]
         texts = [self.enc.decode(tokens) for tokens in out]
         text = "".join(f"{'=' * 20} SAMPLE {i + 1} {'=' * 20}\n{t}\n" for i, t in enumerate(texts))
-        print(f"[step {self.step}]\n{text}", end="", flush=True)
-        saving.atomic_write(os.path.join(self.samples_dir, f"samples-{self.step}"), text)
+        path = os.path.join(self.samples_dir, f"samples-{self.step}")
+        for where, write in (("stdout", lambda: print(f"[step {self.step}]\n{text}", end="", flush=True)),
+                             (path, lambda: saving.atomic_write(path, text))):
+            try:
+                write()
+            except OSError as e:  # not a reader gone (cli.ReaderMayGo): a full disk
+                raise SamplesNotWritten(f"cannot write the samples of step {self.step} to {where} "
+                                        f"({e.strerror or e})") from None
         tf.summary.text("samples", text, self.step)
 
     def save(self):

@@ -11,6 +11,7 @@ beside the old ones, then replaces `checkpoint` in one rename: a save cut short 
 previous step the latest, whole; after it, every step's files but the kept ones' go, what a
 save killed after its listing left too.
 """
+import filecmp
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import tempfile
 
 import tensorflow as tf
 
+import model
 import paths
 from checks import bad_argument, is_integer
 
@@ -60,13 +62,31 @@ def atomic_write(path, text):
 
 
 def saved_steps(run_dir):
-    """The steps listed in RUN_DIR/checkpoint, oldest first ([] without one)."""
-    try:
-        with open(os.path.join(run_dir, "checkpoint"), encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
+    """The steps RUN_DIR/checkpoint lists, oldest first and the latest last, read as
+    `tf.train.latest_checkpoint` reads the file (`model.checkpoint_state`): model-STEP paths
+    relative to the folder (as this port writes them) or absolute (as TF1's Saver did). [] without
+    the file, or with one TensorFlow cannot read (`Run.start_prefix` then refuses a folder that
+    holds saves)."""
+    state = model.checkpoint_state(run_dir) if os.path.isdir(run_dir) else None
+    if state is None:
         return []
-    return [int(step) for step in re.findall(r'^all_model_checkpoint_paths: "model-(\d+)"$', text, re.M)]
+    latest = state.model_checkpoint_path
+    listed = [path for path in state.all_model_checkpoint_paths if path != latest] + [latest]
+    return list(dict.fromkeys(step for step in (step_of(path, run_dir) for path in listed) if step is not None))
+
+
+def step_of(prefix, run_dir):
+    """K where `prefix` is run_dir's model-K, else None."""
+    found = re.fullmatch(r"model-(\d+)", os.path.basename(prefix))
+    return int(found.group(1)) if found and same_folder(os.path.dirname(prefix) or ".", run_dir) else None
+
+
+def same_folder(a, b):
+    """Whether paths a and b name one folder."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is missing
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def checkpoint_text(steps):
@@ -77,12 +97,13 @@ def checkpoint_text(steps):
 
 
 def copy_model_files(source_dir, run_dir):
-    """hparams.json, encoder.json and vocab.bpe from the model trained, once."""
+    """hparams.json, encoder.json and vocab.bpe from the model trained, where the run folder
+    lacks them or holds others (a damaged copy, which the scripts would refuse)."""
     for name in MODEL_FILES:
-        target = os.path.join(run_dir, name)
-        if not os.path.exists(target):
+        source, target = os.path.join(source_dir, name), os.path.join(run_dir, name)
+        if not os.path.exists(target) or not filecmp.cmp(source, target, shallow=False):
             with paths.removed_if_failed(os.path.join(run_dir, f".tmp-{name}")) as temporary:
-                shutil.copyfile(os.path.join(source_dir, name), temporary)
+                shutil.copyfile(source, temporary)
                 os.replace(temporary, target)
 
 
@@ -130,6 +151,13 @@ def write_step(run_dir, step, variables, optimizer_variables, state, keep):
     return steps
 
 
+def list_step(run_dir, step):
+    """Makes run_dir's save of `step` the latest that RUN_DIR/checkpoint lists (a run resumed from
+    a save the listing lacks)."""
+    atomic_write(os.path.join(run_dir, "checkpoint"),
+                 checkpoint_text([listed for listed in saved_steps(run_dir) if listed != step] + [step]))
+
+
 def forget_step(run_dir, step):
     """Takes a bad save of `step` out of RUN_DIR/checkpoint, which then names the one before
     (or is removed); returns the steps left."""
@@ -142,6 +170,12 @@ def forget_step(run_dir, step):
             os.remove(os.path.join(run_dir, "checkpoint"))
         remove_steps(run_dir, lambda saved: saved == step)
     return steps
+
+
+def whole_saves(run_dir):
+    """The steps whose weights and state are both in run_dir (their index files), in order."""
+    return sorted(step for step in steps_of_this_port(run_dir)
+                  if all(os.path.exists(os.path.join(run_dir, f"{kind}-{step}.index")) for kind in ("model", "state")))
 
 
 def steps_of_this_port(run_dir):
@@ -169,22 +203,38 @@ def remove_steps(run_dir, which):
                 os.remove(path)
 
 
+class DamagedState(ValueError):
+    """A save's state files that are there in part, or that TensorFlow cannot read."""
+
+
 def read_state(prefix, optimizer_variables):
     """The state saved beside the weights at `prefix` (RUN_DIR/model-STEP), assigned to the
     optimizer's variables; returns {step, position, seed}, or None when there is none (weights
-    from elsewhere). ValueError when it belongs to another optimizer or model."""
+    from elsewhere). ValueError when it belongs to another optimizer or model, DamagedState
+    when it is there in part or cannot be read."""
     state_prefix = re.sub(r"model-(\d+)$", r"state-\1", prefix)
-    if state_prefix == prefix or not tf.io.gfile.exists(state_prefix + ".index"):
+    if state_prefix == prefix:
         return None
-    saved = dict(tf.train.list_variables(state_prefix))
+    if not tf.io.gfile.exists(state_prefix + ".index"):
+        if tf.io.gfile.glob(state_prefix + ".data-*"):
+            raise DamagedState(f"{state_prefix}.index is missing: the save's state (step, data position, "
+                               "optimizer) is there in part")
+        return None
+    try:
+        saved = dict(tf.train.list_variables(state_prefix))
+    except (tf.errors.OpError, ValueError) as e:
+        raise DamagedState(f"cannot read {state_prefix} ({model.error_reason(e)})") from None
     expected = {f"optimizer/{i}": v for i, v in enumerate(optimizer_variables)}
     if set(saved) != set(expected) | set(STATE) or any(
             list(saved[name]) != list(v.shape) for name, v in expected.items()):
         raise ValueError(f"{state_prefix} holds the state of another optimizer or model: resume with the "
                          "--optimizer, --dtype and --only_train_transformer_layers it was trained with, or use "
                          "--restore_from fresh")
-    values = read_tensors(state_prefix, {**{name: v.dtype for name, v in expected.items()},
-                                         **{name: tf.int64 for name in STATE}})
+    try:
+        values = read_tensors(state_prefix, {**{name: v.dtype for name, v in expected.items()},
+                                             **{name: tf.int64 for name in STATE}})
+    except tf.errors.OpError as e:
+        raise DamagedState(f"cannot read {state_prefix} ({model.error_reason(e)})") from None
     for name, variable in expected.items():
         variable.assign(values[name])
     return {name: int(values[name]) for name in STATE}

@@ -1085,3 +1085,9 @@ def test_the_repair_command_is_the_one_the_library_gives(models_dir):
         paths.download_command("355M", models_dir)
     mirror = download_model.repair_command("355M", models_dir, "http://127.0.0.1:8000")
     assert mirror == paths.download_command("355M", models_dir) + " --base_url http://127.0.0.1:8000"
+
+
+def test_the_library_knows_the_released_models_download_model_fetches():
+    """paths.RELEASED, which says whether a missing model can be downloaded, is download_model.py's MODELS."""
+    import paths
+    assert paths.RELEASED == download_model.MODELS

@@ -1,5 +1,6 @@
 """src/encode.py end to end, run as a user runs it, without TensorFlow: the .npz it writes,
 written whole or not at all, and one-line errors."""
+import errno
 import os
 import subprocess
 import sys
@@ -80,11 +81,16 @@ def test_bad_input_is_one_line_and_exit_1(run, tmp_path, files, words, line):
     assert sorted(os.listdir(tmp_path)) == before  # no output, and no temporary file
 
 
-def test_a_missing_model_says_how_to_download_it(run, tmp_path):
+def test_a_missing_model_says_how_to_download_it_or_that_it_is_not_released(run, tmp_path):
     (tmp_path / "a.txt").write_text("a")
     result = run("a.txt", "out.npz", "--model_name", "nomodel", cwd=tmp_path)
     assert result.returncode == 1
-    assert "nomodel/encoder.json not found; download it with `python3 download_model.py nomodel" in result.stderr
+    assert ("nomodel/encoder.json not found; nomodel is none of the released models (124M, 355M, 774M, 1558M), "
+            "which download_model.py fetches: give the --models_dir and --model_name of your model's folder"
+            in result.stderr)
+    result = run("a.txt", "out.npz", "--model_name", "355M", "--models_dir", "nowhere", cwd=tmp_path)
+    assert ("355M/encoder.json not found; download it with `python3 download_model.py 355M --models_dir nowhere`"
+            in result.stderr)
 
 
 def test_an_unwritable_folder_is_one_line_before_any_work(tmp_path, monkeypatch):
@@ -118,4 +124,17 @@ def test_a_failure_or_ctrl_c_while_writing_leaves_neither_file(tmp_path, monkeyp
     monkeypatch.setattr(np, "savez_compressed", interrupted)
     with pytest.raises(error):
         encode.write_npz(str(tmp_path / "out.npz"), [np.arange(3)])
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    def no_space(file, *arrays):
+        file.write(b"part of a file")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(np, "savez_compressed", no_space)
+    out = str(tmp_path / "out.npz")
+    with pytest.raises(OSError) as e:
+        encode.write_npz(out, [np.arange(3)])
+    assert cli.error_line(e.value) == (f"error: the disk holding {tmp_path} is full: {out} is not written; free space "
+                                       "there, or write it elsewhere")
     assert os.listdir(tmp_path) == []

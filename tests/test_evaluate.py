@@ -1,5 +1,6 @@
 """evaluate.py: known answers on a hand-built model, metrics equal to the NumPy reference's on the
 tiny model, the file formats and their errors, LAMBADA's download, the command line."""
+import errno
 import hashlib
 import json
 import math
@@ -8,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -440,6 +442,25 @@ def test_lambada_download_failure_is_one_line_and_leaves_nothing(store, tmp_path
     with pytest.raises(OSError, match=r"cannot download LAMBADA: GET .*/missing.jsonl: HTTP 404") as e:
         benchmarks.fetch_lambada(tmp_path / "data", store.url + "/missing.jsonl")
     assert "\n" not in str(e.value) and os.listdir(tmp_path / "data") == []
+
+
+def test_a_data_dir_that_is_a_file_or_a_full_disk_is_one_line(store, tmp_path, monkeypatch):
+    (tmp_path / "data").write_text("not a folder")
+    with pytest.raises(OSError) as e:
+        benchmarks.fetch_lambada(tmp_path / "data", store.url + "/gpt-2/data/lambada_test.jsonl")
+    assert str(e.value) == (f"--data_dir {tmp_path / 'data'} is not a folder: give a folder to download LAMBADA "
+                            "into, or its test set as --data_file")
+    download = benchmarks.download_module()
+
+    def no_space(session, url, path, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path + ".part")
+    monkeypatch.setattr(benchmarks, "download_module", lambda: types.SimpleNamespace(
+        fetch_file=no_space, DownloadError=download.DownloadError, Released=download.Released))
+    with pytest.raises(OSError) as e:
+        benchmarks.fetch_lambada(tmp_path / "room", store.url + "/gpt-2/data/lambada_test.jsonl")
+    path = tmp_path / "room" / "lambada_test.jsonl"
+    assert str(e.value) == (f"the disk holding {tmp_path / 'room'} is full: {path} is not downloaded; free space "
+                            "there and run again to resume, or give another --data_dir")
 
 
 def test_lambada_cut_without_a_size_is_refused_and_not_named_as_whole(store, tmp_path):

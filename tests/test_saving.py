@@ -192,3 +192,16 @@ def test_the_checkpoint_file_has_the_umasks_mode(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "checkpoint").stat().st_mode & 0o777 == 0o644  # readable by the container's user too
+
+
+def test_a_damaged_copy_of_the_models_files_is_replaced(tmp_path):
+    model_dir, run = tmp_path / "model", tmp_path / "run"
+    model_dir.mkdir(), run.mkdir()
+    for name in saving.MODEL_FILES:
+        (model_dir / name).write_text(f"{name}'s text")
+    saving.copy_model_files(str(model_dir), str(run))
+    (run / "hparams.json").write_text('{"n_vocab": ')  # cut
+    saving.copy_model_files(str(model_dir), str(run))
+    assert {name: (run / name).read_text() for name in saving.MODEL_FILES} == {
+        name: f"{name}'s text" for name in saving.MODEL_FILES}
+    assert sorted(os.listdir(run)) == sorted(saving.MODEL_FILES)

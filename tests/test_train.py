@@ -1,8 +1,10 @@
 """train.py end to end on the tiny checkpoint: the run folder is a model in OpenAI's format,
 a resume continues exactly, Ctrl-C saves, a NaN keeps the last good save, bad input is one line."""
+import errno
 import inspect
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -260,6 +262,105 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(models_dir, tiny_mo
 
 
 @pytest.fixture(scope="module")
+def two_saves(models_dir, tiny_model, text, tmp_path_factory):
+    """A run folder holding the saves of steps 1 and 2 (--seed 1, windows of 16)."""
+    cwd = tmp_path_factory.mktemp("two_saves")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        train_here(models_dir, tiny_model, dataset=text, sequence_length=16, seed=1, steps=2, save_every=1)
+    return cwd / "checkpoint" / "run1"
+
+
+def damage(run, how):
+    """Damages the run folder `run` (its saves of steps 1 and 2) as `how` says."""
+    cut = lambda path: os.truncate(path, os.path.getsize(path) // 2)
+    if how == "listing gone":
+        os.remove(run / "checkpoint")
+    elif how == "listing unreadable":
+        (run / "checkpoint").write_text("model_checkpoint_path: {{{\n")
+    elif how == "weights gone":
+        for path in run.glob("model-2.*"):
+            path.unlink()
+    elif how == "weights cut":
+        cut(run / "model-2.data-00000-of-00001")
+    elif how == "state cut":
+        cut(run / "state-2.data-00000-of-00001")
+    elif how == "state index gone":
+        os.remove(run / "state-2.index")
+
+
+LISTING = ("checkpoint/run1 holds saves of steps 1, 2 but no `checkpoint` file that TensorFlow can read to list "
+           "them: resume from one with --restore_from checkpoint/run1/model-2, or start again from the model with "
+           "--restore_from fresh (which deletes this run's saves)")
+BEFORE = ("resume from the save before it with --restore_from checkpoint/run1/model-1, or start again from the model "
+          "with --restore_from fresh (which deletes this run's saves)")
+
+
+@pytest.mark.parametrize("how, line", [
+    ("listing gone", LISTING),
+    ("listing unreadable", LISTING),
+    ("weights gone", "checkpoint/run1/checkpoint names model-2, whose files are missing: " + BEFORE),
+    ("weights cut", "--restore_from latest: the save checkpoint/run1/model-2 cannot be read ({reason}): " + BEFORE),
+    ("state cut", "--restore_from latest: cannot read checkpoint/run1/state-2 ({reason}): " + BEFORE),
+    ("state index gone", "--restore_from latest: checkpoint/run1/state-2.index is missing: the save's state (step, "
+                         "data position, optimizer) is there in part: " + BEFORE),
+])
+def test_a_damaged_run_folder_is_refused_and_its_saves_kept(models_dir, tiny_model, text, two_saves, tmp_path,
+                                                            monkeypatch, how, line):
+    """Where a run folder's listing, or its latest save, is damaged, a resume names what to
+    resume from instead, and deletes nothing (a save would delete every save not listed)."""
+    run = tmp_path / "checkpoint" / "run1"
+    shutil.copytree(two_saves, run)
+    damage(run, how)
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((ValueError, OSError)) as e:
+        train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=3)
+    pattern = re.escape("error: " + line).replace(re.escape("{reason}"), "[^()]+")  # TensorFlow's words
+    assert re.fullmatch(pattern, cli.error_line(e.value)), cli.error_line(e.value)
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+
+
+def test_a_run_resumes_from_tf1s_listing_or_the_save_it_names(models_dir, tiny_model, text, two_saves, tmp_path,
+                                                               monkeypatch, capsys):
+    """A listing of absolute paths, as TF1's Saver wrote them, resumes the latest; without a
+    listing, the save --restore_from names resumes, and is listed, so that the next save keeps it."""
+    run = tmp_path / "checkpoint" / "run1"
+    shutil.copytree(two_saves, run)
+    (run / "checkpoint").write_text(f'model_checkpoint_path: "{run}/model-2"\n'
+                                    f'all_model_checkpoint_paths: "{run}/model-1"\n'
+                                    f'all_model_checkpoint_paths: "{run}/model-2"\n')
+    monkeypatch.chdir(tmp_path)
+    common = dict(dataset=text, sequence_length=16, seed=1)
+    train_here(models_dir, tiny_model, **common, steps=3)
+    assert "from checkpoint/run1/model-2 at step 2" in capsys.readouterr().err
+    assert saving.saved_steps(str(run)) == [2, 3]
+    os.remove(run / "checkpoint")
+    train_here(models_dir, tiny_model, **common, steps=4, restore_from="checkpoint/run1/model-3")
+    assert "from checkpoint/run1/model-3 at step 3" in capsys.readouterr().err
+    assert saving.saved_steps(str(run)) == [3, 4] and saved_steps_on_disk(run) == [3, 4]
+
+
+def test_samples_that_cannot_be_written_stop_the_run_after_its_save(models_dir, tiny_model, text, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write = saving.atomic_write
+
+    def full_for_samples(path, text):
+        if "samples-" in path:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(path, text)
+    monkeypatch.setattr(saving, "atomic_write", full_for_samples)
+    with pytest.raises(OSError) as e:
+        train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=5, sample_every=2,
+                   sample_length=4, save_every=0)
+    assert cli.error_line(e.value) == ("error: cannot write the samples of step 2 to samples/run1/samples-2 (No space "
+                                       "left on device): stopped at step 2, saved in checkpoint/run1; free space "
+                                       "there, or sample less (--sample_every)")
+    assert saving.saved_steps("checkpoint/run1") == [2]
+
+
+@pytest.fixture(scope="module")
 def other_model(models_dir, vocab_dir):
     """A model of another shape (width 16) beside the tiny one."""
     checkpoints.write_checkpoint(os.path.join(models_dir, "other"), {**checkpoints.TINY, "n_embd": 16}, vocab_dir)
@@ -272,6 +373,8 @@ def other_model(models_dir, vocab_dir):
     ({"checkpoint_dir": "{text}"}, PermissionError, "cannot create"),
     ({"dataset": "{tmp}/*.nothing"}, FileNotFoundError, "*.nothing"),
     ({"sequence_length": 65}, ValueError, "longer than the model's window (n_ctx 64)"),
+    ({"sample_length": 65}, ValueError, "--sample_length 65 is longer than the model's window (n_ctx 64): use at "
+                                        "most 64"),
     ({"top_k": 50258, "steps": 2, "save_every": 1, "sample_every": 2}, ValueError, "--top_k must be at most the vocabulary size 50257"),
 ])
 def test_bad_input_is_refused_before_any_work(models_dir, tiny_model, other_model, text, tmp_path, monkeypatch,
@@ -281,7 +384,7 @@ def test_bad_input_is_refused_before_any_work(models_dir, tiny_model, other_mode
                for name, value in changes.items()}
     with pytest.raises(error, match=re.escape(message)):
         train_here(models_dir, tiny_model, **{"dataset": text, "steps": 1, **changes})
-    assert not (tmp_path / "checkpoint" / "run1" / "checkpoint").exists()
+    assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "samples").exists()  # nor empty folders
 
 
 def test_a_dataset_shorter_than_the_window_is_one_window(models_dir, tiny_model, tmp_path, monkeypatch, capsys):
@@ -350,3 +453,10 @@ def test_bad_flags_are_named(changes, message):
 
 def test_a_bad_flag_is_one_line(models_dir, tiny_model, tmp_path):
     assert "--noise must be" in one_error_line(train(models_dir, tiny_model, tmp_path, "--dataset", "x", "--noise", "2"))
+
+
+def test_a_pattern_the_shell_expanded_is_refused_not_taken_for_other_flags():
+    """`--dataset ds/*.txt` unquoted: the second file would otherwise become --model_name."""
+    with pytest.raises(cli.UsageError, match=re.escape("unexpected argument 'ds/b.txt' after --dataset ds/a.txt: a "
+                                                       "flag takes one value (quote")):
+        cli.read_flags(train_script.train_model, ["--dataset", "ds/a.txt", "ds/b.txt", "--steps", "3"])
