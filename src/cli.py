@@ -181,6 +181,8 @@ def main(command, argv=None, *, tensorflow=True):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush has nowhere to go
         sys.exit(141)
     except (ValueError, OSError) as e:
+        if isinstance(e, OSError) and paths.is_disk_full(e) and str(e).startswith("[Errno"):  # Python's, not ours
+            sys.exit(disk_full_line(e))
         sys.exit(error_line(e))
     except KeyboardInterrupt:
         sys.exit(130)
@@ -196,10 +198,11 @@ def error_line(error):
 
 
 def disk_full_line(error):
-    """The line for a write of TensorFlow's that found the disk full, naming the file and its folder."""
-    file = paths.unwritten_file(error)
+    """The line for a write (TensorFlow's, or Python's OSError) that found the disk full, naming
+    the file and its folder where the error does; else the output (stdout redirected to a file)."""
+    file = paths.unwritten_file(error) or getattr(error, "filename", None)
     if file is None:
-        return f"error: the disk is full ({str(error).splitlines()[0]}): free space on it"
+        return f"error: the disk is full ({str(error).splitlines()[0]}): free space on it, or send the output elsewhere"
     return f"error: the disk holding {os.path.dirname(file) or '.'} is full: {file} cannot be written; free space on it"
 
 

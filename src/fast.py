@@ -334,11 +334,11 @@ def load_params(prefix, hparams, dtype=tf.float32):
     """`model.load_params`, reading the variables with a few RestoreV2 ops rather than one op
     each (bench_generate.py --alternate load_params), and casting what one read before the next:
     in half precision the whole model is never held in float32 (bench_generate.py's peak_memory)."""
-    model.checkpoint_reader(prefix, hparams)  # checks names and shapes first
+    stored = model.checkpoint_reader(prefix, hparams).get_variable_to_dtype_map()  # checks names and shapes first
     params = None
     for names in read_groups(model.checkpoint_shapes(hparams), hparams.n_layer, READ_BYTES):
         try:
-            values = saving.read_tensors(prefix, dict.fromkeys(names, tf.float32))
+            values = saving.read_tensors(prefix, {name: stored[name] for name in names})  # float32, or as saved
         except tf.errors.OpError as e:
             raise model.checkpoint_error(prefix, e) from None
         nested = model.nest_params(values, hparams, dtype)  # whole layers: a layer's dict is full or empty

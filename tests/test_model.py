@@ -11,6 +11,7 @@ import tensorflow as tf
 import checkpoints
 import fast
 import model
+import saving
 from helpers import load, random_tokens, reference_logits
 
 
@@ -88,6 +89,18 @@ def test_the_fast_loader_reads_group_by_group_what_the_reference_reads(models_di
     expected = model.load_params(model.find_checkpoint(path), hparams, dtype)
     assert tf.nest.map_structure(lambda w: w.dtype, grouped) == tf.nest.map_structure(lambda w: w.dtype, expected)
     tf.nest.map_structure(np.testing.assert_array_equal, grouped, expected)
+
+
+def test_a_checkpoint_saved_in_half_precision_loads_as_the_reference_loads_it(models_dir, tiny_model, tmp_path):
+    """Another tool's OpenAI-format checkpoint in float16: read in the dtype it holds, then cast."""
+    path = os.path.join(models_dir, tiny_model)
+    hparams = model.load_hparams(path)
+    values = model.read_checkpoint(model.find_checkpoint(path), hparams)
+    prefix = str(tmp_path / "model.ckpt")
+    saving.write_tensors(prefix, {name: value.astype(np.float16) for name, value in values.items()})
+    for dtype in (tf.float32, tf.bfloat16):
+        tf.nest.map_structure(np.testing.assert_array_equal, fast.load_params(prefix, hparams, dtype),
+                              model.load_params(prefix, hparams, dtype))
 
 
 def test_read_groups_are_whole_layers_under_the_limit():

@@ -179,6 +179,20 @@ def test_a_full_disk_anywhere_is_not_called_out_of_memory():
                             "tempstate5 cannot be written; free space on it")
 
 
+@pytest.mark.parametrize("filename, line", [
+    (None, "error: the disk is full ([Errno 28] No space left on device): free space on it, or send the output "
+           "elsewhere"),
+    ("/data/out.txt", "error: the disk holding /data is full: /data/out.txt cannot be written; free space on it"),
+])
+def test_pythons_full_disk_is_one_line_naming_what_it_can(filename, line):
+    """A write of Python's (stdout redirected to a full disk, a file) that no command turned into a line of its own."""
+    def command():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *([filename] if filename else []))
+    with pytest.raises(SystemExit) as e:
+        cli.main(command, [], tensorflow=False)
+    assert e.value.code == line
+
+
 def saved_steps_on_disk(run_dir):
     """The steps whose weights' .index is in the run folder."""
     return sorted(int(name[6:-6]) for name in os.listdir(run_dir) if re.fullmatch(r"model-\d+\.index", name))
