@@ -156,13 +156,17 @@ def weight_files(src):
         raise FileNotFoundError(f"no weights in {src}: it needs {WEIGHTS}, or {INDEX} and the shards it lists{fix}")
     index = read_json(os.path.join(src, INDEX))
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and os.path.basename(v) == v
-                                                   for v in weight_map.values()):
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ValueError(f"{os.path.join(src, INDEX)} has no weight_map of file names: download it again")
+    elsewhere = [name for name in weight_map.values() if os.path.basename(name) != name or name in ("", ".", "..")]
+    if elsewhere:
+        raise ValueError(f"{os.path.join(src, INDEX)} lists {elsewhere[0]!r}, not the name of a file beside it: "
+                         "the shards must lie in the folder, listed by their file names")
     shards = [os.path.join(src, name) for name in sorted(set(weight_map.values()))]
     missing = [path for path in shards if not os.path.isfile(path)]
     if missing:
-        raise FileNotFoundError(f"{missing[0]}, which {INDEX} lists, is missing: download it")
+        problem = "is not a file" if os.path.exists(missing[0]) else "is missing"
+        raise FileNotFoundError(f"{missing[0]}, which {INDEX} lists, {problem}: download it")
     return shards
 
 

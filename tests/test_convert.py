@@ -354,6 +354,9 @@ def test_a_tied_output_layer_holding_nan_is_tied(hf_copy, tmp_path):
     ("merges.txt not UTF-8", "merges.txt is not UTF-8 text (invalid start byte at byte 0)"),
     ("merges.txt empty", "merges.txt has no merges"),
     ("index a list", "model.safetensors.index.json has no weight_map of file names"),
+    ("index of a path", "model.safetensors.index.json lists '/elsewhere/model.safetensors', not the name of a file "
+                        "beside it: the shards must lie in the folder, listed by their file names"),
+    ("shard a folder", "adir, which model.safetensors.index.json lists, is not a file: download it"),
     ("no config", "has no config.json: it is not a Hugging Face model folder"),
 ])
 def test_other_bad_hf_folders(hf_copy, tmp_path, case, message):
@@ -392,6 +395,12 @@ def test_other_bad_hf_folders(hf_copy, tmp_path, case, message):
         os.remove(path)
         with open(os.path.join(hf_copy, "model.safetensors.index.json"), "w") as f:
             json.dump(["model.safetensors"], f)
+    elif case in ("index of a path", "shard a folder"):
+        os.remove(path)
+        os.mkdir(os.path.join(hf_copy, "adir"))
+        name = "/elsewhere/model.safetensors" if case == "index of a path" else "adir"
+        with open(os.path.join(hf_copy, "model.safetensors.index.json"), "w") as f:
+            json.dump({"weight_map": {"transformer.wte.weight": name}}, f)
     line = to_openai(hf_copy, tmp_path)
     assert message in line, line
 
