@@ -100,7 +100,8 @@ def read_flags(command, words):
     running the command, or never: an unknown flag, a value too many, a flag without a value, a
     bare value right after `--name value` that would fill a parameter with a default (a setting,
     not an input left unnamed such as encode.py's files: a second value for `name`, more likely,
-    from an unquoted pattern the shell expanded into several).
+    from an unquoted pattern the shell expanded into several). Bare values for settings come
+    before the flags, or with their flags.
     A flag whose default is a tuple or list may be repeated: its values, in order, as a list.
     """
     parameters = inspect.signature(command).parameters
@@ -136,7 +137,7 @@ def read_flags(command, words):
         if after and parameters[free[0]].default is not None:  # not an input left out: a second value for the flag
             raise UsageError(f"unexpected argument {word!r} after {flag(after[0])} {after[1]}: a flag takes one "
                              "value (quote a value with spaces, or a pattern such as 'data/*.txt', for the shell to "
-                             "pass it whole)")
+                             f"pass it whole); a value for {flag(free[0])} goes with its flag, or before the flags")
         values[free[0]] = [word] if free[0] in repeated else word
     return {name: boolean(name, value) if name in booleans else value for name, value in values.items()}
 

@@ -54,7 +54,12 @@ class NonFiniteLoss(ValueError):
 
 
 class SamplesNotWritten(OSError):
-    """A sample's text could not be printed or written (a full disk): the run saves, then stops."""
+    """A sample's text could not be printed or written (a full disk): the run saves, then stops;
+    `fix` says what to do."""
+
+    def __init__(self, message, fix):
+        super().__init__(message)
+        self.fix = fix
 
 
 class Run:
@@ -102,6 +107,7 @@ class Run:
                                       "or --run_name, or let this user write there") from None
             made += missing
             if not os.access(folder, os.W_OK | os.X_OK):
+                paths.remove_empty(made)
                 raise PermissionError(f"{folder} is not writable: choose another --checkpoint_dir or --run_name, "
                                       f"or let this user write there (`chmod -R u+w {folder}`)")
         return made
@@ -121,19 +127,19 @@ class Run:
     def start_prefix(self):
         """The checkpoint to start from, and whether it is a save of a run (with its state)."""
         restore_from = str(self.s["restore_from"])
-        if restore_from == "latest":
-            listed = saving.saved_steps(self.run_dir)
-            if listed:
-                prefix = os.path.join(self.run_dir, f"model-{listed[-1]}")
-                if not tf.io.gfile.exists(prefix + ".index"):
-                    raise FileNotFoundError(f"{os.path.join(self.run_dir, 'checkpoint')} names model-{listed[-1]}, "
-                                            f"whose files are missing: {self.other_save(listed[-1])}")
-                return prefix, True
-            unlisted = sorted(saving.steps_of_this_port(self.run_dir))
-            if unlisted:  # a save's next listing would delete them
-                raise FileNotFoundError(
-                    f"{self.run_dir} holds saves of steps {', '.join(map(str, unlisted))} but no `checkpoint` file "
-                    f"that TensorFlow can read to list them: {self.other_save(None)}")
+        listed = saving.saved_steps(self.run_dir)
+        if self.chief and not listed and restore_from != "fresh":
+            unlisted = saving.whole_saves(self.run_dir)  # which the next save's listing would delete
+            if unlisted and saving.step_of(cli.expand_dir(restore_from), self.run_dir) is None:
+                steps = f"step{'s' * (len(unlisted) > 1)} {', '.join(map(str, unlisted))}"
+                raise FileNotFoundError(f"{self.run_dir} holds the saves of {steps} but no `checkpoint` file that "
+                                        f"TensorFlow can read to list them: {self.other_save(None)}")
+        if restore_from == "latest" and listed:
+            prefix = os.path.join(self.run_dir, f"model-{listed[-1]}")
+            if not tf.io.gfile.exists(prefix + ".index"):
+                raise FileNotFoundError(f"{os.path.join(self.run_dir, 'checkpoint')} names model-{listed[-1]}, "
+                                        f"whose files are missing: {self.other_save(listed[-1])}")
+            return prefix, True
         if restore_from in ("latest", "fresh"):
             return model.find_checkpoint(self.model_path), False
         path = cli.expand_dir(restore_from)
@@ -145,17 +151,17 @@ class Run:
         return path, True
 
     def other_save(self, step):
-        """What to do when this run's save of `step` (None: the listing) is damaged: resume from
-        its latest other save whose files are there, or start again."""
-        others = [other for other in saving.whole_saves(self.run_dir) if other != step]
+        """What to do when the save of `step` in the run folder (None: its listing) is damaged:
+        resume from the latest other save whose weights are there, or start again."""
+        others = [other for other in saving.steps_with_weights(self.run_dir) if other != step]
         resume = (f"resume from {'the save before it' if step else 'one'} with --restore_from "
                   f"{os.path.join(self.run_dir, f'model-{others[-1]}')}, or " if others else "")
-        return f"{resume}start again from the model with --restore_from fresh (which deletes this run's saves)"
+        return f"{resume}start again from the model with --restore_from fresh (whose saves replace these)"
 
     def restore(self):
         """Builds the trainer from the starting weights, and the run's state when it has one."""
         prefix, resumed = self.start_prefix()
-        step = saving.step_of(prefix, self.run_dir)  # where prefix is one of this run's saves
+        step = saving.step_of(prefix, self.run_dir)  # where prefix is a save in the run folder
         try:
             values = model.read_checkpoint(prefix, self.hparams)
         except ValueError as e:
@@ -174,15 +180,16 @@ class Run:
         except saving.DamagedState as e:
             raise ValueError(f"--restore_from {self.s['restore_from']}: {e}: "
                              f"{self.other_save(step) if step is not None else 'resume from another save'}") from None
-        if step is not None and self.chief and step not in saving.saved_steps(self.run_dir):
-            saving.list_step(self.run_dir, step)  # resumed from a save the listing lacks: the next save keeps it
         self.trainer.optimizer.learning_rate = s["learning_rate"]  # a resume may change it
         if state and s["seed"] is not None and s["seed"] != state["seed"]:
             raise ValueError(f"--seed {s['seed']}: {prefix} was trained with --seed {state['seed']}; resume "
                              "with that seed (or without --seed), or start again with --restore_from fresh")
-        self.step, self.position = (state["step"], state["position"]) if state else (0, 0)
+        # Another tool's model-K in the run folder (nshepperd's, without our state): the steps go
+        # on from K, so that no save of this run takes the name of that tool's earlier ones.
+        self.step, self.position = (state["step"], state["position"]) if state else (step or 0, 0)
         self.seed = state["seed"] if state else (s["seed"] if s["seed"] is not None else
                                                  int.from_bytes(os.urandom(8), "big") & MAX_SEED)
+        self.saved_step = step  # the run folder's save of this step is the one started from: none to write
         self.restored_from = prefix
         self.windows = dataset.Windows(self.tokens, self.length, self.seed)
         self.val_windows = dataset.Windows(self.val_tokens, self.length, 0)
@@ -198,6 +205,8 @@ class Run:
             # restored_from: with --restore_from PATH the step is PATH's, not this run's
             print(f"{self.restored_from} is at step {self.step} already: raise --steps to train on", file=sys.stderr)
             return
+        if self.chief and self.saved_step is not None and self.saved_step not in saving.saved_steps(self.run_dir):
+            saving.list_step(self.run_dir, self.saved_step)  # started from a save the listing lacks: saves keep it
         print(f"training {s['model_name']} from {self.restored_from} at step {self.step}, seed {self.seed}: "
               f"{len(self.tokens):,} tokens in windows of {self.windows.length}", file=sys.stderr)
         writer = tf.summary.create_file_writer(self.run_dir) if self.chief else tf.summary.create_noop_writer()
@@ -208,8 +217,8 @@ class Run:
             except SamplesNotWritten as e:
                 bar.close()
                 self.save()
-                raise OSError(f"{e}: stopped at step {self.step}, saved in {self.run_dir}; free space there, or "
-                              "sample less (--sample_every)") from None
+                raise OSError(f"{e}: stopped at step {self.step}, saved in {self.run_dir}; {e.fix}, or sample "
+                              "less (--sample_every)") from None
             bar.close()
             self.save()
         if stop.pressed:
@@ -289,14 +298,17 @@ class Run:
                              (path, lambda: saving.atomic_write(path, text))):
             try:
                 write()
-            except OSError as e:  # not a reader gone (cli.ReaderMayGo): a full disk
+            except OSError as e:  # not a reader gone (cli.ReaderMayGo): a full disk, most likely
+                disk = "the disk stdout goes to" if where == "stdout" else f"the disk of {self.samples_dir}"
+                fix = f"free space on {disk}" if paths.is_disk_full(e) else f"let this user write to {where}"
                 raise SamplesNotWritten(f"cannot write the samples of step {self.step} to {where} "
-                                        f"({e.strerror or e})") from None
+                                        f"({e.strerror or e})", fix) from None
         tf.summary.text("samples", text, self.step)
 
     def save(self):
-        """Saves the weights and the state of the current step (the chief alone)."""
-        if not self.chief or self.step in saving.saved_steps(self.run_dir):
+        """Saves the weights and the state of the current step (the chief alone), unless the
+        run folder's save of this step is the one it started from or made."""
+        if not self.chief or self.step == self.saved_step:
             return
         try:
             saving.save(self.run_dir, self.step, self.trainer.checkpoint_values(), self.trainer.optimizer.variables,
@@ -306,6 +318,7 @@ class Run:
             if not paths.is_disk_full(e):
                 raise
             raise OSError(f"{e}; free space there, lower --keep, or give another --checkpoint_dir") from None
+        self.saved_step = self.step
         print(f"saved {os.path.join(self.run_dir, f'model-{self.step}')}", file=sys.stderr)
 
 

@@ -152,10 +152,11 @@ def write_step(run_dir, step, variables, optimizer_variables, state, keep):
 
 
 def list_step(run_dir, step):
-    """Makes run_dir's save of `step` the latest that RUN_DIR/checkpoint lists (a run resumed from
-    a save the listing lacks)."""
-    atomic_write(os.path.join(run_dir, "checkpoint"),
-                 checkpoint_text([listed for listed in saved_steps(run_dir) if listed != step] + [step]))
+    """Makes run_dir's save of `step` the latest that RUN_DIR/checkpoint lists, after the saves it
+    lists, or without a listing after the whole saves there (a run resumed from a save the
+    listing lacks)."""
+    listed = [other for other in saved_steps(run_dir) or whole_saves(run_dir) if other != step]
+    atomic_write(os.path.join(run_dir, "checkpoint"), checkpoint_text(listed + [step]))
 
 
 def forget_step(run_dir, step):
@@ -178,11 +179,17 @@ def whole_saves(run_dir):
                   if all(os.path.exists(os.path.join(run_dir, f"{kind}-{step}.index")) for kind in ("model", "state")))
 
 
+def steps_with_weights(run_dir):
+    """The steps whose weights are in run_dir (model-K.index), this port's or another tool's, in order."""
+    names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+    return sorted(int(found.group(1)) for found in map(re.compile(r"model-(\d+)\.index").fullmatch, names) if found)
+
+
 def steps_of_this_port(run_dir):
     """The steps in run_dir that a save of this port's wrote, whole or in part: those with a
     state-K file, which `remove_steps` deletes last, or with TensorFlow's temporaries."""
     steps = set()
-    for name in os.listdir(run_dir):
+    for name in os.listdir(run_dir) if os.path.isdir(run_dir) else []:
         found = STEP_FILE.fullmatch(name)
         if found and (name.startswith("state-") or name.endswith("_temp") or ".tempstate" in name):
             steps.add(int(found.group(1)))

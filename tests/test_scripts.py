@@ -444,7 +444,8 @@ def test_help_anywhere_prints_help_before_tensorflow_loads(script, words, no_ten
     (SCORE, ["124M", "models", "essay.txt", "yes", "8", "float32", "extra"],
      "unexpected argument 'extra': every flag has a value already (--help lists them)"),
     (SCORE, ["--text_file", "a.txt", "b.txt"], "unexpected argument 'b.txt' after --text_file a.txt: a flag takes "
-     "one value (quote a value with spaces, or a pattern such as 'data/*.txt', for the shell to pass it whole)"),
+     "one value (quote a value with spaces, or a pattern such as 'data/*.txt', for the shell to pass it whole); a "
+     "value for --model_name goes with its flag, or before the flags"),
     (SCORE, ["--json=false2"], "--json must be true or false (or yes/no, 1/0; --json alone means true, --nojson "
                                "false). Received: 'false2'"),
     (UNCONDITIONAL, ["--stop_at_endoftext", "maybe"], "--stop_at_endoftext must be true or false"),

@@ -303,24 +303,26 @@ def damage(run, how):
         os.remove(run / "state-2.index")
 
 
-LISTING = ("checkpoint/run1 holds saves of steps 1, 2 but no `checkpoint` file that TensorFlow can read to list "
-           "them: resume from one with --restore_from checkpoint/run1/model-2, or start again from the model with "
-           "--restore_from fresh (which deletes this run's saves)")
+LISTING = ("checkpoint/run1 holds the saves of steps 1, 2 but no `checkpoint` file that TensorFlow can read to "
+           "list them: resume from one with --restore_from checkpoint/run1/model-2, or start again from the model "
+           "with --restore_from fresh (whose saves replace these)")
 BEFORE = ("resume from the save before it with --restore_from checkpoint/run1/model-1, or start again from the model "
-          "with --restore_from fresh (which deletes this run's saves)")
+          "with --restore_from fresh (whose saves replace these)")
 
 
-@pytest.mark.parametrize("how, line", [
-    ("listing gone", LISTING),
-    ("listing unreadable", LISTING),
-    ("weights gone", "checkpoint/run1/checkpoint names model-2, whose files are missing: " + BEFORE),
-    ("weights cut", "--restore_from latest: the save checkpoint/run1/model-2 cannot be read ({reason}): " + BEFORE),
-    ("state cut", "--restore_from latest: cannot read checkpoint/run1/state-2 ({reason}): " + BEFORE),
-    ("state index gone", "--restore_from latest: checkpoint/run1/state-2.index is missing: the save's state (step, "
-                         "data position, optimizer) is there in part: " + BEFORE),
+@pytest.mark.parametrize("how, restore_from, line", [
+    ("listing gone", "latest", LISTING),
+    ("listing unreadable", "latest", LISTING),
+    ("listing gone", "a save elsewhere", LISTING),  # whose first save would delete these as well
+    ("weights gone", "latest", "checkpoint/run1/checkpoint names model-2, whose files are missing: " + BEFORE),
+    ("weights cut", "latest", "--restore_from latest: the save checkpoint/run1/model-2 cannot be read ({reason}): "
+                              + BEFORE),
+    ("state cut", "latest", "--restore_from latest: cannot read checkpoint/run1/state-2 ({reason}): " + BEFORE),
+    ("state index gone", "latest", "--restore_from latest: checkpoint/run1/state-2.index is missing: the save's "
+                                   "state (step, data position, optimizer) is there in part: " + BEFORE),
 ])
 def test_a_damaged_run_folder_is_refused_and_its_saves_kept(models_dir, tiny_model, text, two_saves, tmp_path,
-                                                            monkeypatch, how, line):
+                                                            monkeypatch, how, restore_from, line):
     """Where a run folder's listing, or its latest save, is damaged, a resume names what to
     resume from instead, and deletes nothing (a save would delete every save not listed)."""
     run = tmp_path / "checkpoint" / "run1"
@@ -328,17 +330,36 @@ def test_a_damaged_run_folder_is_refused_and_its_saves_kept(models_dir, tiny_mod
     damage(run, how)
     before = {path.name: path.read_bytes() for path in run.iterdir()}
     monkeypatch.chdir(tmp_path)
+    elsewhere = str(two_saves / "model-2") if restore_from == "a save elsewhere" else restore_from
     with pytest.raises((ValueError, OSError)) as e:
-        train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=3)
+        train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=3, restore_from=elsewhere)
     pattern = re.escape("error: " + line).replace(re.escape("{reason}"), "[^()]+")  # TensorFlow's words
     assert re.fullmatch(pattern, cli.error_line(e.value)), cli.error_line(e.value)
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
 
 
+def test_the_save_a_refusal_names_resumes_and_saves_anew(models_dir, tiny_model, text, two_saves, tmp_path,
+                                                         monkeypatch, capsys):
+    """The latest save cut: resumed from the one before, the run saves its step again, whole,
+    and the next resume takes it."""
+    run = tmp_path / "checkpoint" / "run1"
+    shutil.copytree(two_saves, run)
+    damage(run, "weights cut")
+    monkeypatch.chdir(tmp_path)
+    common = dict(dataset=text, sequence_length=16, seed=1)
+    train_here(models_dir, tiny_model, **common, steps=2, restore_from="checkpoint/run1/model-1")
+    assert "saved checkpoint/run1/model-2" in capsys.readouterr().err
+    assert saving.saved_steps(str(run)) == [1, 2]
+    weights(str(run / "model-2"))
+    train_here(models_dir, tiny_model, **common, steps=3)
+    assert "from checkpoint/run1/model-2 at step 2" in capsys.readouterr().err
+
+
 def test_a_run_resumes_from_tf1s_listing_or_the_save_it_names(models_dir, tiny_model, text, two_saves, tmp_path,
                                                                monkeypatch, capsys):
     """A listing of absolute paths, as TF1's Saver wrote them, resumes the latest; without a
-    listing, the save --restore_from names resumes, and is listed, so that the next save keeps it."""
+    listing, the save --restore_from names resumes, and is listed after the others, so that
+    the next save keeps it."""
     run = tmp_path / "checkpoint" / "run1"
     shutil.copytree(two_saves, run)
     (run / "checkpoint").write_text(f'model_checkpoint_path: "{run}/model-2"\n'
@@ -350,9 +371,33 @@ def test_a_run_resumes_from_tf1s_listing_or_the_save_it_names(models_dir, tiny_m
     assert "from checkpoint/run1/model-2 at step 2" in capsys.readouterr().err
     assert saving.saved_steps(str(run)) == [2, 3]
     os.remove(run / "checkpoint")
-    train_here(models_dir, tiny_model, **common, steps=4, restore_from="checkpoint/run1/model-3")
-    assert "from checkpoint/run1/model-3 at step 3" in capsys.readouterr().err
-    assert saving.saved_steps(str(run)) == [3, 4] and saved_steps_on_disk(run) == [3, 4]
+    train_here(models_dir, tiny_model, **common, steps=4, restore_from="checkpoint/run1/model-2", keep=3)
+    assert "from checkpoint/run1/model-2 at step 2" in capsys.readouterr().err
+    assert saving.saved_steps(str(run)) == [3, 2, 4] and saved_steps_on_disk(run) == [2, 3, 4]
+
+
+def test_a_run_killed_in_its_first_save_starts_again(models_dir, tiny_model, text, tmp_path, monkeypatch):
+    run = tmp_path / "checkpoint" / "run1"
+    (run / "model-1_temp").mkdir(parents=True)
+    (run / "model-1_temp" / "part").write_text("what TensorFlow wrote")
+    monkeypatch.chdir(tmp_path)
+    train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=1)
+    assert saving.saved_steps(str(run)) == [1] and not (run / "model-1_temp").exists()
+
+
+def test_another_tools_run_folder_goes_on_from_its_step(models_dir, tiny_model, text, two_saves, tmp_path,
+                                                        monkeypatch, capsys):
+    """model-1 and model-2 without this port's state files, as nshepperd/gpt-2's train.py leaves
+    them: the run starts from model-2 at step 2 and names its saves from there; the other
+    tool's files stay."""
+    run = tmp_path / "checkpoint" / "run1"
+    shutil.copytree(two_saves, run)
+    for path in run.glob("state-*"):
+        path.unlink()
+    monkeypatch.chdir(tmp_path)
+    train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=3)
+    assert "from checkpoint/run1/model-2 at step 2" in capsys.readouterr().err
+    assert saving.saved_steps(str(run)) == [2, 3] and saved_steps_on_disk(run) == [1, 2, 3]
 
 
 def test_samples_that_cannot_be_written_stop_the_run_after_its_save(models_dir, tiny_model, text, tmp_path,
@@ -369,8 +414,8 @@ def test_samples_that_cannot_be_written_stop_the_run_after_its_save(models_dir, 
         train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=5, sample_every=2,
                    sample_length=4, save_every=0)
     assert cli.error_line(e.value) == ("error: cannot write the samples of step 2 to samples/run1/samples-2 (No space "
-                                       "left on device): stopped at step 2, saved in checkpoint/run1; free space "
-                                       "there, or sample less (--sample_every)")
+                                       "left on device): stopped at step 2, saved in checkpoint/run1; free space on "
+                                       "the disk of samples/run1, or sample less (--sample_every)")
     assert saving.saved_steps("checkpoint/run1") == [2]
 
 
