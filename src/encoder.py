@@ -260,7 +260,7 @@ def get_encoder(model_name, models_dir):
     folder = os.path.join(models_dir, model_name)
     fix = f"download it again with `{download_command(model_name, models_dir)}`"
     encoder_json, vocab_bpe = os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")
-    data = {path: _read(path, how_to_get(model_name, models_dir)) for path in (encoder_json, vocab_bpe)}
+    data = {path: _read(path, how_to_get(model_name, models_dir), fix) for path in (encoder_json, vocab_bpe)}
     encoder = _parse_encoder_json(encoder_json, _text(encoder_json, data[encoder_json], fix), fix)
     merges = _parse_vocab_bpe(vocab_bpe, _text(vocab_bpe, data[vocab_bpe], fix), encoder, fix)
     gpt2 = all(hashlib.sha256(data[path]).hexdigest() == GPT2_SHA256[os.path.basename(path)] for path in data)
@@ -279,7 +279,8 @@ def _bad_file(path, problem, fix):
     return ValueError(f"{path} {problem}; {fix}")
 
 
-def _read(path, how):
+def _read(path, how, fix):
+    """The bytes of `path`; a missing file says `how` to get the model, an unreadable one `fix`."""
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -289,8 +290,7 @@ def _read(path, how):
         raise PermissionError(f"{path} is unreadable (permission denied); let this user read it and its "
                               f"folder, e.g. `chmod -R u+rX {os.path.dirname(path)}`") from None
     except OSError as error:  # a folder where the file should be, an I/O error
-        raise type(error)(f"{path} cannot be read ({error.strerror}); "
-                          f"download it again with `{download}`") from None
+        raise type(error)(f"{path} cannot be read ({error.strerror}); {fix}") from None
 
 
 def _text(path, data, fix):
