@@ -256,16 +256,13 @@ def fetch_lambada(data_dir, url=LAMBADA_URL):
             f"cannot be made ({e.strerror})"
         raise OSError(f"--data_dir {data_dir} {problem}: give a folder to download LAMBADA into, or its test set as "
                       "--data_file") from None
+    full = paths.disk_full_said(data_dir, f"{path} is not downloaded; free space there and run again to resume, or "
+                                "give another --data_dir")
     try:
-        with requests.Session() as session:
+        with full, requests.Session() as session:
             downloader.fetch_file(session, url, path, released=downloader.Released(LAMBADA_BYTES, LAMBADA_SHA256))
     except downloader.DownloadError as e:
         raise OSError(f"cannot download LAMBADA: {e}; run again to resume, or give --data_file") from None
-    except OSError as e:
-        if not paths.is_disk_full(e):
-            raise
-        raise paths.disk_full(data_dir, f"{path} is not downloaded; free space there and run again to resume, or "
-                              "give another --data_dir") from None
     return path
 
 

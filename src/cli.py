@@ -182,7 +182,7 @@ def main(command, argv=None, *, tensorflow=True):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush has nowhere to go
         sys.exit(141)
     except (ValueError, OSError) as e:
-        if isinstance(e, OSError) and paths.is_disk_full(e) and str(e).startswith("[Errno"):  # Python's, not ours
+        if isinstance(e, OSError) and e.strerror and paths.is_disk_full(e):  # Python's own, not a line of ours
             sys.exit(disk_full_line(e))
         sys.exit(error_line(e))
     except KeyboardInterrupt:

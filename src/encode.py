@@ -73,18 +73,14 @@ def write_npz(path, arrays):
     """np.savez_compressed(path, *arrays), whole or not at all: written to a hidden temporary
     file beside `path` and renamed, so that a failure or Ctrl-C leaves no part of a file."""
     temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with paths.removed_if_failed(temporary):
-            with open(temporary, "wb") as f:
-                np.savez_compressed(f, *arrays)
-                f.flush()
-                os.fsync(f.fileno())  # the data on disk before the name: a crash leaves the old file or the new
-            os.replace(temporary, path)
-    except OSError as e:
-        if not paths.is_disk_full(e):
-            raise
-        raise paths.disk_full(os.path.dirname(path) or ".", f"{path} is not written; free space there, or "
-                              "write it elsewhere") from None
+    full = paths.disk_full_said(os.path.dirname(path) or ".", f"{path} is not written; free space there, or "
+                                "write it elsewhere")
+    with full, paths.removed_if_failed(temporary):
+        with open(temporary, "wb") as f:
+            np.savez_compressed(f, *arrays)
+            f.flush()
+            os.fsync(f.fileno())  # the data on disk before the name: a crash leaves the old file or the new
+        os.replace(temporary, path)
 
 
 if __name__ == "__main__":

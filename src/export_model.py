@@ -22,8 +22,7 @@ def export_model(model_name="124M", models_dir="models", export_dir=None, dtype=
     :xla=False : Boolean, compile generate's decode loop with XLA: faster on a CPU, where TF
      Serving must then run with --xla_cpu_compilation_enabled=true
     """
-    import tensorflow as tf  # here, not above: cli.main answers --help and bad flags before TensorFlow loads
-    import fast
+    import fast  # here, not above: cli.main answers --help and bad flags before TensorFlow loads
     import model
     import serving
     export_dir = os.path.join("exported", str(model_name), "1") if export_dir is None else str(export_dir)
@@ -32,15 +31,11 @@ def export_model(model_name="124M", models_dir="models", export_dir=None, dtype=
     path = model.model_dir(str(model_name), cli.expand_dir(models_dir))
     hparams = model.load_hparams(path)
     params = fast.load_params(model.find_checkpoint(path), hparams, tf_dtype)
-    try:
-        with logs.held_back():  # the C++ lines that saving graphs logs before absl is set up
-            warmup = serving.export(params, hparams, export_dir, xla=xla)
-    except (tf.errors.ResourceExhaustedError, OSError) as e:  # TensorFlow's writes say ENOSPC so
-        if not paths.is_disk_full(e):
-            raise
-        raise paths.disk_full(os.path.dirname(os.path.normpath(export_dir)) or ".",
-                              f"{export_dir} is not written (nothing of it is left); free space there, or give "
-                              "another --export_dir") from None
+    full = paths.disk_full_said(os.path.dirname(os.path.normpath(export_dir)) or ".",
+                                f"{export_dir} is not written (nothing of it is left); free space there, or give "
+                                "another --export_dir")
+    with full, logs.held_back():  # the C++ lines that saving graphs logs before absl is set up
+        warmup = serving.export(params, hparams, export_dir, xla=xla)
     if not warmup:
         print(f"no {serving.WARMUP} written: TF Serving warmup requests need the tensorflow-serving-api package",
               file=sys.stderr)

@@ -168,6 +168,18 @@ def unwritten_file(error):
     return found.group(1) if found else None
 
 
+@contextlib.contextmanager
+def disk_full_said(where, what):
+    """A `with` block whose write that finds the disk full (`is_disk_full`: Python's OSError, or
+    TensorFlow's ResourceExhaustedError) raises `disk_full(where, what)` instead."""
+    try:
+        yield
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        raise disk_full(where, what) from None
+
+
 def disk_full(where, what):
     """The OSError (errno ENOSPC) saying that the disk holding the folder `where` is full, and `what`
     follows from it (what was not written, what is kept, how to make room)."""
