@@ -100,8 +100,9 @@ def read_flags(command, words):
     running the command, or never: an unknown flag, a value too many, a flag without a value, a
     bare value right after `--name value` that would fill a parameter with a default (a setting,
     not an input left unnamed such as encode.py's files: a second value for `name`, more likely,
-    from an unquoted pattern the shell expanded into several). Bare values for settings come
-    before the flags, or with their flags.
+    from an unquoted pattern the shell expanded into several), or a bare file that would fill a
+    setting after a bare file that filled an input (the same pattern, in the first place). Bare
+    values for settings come before the flags, or with their flags.
     A flag whose default is a tuple or list may be repeated: its values, in order, as a list.
     """
     parameters = inspect.signature(command).parameters
@@ -130,14 +131,21 @@ def read_flags(command, words):
             else:
                 raise UsageError(f"{flag(name)} needs a value: {flag(name)} VALUE")
         values[name] = values.get(name, []) + [value] if name in repeated else value
+    previous = None  # (name, value) of the bare word before, where it filled an input
     for word, after in loose:
         free = [name for name in parameters if name not in values]
         if not free:
             raise UsageError(f"unexpected argument {word!r}: every flag has a value already (--help lists them)")
-        if after and parameters[free[0]].default is not None:  # not an input left out: a second value for the flag
+        setting = parameters[free[0]].default is not None  # not an input left out
+        if setting and after:  # a second value for the flag
             raise UsageError(f"unexpected argument {word!r} after {flag(after[0])} {after[1]}: a flag takes one "
                              "value (quote a value with spaces, or a pattern such as 'data/*.txt', for the shell to "
                              f"pass it whole); a value for {flag(free[0])} goes with its flag, or before the flags")
+        if setting and previous and os.path.exists(word) and os.path.exists(previous[1]):  # two files: a pattern
+            raise UsageError(f"unexpected argument {word!r} after {flag(previous[0])}'s {previous[1]!r}: a flag "
+                             "takes one value (quote a pattern such as 'data/*.txt' for the shell to pass it whole); "
+                             f"a value for {flag(free[0])} goes with its flag")
+        previous = None if setting else (free[0], word)
         values[free[0]] = [word] if free[0] in repeated else word
     return {name: boolean(name, value) if name in booleans else value for name, value in values.items()}
 

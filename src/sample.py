@@ -150,7 +150,10 @@ def check_sampling(hparams, context_length, length, temperature, top_k, top_p):
         raise bad_argument("length", f"and the prompt's {tokens} need {context_length + length - 1} positions, more "
                            f"than the model's window of {hparams.n_ctx} (the last new token needs none): use at most "
                            f"{hparams.n_ctx + 1 - context_length} new tokens or a shorter prompt", length)
-    if not is_number(temperature) or not temperature >= SMALLEST_TEMPERATURE:
+    if not is_number(temperature):  # a word: fire passes 'inf' or '0,7' as a string
+        raise bad_argument("temperature", "must be a number greater than 0, such as 0.7 (1: the model's own "
+                           "probabilities; higher: more random)", temperature)
+    if not temperature >= SMALLEST_TEMPERATURE:
         raise bad_argument("temperature", "must be greater than 0: at least 1.2e-38, float32's smallest normal "
                            "number; for greedy decoding (the most likely token each time) use top_k 1", temperature,
                            mentions=["top_k"])

@@ -104,8 +104,9 @@ def test_sample_sequence_keeps_the_originals_arguments(tiny):
     (dict(top_p=0), "top_p must be in (0, 1]"),
     (dict(top_p=1.5), "top_p must be in (0, 1] (1: no nucleus filter). Received: 1.5"),
     (dict(top_p="high"), "top_p must be in (0, 1] (1: no nucleus filter). Received: 'high'"),
-    (dict(temperature="warm"), "temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number; "
-                               "for greedy decoding (the most likely token each time) use top_k 1. Received: 'warm'"),
+    (dict(temperature="warm"), "temperature must be a number greater than 0, such as 0.7 (1: the model's own "
+                               "probabilities; higher: more random). Received: 'warm'"),
+    (dict(temperature="inf"), "temperature must be a number greater than 0, such as 0.7"),
     (dict(context=[[50257]]), "context tokens must be in [0, 50257)"),
     (dict(context=[[]]), "context must be [batch, n] integer tokens with n >= 1"),
 ])

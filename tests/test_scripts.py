@@ -349,6 +349,8 @@ def test_the_scripts_stop_at_stop_strings(models_dir, tiny_model, tiny):
                       "last new token needs none): use at most 64 new tokens"),
     (dict(temperature=0), "--temperature must be greater than 0: at least 1.2e-38, float32's smallest normal number; "
                           "for greedy decoding (the most likely token each time) use --top_k 1. Received: 0"),
+    (dict(temperature="inf"), "--temperature must be a number greater than 0, such as 0.7 (1: the model's own "
+                              "probabilities; higher: more random). Received: 'inf'"),
     (dict(top_k=-1), "--top_k must be an integer >= 0"),
     (dict(top_p=1.5), "--top_p must be in (0, 1]"),
     (dict(batch_size=0), "--batch_size must be a positive integer. Received: 0"),

@@ -3,6 +3,7 @@ a resume continues exactly, Ctrl-C saves, a NaN keeps the last good save, bad in
 import errno
 import inspect
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -16,6 +17,7 @@ import tensorflow as tf
 
 import checkpoints
 import cli
+import encode
 import encoder
 import model
 import saving
@@ -519,3 +521,19 @@ def test_a_pattern_the_shell_expanded_is_refused_not_taken_for_other_flags():
     with pytest.raises(cli.UsageError, match=re.escape("unexpected argument 'ds/b.txt' after --dataset ds/a.txt: a "
                                                        "flag takes one value (quote")):
         cli.read_flags(train_script.train_model, ["--dataset", "ds/a.txt", "ds/b.txt", "--steps", "3"])
+
+
+def test_a_pattern_expanded_in_the_first_place_is_refused_not_taken_for_the_model(tmp_path, monkeypatch):
+    """`train.py ds/*.txt --steps 3` unquoted: the second file would otherwise become --model_name."""
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("ds")
+    for name in "ab":
+        pathlib.Path(f"ds/{name}.txt").write_text("text")
+    with pytest.raises(cli.UsageError, match=re.escape("unexpected argument 'ds/b.txt' after --dataset's 'ds/a.txt': a "
+                                                       "flag takes one value (quote a pattern such as 'data/*.txt' for "
+                                                       "the shell to pass it whole); a value for --model_name goes")):
+        cli.read_flags(train_script.train_model, ["ds/a.txt", "ds/b.txt", "--steps", "3"])
+    # A setting given in its place is still read, and files for two inputs are (encode.py's `in out`).
+    assert cli.read_flags(train_script.train_model, ["ds/a.txt", "345M", "--steps", "3"]) == {
+        "dataset": "ds/a.txt", "model_name": "345M", "steps": "3"}
+    assert cli.read_flags(encode.encode, ["ds/a.txt", "ds/b.txt"]) == {"in_text": "ds/a.txt", "out_npz": "ds/b.txt"}
