@@ -392,20 +392,41 @@ def cache_tensor(cache):
     return tf.nest.flatten(cache)[0]
 
 
-def write_cache(cache, positions, k, v, inplace=False):
-    """cache [2, batch, heads, size, head_dim] with k, v [batch, heads, seq, head_dim] written at
-    positions [seq]: a new tensor (see the module's docstring), or with `inplace` the given
-    cache's own memory written by InplaceUpdate, for a cache nothing else reads (`own_cache`)."""
-    size, head_dim = tf.shape(cache)[3], cache.shape[-1]
-    blocks = tf.size(cache) // (size * head_dim)  # 2 * batch * heads
-    rows = tf.reshape(tf.range(blocks)[:, None] * size + positions[None], [-1])  # [2 * batch * heads * seq]
+def cache_rows(cache, positions):
+    """The rows of cache [2, batch, heads, size, head_dim], seen as [2 * batch * heads * size,
+    head_dim], that the keys and values of positions [seq] take, in the order c_attn's columns
+    hold them (`write_cache`): [batch * seq * 2 * heads]. Every layer's cache of that shape takes
+    the same rows: `decode` finds them once a pass, not once a layer. With `split_heads` and
+    `attention`'s one cast, a third fewer ops a step without XLA (bench_against.py ac070aa)."""
+    shape = tf.shape(cache)
+    batch, heads, size = shape[1], cache.shape[2], shape[3]
+    along = lambda t, axis: tf.reshape(t, [-1 if i == axis else 1 for i in range(4)])  # t on one axis of 4
+    # [batch, seq, 2, heads]: (key or value kv, row b, head h, position p) is row ((kv * batch + b) * heads + h) * size + p
+    kv_b_h = (along(tf.range(2), 2) * batch + along(tf.range(batch), 0)) * heads + along(tf.range(heads), 3)
+    rows = kv_b_h * size + along(positions, 1)
+    return tf.reshape(rows, [-1])
+
+
+def write_cache(cache, rows, kv, inplace=False):
+    """cache [2, batch, heads, size, head_dim] with kv [batch, seq, 2 * heads * head_dim], each
+    position's keys then values as c_attn's columns hold them, written at `cache_rows`: a new
+    tensor (see the module's docstring), or with `inplace` the given cache's own memory written
+    by InplaceUpdate, for a cache nothing else reads (`own_cache`)."""
+    head_dim = cache.shape[-1]
     flat = tf.reshape(cache, [-1, head_dim])  # [2 * batch * heads * size, head_dim]
-    values = tf.reshape(tf.stack([k, v]), [-1, head_dim])  # [2 * batch * heads * seq, head_dim]
+    values = tf.reshape(kv, [-1, head_dim])  # [batch * seq * 2 * heads, head_dim]
     if inplace:
         written = tf.raw_ops.InplaceUpdate(x=flat, i=rows, v=values)
     else:
         written = tf.tensor_scatter_nd_update(flat, rows[:, None], values)
-    return tf.reshape(written, tf.shape(cache))
+    return tf.reshape(written, shape_of(cache))
+
+
+def shape_of(t):
+    """t's shape, as a list where at most one axis is unknown (a reshape's -1), else as a tensor:
+    no Shape op in a graph that knows the rest."""
+    shape = t.shape.as_list()
+    return tf.shape(t) if shape.count(None) > 1 else [-1 if n is None else n for n in shape]
 
 
 def own_cache(cache, choices):
@@ -440,14 +461,11 @@ def conv1d(x, p, choices, gelu=False):
 
 def attend(q, k, v, mask):
     """`model.multihead_attn` over the whole cache: q [batch, heads, seq, head_dim], k, v
-    [batch, heads, size, head_dim], mask [seq, size] True where a query may see a key -> q's
-    shape and dtype. A float32 cache under half-precision queries (`Choices.float32_attention`)
-    takes one query's attention to `float32_attention`."""
-    if q.dtype != k.dtype and q.shape[-2] == 1:
-        return tf.cast(float32_attention(tf.cast(q, tf.float32), k, v, mask), q.dtype)
-    w = tf.cast(tf.matmul(tf.cast(q, k.dtype), k, transpose_b=True), tf.float32) * tf.math.rsqrt(float(v.shape[-1]))
+    [batch, heads, size, head_dim] in q's dtype, mask [seq, size] True where a query may see a
+    key -> q's shape and dtype."""
+    w = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * tf.math.rsqrt(float(v.shape[-1]))
     w = tf.nn.softmax(tf.where(mask, w, -1e9), axis=-1)  # [batch, heads, seq, size]
-    return tf.cast(tf.matmul(tf.cast(w, v.dtype), v), q.dtype)  # [batch, heads, seq, head_dim]
+    return tf.matmul(tf.cast(w, v.dtype), v)  # [batch, heads, seq, head_dim]
 
 
 def float32_attention(q, k, v, mask):
@@ -461,33 +479,55 @@ def float32_attention(q, k, v, mask):
 
 
 @functools.partial(tf.function, autograph=False)  # one trace serves every layer: start-up (bench_startup.py)
-def block(x, p, cache, positions, mask, n_head, choices):
+def block(x, p, cache, rows, mask, n_head, choices):
     """`model.block` writing its keys and values into the cache: x [batch, seq, n_embd],
-    cache [2, batch, heads, size, head_dim] -> (x, cache). Where c_attn is in head halves
-    (`column_halves`), each group of heads attends on its own, with its own cache (a list)."""
+    cache [2, batch, heads, size, head_dim], rows {heads: `cache_rows` of a cache of that many}
+    -> (x, cache). Where c_attn is in head halves (`column_halves`), each group of heads attends
+    on its own, with its own cache (a list)."""
     h = model.norm(x, p["ln_1"])
     if isinstance(p["attn"]["c_attn"], list):
         assert isinstance(cache, list), "c_attn in head halves takes a cache in groups of heads (empty_cache)"
         groups = zip(p["attn"]["c_attn"], cache, head_groups(n_head))
-        a, cache = map(list, zip(*[attention(h, part, part_cache, heads, positions, mask, choices)
+        a, cache = map(list, zip(*[attention(h, part, part_cache, rows[heads], heads, mask, choices)
                                    for part, part_cache, heads in groups]))
         a = tf.concat(a, axis=1)  # [batch, heads, seq, head_dim]
     else:
         assert not isinstance(cache, list), "a cache in groups of heads takes c_attn in head halves (column_halves)"
-        a, cache = attention(h, p["attn"]["c_attn"], cache, n_head, positions, mask, choices)
-    x = x + conv1d(model.merge_heads(a), p["attn"]["c_proj"], choices)  # merged: [batch, seq, n_embd]
+        a, cache = attention(h, p["attn"]["c_attn"], cache, rows[n_head], n_head, mask, choices)
+    x = x + conv1d(merge_heads(a), p["attn"]["c_proj"], choices)  # merged: [batch, seq, n_embd]
     m = conv1d(model.norm(x, p["ln_2"]), p["mlp"]["c_fc"], choices, gelu=True)  # [batch, seq, 4 * n_embd]
     return x + conv1d(m, p["mlp"]["c_proj"], choices), cache
 
 
-def attention(h, p, cache, n_head, positions, mask, choices):
+def attention(h, p, cache, rows, n_head, mask, choices):
     """The attention of normalized h [batch, seq, n_embd] through c_attn's p, the q, k and v
-    columns of n_head heads, whose cache is [2, batch, n_head, size, head_dim] -> (a [batch,
-    n_head, seq, head_dim], the cache with h's keys and values)."""
-    c = conv1d(h, p, choices)  # [batch, seq, 3 * n_head * head_dim]
-    q, k, v = [model.split_heads(t, n_head) for t in tf.split(c, 3, axis=2)]
-    cache = write_cache(cache, positions, tf.cast(k, cache.dtype), tf.cast(v, cache.dtype), choices.inplace_cache)
-    return attend(q, cache[0], cache[1], mask), cache
+    columns of n_head heads, whose cache is [2, batch, n_head, size, head_dim] and takes `rows`
+    (`cache_rows`) -> (a [batch, n_head, seq, head_dim] in h's dtype, the cache with h's keys and
+    values). In the cache's dtype: one query in float32 under half-precision weights takes
+    `float32_attention` (`Choices.float32_attention`)."""
+    c = tf.cast(conv1d(h, p, choices), cache.dtype)  # [batch, seq, 3 * n_head * head_dim]: q, k, v
+    q, kv = tf.split(c, [c.shape[-1] // 3, -1], axis=-1)  # [batch, seq, n_head * head_dim], the rest
+    cache = write_cache(cache, rows, kv, choices.inplace_cache)
+    k, v = tf.unstack(cache)  # each [batch, n_head, size, head_dim]
+    one_query_in_float32 = cache.dtype != h.dtype and h.shape[1] == 1
+    a = (float32_attention if one_query_in_float32 else attend)(split_heads(q, n_head), k, v, mask)
+    return tf.cast(a, h.dtype), cache
+
+
+def split_heads(x, n_head):
+    """`model.split_heads`, [batch, seq, n_embd] -> [batch, heads, seq, head_dim]: for one
+    position a reshape alone, its transpose moving an axis of one, which moves no element."""
+    if x.shape[1] == 1:
+        return tf.reshape(x, [-1, n_head, 1, x.shape[-1] // n_head])
+    return model.split_heads(x, n_head)
+
+
+def merge_heads(x):
+    """`model.merge_heads`, [batch, heads, seq, head_dim] -> [batch, seq, n_embd]: for one
+    position a reshape alone (`split_heads`)."""
+    if x.shape[2] == 1:
+        return tf.reshape(x, [-1, 1, x.shape[1] * x.shape[3]])
+    return model.merge_heads(x)
 
 
 def decode(params, hparams, X, cache, start, choices=Choices()):
@@ -498,13 +538,14 @@ def decode(params, hparams, X, cache, start, choices=Choices()):
     positions = start + tf.range(tf.shape(X)[1])  # [seq]
     h = tf.gather(params["wte"], X) + tf.gather(params["wpe"], positions)  # [batch, seq, n_embd]
     mask = positions[:, None] >= tf.range(tf.shape(cache_tensor(cache))[3])[None]  # [seq, size]
+    rows = {t.shape[2]: cache_rows(t, positions) for t in tf.nest.flatten(cache[0])}  # by heads: each layer's
     # Fused kernels may keep their weights converted (Choices.frozen_weights): each layer then
     # gets kernels of its own, traced inline, whether or not TensorFlow inlines a shared function.
     # So do einsums, which keep none today, lest a later oneDNN keep some.
     layer = block.python_function if choices.fused_matmuls or choices.einsum_matmuls else block
     new_cache = []
     for p, layer_cache in zip(params["h"], cache):
-        h, layer_cache = layer(h, p, layer_cache, positions, mask, hparams.n_head, choices)
+        h, layer_cache = layer(h, p, layer_cache, rows, mask, hparams.n_head, choices)
         new_cache.append(layer_cache)
     return h, new_cache
 

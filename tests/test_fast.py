@@ -239,9 +239,25 @@ def test_float32_attention_is_one_querys_attention(position):
     want = model.multihead_attn(q, k[:, :, :position + 1], v[:, :, :position + 1])
     np.testing.assert_allclose(fast.float32_attention(q, k, v, mask), want, atol=1e-6, rtol=0)
     assert [fast.cache_dtype_for(tf.bfloat16, batch, ONEDNN) for batch in (1, 2)] == [tf.float32, tf.bfloat16]
-    half = fast.attend(tf.cast(q, tf.bfloat16), k, v, mask)  # a bfloat16 query over a float32 cache
-    assert half.dtype == tf.bfloat16
-    np.testing.assert_allclose(tf.cast(half, tf.float32), want, atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("cache_dtype", [tf.float32, tf.bfloat16])
+def test_one_bfloat16_query_over_its_cache_writes_and_reads_c_attns_columns(tiny, cache_dtype):
+    """`fast.attention` of the first position of bfloat16 h: c_attn's keys and values go to the
+    cache at their rows (`cache_rows`), in a float32 cache (`Choices.float32_attention`) exactly
+    as computed, and a query that sees one key gets its value, in h's dtype."""
+    hparams, params = tiny
+    p = model.cast_params(params, tf.bfloat16)["h"][0]["attn"]["c_attn"]
+    h = tf.cast(np.random.RandomState(0).randn(2, 1, hparams.n_embd), tf.bfloat16)
+    cache = fast.empty_cache(hparams, 2, 8, cache_dtype)[0]  # [2, batch, heads, size, head_dim]
+    positions = tf.constant([0])
+    mask = positions[:, None] >= tf.range(8)[None]  # [1, 8]
+    a, cache = fast.attention(h, p, cache, fast.cache_rows(cache, positions), hparams.n_head, mask, ONEDNN)
+    q, k, v = [model.split_heads(t, hparams.n_head) for t in tf.split(fast.conv1d(h, p, ONEDNN), 3, axis=-1)]
+    assert (a.dtype, cache.dtype) == (tf.bfloat16, cache_dtype)
+    np.testing.assert_array_equal(cache[:, :, :, :1], tf.cast(tf.stack([k, v]), cache_dtype))
+    assert not cache[:, :, :, 1:].numpy().any()
+    np.testing.assert_array_equal(a, v)
 
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
