@@ -469,13 +469,13 @@ def attend(q, k, v, mask):
 
 
 def float32_attention(q, k, v, mask):
-    """`attend` for one query in float32 on TensorFlow's own kernels: BatchMatMulV3, which oneDNN
-    does not take over, and softmax as the three ops it is (oneDNN's softmax kernel, too, costs
-    more a call than one query's work). q [batch, heads, 1, head_dim]."""
+    """`attend` for one query in float32: its two products on TensorFlow's own BatchMatMulV3,
+    which oneDNN does not take over, and tf.nn.softmax, one oneDNN kernel where it was the five
+    ops of its formula before (1.02-1.03 on a Zen 4: bench_against.py 67a6edb --batch_size 1).
+    q [batch, heads, 1, head_dim]."""
     w = tf.raw_ops.BatchMatMulV3(x=q, y=k, adj_y=True, Tout=tf.float32) * tf.math.rsqrt(float(v.shape[-1]))
-    w = tf.where(mask, w, -1e9)  # [batch, heads, 1, size]
-    e = tf.exp(w - tf.reduce_max(w, axis=-1, keepdims=True))
-    return tf.raw_ops.BatchMatMulV3(x=e / tf.reduce_sum(e, axis=-1, keepdims=True), y=v, Tout=tf.float32)
+    w = tf.nn.softmax(tf.where(mask, w, -1e9))  # [batch, heads, 1, size]
+    return tf.raw_ops.BatchMatMulV3(x=w, y=v, Tout=tf.float32)
 
 
 @functools.partial(tf.function, autograph=False)  # one trace serves every layer: start-up (bench_startup.py)
