@@ -101,8 +101,9 @@ def read_flags(command, words):
     bare value right after `--name value` that would fill a parameter with a default (a setting,
     not an input left unnamed such as encode.py's files: a second value for `name`, more likely,
     from an unquoted pattern the shell expanded into several), or a bare file that would fill a
-    setting after a bare file that filled an input (the same pattern, in the first place). Bare
-    values for settings come before the flags, or with their flags.
+    setting after a bare file of the same folder that filled an input (a parameter whose default
+    is None): the same pattern, in the first place. Bare values for settings come before the
+    flags, or with their flags.
     A flag whose default is a tuple or list may be repeated: its values, in order, as a list.
     """
     parameters = inspect.signature(command).parameters
@@ -141,13 +142,19 @@ def read_flags(command, words):
             raise UsageError(f"unexpected argument {word!r} after {flag(after[0])} {after[1]}: a flag takes one "
                              "value (quote a value with spaces, or a pattern such as 'data/*.txt', for the shell to "
                              f"pass it whole); a value for {flag(free[0])} goes with its flag, or before the flags")
-        if setting and previous and os.path.exists(word) and os.path.exists(previous[1]):  # two files: a pattern
-            raise UsageError(f"unexpected argument {word!r} after {flag(previous[0])}'s {previous[1]!r}: a flag "
-                             "takes one value (quote a pattern such as 'data/*.txt' for the shell to pass it whole); "
+        if setting and previous and expanded_together(previous[1], word):
+            raise UsageError(f"unexpected argument {word!r}: a second file where {flag(previous[0])} takes one, "
+                             f"{previous[1]!r} (quote a pattern such as 'data/*.txt' for the shell to pass it whole); "
                              f"a value for {flag(free[0])} goes with its flag")
         previous = None if setting else (free[0], word)
         values[free[0]] = [word] if free[0] in repeated else word
     return {name: boolean(name, value) if name in booleans else value for name, value in values.items()}
+
+
+def expanded_together(first, second):
+    """Whether two words could be one pattern the shell expanded: files of one folder."""
+    return (os.path.isfile(first) and os.path.isfile(second)
+            and os.path.dirname(os.path.abspath(first)) == os.path.dirname(os.path.abspath(second)))
 
 
 def main(command, argv=None, *, tensorflow=True):

@@ -68,9 +68,10 @@ class Choices:
     # weights for: the prompt's pass where fused kernels keep theirs (`prompt_choices`).
     einsum_matmuls: bool = False
     # At batch 1, where a step's attention is a few hundred multiply-adds a head: the cache in
-    # float32 and that attention on TensorFlow's own float32 kernels, not oneDNN's bfloat16 ones,
-    # which cost more a call than the work (`attend`; bench_generate.py --dtype bfloat16
-    # --alternate float32_attention). Larger batches keep the cache in the weights' dtype.
+    # float32 and that attention in float32, its products on TensorFlow's own BatchMatMulV3, not
+    # oneDNN's bfloat16 kernels, which cost more a call than the work (`attention`,
+    # `float32_attention`; bench_generate.py --dtype bfloat16 --alternate float32_attention).
+    # Larger batches keep the cache in the weights' dtype.
     float32_attention: bool = False
     # In a process that samples up to SINGLE_THREADED_ROWS rows at a time (the scripts): each op
     # on one thread (TensorFlow's intra-op threads 1, `set_threads`), the two cores taking ops in

@@ -150,7 +150,7 @@ def check_sampling(hparams, context_length, length, temperature, top_k, top_p):
         raise bad_argument("length", f"and the prompt's {tokens} need {context_length + length - 1} positions, more "
                            f"than the model's window of {hparams.n_ctx} (the last new token needs none): use at most "
                            f"{hparams.n_ctx + 1 - context_length} new tokens or a shorter prompt", length)
-    if not is_number(temperature):  # a word: fire passes 'inf' or '0,7' as a string
+    if not is_number(temperature):  # fire passes a word such as 'inf' as a string
         raise bad_argument("temperature", "must be a number greater than 0, such as 0.7 (1: the model's own "
                            "probabilities; higher: more random)", temperature)
     if not temperature >= SMALLEST_TEMPERATURE:

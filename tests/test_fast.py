@@ -244,8 +244,10 @@ def test_float32_attention_is_one_querys_attention(position):
 @pytest.mark.parametrize("cache_dtype", [tf.float32, tf.bfloat16])
 def test_one_bfloat16_query_over_its_cache_writes_and_reads_c_attns_columns(tiny, cache_dtype):
     """`fast.attention` of the first position of bfloat16 h: c_attn's keys and values go to the
-    cache at their rows (`cache_rows`), in a float32 cache (`Choices.float32_attention`) exactly
-    as computed, and a query that sees one key gets its value, in h's dtype."""
+    cache at their rows (`cache_rows`) exactly as computed, in a float32 cache
+    (`Choices.float32_attention`, one query on `float32_attention`) or a bfloat16 one (`attend`),
+    and a query that sees one key gets its value, in h's dtype. (Positions after the first, and
+    several at once: test_decode_fills_the_cache_in_steps_as_the_full_pass_does.)"""
     hparams, params = tiny
     p = model.cast_params(params, tf.bfloat16)["h"][0]["attn"]["c_attn"]
     h = tf.cast(np.random.RandomState(0).randn(2, 1, hparams.n_embd), tf.bfloat16)

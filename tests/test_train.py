@@ -529,11 +529,18 @@ def test_a_pattern_expanded_in_the_first_place_is_refused_not_taken_for_the_mode
     os.mkdir("ds")
     for name in "ab":
         pathlib.Path(f"ds/{name}.txt").write_text("text")
-    with pytest.raises(cli.UsageError, match=re.escape("unexpected argument 'ds/b.txt' after --dataset's 'ds/a.txt': a "
-                                                       "flag takes one value (quote a pattern such as 'data/*.txt' for "
-                                                       "the shell to pass it whole); a value for --model_name goes")):
+    with pytest.raises(cli.UsageError, match=re.escape("unexpected argument 'ds/b.txt': a second file where --dataset "
+                                                       "takes one, 'ds/a.txt' (quote a pattern such as 'data/*.txt' "
+                                                       "for the shell to pass it whole); a value for --model_name goes")):
         cli.read_flags(train_script.train_model, ["ds/a.txt", "ds/b.txt", "--steps", "3"])
-    # A setting given in its place is still read, and files for two inputs are (encode.py's `in out`).
-    assert cli.read_flags(train_script.train_model, ["ds/a.txt", "345M", "--steps", "3"]) == {
-        "dataset": "ds/a.txt", "model_name": "345M", "steps": "3"}
+    # A setting given in its place is still read, a model's folder too, and a file of another
+    # folder; and files for two inputs are (encode.py's `in out`).
+    os.mkdir("124M")
+    pathlib.Path("other.txt").write_text("text")
+    for model_name in ("345M", "124M", "other.txt"):
+        assert cli.read_flags(train_script.train_model, ["ds/a.txt", model_name, "--steps", "3"]) == {
+            "dataset": "ds/a.txt", "model_name": model_name, "steps": "3"}
     assert cli.read_flags(encode.encode, ["ds/a.txt", "ds/b.txt"]) == {"in_text": "ds/a.txt", "out_npz": "ds/b.txt"}
+    with pytest.raises(cli.UsageError, match="unexpected argument 'ds/c.txt': a second file where --out_npz"):
+        pathlib.Path("ds/c.txt").write_text("text")
+        cli.read_flags(encode.encode, ["ds/a.txt", "ds/b.txt", "ds/c.txt"])
