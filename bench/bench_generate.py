@@ -50,7 +50,7 @@ def ensure_model(models_dir, model_name):
 
 # --plain NAME or --alternate NAME for one of these turns that field of fast.Choices off.
 CHOICES = ("fused_matmuls", "inplace_cache", "float32_attention", "growing_cache", "column_halves",
-           "sampling_row_halves")
+           "sampling_row_halves", "stacked_layers")
 
 
 def choices(dtype, args, plain=()):

@@ -332,11 +332,12 @@ def sampling_memory(hparams, batch_size, positions, dtype):
     dtype = parse_dtype(dtype)
     choices = fast.choices_for(dtype)
     weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values()) * dtype.size
-    # The weights as loaded and one copy more: the Sampler's column halves, made while the whole
-    # matrices are held, and oneDNN's converted copy of frozen weights for the decode loop, which
-    # takes the memory of the whole matrices once the scripts drop them (fast.prompt_choices;
-    # bench/README.md, "one converted copy of the weights"). And wte transposed, beside wte.
-    weights *= 2 if choices.column_halves or choices.frozen_weights else 1
+    # The weights as loaded and one copy more: the Sampler's column halves or stacks, made while
+    # the whole matrices are held, and oneDNN's converted copy of frozen weights for the decode
+    # loop, which takes the memory of the whole matrices once the scripts drop them
+    # (fast.prompt_choices; bench/README.md, "one converted copy of the weights"). And wte
+    # transposed, beside wte.
+    weights *= 2 if choices.column_halves or choices.stacked_layers or choices.frozen_weights else 1
     weights += hparams.n_vocab * hparams.n_embd * dtype.size
     cache = 2 * hparams.n_layer * batch_size * fast.cache_size(positions, hparams.n_ctx) * hparams.n_embd
     cache *= fast.cache_dtype_for(dtype, batch_size, choices).size

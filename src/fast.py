@@ -96,6 +96,12 @@ class Choices:
     # whose c_attn was in plain halves). The halves are copies, which the Sampler makes of tensor
     # weights (Variables change).
     column_halves: bool = False
+    # Without XLA: each weight of every layer as one tensor, [n_layer, ...] (`stack_layers`),
+    # which the decode loop unstacks at each step: the while loop takes two dozen weight tensors
+    # rather than twenty a layer, and the control flow ops TensorFlow runs for each of its tensors
+    # at each step, a few microseconds a tensor, for those few (bench_generate.py --dtype bfloat16
+    # --alternate stacked_layers).
+    stacked_layers: bool = False
     # With one thread an op, at 2 to SINGLE_THREADED_ROWS rows: the sampling step (temperature,
     # filters, draw) on each half of the rows apart, two chains of ops that the two cores run at once; each row's
     # draw is its own, so the tokens are the same (`next_token_in_row_halves`; bench_generate.py
@@ -111,7 +117,7 @@ def choices_for(dtype=tf.float32, device_type=None):
     if tf.as_dtype(dtype) == tf.bfloat16 and has_bfloat16_instructions():
         return Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
                        single_threaded_ops=True, growing_cache=True, column_halves=True,
-                       sampling_row_halves=True)  # oneDNN's
+                       sampling_row_halves=True, stacked_layers=True)  # oneDNN's
     return Choices(xla=True)
 
 
@@ -535,7 +541,9 @@ def decode(params, hparams, X, cache, start, choices=Choices()):
     """X [batch, seq] at positions start.. -> (hidden [batch, seq, n_embd], the cache with their
     keys and values). Attention covers the whole cache; the mask hides what is not yet written.
     With `Choices.inplace_cache` the cache's memory is written: give it a cache from `own_cache`.
-    params from `column_halves` take a cache in groups of heads: `empty_cache(..., head_groups(n_head))`."""
+    params from `column_halves` take a cache in groups of heads: `empty_cache(..., head_groups(n_head))`;
+    params from `stack_layers` are unstacked here, within the pass."""
+    params = unstack_layers(params)
     positions = start + tf.range(tf.shape(X)[1])  # [seq]
     h = tf.gather(params["wte"], X) + tf.gather(params["wpe"], positions)  # [batch, seq, n_embd]
     mask = positions[:, None] >= tf.range(tf.shape(cache_tensor(cache))[3])[None]  # [seq, size]
@@ -585,16 +593,53 @@ def last_logits_of(h, wte_t, zeros=None):
 
 def column_halves(params, n_head):
     """The weights of `params`' layers (tensors) with each matrix and its bias as a list of two
-    column blocks (`Choices.column_halves`): copies. c_attn's are its head halves (`head_halves`),
-    which `block` takes one at a time through the attention; the others' are halves of their
-    columns, which `conv1d` puts side by side."""
-    def split(p, columns):  # {"w": [nx, nf], "b": [nf]} -> two of {"w": [nx, ~nf / 2], "b": [~nf / 2]}
-        return [{"w": w, "b": b} for w, b in zip(columns(p["w"]), columns(p["b"]))]
-    by_heads = lambda p: split(p, lambda t: head_halves(t, n_head)) if head_groups(n_head) else p  # one head: whole
-    return dict(params, h=[dict(p, attn={"c_attn": by_heads(p["attn"]["c_attn"]),
-                                         "c_proj": split(p["attn"]["c_proj"], halves)},
-                                mlp={name: split(p["mlp"][name], halves) for name in ("c_fc", "c_proj")})
+    column blocks (`Choices.column_halves`, `column_blocks`): copies."""
+    blocks = lambda name, matrix: column_blocks(name, matrix, n_head)
+    return dict(params, h=[dict(p, attn=in_blocks(p["attn"], blocks), mlp=in_blocks(p["mlp"], blocks))
                            for p in params["h"]])
+
+
+def in_blocks(part, blocks):
+    """A layer's attn or mlp weights, each matrix and its bias {"w", "b"} passed through
+    blocks(name, matrix)."""
+    return {name: blocks(name, matrix) for name, matrix in part.items()}
+
+
+def column_blocks(name, p, n_head):
+    """Layer matrix `name` and its bias, p {"w": [..., nx, nf], "b": [..., nf]} (a layer's, or every
+    layer's stacked: `stack_layers`), as `column_halves` cuts it: two {"w", "b"} of about nf / 2
+    columns each, copies. c_attn's are its head halves (`head_halves`), which `block` takes one at
+    a time through the attention, and c_attn of one head stays whole; the others' are halves of
+    their columns, which `conv1d` puts side by side."""
+    if name == "c_attn" and not head_groups(n_head):
+        return p
+    columns = (lambda t: head_halves(t, n_head)) if name == "c_attn" else halves
+    return [{"w": w, "b": b} for w, b in zip(columns(p["w"]), columns(p["b"]))]
+
+
+def stack_layers(params, blocks):
+    """The weights of `params`' layers (tensors) stacked (`Choices.stacked_layers`): params["h"] one
+    layer whose every weight is the layers' [n_layer, ...], each matrix and its bias passed through
+    blocks(name, matrix) (`column_blocks`, or the matrix as it is) as soon as it is stacked.
+    Copies, made a matrix at a time: beside params, only the result and one matrix's stack are
+    held. `decode` unstacks them (`unstack_layers`)."""
+    layers = params["h"]
+    stacked = lambda weight: tf.stack([weight(p) for p in layers])  # [n_layer, ...]
+    def matrices(part):  # {name: {"w", "b"}}, each stacked, then in blocks
+        return {name: blocks(name, {key: stacked(lambda p: p[part][name][key]) for key in ("w", "b")})
+                for name in layers[0][part]}
+    norms = {norm: {key: stacked(lambda p: p[norm][key]) for key in ("g", "b")} for norm in ("ln_1", "ln_2")}
+    return dict(params, h=dict(norms, attn=matrices("attn"), mlp=matrices("mlp")))
+
+
+def unstack_layers(params):
+    """params with its layers a list, as `decode` reads them: those of `stack_layers` unstacked,
+    each weight a slice of its stack that shares its memory (one Unpack op a weight, which copies
+    nothing where a layer's slice takes a multiple of 64 bytes, as GPT-2's all do)."""
+    if isinstance(params["h"], list):
+        return params
+    weights = [tf.unstack(t) for t in tf.nest.flatten(params["h"])]  # each [n_layer] of one weight
+    return dict(params, h=[tf.nest.pack_sequence_as(params["h"], list(layer)) for layer in zip(*weights)])
 
 
 def head_groups(n_head):
@@ -860,16 +905,22 @@ class Sampler:
         self._zeros = tf.zeros([hparams.n_vocab], self.dtype) if self.choices.fused_matmuls else None  # see last_logits
         # What the passes read, all the Sampler keeps: the weights, and wte transposed
         # (`last_logits`). Tensors never change: transposed once, not at every call (a tenth of a
-        # second or more), and with `Choices.column_halves` the matrices halved once, the whole
-        # ones not kept (the scripts then drop theirs: a copy of the weights fewer). Variables are
-        # read as they are, and wte transposed at each call (`generate`).
+        # second or more), and with `Choices.column_halves` the matrices halved once and with
+        # `Choices.stacked_layers` stacked once, the whole ones not kept (the scripts then drop
+        # theirs: a copy of the weights fewer). Variables are read as they are, and wte
+        # transposed at each call (`generate`).
         changing = any(isinstance(value, tf.Variable) for value in tf.nest.flatten(params))
         self._params, self._wte_t = params, None if changing else transposed_wte(params)
         self._groups = None  # the cache's groups of heads (`empty_cache`), as c_attn's halves take them
-        if self.choices.column_halves and not changing:
-            self._params, self._wte_t = column_halves(params, hparams.n_head), halves(self._wte_t)
-            self._zeros = None if self._zeros is None else halves(self._zeros)
+        in_halves = self.choices.column_halves and not changing
+        if in_halves:
+            self._wte_t, self._zeros = halves(self._wte_t), None if self._zeros is None else halves(self._zeros)
             self._groups = head_groups(hparams.n_head)
+        if self.choices.stacked_layers and not changing:  # halved as they are stacked, a matrix at a time
+            blocks = functools.partial(column_blocks, n_head=hparams.n_head) if in_halves else lambda name, p: p
+            self._params = stack_layers(params, blocks)
+        elif in_halves:
+            self._params = column_halves(params, hparams.n_head)
         # The prompt's pass runs without XLA, which would compile anew for each prompt length.
         self._prefills = {}  # the cache's dtype -> the prompt's pass (`_prefill`)
         self._decoders = {}  # batch size -> the decode loop traced for it (`_decoder`)

@@ -1,5 +1,6 @@
 """fast.py: the cached, compiled sampler computes what model.py and sample.py compute."""
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ LOW = np.finfo(np.float32).min
 # The decode loop's ways, on any CPU: oneDNN's is what a CPU with bfloat16 instructions takes for
 # bfloat16 (fast.choices_for); without those instructions oneDNN emulates them, with the same results.
 ONEDNN = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
-                      growing_cache=True, column_halves=True, sampling_row_halves=True)
+                      growing_cache=True, column_halves=True, sampling_row_halves=True, stacked_layers=True)
 WAYS = {"xla": fast.Choices(xla=True), "no-xla": fast.Choices(), "onednn": ONEDNN}
 # The prompt's pass's way where fused kernels keep converted weights (fast.prompt_choices).
 EINSUM = dataclasses.replace(ONEDNN, fused_matmuls=False, einsum_matmuls=True)
@@ -305,7 +306,7 @@ def test_column_halves_of_an_odd_number_of_heads_or_one_sample_the_plain_models_
     hparams = dict(checkpoints.TINY, n_vocab=500, n_embd=6 * n_head, n_head=n_head)
     hparams, params = load(checkpoints.write_checkpoint(str(tmp_path / "heads"), hparams))
     sampler = fast.Sampler(params, hparams, top_k=40, choices=ONEDNN)
-    assert isinstance(sampler._params["h"][0]["attn"]["c_attn"], list) == (n_head > 1)
+    assert isinstance(fast.unstack_layers(sampler._params)["h"][0]["attn"]["c_attn"], list) == (n_head > 1)
     context = random_tokens(hparams.n_vocab, 2, 5, seed=n_head)
     np.testing.assert_array_equal(sampler.sample(context, 12, seed=1),
                                   sample.sample_plain(params, hparams, context, 12, top_k=40, seed=1))
@@ -330,7 +331,7 @@ def test_column_halves_sample_the_tokens_of_whole_matrices(tiny, dtype):
     can change it reads whole."""
     hparams, params = tiny
     params = model.cast_params(params, dtype)
-    halved = lambda sampler: isinstance(sampler._params["h"][0]["mlp"]["c_fc"], list)
+    halved = lambda sampler: isinstance(fast.unstack_layers(sampler._params)["h"][0]["mlp"]["c_fc"], list)
     for choices in (ONEDNN, fast.Choices(column_halves=True)):  # oneDNN's fused kernels, and plain ones
         halves = fast.Sampler(params, hparams, top_k=40, choices=choices)
         whole = fast.Sampler(params, hparams, top_k=40, choices=dataclasses.replace(choices, column_halves=False))
@@ -342,6 +343,41 @@ def test_column_halves_sample_the_tokens_of_whole_matrices(tiny, dtype):
             if dtype == tf.float32:
                 np.testing.assert_array_equal(got, sample.sample_plain(params, hparams, context, 40, top_k=40, seed=3))
     assert not halved(fast.Sampler(tf.nest.map_structure(tf.Variable, params), hparams, choices=ONEDNN))
+
+
+def test_stacked_layers_unstack_to_the_weights_they_were_made_of(tiny):
+    """`fast.stack_layers` makes each weight of every layer one stack [n_layer, ...], whole or
+    cut into `fast.column_blocks` as it is stacked; `fast.unstack_layers` gives back the layers
+    as `decode` reads them: the weights themselves, or `fast.column_halves`'."""
+    hparams, params = tiny
+    in_halves = functools.partial(fast.column_blocks, n_head=hparams.n_head)
+    for blocks, want in ((lambda name, p: p, params), (in_halves, fast.column_halves(params, hparams.n_head))):
+        stacked = fast.stack_layers(params, blocks)
+        assert {t.shape[0] for t in tf.nest.flatten(stacked["h"])} == {hparams.n_layer}
+        got = fast.unstack_layers(stacked)
+        tf.nest.assert_same_structure(got, want)
+        for got_t, want_t in zip(tf.nest.flatten(got), tf.nest.flatten(want)):
+            np.testing.assert_array_equal(got_t, want_t)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_stacked_layers_sample_the_tokens_of_the_layers_as_they_are(tiny, dtype):
+    """A Sampler with `Choices.stacked_layers` keeps its tensor weights stacked (in column halves
+    or whole), which the prompt's pass and each step of the decode loop unstack, and samples the
+    tokens of the layers as they are, one row or several; weights that can change it reads as
+    they are."""
+    hparams, params = tiny
+    params = model.cast_params(params, dtype)
+    for in_halves in (True, False):
+        choices = dataclasses.replace(ONEDNN, column_halves=in_halves)
+        stacked = fast.Sampler(params, hparams, top_k=40, choices=choices)
+        layers = fast.Sampler(params, hparams, top_k=40, choices=dataclasses.replace(choices, stacked_layers=False))
+        assert isinstance(stacked._params["h"], dict) and isinstance(layers._params["h"], list)
+        for rows in (1, 3):
+            context = random_tokens(hparams.n_vocab, rows, 6, seed=rows)
+            np.testing.assert_array_equal(stacked.sample(context, 30, seed=3), layers.sample(context, 30, seed=3))
+    variables = tf.nest.map_structure(tf.Variable, params)
+    assert isinstance(fast.Sampler(variables, hparams, choices=ONEDNN)._params["h"], list)
 
 
 # --- the sampler ------------------------------------------------------------------------------
@@ -552,7 +588,8 @@ def test_choices_follow_the_device_and_dtype(monkeypatch, bfloat16_instructions)
     for dtype in (tf.float32, tf.float16):
         assert fast.choices_for(dtype, "CPU") == fast.Choices(xla=True)
     native = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
-                          single_threaded_ops=True, growing_cache=True, column_halves=True, sampling_row_halves=True)
+                          single_threaded_ops=True, growing_cache=True, column_halves=True, sampling_row_halves=True,
+                          stacked_layers=True)
     assert fast.choices_for(tf.bfloat16, "CPU") == (native if bfloat16_instructions else fast.Choices(xla=True))
     for dtype in (tf.float32, tf.bfloat16):
         assert fast.choices_for(dtype, "GPU") == fast.Choices()  # no CPU choice imposed on a GPU
