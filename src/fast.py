@@ -834,7 +834,8 @@ def draw_top_k(logits, keys, step, k):
     above = tf.where(candidates >= tf.gather(floor, reached[:, 0])[:, None])  # [m, 2] (reached block, column)
     values, row = tf.gather_nd(candidates, above), tf.gather(reached[:, 0], above[:, 0])  # [m] each
     index = tf.gather(reached[:, 1], above[:, 0]) * TOP_K_BLOCK + above[:, 1]  # [m] token ids
-    rows = tf.RaggedTensor.from_value_rowids(values, row, nrows=tf.shape(logits, out_type=tf.int64)[0])
+    rows = tf.RaggedTensor.from_value_rowids(values, row, nrows=tf.shape(logits, out_type=tf.int64)[0],
+                                             validate=False)  # row: tf.where's, sorted and in range: no checking ops
     kth = tf.math.top_k(rows.to_tensor(-np.inf), k).values[:, -1]  # [batch]: each has k or more
     kept = values >= tf.gather(kth, row)  # [m]
     return draw_among(tf.boolean_mask(row, kept), tf.cast(tf.boolean_mask(index, kept), tf.int32),
