@@ -97,10 +97,10 @@ class Choices:
     # weights (Variables change).
     column_halves: bool = False
     # Without XLA: each weight of every layer as one tensor, [n_layer, ...] (`stack_layers`),
-    # which the decode loop unstacks at each step: the while loop takes two dozen weight tensors
-    # rather than twenty a layer, and the control flow ops TensorFlow runs for each of its tensors
-    # at each step, a few microseconds a tensor, for those few (bench_generate.py --dtype bfloat16
-    # --alternate stacked_layers).
+    # which the decode loop unstacks at each step: its while loop takes two dozen weight tensors
+    # rather than twenty a layer, and TensorFlow's control flow ops pass each of its tensors on at
+    # each step, ~1.2 microseconds a tensor: 1.02-1.07x at batch 1, neutral at batch 8 on a Zen 4
+    # (bench_generate.py --dtype bfloat16 --alternate stacked_layers).
     stacked_layers: bool = False
     # With one thread an op, at 2 to SINGLE_THREADED_ROWS rows: the sampling step (temperature,
     # filters, draw) on each half of the rows apart, two chains of ops that the two cores run at once; each row's
