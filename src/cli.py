@@ -180,6 +180,7 @@ def main(command, argv=None, *, tensorflow=True):
         words, fire_flags = (argv[:argv.index("--")], argv[argv.index("--"):]) if "--" in argv else (argv, [])
         values = read_flags(command, words)
         if tensorflow:
+            check_settings()
             out_of_memory += (start_tensorflow().errors.ResourceExhaustedError,)
         fire.Fire(command, [f"--{flag}={value}" for flag, value in values.items()] + fire_flags, name=name)
     except UsageError as e:
@@ -225,7 +226,7 @@ def disk_full_line(error):
 def out_of_memory_line(command, error=None):
     """What to lower when a run does not fit in memory, among the command's flags; with what
     a MemoryError says it needed. --dtype bfloat16 is named unless the error says it would not
-    fit either (`check_memory`'s `bfloat16_fits`)."""
+    fit either (`sampling_choices`' `bfloat16_fits`)."""
     has, fixes = inspect.signature(command).parameters, []
     lower = [f"--{name}" for name in ("batch_size", "length") if name in has]
     if lower:
@@ -240,6 +241,21 @@ def out_of_memory_line(command, error=None):
 
 
 # --- TensorFlow's start --------------------------------------------------------------------------
+
+# TensorFlow's boolean settings that the commands' kernels read: TensorFlow aborts the process at
+# the first kernel that reads one holding anything else than these (tsl's ReadBoolFromEnvVar).
+BOOLEAN_SETTINGS = ("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS",)
+BOOLEANS = ("0", "1", "false", "true")
+
+
+def check_settings(environ=os.environ):
+    """ValueError where one of BOOLEAN_SETTINGS holds what TensorFlow cannot read."""
+    for name in BOOLEAN_SETTINGS:
+        value = environ.get(name)
+        if value is not None and value.lower() not in BOOLEANS:
+            raise ValueError(f"{name}={value!r} is not a setting TensorFlow can read, and it would abort: "
+                             f"set it to 1 or 0, or unset it")
+
 
 def start_tensorflow():
     """Imports TensorFlow, starts its devices and compiles one trivial XLA function, with their
@@ -294,17 +310,21 @@ def report_device():
               "and the NVIDIA driver", file=sys.stderr)
 
 
-def load(model_name, models_dir, dtype="float32", sampling_batch_size=None):
+def load(model_name, models_dir, dtype="float32", sampling=None):
     """(encoder, hparams, params) of a downloaded model, weights in `dtype`. The sampling scripts
-    give the rows they sample at a time, which sets the process's threads (fast.set_threads)."""
+    give (the rows they sample at a time, the fast path's choices: `sampling_choices`), which set
+    the process's threads (fast.set_threads) and let oneDNN keep weights converted
+    (fast.freeze_weights: the scripts' weights never change). Scoring and evaluation give none:
+    frozen weights would cost them a copy of the weights and win no time (bench/README.md)."""
     import encoder
     import fast
     import model
     dtype = parse_dtype(dtype)
-    if sampling_batch_size is not None:
-        fast.set_threads(dtype, sampling_batch_size)  # before TensorFlow's runtime starts
+    if sampling is not None:
+        batch_size, choices = sampling
+        fast.set_threads(choices, batch_size)  # before TensorFlow's runtime starts
+        fast.freeze_weights(choices)  # before the first matmul
     report_device()
-    fast.freeze_weights(dtype)  # the scripts' weights never change
     model_name, models_dir = str(model_name), expand_dir(models_dir)
     path = model.model_dir(model_name, models_dir)
     enc = encoder.get_encoder(model_name, models_dir)
@@ -323,14 +343,14 @@ def available_memory():
     return kib[0] * 1024 if kib else None
 
 
-def sampling_memory(hparams, batch_size, positions, dtype):
-    """Bytes that sampling batch_size rows of `positions` tokens takes, about: the weights and
-    the copies the chosen path makes of them, the key/value cache (fast.py), and a step's float32
-    logits, a few copies of them."""
+def sampling_memory(hparams, batch_size, positions, dtype, choices=None):
+    """Bytes that sampling batch_size rows of `positions` tokens with `choices` (by default
+    fast.choices_for(dtype)) takes, about: the weights and the copies the path makes of them, the
+    key/value cache (fast.py), and a step's float32 logits, a few copies of them."""
     import fast
     import model
     dtype = parse_dtype(dtype)
-    choices = fast.choices_for(dtype)
+    choices = choices or fast.choices_for(dtype)
     weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values()) * dtype.size
     # The weights as loaded and one copy more: the Sampler's column halves or stacks, made while
     # the whole matrices are held, and oneDNN's converted copy of frozen weights for the decode
@@ -345,19 +365,24 @@ def sampling_memory(hparams, batch_size, positions, dtype):
     return weights + cache + 4 * batch_size * hparams.n_vocab * 4
 
 
-def check_memory(hparams, batch_size, positions, dtype, available=None):
-    """MemoryError when sampling would take more memory than is available: there, rather than
-    being killed by the kernel without a word, a run says what to lower (`main`,
-    `out_of_memory_line`)."""
-    needed = sampling_memory(hparams, batch_size, positions, dtype)
+def sampling_choices(hparams, batch_size, positions, dtype, available=None):
+    """The fast path's choices for sampling batch_size rows of `positions` tokens:
+    fast.choices_for(dtype), or where the copies of the weights those make would not fit in the
+    memory available and XLA's one copy would, XLA's (fast.LEAN). MemoryError where neither
+    fits: there, rather than being killed by the kernel without a word, a run says what to lower
+    (`main`, `out_of_memory_line`)."""
+    import fast
     available = available_memory() if available is None else available
-    if available is not None and needed > available:
-        error = MemoryError(f"a batch of {batch_size} needs about {needed / 2 ** 30:.1f} GiB, "
-                            f"{available / 2 ** 30:.1f} GiB is available")
-        # Whether --dtype bfloat16 would fit (out_of_memory_line): on a CPU with bfloat16
-        # instructions its path's two copies of the weights weigh about what float32's one does.
-        error.bfloat16_fits = sampling_memory(hparams, batch_size, positions, "bfloat16") <= available
-        raise error
+    ways = [fast.choices_for(parse_dtype(dtype)), fast.LEAN]
+    for choices in ways:
+        if available is None or sampling_memory(hparams, batch_size, positions, dtype, choices) <= available:
+            return choices
+    needed = min(sampling_memory(hparams, batch_size, positions, dtype, choices) for choices in ways)
+    error = MemoryError(f"a batch of {batch_size} needs about {needed / 2 ** 30:.1f} GiB, "
+                        f"{available / 2 ** 30:.1f} GiB is available")
+    # Whether --dtype bfloat16 would fit (out_of_memory_line), on XLA's one copy of its weights.
+    error.bfloat16_fits = sampling_memory(hparams, batch_size, positions, "bfloat16", fast.LEAN) <= available
+    raise error
 
 
 def check_counts(nsamples, batch_size, *, forever=False):

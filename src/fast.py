@@ -109,16 +109,29 @@ class Choices:
     sampling_row_halves: bool = False
 
 
+# oneDNN's kernels, on the CPUs where they were measured to beat XLA (`choices_for`).
+ONEDNN = Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
+                 single_threaded_ops=True, growing_cache=True, column_halves=True, sampling_row_halves=True,
+                 stacked_layers=True)
+# XLA alone: the weights as loaded and nothing more, where ONEDNN holds two copies of them
+# (its halves or stacks, and oneDNN's converted copy of frozen weights; cli.sampling_choices).
+LEAN = Choices(xla=True)
+
+
 def choices_for(dtype=tf.float32, device_type=None):
     """The fast path's choices for weights in `dtype` on `device_type` ('CPU' or 'GPU'; by
-    default a GPU when TensorFlow sees one)."""
+    default a GPU when TensorFlow sees one). On a CPU with bfloat16 instructions (AVX512_BF16,
+    AMX), bfloat16 and float32 take oneDNN's kernels: bfloat16 because XLA's bfloat16 matmuls
+    gain nothing from the halved bytes (bench_matmul.py --dtype bfloat16 [--jit]), float32
+    because XLA's matmuls of 8 rows read half the weights a second that oneDNN's frozen ones do
+    (bench_matmul.py --dtype float32 --rows 8 [--jit]): 1.5-1.6x at batch 8 on a Zen 4, as fast
+    at batch 1 (bench_generate.py --dtype float32 --batch_size B [--jit true]). Measured on those
+    CPUs only: elsewhere, and for float16, XLA."""
     if (device_type or default_device_type()) != "CPU":
         return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
-    if tf.as_dtype(dtype) == tf.bfloat16 and has_bfloat16_instructions():
-        return Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
-                       single_threaded_ops=True, growing_cache=True, column_halves=True,
-                       sampling_row_halves=True, stacked_layers=True)  # oneDNN's
-    return Choices(xla=True)
+    if tf.as_dtype(dtype) in (tf.bfloat16, tf.float32) and has_bfloat16_instructions():
+        return ONEDNN
+    return LEAN
 
 
 def prompt_choices(choices):
@@ -286,12 +299,12 @@ def default_device_type():
     return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 
 
-def freeze_weights(dtype):
-    """For a process whose weights never change (the scripts), before its first matmul: where
-    `choices_for(dtype)` takes `frozen_weights`, sets TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1, unless
-    the environment sets it already. Weights that can change are then refused
-    (`check_weights_can_change`)."""
-    if choices_for(dtype).frozen_weights:
+def freeze_weights(choices):
+    """For a process that samples with `choices` and whose weights never change (the sampling
+    scripts), before its first matmul: where they take `frozen_weights`, sets
+    TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1, unless the environment sets it already. Weights that can
+    change are then refused (`check_weights_can_change`)."""
+    if choices.frozen_weights:
         os.environ.setdefault(FROZEN_WEIGHTS, "1")
 
 
@@ -300,12 +313,12 @@ def freeze_weights(dtype):
 SINGLE_THREADED_ROWS = 8
 
 
-def set_threads(dtype, batch_size):
-    """For a process that samples `batch_size` rows at a time (the scripts), before TensorFlow's
-    first op: where `choices_for(dtype)` takes `single_threaded_ops` and batch_size is at most
+def set_threads(choices, batch_size):
+    """For a process that samples `batch_size` rows at a time with `choices` (the scripts),
+    before TensorFlow's first op: where they take `single_threaded_ops` and batch_size is at most
     SINGLE_THREADED_ROWS, each op runs on one thread, unless TF_NUM_INTRAOP_THREADS says
     otherwise. A process whose runtime has started keeps its threads."""
-    if (batch_size <= SINGLE_THREADED_ROWS and choices_for(dtype).single_threaded_ops
+    if (batch_size <= SINGLE_THREADED_ROWS and choices.single_threaded_ops
             and "TF_NUM_INTRAOP_THREADS" not in os.environ):
         try:
             tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -314,8 +327,10 @@ def set_threads(dtype, batch_size):
 
 
 def weights_frozen():
-    """Whether this process lets oneDNN keep fused kernels' weights converted (`freeze_weights`)."""
-    return os.environ.get(FROZEN_WEIGHTS, "0") not in ("", "0")
+    """Whether this process lets oneDNN keep fused kernels' weights converted (`freeze_weights`):
+    TF_ONEDNN_ASSUME_FROZEN_WEIGHTS as TensorFlow reads it, 1 or true in any case
+    (`cli.check_settings` refuses what it cannot read)."""
+    return os.environ.get(FROZEN_WEIGHTS, "0").lower() in ("1", "true")
 
 
 def check_weights_can_change(params):

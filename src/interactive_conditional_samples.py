@@ -165,9 +165,9 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
     length = hparams.n_ctx // 2 if length is None else length
     sample.check_sampling(hparams, 1, length, temperature, top_k, top_p)
     rows = batch_size if nsamples == 0 else min(batch_size, nsamples)  # sampled at a time
-    cli.check_memory(hparams, rows, 1 + length, dtype)
-    enc, hparams, params = cli.load(model_name, models_dir, dtype, sampling_batch_size=rows)
-    sampler = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p,
+    choices = cli.sampling_choices(hparams, rows, 1 + length, dtype)
+    enc, hparams, params = cli.load(model_name, models_dir, dtype, sampling=(rows, choices))
+    sampler = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p, choices=choices,
                              end_token=enc.encoder["<|endoftext|>"] if stop_at_endoftext else None)
     del params  # the Sampler keeps what it reads: where it halves the matrices, not the whole ones
     speed = cli.Speed(sampler)

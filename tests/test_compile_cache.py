@@ -98,13 +98,14 @@ def test_prune_keeps_the_most_recently_used_programs_under_the_limit(tmp_path):
 def cached_runs(models_dir, tiny_model, tmp_path_factory):
     """The unconditional script on one fresh cache folder: two runs at once, which both compile
     and publish the same programs, then a run saying which programs it loaded from disk
-    (TensorFlow's persistor logs it at verbosity 1)."""
+    (TensorFlow's persistor logs it at verbosity 1). In float16, which takes XLA on every CPU
+    (float32 takes oneDNN's kernels on one with bfloat16 instructions: fast.choices_for)."""
     folder = str(tmp_path_factory.mktemp("xla"))
     environ = {**os.environ, "GPT2_XLA_CACHE": folder, "TF_CPP_MIN_LOG_LEVEL": "0",
                "TF_CPP_VMODULE": "device_executable_persistor=1"}
     command = [sys.executable, os.path.join(REPO, "src", "generate_unconditional_samples.py"),
                "--model_name", tiny_model, "--models_dir", models_dir, "--nsamples", "2",
-               "--batch_size", "2", "--length", "5", "--seed", "3", "--top_k", "5"]
+               "--batch_size", "2", "--length", "5", "--seed", "3", "--top_k", "5", "--dtype", "float16"]
     together = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
                 for _ in range(2)]
     return folder, [*map(finished, together), subprocess.run(command, capture_output=True, text=True, env=environ,

@@ -161,7 +161,15 @@ def test_interactive_through_stdin(models_dir, tiny_model, tiny):
     assert got == {i + 1: expected_sample(tiny, "Two\nlines\n", 20, 5, i) + "\n" for i in range(2)}
 
 
-def test_interactive_prompt_file(models_dir, tiny_model, tiny, tmp_path, capsys):
+@pytest.fixture
+def in_process(monkeypatch):
+    """For a script run in this process: TF_ONEDNN_ASSUME_FROZEN_WEIGHTS at 0, so that the script
+    (fast.freeze_weights) does not set it for the rest of the suite, which trains tf.Variables
+    (refused while it is set); the tokens are the same either way."""
+    monkeypatch.setenv(fast.FROZEN_WEIGHTS, "0")
+
+
+def test_interactive_prompt_file(models_dir, tiny_model, tiny, tmp_path, capsys, in_process):
     """--prompt_file: the file's whole text is the prompt, line breaks and all; its samples are
     printed as for a typed prompt, nothing is asked, and how fast it ran goes to stderr."""
     path = tmp_path / "prompt.txt"
@@ -174,7 +182,7 @@ def test_interactive_prompt_file(models_dir, tiny_model, tiny, tmp_path, capsys)
     assert speed_tokens(err) == 2 * 20
 
 
-def test_a_bad_prompt_file_is_named(models_dir, tiny_model, tmp_path):
+def test_a_bad_prompt_file_is_named(models_dir, tiny_model, tmp_path, in_process):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "latin1.txt").write_bytes("caf\u00e9".encode("latin-1"))
     (tmp_path / "long.txt").write_text("word " * 60)
@@ -391,8 +399,9 @@ def test_the_speed_line_gives_the_rate_without_the_calls_that_compile(sampler, s
 @pytest.mark.parametrize("batch_size, nsamples, rows", [(1, 1, 1), (4, 2, 2), (2, 5, 2)])
 def test_the_rows_sampled_at_a_time_go_to_the_load(models_dir, tiny_model, monkeypatch, script, batch_size, nsamples,
                                                    rows):
-    """The scripts load with the rows they sample at a time, which set the process's threads
-    before TensorFlow starts (fast.set_threads: one thread an op for up to 8 rows of bfloat16)."""
+    """The scripts load with the rows they sample at a time and the fast path's choices, which
+    set the process's threads before TensorFlow starts (fast.set_threads: one thread an op for up
+    to 8 rows on oneDNN's choices)."""
     loads = []
 
     def load(*args, **kwargs):
@@ -401,7 +410,8 @@ def test_the_rows_sampled_at_a_time_go_to_the_load(models_dir, tiny_model, monke
     monkeypatch.setattr(cli, "load", load)
     with pytest.raises(SystemExit):
         script(model_name=tiny_model, models_dir=models_dir, batch_size=batch_size, nsamples=nsamples, length=4)
-    assert loads == [{"sampling_batch_size": rows}]
+    hparams = cli.load_hparams(tiny_model, models_dir)
+    assert loads == [{"sampling": (rows, cli.sampling_choices(hparams, rows, 5, "float32"))}]
 
 
 @pytest.mark.parametrize("script", [UNCONDITIONAL, INTERACTIVE])
@@ -410,6 +420,28 @@ def test_errors_are_one_line_and_exit_nonzero(models_dir, tiny_model, script):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "error: --top_p must be in (0, 1] (1: no nucleus filter). Received: 0"
     assert result.stderr.count("\n") == 1  # that line alone: no TensorFlow start-up lines
+
+
+@pytest.mark.parametrize("value", ["", "yes"])
+def test_a_setting_tensorflow_would_abort_on_is_one_line(models_dir, tiny_model, value):
+    """TensorFlow aborts the process, core dump and all, at its first oneDNN kernel when
+    TF_ONEDNN_ASSUME_FROZEN_WEIGHTS holds what it cannot read as a boolean: said first, in one line."""
+    result = subprocess.run(command(UNCONDITIONAL, models_dir, tiny_model, "--nsamples", "1", "--length", "2"),
+                            capture_output=True, text=True, timeout=300, env={**ENV, fast.FROZEN_WEIGHTS: value})
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (f"error: TF_ONEDNN_ASSUME_FROZEN_WEIGHTS={value!r} is not a setting TensorFlow can read, "
+                             f"and it would abort: set it to 1 or 0, or unset it\n")
+
+
+@pytest.mark.parametrize("value, frozen", [("1", True), ("TRUE", True), ("true", True), ("0", False),
+                                           ("False", False), (None, False)])
+def test_frozen_weights_are_read_as_tensorflow_reads_them(monkeypatch, value, frozen):
+    if value is None:
+        monkeypatch.delenv(fast.FROZEN_WEIGHTS, raising=False)
+    else:
+        monkeypatch.setenv(fast.FROZEN_WEIGHTS, value)
+    cli.check_settings()
+    assert fast.weights_frozen() == frozen
 
 
 # The command line, read before TensorFlow loads
@@ -524,24 +556,30 @@ def test_memory_is_checked_against_what_is_available(monkeypatch, bfloat16_instr
     monkeypatch.setattr(fast, "has_bfloat16_instructions", lambda: bfloat16_instructions)
     monkeypatch.setattr(fast, "default_device_type", lambda: "CPU")  # wherever the test runs
     hparams = model.HParams(**{**checkpoints.TINY, "n_ctx": 1024})
-    needed = cli.sampling_memory(hparams, 64, 100, "float32")
-    cli.check_memory(hparams, 64, 100, "float32", available=needed)
+    chosen = fast.choices_for("float32")
+    needed, lean = (cli.sampling_memory(hparams, 64, 100, "float32", choices) for choices in (chosen, fast.LEAN))
+    assert cli.sampling_choices(hparams, 64, 100, "float32", available=needed) == chosen
+    # Where the chosen path's copies of the weights do not fit, XLA's one copy, if it fits.
+    assert cli.sampling_choices(hparams, 64, 100, "float32", available=lean) == fast.LEAN
+    assert (lean < needed) == bfloat16_instructions
     with pytest.raises(MemoryError, match=r"a batch of 64 needs about 0\.\d GiB, 0\.\d GiB is available"):
-        cli.check_memory(hparams, 64, 100, "float32", available=needed - 1)
+        cli.sampling_choices(hparams, 64, 100, "float32", available=lean - 1)
     # The cache grows with the batch and the positions (rounded up to 128), in the dtype's bytes.
-    cache = cli.sampling_memory(hparams, 2, 129, "float32") - cli.sampling_memory(hparams, 1, 129, "float32")
+    cache = (cli.sampling_memory(hparams, 2, 129, "float32", fast.LEAN)
+             - cli.sampling_memory(hparams, 1, 129, "float32", fast.LEAN))
     assert cache == 2 * hparams.n_layer * 256 * hparams.n_embd * 4 + 4 * hparams.n_vocab * 4
-    # The weights, and where bfloat16 takes oneDNN's choices one copy more (their halves, then a
-    # frozen copy in the whole matrices' place).
+    # The weights, and where oneDNN's choices are taken one copy more (their halves, then a frozen
+    # copy in the whole matrices' place).
     weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values())
     wte = hparams.n_vocab * hparams.n_embd  # transposed, beside wte itself
     cache = 2 * hparams.n_layer * 128 * hparams.n_embd
     logits = 4 * hparams.n_vocab * 4
-    assert cli.sampling_memory(hparams, 1, 100, "float32") == (weights + wte) * 4 + cache * 4 + logits
-    half = cli.sampling_memory(hparams, 1, 100, "bfloat16")
-    if bfloat16_instructions:  # a float32 cache (float32_attention), copied once for writing in place
+    full, half = (cli.sampling_memory(hparams, 1, 100, dtype) for dtype in ("float32", "bfloat16"))
+    if bfloat16_instructions:  # a float32 cache at batch 1 (float32_attention), copied once for writing in place
+        assert full == (weights * 2 + wte) * 4 + cache * 4 * 2 + logits
         assert half == (weights * 2 + wte) * 2 + cache * 4 * 2 + logits
     else:
+        assert full == (weights + wte) * 4 + cache * 4 + logits
         assert half == (weights + wte) * 2 + cache * 2 + logits
 
 
@@ -553,10 +591,11 @@ def test_bfloat16_is_advised_only_where_it_fits(monkeypatch, bfloat16_instructio
 
     def line(dtype, available):  # the line for a batch of 8 of 100 positions
         with pytest.raises(MemoryError) as error:
-            cli.check_memory(hparams, 8, 100, dtype, available=available)
+            cli.sampling_choices(hparams, 8, 100, dtype, available=available)
         return cli.out_of_memory_line(interactive_conditional_samples.interact_model, error.value)
-    full, half = (cli.sampling_memory(hparams, 8, 100, dtype) for dtype in ("float32", "bfloat16"))
-    assert half < full  # this model's weights are mostly wte, which bfloat16's path holds in 2 bytes
+    # What each dtype needs at least: XLA's one copy of the weights.
+    full, half = (cli.sampling_memory(hparams, 8, 100, dtype, fast.LEAN) for dtype in ("float32", "bfloat16"))
+    assert half < full
     assert line("float32", full - 1).endswith(", or use a smaller --model_name or --dtype bfloat16")
     assert line("float32", half - 1).endswith(", or use a smaller --model_name")
     assert line("bfloat16", half - 1).endswith(", or use a smaller --model_name")  # already bfloat16
