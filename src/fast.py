@@ -124,7 +124,7 @@ def choices_for(dtype=tf.float32, device_type=None):
     AMX), bfloat16 and float32 take oneDNN's kernels: bfloat16 because XLA's bfloat16 matmuls
     gain nothing from the halved bytes (bench_matmul.py --dtype bfloat16 [--jit]), float32
     because XLA's matmuls of 8 rows read half the weights a second that oneDNN's frozen ones do
-    (bench_matmul.py --dtype float32 --rows 8 [--jit]): 1.5-1.6x at batch 8 on a Zen 4, as fast
+    (bench_matmul.py --dtype float32 --rows 8 [--jit]): 1.5-2.1x at batch 8 on a Zen 4, as fast
     at batch 1 (bench_generate.py --dtype float32 --batch_size B [--jit true]). Measured on those
     CPUs only: elsewhere, and for float16, XLA."""
     if (device_type or default_device_type()) != "CPU":
