@@ -54,8 +54,9 @@ CHOICES = ("fused_matmuls", "inplace_cache", "float32_attention", "growing_cache
 
 
 def choices(dtype, args, plain=()):
-    """fast.choices_for(dtype), less the CHOICES named in `plain`; XLA as --jit says."""
-    chosen = fast.choices_for(dtype)
+    """fast.choices_for(dtype) for --batch_size rows, less the CHOICES named in `plain`; XLA as
+    --jit says."""
+    chosen = fast.choices_for(dtype, rows=args.batch_size)
     jit = getattr(args, "jit", None)  # bench_generate.py's flag, not every benchmark's
     if jit is not None and jit != chosen.xla:
         chosen = fast.Choices(xla=jit)

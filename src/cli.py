@@ -345,19 +345,21 @@ def available_memory():
 
 def sampling_memory(hparams, batch_size, positions, dtype, choices=None):
     """Bytes that sampling batch_size rows of `positions` tokens with `choices` (by default
-    fast.choices_for(dtype)) takes, about: the weights and the copies the path makes of them, the
+    fast.choices_for theirs) takes, about: the weights and the copies the path makes of them, the
     key/value cache (fast.py), and a step's float32 logits, a few copies of them."""
     import fast
     import model
     dtype = parse_dtype(dtype)
-    choices = choices or fast.choices_for(dtype)
+    choices = choices or fast.choices_for(dtype, rows=batch_size)
     weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values()) * dtype.size
-    # The weights as loaded and one copy more: the Sampler's column halves or stacks, made while
-    # the whole matrices are held, and oneDNN's converted copy of frozen weights for the decode
-    # loop, which takes the memory of the whole matrices once the scripts drop them
-    # (fast.prompt_choices; bench/README.md, "one converted copy of the weights"). And wte
-    # transposed, beside wte.
-    weights *= 2 if choices.column_halves or choices.stacked_layers or choices.frozen_weights else 1
+    # The weights as loaded, then a copy for the Sampler's column halves or stacks, made while the
+    # whole matrices are held (with one weight of every layer stacked beside them as it is
+    # halved), and one for oneDNN's converted copy of frozen weights for the decode loop, which
+    # the allocator does not always place in the memory the whole matrices leave once the scripts
+    # drop them: three copies at the peak, as measured (1558M in float32 on oneDNN's choices:
+    # 18.9 GB; 355M: 2.8-3.0 copies in either dtype; bench/README.md). And wte transposed,
+    # beside wte.
+    weights *= 1 + (choices.column_halves or choices.stacked_layers) + choices.frozen_weights
     weights += hparams.n_vocab * hparams.n_embd * dtype.size
     cache = 2 * hparams.n_layer * batch_size * fast.cache_size(positions, hparams.n_ctx) * hparams.n_embd
     cache *= fast.cache_dtype_for(dtype, batch_size, choices).size
@@ -367,13 +369,13 @@ def sampling_memory(hparams, batch_size, positions, dtype, choices=None):
 
 def sampling_choices(hparams, batch_size, positions, dtype, available=None):
     """The fast path's choices for sampling batch_size rows of `positions` tokens:
-    fast.choices_for(dtype), or where the copies of the weights those make would not fit in the
-    memory available and XLA's one copy would, XLA's (fast.LEAN). MemoryError where neither
-    fits: there, rather than being killed by the kernel without a word, a run says what to lower
-    (`main`, `out_of_memory_line`)."""
+    fast.choices_for(dtype, rows=batch_size), or where the copies of the weights those make would
+    not fit in the memory available and XLA's one copy would, XLA's (fast.LEAN). MemoryError where
+    neither fits: there, rather than being killed by the kernel without a word, a run says what
+    to lower (`main`, `out_of_memory_line`)."""
     import fast
     available = available_memory() if available is None else available
-    ways = [fast.choices_for(parse_dtype(dtype)), fast.LEAN]
+    ways = [fast.choices_for(parse_dtype(dtype), rows=batch_size), fast.LEAN]
     for choices in ways:
         if available is None or sampling_memory(hparams, batch_size, positions, dtype, choices) <= available:
             return choices

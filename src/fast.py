@@ -118,18 +118,29 @@ ONEDNN = Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, fl
 LEAN = Choices(xla=True)
 
 
-def choices_for(dtype=tf.float32, device_type=None):
+# The fewest rows at a time for which float32 takes oneDNN's choices on a CPU with bfloat16
+# instructions (`choices_for`): against XLA, 124M on a Zen 4 made 1.03-1.07x the tokens at 2 rows,
+# 1.29-1.32x at 4 and 1.5-2.1x at 8, and 1558M 1.10x at 2, for three copies of the weights at the
+# peak rather than one (bench_generate.py --dtype float32 --batch_size B [--jit true]).
+FLOAT32_ONEDNN_ROWS = 4
+
+
+def choices_for(dtype=tf.float32, device_type=None, rows=None):
     """The fast path's choices for weights in `dtype` on `device_type` ('CPU' or 'GPU'; by
-    default a GPU when TensorFlow sees one). On a CPU with bfloat16 instructions (AVX512_BF16,
-    AMX), bfloat16 and float32 take oneDNN's kernels: bfloat16 because XLA's bfloat16 matmuls
-    gain nothing from the halved bytes (bench_matmul.py --dtype bfloat16 [--jit]), float32
-    because XLA's matmuls of 8 rows read half the weights a second that oneDNN's frozen ones do
-    (bench_matmul.py --dtype float32 --rows 8 [--jit]): 1.5-2.1x at batch 8 on a Zen 4, as fast
-    at batch 1 (bench_generate.py --dtype float32 --batch_size B [--jit true]). Measured on those
-    CPUs only: elsewhere, and for float16, XLA."""
+    default a GPU when TensorFlow sees one), sampling `rows` rows at a time where that is known
+    (the scripts). On a CPU with bfloat16 instructions (AVX512_BF16, AMX), bfloat16 takes
+    oneDNN's kernels, because XLA's bfloat16 matmuls gain nothing from the halved bytes
+    (bench_matmul.py --dtype bfloat16 [--jit]); so does float32 at FLOAT32_ONEDNN_ROWS rows or
+    more, because XLA's float32 matmuls of 8 rows read half the weights a second that oneDNN's
+    frozen ones do (bench_matmul.py --dtype float32 --rows 8 [--jit]). At fewer rows, or rows
+    unknown, float32 keeps XLA: about as fast there, in one copy of the weights where oneDNN's
+    choices hold three at their peak (cli.sampling_memory). Measured on those CPUs only:
+    elsewhere, and for float16, XLA."""
     if (device_type or default_device_type()) != "CPU":
         return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
-    if tf.as_dtype(dtype) in (tf.bfloat16, tf.float32) and has_bfloat16_instructions():
+    dtype = tf.as_dtype(dtype)
+    many = rows is not None and rows >= FLOAT32_ONEDNN_ROWS
+    if has_bfloat16_instructions() and (dtype == tf.bfloat16 or dtype == tf.float32 and many):
         return ONEDNN
     return LEAN
 

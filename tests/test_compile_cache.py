@@ -99,7 +99,8 @@ def cached_runs(models_dir, tiny_model, tmp_path_factory):
     """The unconditional script on one fresh cache folder: two runs at once, which both compile
     and publish the same programs, then a run saying which programs it loaded from disk
     (TensorFlow's persistor logs it at verbosity 1). In float16, which takes XLA on every CPU
-    (float32 takes oneDNN's kernels on one with bfloat16 instructions: fast.choices_for)."""
+    (the scripts' float32 may take oneDNN's kernels on one with bfloat16 instructions:
+    fast.choices_for)."""
     folder = str(tmp_path_factory.mktemp("xla"))
     environ = {**os.environ, "GPT2_XLA_CACHE": folder, "TF_CPP_MIN_LOG_LEVEL": "0",
                "TF_CPP_VMODULE": "device_executable_persistor=1"}

@@ -589,8 +589,12 @@ def test_choices_follow_the_device_and_dtype(monkeypatch, bfloat16_instructions)
     native = fast.Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
                           single_threaded_ops=True, growing_cache=True, column_halves=True, sampling_row_halves=True,
                           stacked_layers=True)
-    for dtype in (tf.float32, tf.bfloat16):  # oneDNN's kernels where they beat XLA's (bench/README.md)
-        assert fast.choices_for(dtype, "CPU") == (native if bfloat16_instructions else fast.Choices(xla=True))
+    # oneDNN's kernels where they beat XLA's (bench/README.md): bfloat16's at any batch, float32's
+    # at 4 rows or more, where the rows are known.
+    onednn = native if bfloat16_instructions else fast.Choices(xla=True)
+    rows = (None, 1, 3, 4, 8)
+    assert [fast.choices_for(tf.bfloat16, "CPU", n) for n in rows] == [onednn] * 5
+    assert [fast.choices_for(tf.float32, "CPU", n) for n in rows] == [fast.Choices(xla=True)] * 3 + [onednn] * 2
     for dtype in (tf.float32, tf.bfloat16):
         assert fast.choices_for(dtype, "GPU") == fast.Choices()  # no CPU choice imposed on a GPU
     # Training: XLA in half precision where the decode loop takes it.
@@ -695,10 +699,12 @@ context = np.random.RandomState(1).randint(0, 50257, (2, 5))
 runs = {}
 for dtype in ("bfloat16", "float32"):
     out = runs[dtype] = {}
+    choices = fast.choices_for(tf.as_dtype(dtype), rows=fast.FLOAT32_ONEDNN_ROWS)  # oneDNN's, for float32 too
+    out["choices"] = choices == fast.ONEDNN
     for name in (first, second, first):  # as the scripts load, the weights in turn
-        _, hparams, params = cli.load(name, models_dir, dtype, sampling=(1, fast.choices_for(tf.as_dtype(dtype))))
+        _, hparams, params = cli.load(name, models_dir, dtype, sampling=(fast.FLOAT32_ONEDNN_ROWS, choices))
         out.setdefault("intra_op_threads", tf.config.threading.get_intra_op_parallelism_threads())
-        sampler = fast.Sampler(params, hparams, top_k=1)
+        sampler = fast.Sampler(params, hparams, top_k=1, choices=choices)
         for rows in (context, context[:1]):  # two rows and one: decode loops of their own
             tokens = sampler.sample(rows, 12)
             logits = model.model(params, hparams, tokens[:, :-1])["logits"][:, 4:].numpy()  # the plain model's, each step
@@ -737,7 +743,7 @@ def test_frozen_weights_serve_each_model_and_layer_its_own(frozen_weights_runs, 
     can change are refused; and the hazard is real there: one fused kernel given new weights
     keeps the old."""
     run = frozen_weights_runs[dtype]
-    assert run["environment"] == "1" and run["intra_op_threads"] == 1  # one row at a time: an op a thread
+    assert run["choices"] and run["environment"] == "1" and run["intra_op_threads"] == 1  # 4 rows: an op a thread
     first, first_row, second, second_row, first_again, first_row_again = run["tokens"]
     assert first != second and first_again == first
     assert first_row != second_row and first_row_again == first_row

@@ -556,7 +556,7 @@ def test_memory_is_checked_against_what_is_available(monkeypatch, bfloat16_instr
     monkeypatch.setattr(fast, "has_bfloat16_instructions", lambda: bfloat16_instructions)
     monkeypatch.setattr(fast, "default_device_type", lambda: "CPU")  # wherever the test runs
     hparams = model.HParams(**{**checkpoints.TINY, "n_ctx": 1024})
-    chosen = fast.choices_for("float32")
+    chosen = fast.choices_for("float32", rows=64)
     needed, lean = (cli.sampling_memory(hparams, 64, 100, "float32", choices) for choices in (chosen, fast.LEAN))
     assert cli.sampling_choices(hparams, 64, 100, "float32", available=needed) == chosen
     # Where the chosen path's copies of the weights do not fit, XLA's one copy, if it fits.
@@ -568,19 +568,21 @@ def test_memory_is_checked_against_what_is_available(monkeypatch, bfloat16_instr
     cache = (cli.sampling_memory(hparams, 2, 129, "float32", fast.LEAN)
              - cli.sampling_memory(hparams, 1, 129, "float32", fast.LEAN))
     assert cache == 2 * hparams.n_layer * 256 * hparams.n_embd * 4 + 4 * hparams.n_vocab * 4
-    # The weights, and where oneDNN's choices are taken one copy more (their halves, then a frozen
-    # copy in the whole matrices' place).
+    # The weights, and where oneDNN's choices are taken two copies more (their halves or stacks,
+    # then oneDNN's converted copy of frozen weights).
     weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values())
     wte = hparams.n_vocab * hparams.n_embd  # transposed, beside wte itself
     cache = 2 * hparams.n_layer * 128 * hparams.n_embd
     logits = 4 * hparams.n_vocab * 4
     full, half = (cli.sampling_memory(hparams, 1, 100, dtype) for dtype in ("float32", "bfloat16"))
-    if bfloat16_instructions:  # a float32 cache at batch 1 (float32_attention), copied once for writing in place
-        assert full == (weights * 2 + wte) * 4 + cache * 4 * 2 + logits
-        assert half == (weights * 2 + wte) * 2 + cache * 4 * 2 + logits
+    assert full == (weights + wte) * 4 + cache * 4 + logits  # float32 keeps XLA at one row
+    full_four = cli.sampling_memory(hparams, 4, 100, "float32")
+    if bfloat16_instructions:  # copied once for writing in place; in float32 at batch 1 (float32_attention)
+        assert half == (weights * 3 + wte) * 2 + cache * 4 * 2 + logits
+        assert full_four == (weights * 3 + wte) * 4 + 4 * cache * 4 * 2 + 4 * logits
     else:
-        assert full == (weights + wte) * 4 + cache * 4 + logits
         assert half == (weights + wte) * 2 + cache * 2 + logits
+        assert full_four == (weights + wte) * 4 + 4 * cache * 4 + 4 * logits
 
 
 @pytest.mark.parametrize("bfloat16_instructions", [True, False])
