@@ -277,9 +277,10 @@ def load_as_the_scripts_do(args):
     """(hparams, params) of `model_arguments`' model in their dtype, in a process set up as the
     sampling scripts set theirs up: TensorFlow's threads and frozen weights as fast.py chooses."""
     dtype = cli.parse_dtype(args.dtype)
-    fast.set_threads(choices(dtype, args), args.batch_size)  # before TensorFlow starts
+    chosen = choices(dtype, args)
+    fast.set_threads(chosen, args.batch_size)  # before TensorFlow starts
     path = ensure_model(args.models_dir, args.model_name)
-    fast.freeze_weights(choices(dtype, args))  # before the first matmul
+    fast.freeze_weights(chosen)  # before the first matmul
     hparams = model.load_hparams(path)
     return hparams, fast.load_params(model.find_checkpoint(path), hparams, dtype)
 
@@ -309,11 +310,12 @@ def main():
     args = parser.parse_args()
     if args.peer and (args.top_k, args.top_p, args.temperature) != (40, 1.0, 1.0):
         parser.error("--peer samples with top-k 40 only: leave --top_k, --top_p and --temperature at their defaults")
+    chosen = choices(cli.parse_dtype(args.dtype), args)
     if "single_threaded_ops" not in args.plain:
-        fast.set_threads(choices(cli.parse_dtype(args.dtype), args), args.batch_size)  # as the scripts do, before TensorFlow starts
+        fast.set_threads(chosen, args.batch_size)  # as the scripts do, before TensorFlow starts
     path = ensure_model(args.models_dir, args.model_name)
     if "frozen_weights" not in args.plain:
-        fast.freeze_weights(choices(cli.parse_dtype(args.dtype), args))  # as the scripts do, before the first matmul
+        fast.freeze_weights(chosen)  # as the scripts do, before the first matmul
     for name in args.plain:
         PLAIN[name]()
     if args.alternate or args.against_top_k or args.sampling_step:

@@ -375,11 +375,12 @@ def sampling_choices(hparams, batch_size, positions, dtype, available=None):
     to lower (`main`, `out_of_memory_line`)."""
     import fast
     available = available_memory() if available is None else available
-    ways = [fast.choices_for(parse_dtype(dtype), rows=batch_size), fast.LEAN]
-    for choices in ways:
-        if available is None or sampling_memory(hparams, batch_size, positions, dtype, choices) <= available:
+    ways = {choices: sampling_memory(hparams, batch_size, positions, dtype, choices)  # the chosen first
+            for choices in (fast.choices_for(parse_dtype(dtype), rows=batch_size), fast.LEAN)}
+    for choices, needed in ways.items():
+        if available is None or needed <= available:
             return choices
-    needed = min(sampling_memory(hparams, batch_size, positions, dtype, choices) for choices in ways)
+    needed = min(ways.values())
     error = MemoryError(f"a batch of {batch_size} needs about {needed / 2 ** 30:.1f} GiB, "
                         f"{available / 2 ** 30:.1f} GiB is available")
     # Whether --dtype bfloat16 would fit (out_of_memory_line), on XLA's one copy of its weights.

@@ -113,8 +113,9 @@ class Choices:
 ONEDNN = Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
                  single_threaded_ops=True, growing_cache=True, column_halves=True, sampling_row_halves=True,
                  stacked_layers=True)
-# XLA alone: the weights as loaded and nothing more, where ONEDNN holds two copies of them
-# (its halves or stacks, and oneDNN's converted copy of frozen weights; cli.sampling_choices).
+# XLA alone: the weights as loaded and nothing more, where ONEDNN holds three copies of them at
+# its peak (the whole matrices, its halves or stacks, and oneDNN's converted copy of frozen
+# weights; cli.sampling_memory, cli.sampling_choices).
 LEAN = Choices(xla=True)
 
 
