@@ -107,12 +107,14 @@ def timed(fn):
 def measure(path, args):
     dtype = cli.parse_dtype(args.dtype)
     hparams = model.load_hparams(path)
+    chosen = choices(dtype, args, args.plain)
     start = time.perf_counter()
-    params = fast.load_params(model.find_checkpoint(path), hparams, dtype)
+    # As the scripts load them, for peak_memory: laid out as the Sampler keeps them (top-p's
+    # nucleus_stats reads them whole), and dropped once it has them.
+    params = fast.load_params(model.find_checkpoint(path), hparams, dtype, chosen if args.top_p == 1 else None)
     load_seconds = time.perf_counter() - start
-    sampler = fast.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p,
-                           choices=choices(dtype, args, args.plain))
-    if args.top_p == 1:  # as the scripts do, for peak_memory: the Sampler keeps what it reads
+    sampler = fast.Sampler(params, hparams, top_k=args.top_k, top_p=args.top_p, choices=chosen)
+    if args.top_p == 1:
         del params
     context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))
     run = dict(seed=2, temperature=args.temperature)

@@ -313,9 +313,10 @@ def report_device():
 def load(model_name, models_dir, dtype="float32", sampling=None):
     """(encoder, hparams, params) of a downloaded model, weights in `dtype`. The sampling scripts
     give (the rows they sample at a time, the fast path's choices: `sampling_choices`), which set
-    the process's threads (fast.set_threads) and let oneDNN keep weights converted
-    (fast.freeze_weights: the scripts' weights never change). Scoring and evaluation give none:
-    frozen weights would cost them a copy of the weights and win no time (bench/README.md)."""
+    the process's threads (fast.set_threads), let oneDNN keep weights converted
+    (fast.freeze_weights: the scripts' weights never change) and lay the weights out as a
+    fast.Sampler with those choices keeps them (fast.load_params). Scoring and evaluation give
+    none: frozen weights would cost them a copy of the weights and win no time (bench/README.md)."""
     import encoder
     import fast
     import model
@@ -329,7 +330,8 @@ def load(model_name, models_dir, dtype="float32", sampling=None):
     path = model.model_dir(model_name, models_dir)
     enc = encoder.get_encoder(model_name, models_dir)
     hparams = model.load_hparams(path)
-    return enc, hparams, fast.load_params(model.find_checkpoint(path), hparams, dtype)
+    layout = sampling[1] if sampling is not None else None
+    return enc, hparams, fast.load_params(model.find_checkpoint(path), hparams, dtype, layout)
 
 
 def available_memory():
@@ -352,14 +354,14 @@ def sampling_memory(hparams, batch_size, positions, dtype, choices=None):
     dtype = parse_dtype(dtype)
     choices = choices or fast.choices_for(dtype, rows=batch_size)
     weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values()) * dtype.size
-    # The weights as loaded, then a copy for the Sampler's column halves or stacks, made while the
-    # whole matrices are held (with one weight of every layer stacked beside them as it is
-    # halved), and one for oneDNN's converted copy of frozen weights for the decode loop, which
-    # the allocator does not always place in the memory the whole matrices leave once the scripts
-    # drop them: three copies at the peak, as measured (1558M in float32 on oneDNN's choices:
-    # 18.9 GB; 355M: 2.8-3.0 copies in either dtype; bench/README.md). And wte transposed,
-    # beside wte.
-    weights *= 1 + (choices.column_halves or choices.stacked_layers) + choices.frozen_weights
+    # The weights as the decode loop reads them (fast.load_params lays them out as it reads), and
+    # where the path lays them out (column halves, stacks) or lets oneDNN keep its converted copy
+    # of frozen weights, a second copy: the layers cut while their stacks are made, then oneDNN's
+    # copy, in part in the memory those leave; and half a copy more, which the allocator holds
+    # beyond them: 2.3-2.4 copies at the peak for 1558M in either dtype, 2.6-2.9 for 355M, as
+    # measured with TensorFlow's own 0.55 GB (bench/README.md). And wte transposed, beside wte.
+    laid_out = choices.column_halves or choices.stacked_layers or choices.frozen_weights
+    weights = weights * 5 // 2 if laid_out else weights
     weights += hparams.n_vocab * hparams.n_embd * dtype.size
     cache = 2 * hparams.n_layer * batch_size * fast.cache_size(positions, hparams.n_ctx) * hparams.n_embd
     cache *= fast.cache_dtype_for(dtype, batch_size, choices).size

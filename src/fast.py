@@ -113,16 +113,16 @@ class Choices:
 ONEDNN = Choices(fused_matmuls=True, inplace_cache=True, frozen_weights=True, float32_attention=True,
                  single_threaded_ops=True, growing_cache=True, column_halves=True, sampling_row_halves=True,
                  stacked_layers=True)
-# XLA alone: the weights as loaded and nothing more, where ONEDNN holds three copies of them at
-# its peak (the whole matrices, its halves or stacks, and oneDNN's converted copy of frozen
-# weights; cli.sampling_memory, cli.sampling_choices).
+# XLA alone: the weights as loaded and nothing more, where ONEDNN holds two copies of them and
+# more at its peak (its halves and stacks, and oneDNN's converted copy of frozen weights;
+# cli.sampling_memory, cli.sampling_choices).
 LEAN = Choices(xla=True)
 
 
 # The fewest rows at a time for which float32 takes oneDNN's choices on a CPU with bfloat16
 # instructions (`choices_for`): against XLA, 124M on a Zen 4 made 1.03-1.07x the tokens at 2 rows,
-# 1.29-1.32x at 4 and 1.5-2.1x at 8, and 1558M 1.10x at 2, for three copies of the weights at the
-# peak rather than one (bench_generate.py --dtype float32 --batch_size B [--jit true]).
+# 1.29-1.32x at 4 and 1.5-2.1x at 8, and 1558M 1.10x at 2, for two copies of the weights and more
+# at the peak rather than one (bench_generate.py --dtype float32 --batch_size B [--jit true]).
 FLOAT32_ONEDNN_ROWS = 4
 
 
@@ -135,7 +135,7 @@ def choices_for(dtype=tf.float32, device_type=None, rows=None):
     more, because XLA's float32 matmuls of 8 rows read half the weights a second that oneDNN's
     frozen ones do (bench_matmul.py --dtype float32 --rows 8 [--jit]). At fewer rows, or rows
     unknown, float32 keeps XLA: about as fast there, in one copy of the weights where oneDNN's
-    choices hold three at their peak (cli.sampling_memory). Measured on those CPUs only:
+    choices hold two and more at their peak (cli.sampling_memory). Measured on those CPUs only:
     elsewhere, and for float16, XLA."""
     if (device_type or default_device_type()) != "CPU":
         return Choices()  # nothing measured on a GPU yet: TensorFlow's defaults
@@ -364,11 +364,17 @@ def check_weights_can_change(params):
 READ_BYTES = 256 * 2 ** 20
 
 
-def load_params(prefix, hparams, dtype=tf.float32):
+def load_params(prefix, hparams, dtype=tf.float32, choices=None):
     """`model.load_params`, reading the variables with a few RestoreV2 ops rather than one op
     each (bench_generate.py --alternate load_params), and casting what one read before the next:
-    in half precision the whole model is never held in float32 (bench_generate.py's peak_memory)."""
+    in half precision the whole model is never held in float32 (bench_generate.py's peak_memory).
+    With `choices`, the weights come laid out as a Sampler with those choices keeps them
+    (`sampling_params`), each layer's matrices cut into column blocks as they are read, so that
+    the whole matrices are never held beside the blocks (1558M's peak in float32 on oneDNN's
+    choices: 18.9 GB before, 14.6-14.9 so; bench_generate.py --model_name 1558M --dtype float32
+    --batch_size 4; cli.sampling_memory)."""
     stored = model.checkpoint_reader(prefix, hparams).get_variable_to_dtype_map()  # checks names and shapes first
+    cut = choices is not None and choices.column_halves
     params = None
     for names in read_groups(model.checkpoint_shapes(hparams), hparams.n_layer, READ_BYTES):
         try:
@@ -376,11 +382,17 @@ def load_params(prefix, hparams, dtype=tf.float32):
         except tf.errors.OpError as e:
             raise model.checkpoint_error(prefix, e) from None
         nested = model.nest_params(values, hparams, dtype)  # whole layers: a layer's dict is full or empty
+        del values
+        if cut:
+            nested["h"] = [cut_layer(layer, hparams.n_head) if layer else layer for layer in nested["h"]]
         if params is None:
             params = nested
         else:
             params.update({key: value for key, value in nested.items() if key != "h"})
             params["h"] = [old or new for old, new in zip(params["h"], nested["h"])]
+        del nested
+    if choices is not None and choices.stacked_layers:
+        params["h"] = stack_layers(params.pop("h"))  # ours alone: released as they are stacked
     return params
 
 
@@ -620,10 +632,14 @@ def last_logits_of(h, wte_t, zeros=None):
 
 def column_halves(params, n_head):
     """The weights of `params`' layers (tensors) with each matrix and its bias as a list of two
-    column blocks (`Choices.column_halves`, `column_blocks`): copies."""
+    column blocks (`Choices.column_halves`, `cut_layer`): copies."""
+    return dict(params, h=[cut_layer(p, n_head) for p in params["h"]])
+
+
+def cut_layer(p, n_head):
+    """A layer's weights p with each matrix and its bias as `column_blocks` cuts it: copies."""
     blocks = lambda name, matrix: column_blocks(name, matrix, n_head)
-    return dict(params, h=[dict(p, attn=in_blocks(p["attn"], blocks), mlp=in_blocks(p["mlp"], blocks))
-                           for p in params["h"]])
+    return dict(p, attn=in_blocks(p["attn"], blocks), mlp=in_blocks(p["mlp"], blocks))
 
 
 def in_blocks(part, blocks):
@@ -633,30 +649,48 @@ def in_blocks(part, blocks):
 
 
 def column_blocks(name, p, n_head):
-    """Layer matrix `name` and its bias, p {"w": [..., nx, nf], "b": [..., nf]} (a layer's, or every
-    layer's stacked: `stack_layers`), as `column_halves` cuts it: two {"w", "b"} of about nf / 2
-    columns each, copies. c_attn's are its head halves (`head_halves`), which `block` takes one at
-    a time through the attention, and c_attn of one head stays whole; the others' are halves of
-    their columns, which `conv1d` puts side by side."""
+    """Layer matrix `name` and its bias, p {"w": [nx, nf], "b": [nf]}, as `column_halves` cuts
+    it: two {"w", "b"} of about nf / 2 columns each, copies. c_attn's are its head halves
+    (`head_halves`), which `block` takes one at a time through the attention, and c_attn of one
+    head stays whole; the others' are halves of their columns, which `conv1d` puts side by side."""
     if name == "c_attn" and not head_groups(n_head):
         return p
     columns = (lambda t: head_halves(t, n_head)) if name == "c_attn" else halves
     return [{"w": w, "b": b} for w, b in zip(columns(p["w"]), columns(p["b"]))]
 
 
-def stack_layers(params, blocks):
-    """The weights of `params`' layers (tensors) stacked (`Choices.stacked_layers`): params["h"] one
-    layer whose every weight is the layers' [n_layer, ...], each matrix and its bias passed through
-    blocks(name, matrix) (`column_blocks`, or the matrix as it is) as soon as it is stacked.
-    Copies, made a matrix at a time: beside params, only the result and one matrix's stack are
-    held. `decode` unstacks them (`unstack_layers`)."""
-    layers = params["h"]
-    stacked = lambda weight: tf.stack([weight(p) for p in layers])  # [n_layer, ...]
-    def matrices(part):  # {name: {"w", "b"}}, each stacked, then in blocks
-        return {name: blocks(name, {key: stacked(lambda p: p[part][name][key]) for key in ("w", "b")})
-                for name in layers[0][part]}
-    norms = {norm: {key: stacked(lambda p: p[norm][key]) for key in ("g", "b")} for norm in ("ln_1", "ln_2")}
-    return dict(params, h=dict(norms, attn=matrices("attn"), mlp=matrices("mlp")))
+def stack_layers(layers):
+    """The layers' weights [layer] (tensors: whole, or cut by `cut_layer`) stacked
+    (`Choices.stacked_layers`): one layer whose every weight is the layers' [n_layer, ...].
+    Copies, made a weight at a time; `layers` is emptied, and where nothing else holds them each
+    weight's layers are released as soon as that weight is stacked, so that beside the layers'
+    other weights only the stacks made so far are held. `decode` unstacks them
+    (`unstack_layers`)."""
+    structure = tf.nest.map_structure(lambda t: 0, layers[0])
+    weights = [tf.nest.flatten(layer) for layer in layers]  # [layer][weight]
+    layers.clear()
+    stacks = []
+    for i in range(len(weights[0])):
+        stacks.append(tf.stack([layer[i] for layer in weights]))  # [n_layer, ...]
+        for layer in weights:
+            layer[i] = None
+    return tf.nest.pack_sequence_as(structure, stacks)
+
+
+def sampling_params(params, n_head, choices):
+    """params (tensors) as a Sampler with `choices` keeps them: with `Choices.column_halves`
+    each layer's matrices cut into column blocks (`cut_layer`), with `Choices.stacked_layers`
+    every layer's weight one stack (`stack_layers`). Copies of what they change: the Sampler
+    makes them of the weights it is given whole; weights `load_params(..., choices)` read so
+    come back as they are."""
+    stacked = not isinstance(params["h"], list)
+    cut = isinstance((params["h"] if stacked else params["h"][0])["mlp"]["c_fc"], list)
+    if (cut or stacked) and cut != choices.column_halves:
+        raise ValueError("the weights were laid out for other choices: load them with this Sampler's")
+    if stacked:
+        return params
+    layers = [cut_layer(p, n_head) for p in params["h"]] if choices.column_halves and not cut else list(params["h"])
+    return dict(params, h=stack_layers(layers) if choices.stacked_layers else layers)
 
 
 def unstack_layers(params):
@@ -934,21 +968,17 @@ class Sampler:
         # What the passes read, all the Sampler keeps: the weights, and wte transposed
         # (`last_logits`). Tensors never change: transposed once, not at every call (a tenth of a
         # second or more), and with `Choices.column_halves` the matrices halved once and with
-        # `Choices.stacked_layers` stacked once, the whole ones not kept (the scripts then drop
-        # theirs: a copy of the weights fewer). Variables are read as they are, and wte
-        # transposed at each call (`generate`).
+        # `Choices.stacked_layers` stacked once (`sampling_params`; the scripts load them so:
+        # load_params(..., choices)). Variables are read as they are, and wte transposed at each
+        # call (`generate`).
         changing = any(isinstance(value, tf.Variable) for value in tf.nest.flatten(params))
         self._params, self._wte_t = params, None if changing else transposed_wte(params)
         self._groups = None  # the cache's groups of heads (`empty_cache`), as c_attn's halves take them
-        in_halves = self.choices.column_halves and not changing
-        if in_halves:
+        if not changing:
+            self._params = sampling_params(params, hparams.n_head, self.choices)
+        if self.choices.column_halves and not changing:
             self._wte_t, self._zeros = halves(self._wte_t), None if self._zeros is None else halves(self._zeros)
             self._groups = head_groups(hparams.n_head)
-        if self.choices.stacked_layers and not changing:  # halved as they are stacked, a matrix at a time
-            blocks = functools.partial(column_blocks, n_head=hparams.n_head) if in_halves else lambda name, p: p
-            self._params = stack_layers(params, blocks)
-        elif in_halves:
-            self._params = column_halves(params, hparams.n_head)
         # The prompt's pass runs without XLA, which would compile anew for each prompt length.
         self._prefills = {}  # the cache's dtype -> the prompt's pass (`_prefill`)
         self._decoders = {}  # batch size -> the decode loop traced for it (`_decoder`)

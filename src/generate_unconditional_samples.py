@@ -47,7 +47,7 @@ def sample_model(model_name="124M", seed=None, nsamples=0, batch_size=1, length=
     end_token = enc.encoder["<|endoftext|>"]
     sampler = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p, choices=choices,
                              end_token=end_token if stop_at_endoftext else None)
-    del params  # the Sampler keeps what it reads: where it halves the matrices, not the whole ones
+    del params  # the Sampler holds what it reads, laid out for it as it was read (cli.load)
     generated, speed = 0, cli.Speed(sampler)
     try:
         with speed.timed():

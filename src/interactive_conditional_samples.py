@@ -169,7 +169,7 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
     enc, hparams, params = cli.load(model_name, models_dir, dtype, sampling=(rows, choices))
     sampler = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p, choices=choices,
                              end_token=enc.encoder["<|endoftext|>"] if stop_at_endoftext else None)
-    del params  # the Sampler keeps what it reads: where it halves the matrices, not the whole ones
+    del params  # the Sampler holds what it reads, laid out for it as it was read (cli.load)
     speed = cli.Speed(sampler)
     for context_tokens in prompts(enc, prompt, prompt_file, length, hparams.n_ctx):
         with speed.timed():

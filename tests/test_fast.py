@@ -346,18 +346,56 @@ def test_column_halves_sample_the_tokens_of_whole_matrices(tiny, dtype):
 
 
 def test_stacked_layers_unstack_to_the_weights_they_were_made_of(tiny):
-    """`fast.stack_layers` makes each weight of every layer one stack [n_layer, ...], whole or
-    cut into `fast.column_blocks` as it is stacked; `fast.unstack_layers` gives back the layers
-    as `decode` reads them: the weights themselves, or `fast.column_halves`'."""
+    """`fast.stack_layers` makes each weight of every layer one stack [n_layer, ...], of whole
+    matrices or of `fast.cut_layer`'s column blocks, and empties the list it is given;
+    `fast.unstack_layers` gives back the layers as `decode` reads them: the weights themselves,
+    or `fast.column_halves`'."""
     hparams, params = tiny
-    in_halves = functools.partial(fast.column_blocks, n_head=hparams.n_head)
-    for blocks, want in ((lambda name, p: p, params), (in_halves, fast.column_halves(params, hparams.n_head))):
-        stacked = fast.stack_layers(params, blocks)
+    for want in (params, fast.column_halves(params, hparams.n_head)):
+        layers = list(want["h"])
+        stacked = dict(params, h=fast.stack_layers(layers))
+        assert layers == []
         assert {t.shape[0] for t in tf.nest.flatten(stacked["h"])} == {hparams.n_layer}
         got = fast.unstack_layers(stacked)
         tf.nest.assert_same_structure(got, want)
         for got_t, want_t in zip(tf.nest.flatten(got), tf.nest.flatten(want)):
             np.testing.assert_array_equal(got_t, want_t)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+@pytest.mark.parametrize("choices", [ONEDNN, dataclasses.replace(ONEDNN, column_halves=False),
+                                     dataclasses.replace(ONEDNN, stacked_layers=False), fast.LEAN],
+                         ids=["stacked_halves", "stacked_whole", "halves", "lean"])
+def test_weights_loaded_for_a_sampler_are_the_ones_it_lays_out_itself(models_dir, tiny_model, dtype, choices,
+                                                                      monkeypatch):
+    """`fast.load_params(..., choices)`, as the scripts load, gives the weights laid out as a
+    Sampler with those choices keeps them (`fast.sampling_params`), read a layer at a time (a
+    tiny READ_BYTES): the same tensors to the bit, the same structure, and a Sampler given them
+    keeps them as they are and samples the tokens of one given the whole weights."""
+    monkeypatch.setattr(fast, "READ_BYTES", 1)  # one layer a read: each cut before the next is read
+    path = os.path.join(models_dir, tiny_model)
+    hparams, prefix = model.load_hparams(path), model.find_checkpoint(path)
+    whole = fast.load_params(prefix, hparams, dtype)
+    laid_out = fast.load_params(prefix, hparams, dtype, choices)
+    want = fast.sampling_params(whole, hparams.n_head, choices)
+    tf.nest.assert_same_structure(laid_out, want)
+    for got_t, want_t in zip(tf.nest.flatten(laid_out), tf.nest.flatten(want)):
+        assert got_t.dtype == want_t.dtype
+        np.testing.assert_array_equal(got_t, want_t)
+    assert isinstance(laid_out["h"], list) != choices.stacked_layers
+    sampler = fast.Sampler(laid_out, hparams, top_k=40, choices=choices)
+    if choices.stacked_layers:
+        assert all(kept is given for kept, given in zip(tf.nest.flatten(sampler._params), tf.nest.flatten(laid_out)))
+    context = random_tokens(hparams.n_vocab, 2, 5)
+    np.testing.assert_array_equal(sampler.sample(context, 10, seed=4),
+                                  fast.Sampler(whole, hparams, top_k=40, choices=choices).sample(context, 10, seed=4))
+
+
+def test_weights_laid_out_for_other_choices_are_one_clear_error(tiny):
+    hparams, params = tiny
+    stacked_halves = fast.sampling_params(params, hparams.n_head, ONEDNN)
+    with pytest.raises(ValueError, match="laid out for other choices"):
+        fast.Sampler(stacked_halves, hparams, choices=dataclasses.replace(ONEDNN, column_halves=False))
 
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
@@ -705,9 +743,10 @@ for dtype in ("bfloat16", "float32"):
         _, hparams, params = cli.load(name, models_dir, dtype, sampling=(fast.FLOAT32_ONEDNN_ROWS, choices))
         out.setdefault("intra_op_threads", tf.config.threading.get_intra_op_parallelism_threads())
         sampler = fast.Sampler(params, hparams, top_k=1, choices=choices)
+        whole = cli.load(name, models_dir, dtype)[2]  # not laid out for the Sampler: as model.py reads them
         for rows in (context, context[:1]):  # two rows and one: decode loops of their own
             tokens = sampler.sample(rows, 12)
-            logits = model.model(params, hparams, tokens[:, :-1])["logits"][:, 4:].numpy()  # the plain model's, each step
+            logits = model.model(whole, hparams, tokens[:, :-1])["logits"][:, 4:].numpy()  # the plain model's, each step
             chosen = np.take_along_axis(logits, tokens[:, 5:, None], -1)[..., 0]
             out.setdefault("gaps", []).append(float((logits.max(-1) - chosen).max()))
             out.setdefault("tokens", []).append(tokens.tolist())
