@@ -358,7 +358,7 @@ def sampling_memory(hparams, batch_size, positions, dtype, choices=None):
     # where the path lays them out (column halves, stacks) or lets oneDNN keep its converted copy
     # of frozen weights, a second copy: the layers cut while their stacks are made, then oneDNN's
     # copy, in part in the memory those leave; and half a copy more, which the allocator holds
-    # beyond them: 2.3-2.4 copies at the peak for 1558M in either dtype, 2.6-2.9 for 355M, as
+    # beyond them: 2.2-2.3 copies at the peak for 1558M in either dtype, 2.6-2.9 for 355M, as
     # measured with TensorFlow's own 0.55 GB (bench/README.md). And wte transposed, beside wte.
     laid_out = choices.column_halves or choices.stacked_layers or choices.frozen_weights
     weights = weights * 5 // 2 if laid_out else weights

@@ -686,7 +686,8 @@ def sampling_params(params, n_head, choices):
     stacked = not isinstance(params["h"], list)
     cut = isinstance((params["h"] if stacked else params["h"][0])["mlp"]["c_fc"], list)
     if (cut or stacked) and cut != choices.column_halves:
-        raise ValueError("the weights were laid out for other choices: load them with this Sampler's")
+        raise ValueError("the weights were laid out for other choices than the Sampler's: load them with its "
+                         "choices (fast.load_params(..., choices)) or whole")
     if stacked:
         return params
     layers = [cut_layer(p, n_head) for p in params["h"]] if choices.column_halves and not cut else list(params["h"])
