@@ -64,11 +64,13 @@ def choices(dtype, args, plain=()):
 
 
 def cpu():
-    """This machine's CPU: its model name and which bfloat16 flags it has (fast.BFLOAT16_FLAGS)."""
+    """This machine's CPU: its model name and which bfloat16 flags it has (fast.BFLOAT16_FLAGS),
+    and the settings of the process that change its speed."""
     with open("/proc/cpuinfo") as f:
         name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
     return dict(cpu=name, bfloat16_flags=sorted(fast.BFLOAT16_FLAGS & fast.cpu_flags()),
                 frozen_weights=os.environ.get(fast.FROZEN_WEIGHTS, ""),
+                glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),  # glibc.malloc.hugetlb=1: huge pages
                 intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads())  # 0: TensorFlow's default
 
 
