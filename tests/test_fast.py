@@ -1,6 +1,5 @@
 """fast.py: the cached, compiled sampler computes what model.py and sample.py compute."""
 import dataclasses
-import functools
 import json
 import os
 import subprocess
