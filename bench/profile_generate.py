@@ -104,7 +104,7 @@ def main():
     parser.add_argument("--top", type=int, default=12, help="kinds of op to list, the costliest first")
     args = parser.parse_args()
     hparams, params = bench_generate.load_as_the_scripts_do(args)
-    choices = dataclasses.replace(fast.choices_for(params["wte"].dtype, rows=args.batch_size), **{name: False for name in args.plain})
+    choices = bench_generate.choices(params["wte"].dtype, args, args.plain)
     sampler = fast.Sampler(params, hparams, top_k=40, choices=choices)
     del params  # as the scripts do: the Sampler keeps what it reads
     context = np.random.RandomState(0).randint(0, hparams.n_vocab, (args.batch_size, args.prompt_len))

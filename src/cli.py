@@ -321,6 +321,7 @@ def load(model_name, models_dir, dtype="float32", sampling=None):
     import fast
     import model
     dtype = parse_dtype(dtype)
+    choices = None  # the layout of the weights: as read, unless a Sampler's
     if sampling is not None:
         batch_size, choices = sampling
         fast.set_threads(choices, batch_size)  # before TensorFlow's runtime starts
@@ -330,8 +331,7 @@ def load(model_name, models_dir, dtype="float32", sampling=None):
     path = model.model_dir(model_name, models_dir)
     enc = encoder.get_encoder(model_name, models_dir)
     hparams = model.load_hparams(path)
-    layout = sampling[1] if sampling is not None else None
-    return enc, hparams, fast.load_params(model.find_checkpoint(path), hparams, dtype, layout)
+    return enc, hparams, fast.load_params(model.find_checkpoint(path), hparams, dtype, choices)
 
 
 def available_memory():

@@ -390,7 +390,7 @@ def load_params(prefix, hparams, dtype=tf.float32, choices=None):
         else:
             params.update({key: value for key, value in nested.items() if key != "h"})
             params["h"] = [old or new for old, new in zip(params["h"], nested["h"])]
-        del nested
+        del nested  # and its list of layers: stack_layers releases each once params alone holds it
     if choices is not None and choices.stacked_layers:
         params["h"] = stack_layers(params.pop("h"))  # ours alone: released as they are stacked
     return params
@@ -977,9 +977,9 @@ class Sampler:
         self._groups = None  # the cache's groups of heads (`empty_cache`), as c_attn's halves take them
         if not changing:
             self._params = sampling_params(params, hparams.n_head, self.choices)
-        if self.choices.column_halves and not changing:
-            self._wte_t, self._zeros = halves(self._wte_t), None if self._zeros is None else halves(self._zeros)
-            self._groups = head_groups(hparams.n_head)
+            if self.choices.column_halves:
+                self._wte_t, self._zeros = halves(self._wte_t), None if self._zeros is None else halves(self._zeros)
+                self._groups = head_groups(hparams.n_head)
         # The prompt's pass runs without XLA, which would compile anew for each prompt length.
         self._prefills = {}  # the cache's dtype -> the prompt's pass (`_prefill`)
         self._decoders = {}  # batch size -> the decode loop traced for it (`_decoder`)
