@@ -20,8 +20,24 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 
 def pytest_sessionfinish(session):
-    if os.path.basename(os.environ["GPT2_XLA_CACHE"]).startswith("gpt2-tests-xla-"):
+    # pytest-xdist's workers inherit the folder from the process that starts them, which alone
+    # removes it, once every worker is done.
+    worker = hasattr(session.config, "workerinput")
+    if not worker and os.path.basename(os.environ["GPT2_XLA_CACHE"]).startswith("gpt2-tests-xla-"):
         shutil.rmtree(os.environ["GPT2_XLA_CACHE"], ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def xla_flags_as_they_were():
+    """A test that runs a script's `cli.main` in its own process points TF_XLA_FLAGS at that
+    process's folder of compiled programs (compile_cache.start): set back after each test, lest the
+    scripts later tests start inherit it and write there, around the cache the tests check."""
+    before = os.environ.get("TF_XLA_FLAGS")
+    yield
+    if before is None:
+        os.environ.pop("TF_XLA_FLAGS", None)
+    else:
+        os.environ["TF_XLA_FLAGS"] = before
 
 
 @pytest.fixture(scope="session")
