@@ -244,9 +244,9 @@ def sampling_step(path, args):
 
 def first_sampler(params, hparams, chosen, context):
     """A process's first Sampler, with `chosen`, called once and never timed; hold it while the
-    others run: of Samplers alike made in one process, the first ran 3-9% slower at batch 8 than
-    those made after it (a session script; --alternate same, bench/README.md), which favoured
-    the second Sampler of a comparison."""
+    others run: of Samplers alike made in one process, the first ran ~4-5% slower than those
+    made after it (2-8% a run, at batch 1 and 8; bench/README.md), which favoured the second
+    Sampler of a comparison. `--alternate same` measures what is left: the noise."""
     sampler = fast.Sampler(params, hparams, top_k=40, choices=chosen)
     sampler.sample(context, 4, seed=1)
     return sampler
