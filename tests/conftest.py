@@ -10,8 +10,12 @@ import encoder
 import helpers
 
 # The scripts the tests start keep XLA's compiled programs in a folder of the session's
-# (compile_cache.py), not in the user's ~/.cache.
-os.environ.setdefault("GPT2_XLA_CACHE", tempfile.mkdtemp(prefix="gpt2-tests-xla-"))
+# (compile_cache.py), not in the user's ~/.cache: one this process makes and removes at the end
+# (`pytest_sessionfinish`), unless GPT2_XLA_CACHE names one already (a process that started this
+# one made it: pytest-xdist's workers inherit the environment of the process that starts them).
+OWN_XLA_CACHE = None if "GPT2_XLA_CACHE" in os.environ else tempfile.mkdtemp(prefix="gpt2-tests-xla-")
+if OWN_XLA_CACHE:
+    os.environ["GPT2_XLA_CACHE"] = OWN_XLA_CACHE
 
 # A suite started in the background (`pytest &` in a script) inherits SIGINT ignored, and so would
 # the processes the Ctrl-C tests start, which then never see it: they get the default instead.
@@ -20,11 +24,8 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 
 def pytest_sessionfinish(session):
-    # pytest-xdist's workers inherit the folder from the process that starts them, which alone
-    # removes it, once every worker is done.
-    worker = hasattr(session.config, "workerinput")
-    if not worker and os.path.basename(os.environ["GPT2_XLA_CACHE"]).startswith("gpt2-tests-xla-"):
-        shutil.rmtree(os.environ["GPT2_XLA_CACHE"], ignore_errors=True)
+    if OWN_XLA_CACHE:
+        shutil.rmtree(OWN_XLA_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
