@@ -24,6 +24,9 @@ import unittest.mock
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # as the scripts start (GLIBC_TUNABLES= python bench/... to time without)
+    import cli
+    cli.restart_with_huge_pages()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -53,7 +56,7 @@ def measure(path, args):
     seconds = time.perf_counter() - start
     return {"model": os.path.basename(path), "batch": args.batch_size, "seq": args.sequence_length, "steps": args.steps,
             "dtype": args.dtype, "optimizer": args.optimizer, "memory_saving_gradients": args.memory_saving_gradients, "xla": trainer.xla,
-            "xla_update": trainer.xla_update,
+            "xla_update": trainer.xla_update, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
             "tokens_per_s": args.batch_size * args.sequence_length * args.steps / seconds, "loss": loss,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 

@@ -444,6 +444,92 @@ def test_frozen_weights_are_read_as_tensorflow_reads_them(monkeypatch, value, fr
     assert fast.weights_frozen() == frozen
 
 
+# Huge pages: a script starts again with GLIBC_TUNABLES set
+
+HUGE_PAGES_SCRIPT = f"""if True:
+    import os, sys
+    sys.path.insert(0, {os.path.join(REPO, "src")!r})
+    import cli
+
+    def show():
+        import numpy as np
+        weights = np.ones(64 << 20, np.uint8)  # a large allocation: glibc's mmap, which it asks huge pages for
+        with open("/proc/self/smaps_rollup") as f:
+            huge = [int(line.split()[1]) for line in f if line.startswith("AnonHugePages:")][0]
+        print(os.getpid(), repr(os.environ.get("GLIBC_TUNABLES")), huge > 0, int(weights[-1]))
+
+    cli.main(show)
+"""
+
+
+def run_huge_pages_script(tmp_path, env):
+    """(the pid the process started with, what it printed): its pid, GLIBC_TUNABLES, and whether
+    its memory holds huge pages."""
+    script = tmp_path / "show.py"
+    script.write_text(HUGE_PAGES_SCRIPT)
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    return process.pid, out.split()
+
+
+def test_a_script_starts_again_in_its_own_process_with_huge_pages(tmp_path):
+    env = {k: v for k, v in ENV.items() if k != "GLIBC_TUNABLES"}
+    pid, (shown_pid, tunables, huge, one) = run_huge_pages_script(tmp_path, env)
+    assert (shown_pid, one) == (str(pid), "1")  # the same process, its command run again
+    if cli.huge_pages_possible():
+        assert (tunables, huge) == (repr(cli.HUGE_PAGES), "True")
+    else:  # glibc before 2.35, or Linux's huge pages turned off: nothing to start again for
+        assert tunables == "None"
+
+
+def test_glibc_settings_of_the_users_own_are_kept(tmp_path):
+    for setting in ("", "glibc.malloc.arena_max=2"):
+        _, (_, tunables, _, _) = run_huge_pages_script(tmp_path, {**ENV, "GLIBC_TUNABLES": setting})
+        assert tunables == repr(setting)
+
+
+def test_restarting_runs_the_same_command_line_and_takes_back_the_setting_if_it_fails(monkeypatch, tmp_path):
+    started = []
+
+    def execv(path, args):
+        started.append((path, args))
+        raise OSError("no such interpreter")
+
+    monkeypatch.setattr(os, "execv", execv)
+    monkeypatch.setattr(cli, "huge_pages_possible", lambda: True)
+    monkeypatch.setattr(sys, "argv", [SCORE, "--text_file", "x.txt"])
+    monkeypatch.setattr(sys, "orig_argv", ["python3", "-X", "utf8", SCORE, "--text_file", "x.txt"])
+    environ = {}
+    cli.restart_with_huge_pages(environ)
+    assert started == [(sys.executable, [sys.executable, "-X", "utf8", SCORE, "--text_file", "x.txt"])]
+    assert environ == {}  # execv failed: the command goes on as it is, without the setting
+    monkeypatch.setattr(sys, "argv", ["-c"])  # python -c CODE: the code is not a script to run again
+    cli.restart_with_huge_pages(environ)
+    assert len(started) == 1 and environ == {}
+
+
+@pytest.mark.parametrize("version, setting, possible", [
+    ("glibc 2.36", "always [madvise] never\n", True), ("glibc 2.35", "[always] madvise never\n", True),
+    ("glibc 2.40.9000", "always [madvise] never\n", True), ("glibc 2.34", "always [madvise] never\n", False),
+    ("glibc 3.0", "always madvise [never]\n", False), ("", "always [madvise] never\n", False),
+    (ValueError, "always [madvise] never\n", False), ("glibc 2.36", None, False)])
+def test_huge_pages_are_possible_with_glibc_2_35_and_linuxs_huge_pages_on(monkeypatch, tmp_path, version, setting,
+                                                                        possible):
+    def confstr(name):
+        assert name == "CS_GNU_LIBC_VERSION"
+        if version is ValueError:
+            raise ValueError("unrecognized configuration name")  # macOS, musl
+        return version
+
+    monkeypatch.setattr(os, "confstr", confstr)
+    path = tmp_path / "enabled"
+    if setting is not None:  # None: no such file, a kernel without transparent huge pages
+        path.write_text(setting)
+    assert cli.huge_pages_possible(str(path)) is possible
+
+
 # The command line, read before TensorFlow loads
 
 SCORE = os.path.join(REPO, "src", "score.py")
