@@ -99,8 +99,9 @@ class Choices:
     # Without XLA: each weight of every layer as one tensor, [n_layer, ...] (`stack_layers`),
     # which the decode loop unstacks at each step: its while loop takes two dozen weight tensors
     # rather than twenty a layer, and TensorFlow's control flow ops pass each of its tensors on at
-    # each step, ~1.2 microseconds a tensor: 1.02-1.07x at batch 1, neutral at batch 8 on a Zen 4
-    # (bench_generate.py --dtype bfloat16 --alternate stacked_layers).
+    # each step, ~1.2 microseconds a tensor: 0.98-1.03x at batch 1 (median 1.01 of five runs),
+    # 1.01-1.02 at batch 8 on a Zen 4 with huge pages (bench_generate.py --dtype bfloat16
+    # --alternate stacked_layers).
     stacked_layers: bool = False
     # With one thread an op, at 2 to SINGLE_THREADED_ROWS rows: the sampling step (temperature,
     # filters, draw) on each half of the rows apart, two chains of ops that the two cores run at once; each row's
