@@ -271,7 +271,7 @@ def restart_with_huge_pages(environ=os.environ):
     same peak memory: bench/README.md, "huge pages"). glibc reads its settings only as a process
     starts, hence the restart, before TensorFlow loads. Nothing is done where GLIBC_TUNABLES is set
     already (to anything: set it empty to keep the scripts from this), nor where glibc (2.35 or
-    later) or Linux cannot give huge pages."""
+    later) or Linux gives huge pages to all or none (`huge_pages_possible`)."""
     script = os.path.isfile(sys.argv[0])  # not `python -c` or a program read from stdin, which would not run again
     if "GLIBC_TUNABLES" in environ or not (script and sys.executable and huge_pages_possible()):
         return
@@ -285,8 +285,10 @@ def restart_with_huge_pages(environ=os.environ):
 
 
 def huge_pages_possible(thp_setting="/sys/kernel/mm/transparent_hugepage/enabled"):
-    """Whether this is glibc 2.35 or later, which has glibc.malloc.hugetlb, on a Linux whose
-    transparent huge pages are not turned off ("always [madvise] never": the bracketed one holds)."""
+    """Whether this is glibc 2.35 or later, which has glibc.malloc.hugetlb, on a Linux that gives
+    transparent huge pages to the memory a process asks them for ("always [madvise] never": the
+    bracketed one holds). Where it gives them to all memory (`[always]`), glibc has them already;
+    where to none (`[never]`), glibc cannot."""
     try:
         version = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"; ValueError on macOS
         with open(thp_setting) as f:
@@ -294,7 +296,7 @@ def huge_pages_possible(thp_setting="/sys/kernel/mm/transparent_hugepage/enabled
     except (AttributeError, ValueError, OSError):  # no os.confstr on Windows
         return False
     numbers = re.fullmatch(r"glibc (\d+)\.(\d+).*", version)
-    return bool(numbers) and tuple(map(int, numbers.groups())) >= (2, 35) and "[never]" not in setting
+    return bool(numbers) and tuple(map(int, numbers.groups())) >= (2, 35) and "[madvise]" in setting
 
 
 def start_tensorflow():
