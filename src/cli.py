@@ -165,7 +165,8 @@ def main(command, argv=None, *, tensorflow=True):
     `tensorflow` is False, for a command that does not use it), and
     expected failures end in one line on stderr, not a traceback. Exit status: 1 for an error
     the command reports, 2 for a command line that cannot be read, 130 after Ctrl-C, 141 when
-    the output's reader has gone (as for a process that SIGPIPE ends).
+    the output's reader has gone (as for a process that SIGPIPE ends). A script's own command
+    line (argv None) may first start again with glibc's huge pages (`restart_with_huge_pages`).
     """
     problem = python_problem()
     if problem:
@@ -271,9 +272,9 @@ def restart_with_huge_pages(environ=os.environ):
     same peak memory: bench/README.md, "huge pages"). glibc reads its settings only as a process
     starts, hence the restart, before TensorFlow loads. Nothing is done where GLIBC_TUNABLES is set
     already (to anything: set it empty to keep the scripts from this), nor where glibc (2.35 or
-    later) or Linux gives huge pages to all or none (`huge_pages_possible`)."""
-    script = os.path.isfile(sys.argv[0])  # not `python -c` or a program read from stdin, which would not run again
-    if "GLIBC_TUNABLES" in environ or not (script and sys.executable and huge_pages_possible()):
+    later) or Linux gives huge pages to all or none (`huge_pages_possible`), nor where the
+    interpreter runs something else than the script (`runs_the_script`)."""
+    if "GLIBC_TUNABLES" in environ or not (runs_the_script() and sys.executable and huge_pages_possible()):
         return
     environ["GLIBC_TUNABLES"] = HUGE_PAGES
     sys.stdout.flush()
@@ -282,6 +283,18 @@ def restart_with_huge_pages(environ=os.environ):
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # returns only where it fails
     except OSError:
         del environ["GLIBC_TUNABLES"]
+
+
+def runs_the_script():
+    """Whether the interpreter's command line is its options, then this script and its arguments,
+    with no debugger or tracer: not `python -c` or a program on stdin, which would not run again,
+    nor a program that runs the script itself (`python -m pdb`, IPython's %run), which would."""
+    words = len(sys.argv)  # the script and its arguments: the interpreter's last words, if it runs the script
+    if len(sys.orig_argv) <= words or sys.orig_argv[-words:] != sys.argv:
+        return False
+    options = sys.orig_argv[1:-words]
+    return (os.path.isfile(sys.argv[0]) and not any(option.startswith(("-m", "-c")) for option in options)
+            and sys.gettrace() is None)
 
 
 def huge_pages_possible(thp_setting="/sys/kernel/mm/transparent_hugepage/enabled"):

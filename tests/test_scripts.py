@@ -447,16 +447,27 @@ def test_frozen_weights_are_read_as_tensorflow_reads_them(monkeypatch, value, fr
 # Huge pages: a script starts again with GLIBC_TUNABLES set
 
 HUGE_PAGES_SCRIPT = f"""if True:
-    import os, sys
+    import ctypes, os, sys, types
     sys.path.insert(0, {os.path.join(REPO, "src")!r})
     import cli
+    cli.start_tensorflow = lambda: types.SimpleNamespace(errors=types.SimpleNamespace(ResourceExhaustedError=MemoryError))
+
+    def huge_pages_asked(address):
+        # Whether the mapping holding address was asked for huge pages (madvise): 'hg' among its
+        # VmFlags, what the process asked whatever the kernel then gave.
+        with open("/proc/self/smaps") as f:
+            inside = False
+            for line in f:
+                start, _, end = line.split()[0].partition("-")
+                if end and all(c in "0123456789abcdef" for c in start + end):
+                    inside = int(start, 16) <= address < int(end, 16)
+                elif inside and line.startswith("VmFlags:"):
+                    return "hg" in line.split()[1:]
 
     def show():
-        import numpy as np
-        weights = np.ones(64 << 20, np.uint8)  # a large allocation: glibc's mmap, which it asks huge pages for
-        with open("/proc/self/smaps_rollup") as f:
-            huge = [int(line.split()[1]) for line in f if line.startswith("AnonHugePages:")][0]
-        print(os.getpid(), repr(os.environ.get("GLIBC_TUNABLES")), huge > 0, int(weights[-1]))
+        malloc = ctypes.CDLL(None).malloc
+        malloc.restype = ctypes.c_void_p
+        print(os.getpid(), repr(os.environ.get("GLIBC_TUNABLES")), huge_pages_asked(malloc(64 << 20)))
 
     cli.main(show)
 """
@@ -464,7 +475,7 @@ HUGE_PAGES_SCRIPT = f"""if True:
 
 def run_huge_pages_script(tmp_path, env):
     """(the pid the process started with, what it printed): its pid, GLIBC_TUNABLES, and whether
-    its memory holds huge pages."""
+    glibc asked huge pages for a large allocation."""
     script = tmp_path / "show.py"
     script.write_text(HUGE_PAGES_SCRIPT)
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -476,21 +487,24 @@ def run_huge_pages_script(tmp_path, env):
 
 def test_a_script_starts_again_in_its_own_process_with_huge_pages(tmp_path):
     env = {k: v for k, v in ENV.items() if k != "GLIBC_TUNABLES"}
-    pid, (shown_pid, tunables, huge, one) = run_huge_pages_script(tmp_path, env)
-    assert (shown_pid, one) == (str(pid), "1")  # the same process, its command run again
+    pid, (shown_pid, tunables, asked) = run_huge_pages_script(tmp_path, env)
+    assert shown_pid == str(pid)  # the same process, its command run again
     if cli.huge_pages_possible():
-        assert (tunables, huge) == (repr(cli.HUGE_PAGES), "True")
+        assert (tunables, asked) == (repr(cli.HUGE_PAGES), "True")
     else:  # glibc before 2.35, or Linux's huge pages for all memory or none: nothing to start again for
-        assert tunables == "None"
+        assert (tunables, asked) == ("None", "False")
 
 
 def test_glibc_settings_of_the_users_own_are_kept(tmp_path):
     for setting in ("", "glibc.malloc.arena_max=2"):
-        _, (_, tunables, _, _) = run_huge_pages_script(tmp_path, {**ENV, "GLIBC_TUNABLES": setting})
-        assert tunables == repr(setting)
+        _, (_, tunables, asked) = run_huge_pages_script(tmp_path, {**ENV, "GLIBC_TUNABLES": setting})
+        assert (tunables, asked) == (repr(setting), "False")
 
 
-def test_restarting_runs_the_same_command_line_and_takes_back_the_setting_if_it_fails(monkeypatch, tmp_path):
+@pytest.fixture
+def execv(monkeypatch):
+    """The command lines os.execv was given, where it fails (as for a missing interpreter); a
+    machine where huge pages are possible, the tests' process untraced."""
     started = []
 
     def execv(path, args):
@@ -499,15 +513,44 @@ def test_restarting_runs_the_same_command_line_and_takes_back_the_setting_if_it_
 
     monkeypatch.setattr(os, "execv", execv)
     monkeypatch.setattr(cli, "huge_pages_possible", lambda: True)
-    monkeypatch.setattr(sys, "argv", [SCORE, "--text_file", "x.txt"])
-    monkeypatch.setattr(sys, "orig_argv", ["python3", "-X", "utf8", SCORE, "--text_file", "x.txt"])
+    monkeypatch.setattr(sys, "gettrace", lambda: None)  # under a coverage tool or debugger, the tests' own
+    return started
+
+
+def test_restarting_runs_the_same_command_line_and_takes_back_the_setting_if_it_fails(monkeypatch, execv):
+    monkeypatch.setattr(sys, "argv", [UNCONDITIONAL, "--text_file", "x.txt"])
+    monkeypatch.setattr(sys, "orig_argv", ["python3", "-X", "utf8", UNCONDITIONAL, "--text_file", "x.txt"])
     environ = {}
     cli.restart_with_huge_pages(environ)
-    assert started == [(sys.executable, [sys.executable, "-X", "utf8", SCORE, "--text_file", "x.txt"])]
+    assert execv == [(sys.executable, [sys.executable, "-X", "utf8", UNCONDITIONAL, "--text_file", "x.txt"])]
     assert environ == {}  # execv failed: the command goes on as it is, without the setting
-    monkeypatch.setattr(sys, "argv", ["-c"])  # python -c CODE: the code is not a script to run again
+
+
+@pytest.mark.parametrize("orig_argv, argv, traced", [
+    (["python3", "-c", "code", "a"], ["-c", "a"], False),  # python -c: the code is not a script to run again
+    (["python3", "-", "a"], ["-", "a"], False),  # a program read from stdin, read already
+    (["python3", "-m", "pdb", UNCONDITIONAL, "a"], [UNCONDITIONAL, "a"], False),  # pdb runs the script
+    (["python3", "-mpdb", UNCONDITIONAL, "a"], [UNCONDITIONAL, "a"], False),
+    (["python3", "/usr/bin/ipython"], [UNCONDITIONAL, "a"], False),  # IPython's %run
+    (["python3", UNCONDITIONAL, "a"], [UNCONDITIONAL, "a"], True)])  # a debugger or tracer
+def test_only_a_script_the_interpreter_runs_itself_starts_again(monkeypatch, execv, orig_argv, argv, traced):
+    monkeypatch.setattr(sys, "orig_argv", orig_argv)
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "gettrace", lambda: print if traced else None)
+    environ = {}
     cli.restart_with_huge_pages(environ)
-    assert len(started) == 1 and environ == {}
+    assert (execv, environ) == ([], {})
+
+
+def test_a_command_run_in_the_tests_process_does_not_start_again(monkeypatch):
+    restarts = []
+    monkeypatch.setattr(cli, "restart_with_huge_pages", lambda: restarts.append(sys.argv))
+    monkeypatch.setattr(cli, "start_tensorflow", lambda: fast.tf)  # TensorFlow as it is in this process
+    monkeypatch.setattr(sys, "argv", [UNCONDITIONAL])
+    cli.main(lambda: None, [])
+    assert restarts == []
+    cli.main(lambda: None)  # its own command line: the script's
+    assert restarts == [[UNCONDITIONAL]]
 
 
 ON_REQUEST = "always [madvise] never\n"  # Linux's transparent huge pages where asked for
