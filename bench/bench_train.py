@@ -111,7 +111,8 @@ def main():
     parser.add_argument("--n_layer", type=int, help="keep only this many of the model's layers")
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--sequence_length", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps after the warm-up; fewer moved "
+                        "from run to run more (bench/README.md, 'huge pages without asking')")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--optimizer", default="adam", choices=training.OPTIMIZERS)
     parser.add_argument("--memory_saving_gradients", action="store_true")
