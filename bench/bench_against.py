@@ -21,6 +21,9 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # as the scripts start (GLIBC_TUNABLES= python bench/... to time without)
+    import cli
+    cli.restart_with_huge_pages()
 
 import numpy as np  # noqa: E402
 

@@ -22,6 +22,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # as the scripts start (GLIBC_TUNABLES= python bench/... to time without)
+    import cli
+    cli.restart_with_huge_pages()
 os.environ.setdefault("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "1")  # before TensorFlow's first matmul
 
 import tensorflow as tf  # noqa: E402
