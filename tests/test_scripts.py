@@ -518,11 +518,11 @@ def execv(monkeypatch):
 
 
 def test_restarting_runs_the_same_command_line_and_takes_back_the_setting_if_it_fails(monkeypatch, execv):
-    monkeypatch.setattr(sys, "argv", [UNCONDITIONAL, "--text_file", "x.txt"])
-    monkeypatch.setattr(sys, "orig_argv", ["python3", "-X", "utf8", UNCONDITIONAL, "--text_file", "x.txt"])
+    monkeypatch.setattr(sys, "argv", [UNCONDITIONAL, "--nsamples", "1"])
+    monkeypatch.setattr(sys, "orig_argv", ["python3", "-X", "utf8", UNCONDITIONAL, "--nsamples", "1"])
     environ = {}
     cli.restart_with_huge_pages(environ)
-    assert execv == [(sys.executable, [sys.executable, "-X", "utf8", UNCONDITIONAL, "--text_file", "x.txt"])]
+    assert execv == [(sys.executable, [sys.executable, "-X", "utf8", UNCONDITIONAL, "--nsamples", "1"])]
     assert environ == {}  # execv failed: the command goes on as it is, without the setting
 
 
