@@ -86,14 +86,21 @@ class Choices:
     # step's attention reads fewer positions not yet written (`Sampler.generate`;
     # bench_generate.py --dtype bfloat16 --batch_size 8 --alternate growing_cache).
     growing_cache: bool = False
-    # With one thread an op: each weight matrix as two column halves, two ops that the two cores
-    # run at once, as llama.cpp's threads split a matrix: on a Zen 5 one core reads a matrix at
+    # With one thread an op: each weight matrix in two halves, two ops that the two cores run
+    # at once, as llama.cpp's threads split a matrix: on a Zen 5 one core reads a matrix at
     # ~40 GB/s, both at 55-65; on an AMX Xeon one core streams at 15, both at 26
     # (`column_halves`; bench_generate.py --dtype bfloat16 --batch_size B --alternate
     # column_halves: 1.13 and 1.51 at batch 1). c_attn's halves are each the q, k and v of half
     # the heads, so that each half's attention runs on its core too, with a cache of its own, and
     # no hand-over between the cores comes before it (bench/bench_against.py against 93eda39,
-    # whose c_attn was in plain halves). The halves are copies, which the Sampler makes of tensor
+    # whose c_attn was in plain halves); c_fc's are halves of its columns. Each c_proj is in the
+    # rows that meet a half's output, so that each half of a sublayer goes through both its
+    # matrices on its core and one addition joins the two, where concatenations joined them
+    # before each matrix (`cut_layer`): on an AMX Xeon 1.04-1.05x at batch 1 and 1.06 at batch 8,
+    # about 1.01 on a Zen 4 (bench_against.py 993bc09 --batch_size B). In bfloat16 the two
+    # products are rounded before they are added, so the tokens are no longer the whole
+    # matrices' to the bit, only within bfloat16's rounding of them (tests/test_dtypes.py; in
+    # float32 they are model.py's). The halves are copies, which the Sampler makes of tensor
     # weights (Variables change).
     column_halves: bool = False
     # Without XLA: each weight of every layer as one tensor, [n_layer, ...] (`stack_layers`),
@@ -529,21 +536,33 @@ def float32_attention(q, k, v, mask):
 def block(x, p, cache, rows, mask, n_head, choices):
     """`model.block` writing its keys and values into the cache: x [batch, seq, n_embd],
     cache [2, batch, heads, size, head_dim], rows {heads: `cache_rows` of a cache of that many}
-    -> (x, cache). Where c_attn is in head halves (`column_halves`), each group of heads attends
-    on its own, with its own cache (a list)."""
+    -> (x, cache). Where c_attn is in head halves (`cut_layer`), each group of heads attends on
+    its own, with its own cache (a list), and goes on through its rows of c_proj; the groups'
+    outputs are added."""
     h = model.norm(x, p["ln_1"])
     if isinstance(p["attn"]["c_attn"], list):
         assert isinstance(cache, list), "c_attn in head halves takes a cache in groups of heads (empty_cache)"
-        groups = zip(p["attn"]["c_attn"], cache, head_groups(n_head))
-        a, cache = map(list, zip(*[attention(h, part, part_cache, rows[heads], heads, mask, choices)
-                                   for part, part_cache, heads in groups]))
-        a = tf.concat(a, axis=1)  # [batch, heads, seq, head_dim]
+        outputs, new_cache = [], []
+        for c_attn, c_proj, part_cache, heads in zip(p["attn"]["c_attn"], p["attn"]["c_proj"], cache,
+                                                     head_groups(n_head)):
+            a, part_cache = attention(h, c_attn, part_cache, rows[heads], heads, mask, choices)
+            outputs.append(conv1d(merge_heads(a), c_proj, choices))  # the group's rows of c_proj: [batch, seq, n_embd]
+            new_cache.append(part_cache)
+        x, cache = x + tf.add_n(outputs), new_cache
     else:
         assert not isinstance(cache, list), "a cache in groups of heads takes c_attn in head halves (column_halves)"
         a, cache = attention(h, p["attn"]["c_attn"], cache, rows[n_head], n_head, mask, choices)
-    x = x + conv1d(merge_heads(a), p["attn"]["c_proj"], choices)  # merged: [batch, seq, n_embd]
-    m = conv1d(model.norm(x, p["ln_2"]), p["mlp"]["c_fc"], choices, gelu=True)  # [batch, seq, 4 * n_embd]
-    return x + conv1d(m, p["mlp"]["c_proj"], choices), cache
+        x = x + conv1d(merge_heads(a), p["attn"]["c_proj"], choices)  # merged: [batch, seq, n_embd]
+    return x + mlp(model.norm(x, p["ln_2"]), p["mlp"], choices), cache
+
+
+def mlp(h, p, choices):
+    """`model.mlp` of normalized h [batch, seq, n_embd]; where c_fc is in column halves
+    (`cut_layer`), each half through GELU and its rows of c_proj on its own, the two added."""
+    if isinstance(p["c_fc"], list):
+        return tf.add_n([conv1d(conv1d(h, c_fc, choices, gelu=True), c_proj, choices)
+                         for c_fc, c_proj in zip(p["c_fc"], p["c_proj"])])  # [batch, seq, n_embd]
+    return conv1d(conv1d(h, p["c_fc"], choices, gelu=True), p["c_proj"], choices)
 
 
 def attention(h, p, cache, rows, n_head, mask, choices):
@@ -632,32 +651,42 @@ def last_logits_of(h, wte_t, zeros=None):
 
 
 def column_halves(params, n_head):
-    """The weights of `params`' layers (tensors) with each matrix and its bias as a list of two
-    column blocks (`Choices.column_halves`, `cut_layer`): copies."""
+    """The weights of `params`' layers (tensors), each matrix and its bias a list of two blocks,
+    one for each core (`Choices.column_halves`, `cut_layer`): copies."""
     return dict(params, h=[cut_layer(p, n_head) for p in params["h"]])
 
 
 def cut_layer(p, n_head):
-    """A layer's weights p with each matrix and its bias as `column_blocks` cuts it: copies."""
-    blocks = lambda name, matrix: column_blocks(name, matrix, n_head)
-    return dict(p, attn=in_blocks(p["attn"], blocks), mlp=in_blocks(p["mlp"], blocks))
+    """A layer's weights p cut in two for `Choices.column_halves`, copies: c_attn in head halves
+    (`head_halves`) and attn's c_proj in the rows that each group of heads' output meets, c_fc
+    in column halves and mlp's c_proj in the rows that each half's output meets, so that `block`
+    takes each half of a sublayer through both its matrices on its own and adds the two. One head
+    leaves c_attn whole, and attn's c_proj in column halves, which `conv1d` puts side by side."""
+    attn, mlp = p["attn"], p["mlp"]
+    if head_groups(n_head):
+        head_dim = attn["c_proj"]["w"].shape[0] // n_head
+        attn = {"c_attn": blocks(attn["c_attn"], lambda t: head_halves(t, n_head)),
+                "c_proj": row_blocks(attn["c_proj"], [heads * head_dim for heads in head_groups(n_head)])}
+    else:
+        attn = dict(attn, c_proj=blocks(attn["c_proj"], halves))
+    mlp = {"c_fc": blocks(mlp["c_fc"], halves),
+           "c_proj": row_blocks(mlp["c_proj"], half_widths(mlp["c_proj"]["w"].shape[0]))}
+    return dict(p, attn=attn, mlp=mlp)
 
 
-def in_blocks(part, blocks):
-    """A layer's attn or mlp weights, each matrix and its bias {"w", "b"} passed through
-    blocks(name, matrix)."""
-    return {name: blocks(name, matrix) for name, matrix in part.items()}
-
-
-def column_blocks(name, p, n_head):
-    """Layer matrix `name` and its bias, p {"w": [nx, nf], "b": [nf]}, as `column_halves` cuts
-    it: two {"w", "b"} of about nf / 2 columns each, copies. c_attn's are its head halves
-    (`head_halves`), which `block` takes one at a time through the attention, and c_attn of one
-    head stays whole; the others' are halves of their columns, which `conv1d` puts side by side."""
-    if name == "c_attn" and not head_groups(n_head):
-        return p
-    columns = (lambda t: head_halves(t, n_head)) if name == "c_attn" else halves
+def blocks(p, columns):
+    """A matrix and its bias, p {"w": [nx, nf], "b": [nf]}, as [{"w", "b"}] of the column blocks
+    columns(t) cuts from each: copies."""
     return [{"w": w, "b": b} for w, b in zip(columns(p["w"]), columns(p["b"]))]
+
+
+def row_blocks(p, widths):
+    """A matrix and its bias, p {"w": [nx, nf], "b": [nf]}, as [{"w", "b"}] of w's blocks of
+    `widths` rows, whose products with the matching blocks of an input's columns add up to the
+    input's product with w: the first with the bias, the others with zeros (a matmul without a
+    bias is not one that oneDNN fuses and keeps its weights converted for: `last_logits`). Copies."""
+    zeros = tf.zeros_like(p["b"])
+    return [{"w": w, "b": p["b"] if i == 0 else zeros} for i, w in enumerate(tf.split(p["w"], widths, axis=0))]
 
 
 def stack_layers(layers):

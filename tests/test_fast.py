@@ -263,28 +263,46 @@ def test_one_bfloat16_query_over_its_cache_writes_and_reads_c_attns_columns(tiny
 
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
-def test_column_halves_compute_what_the_whole_matrices_do(tiny, dtype):
-    """A layer's matrices and the unembedding (n_vocab columns: odd) in column halves give the
-    whole matrices' outputs to the bit, on oneDNN's fused kernels and on plain ones: c_attn's
-    halves each the q, k and v of half the heads."""
+def test_a_layers_halves_compute_what_its_whole_matrices_do(tiny, dtype):
+    """In `fast.cut_layer`'s halves, c_fc's column halves, c_attn's head halves (each the q, k
+    and v of half the heads) and the unembedding's (n_vocab columns: odd) give the whole
+    matrices' outputs to the bit, on oneDNN's fused kernels and on plain ones. Each c_proj's row
+    halves, through the matching halves of its input and added, give the whole product to
+    float32's rounding; in bfloat16 each half's product is rounded before they are added, one
+    rounding more than the whole matrix takes, and no more."""
     hparams, params = tiny
     params = model.cast_params(params, dtype)
     split = fast.column_halves(params, hparams.n_head)
+    layer, whole = split["h"][1], params["h"][1]
+    head_dim = hparams.n_embd // hparams.n_head
+    rounding = 2.0 ** -8 if dtype == tf.bfloat16 else 2.0 ** -24  # the unit roundoff of 8 or 24 significant bits
     for rows in (1, 3):
         x = tf.cast(np.random.RandomState(rows).randn(2, rows, hparams.n_embd), dtype)
+        wide = tf.cast(np.random.RandomState(rows).randn(2, rows, 4 * hparams.n_embd), dtype)  # c_fc's output
         for choices in (fast.Choices(), ONEDNN, EINSUM):
-            for part, name, gelu in (("attn", "c_proj", False), ("mlp", "c_fc", True)):
-                assert [block["w"].shape[-1] for block in split["h"][1][part][name]] == [
-                    params["h"][1][part][name]["w"].shape[-1] // 2] * 2
-                np.testing.assert_array_equal(fast.conv1d(x, split["h"][1][part][name], choices, gelu),
-                                              fast.conv1d(x, params["h"][1][part][name], choices, gelu))
-            whole = tf.split(fast.conv1d(x, params["h"][1]["attn"]["c_attn"], choices), 3, axis=-1)  # q, k, v
-            heads = [model.split_heads(t, hparams.n_head) for t in whole]  # each [batch, heads, seq, head_dim]
-            for group, block, first in zip(fast.head_groups(hparams.n_head), split["h"][1]["attn"]["c_attn"],
+            assert [block["w"].shape[-1] for block in layer["mlp"]["c_fc"]] == [2 * hparams.n_embd] * 2
+            np.testing.assert_array_equal(fast.conv1d(x, layer["mlp"]["c_fc"], choices, gelu=True),
+                                          fast.conv1d(x, whole["mlp"]["c_fc"], choices, gelu=True))
+            q_k_v = tf.split(fast.conv1d(x, whole["attn"]["c_attn"], choices), 3, axis=-1)
+            heads = [model.split_heads(t, hparams.n_head) for t in q_k_v]  # each [batch, heads, seq, head_dim]
+            for group, block, first in zip(fast.head_groups(hparams.n_head), layer["attn"]["c_attn"],
                                            np.cumsum([0] + fast.head_groups(hparams.n_head))):
                 got = [model.split_heads(t, group) for t in tf.split(fast.conv1d(x, block, choices), 3, axis=-1)]
                 for got_t, want_t in zip(got, heads):
                     np.testing.assert_array_equal(got_t, want_t[:, first:first + group])
+            for part, widths, h in (("attn", [group * head_dim for group in fast.head_groups(hparams.n_head)], x),
+                                    ("mlp", [2 * hparams.n_embd] * 2, wide)):
+                blocks = layer[part]["c_proj"]
+                assert [block["w"].shape.as_list() for block in blocks] == [[n, hparams.n_embd] for n in widths]
+                products = [fast.conv1d(part_h, block, choices) for part_h, block in zip(tf.split(h, widths, -1), blocks)]
+                got, want = tf.add_n(products), fast.conv1d(h, whole[part]["c_proj"], choices)
+                # Both sum nx products in float32, then round: each half's product, their sum, the
+                # whole product. The bound of those errors (Higham's for a sum of n terms, n * u).
+                exact = lambda t: tf.cast(t, tf.float64).numpy()
+                w, b = exact(whole[part]["c_proj"]["w"]), exact(whole[part]["c_proj"]["b"])
+                sums = 2 * w.shape[0] * 2.0 ** -24 * (np.abs(exact(h)) @ np.abs(w) + np.abs(b))
+                roundings = rounding * sum(np.abs(exact(t)) for t in [*products, got, want])
+                assert (np.abs(exact(got) - exact(want)) <= sums + roundings).all()
         wte_t, zeros = fast.transposed_wte(params), tf.zeros([hparams.n_vocab], dtype)
         assert [block.shape[-1] for block in fast.halves(wte_t)] == [25129, 25128]
         np.testing.assert_array_equal(fast.last_logits(params, x, fast.halves(wte_t), fast.halves(zeros)),
@@ -323,13 +341,12 @@ def test_the_sampling_step_is_in_row_halves_for_2_to_8_rows(tiny, monkeypatch):
     assert rows_seen == [3]
 
 
-@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
-def test_column_halves_sample_the_tokens_of_whole_matrices(tiny, dtype):
+def test_column_halves_sample_the_tokens_of_whole_matrices(tiny):
     """A Sampler with `Choices.column_halves` reads its tensor weights in halves, and samples
-    the tokens of whole matrices (and in float32 model.py's), one row or several; weights that
-    can change it reads whole."""
+    the tokens of whole matrices and model.py's in float32, one row or several; weights that
+    can change it reads whole. (In bfloat16 the halves add their products rounded, so their
+    tokens are held to model.py's within bfloat16's rounding: tests/test_dtypes.py.)"""
     hparams, params = tiny
-    params = model.cast_params(params, dtype)
     halved = lambda sampler: isinstance(fast.unstack_layers(sampler._params)["h"][0]["mlp"]["c_fc"], list)
     for choices in (ONEDNN, fast.Choices(column_halves=True)):  # oneDNN's fused kernels, and plain ones
         halves = fast.Sampler(params, hparams, top_k=40, choices=choices)
@@ -339,8 +356,7 @@ def test_column_halves_sample_the_tokens_of_whole_matrices(tiny, dtype):
             context = random_tokens(hparams.n_vocab, rows, 6, seed=rows)
             got = halves.sample(context, 40, seed=3)
             np.testing.assert_array_equal(got, whole.sample(context, 40, seed=3))
-            if dtype == tf.float32:
-                np.testing.assert_array_equal(got, sample.sample_plain(params, hparams, context, 40, top_k=40, seed=3))
+            np.testing.assert_array_equal(got, sample.sample_plain(params, hparams, context, 40, top_k=40, seed=3))
     assert not halved(fast.Sampler(tf.nest.map_structure(tf.Variable, params), hparams, choices=ONEDNN))
 
 
