@@ -410,7 +410,7 @@ def sampling_memory(hparams, batch_size, positions, dtype, choices=None):
     choices = choices or fast.choices_for(dtype, rows=batch_size)
     weights = sum(math.prod(shape) for shape in model.checkpoint_shapes(hparams).values()) * dtype.size
     # The weights as the decode loop reads them (fast.load_params lays them out as it reads), and
-    # where the path lays them out (column halves, stacks) or lets oneDNN keep its converted copy
+    # where the path lays them out (halves, stacks) or lets oneDNN keep its converted copy
     # of frozen weights, a second copy: the layers cut while their stacks are made, then oneDNN's
     # copy, in part in the memory those leave; and half a copy more, which the allocator holds
     # beyond them: 2.2-2.3 copies at the peak for 1558M in either dtype, 2.6-2.9 for 355M, as

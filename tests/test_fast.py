@@ -205,7 +205,7 @@ def test_a_cumulative_probability_at_p_is_left_to_the_reference(xla):
 
 @pytest.mark.parametrize("way", ["no-xla", "onednn", "einsum", "halves"])
 def test_decode_fills_the_cache_in_steps_as_the_full_pass_does(models_dir, tiny_model, tiny, way):
-    """And in column halves, each group of heads its own cache."""
+    """And in `fast.cut_layer`'s halves, each group of heads its own cache."""
     hparams, params = tiny
     choices = {**WAYS, "einsum": EINSUM, "halves": ONEDNN}[way]
     groups = fast.head_groups(hparams.n_head) if way == "halves" else None
