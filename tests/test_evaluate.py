@@ -484,7 +484,7 @@ def test_lambada_already_there_must_be_openais(store, tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "lambada_test.jsonl").write_bytes(LAMBADA[:7])  # cut by an older version
     with pytest.raises(ValueError, match=re.escape(
-            f"lambada_test.jsonl is not OpenAI's lambada_test.jsonl (7 bytes, SHA-256 ")) as e:
+            "lambada_test.jsonl is not OpenAI's lambada_test.jsonl (7 bytes, SHA-256 ")) as e:
         benchmarks.fetch_lambada(tmp_path / "data", store.url + "/gpt-2/data/lambada_test.jsonl")
     assert str(e.value).endswith(": delete it to download it again, or give it as --data_file to evaluate on "
                                  "it anyway")

@@ -122,7 +122,7 @@ def test_a_full_disk_says_so_deletes_the_step_and_keeps_the_saves_listed(tmp_pat
     for name in saving.MODEL_FILES:
         (model_dir / name).write_text(name)
     save(run, 1)  # without the model's files, which the next save copies
-    write, fsync, copy = saving.write_tensors, os.fsync, saving.shutil.copyfile
+    write, fsync = saving.write_tensors, os.fsync
 
     def full_at_state(prefix, tensors):
         write(prefix, tensors)
