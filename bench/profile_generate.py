@@ -11,8 +11,8 @@ ops, per step (a new token of each row; the prompt's pass is shared out over the
 (those of `fast.conv1d` and the unembedding); `other_ops_ms`, the time other ops run and no such
 matmul does; `no_op_ms`, the time no op runs at all (the executor handing ops to the cores, the
 while loop's own work). `weight_matmuls_concurrency` is the matmuls' summed time over the time
-some of them run: 2 where a matrix's column halves (`fast.Choices.column_halves`) always run at
-once on two cores. The profiler slows the call a little: `profiled_seconds` against `seconds`.
+some of them run: 2 where a matrix's halves (`fast.Choices.column_halves`) always run at once
+on two cores. The profiler slows the call a little: `profiled_seconds` against `seconds`.
 For the decode loop without XLA (bfloat16 on a CPU with bfloat16 instructions): XLA's loop is
 one compiled program, whose work the trace does not split into ops.
 """

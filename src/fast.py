@@ -96,11 +96,12 @@ class Choices:
     # whose c_attn was in plain halves); c_fc's are halves of its columns. Each c_proj is in the
     # rows that meet a half's output, so that each half of a sublayer goes through both its
     # matrices on its core and one addition joins the two, where concatenations joined them
-    # before each matrix (`cut_layer`): on an AMX Xeon 1.04-1.05x at batch 1 and 1.06 at batch 8,
-    # about 1.01 on a Zen 4 (bench_against.py 993bc09 --batch_size B). In bfloat16 the two
-    # products are rounded before they are added, so the tokens are no longer the whole
-    # matrices' to the bit, only within bfloat16's rounding of them (tests/test_dtypes.py; in
-    # float32 they are model.py's). The halves are copies, which the Sampler makes of tensor
+    # before each matrix (`cut_layer`): on an AMX Xeon 1.05-1.06x at either batch, ~1.04 net of
+    # the method's own 1.01-1.02 (bench_against.py 993bc09 --batch_size B), about 1.01 on a Zen 4
+    # (bench/README.md, its third session of 2026-12-07). In half precision the two products are
+    # rounded before they are added, so the logits are the whole matrices' within that rounding,
+    # not to the bit, and a near-tie can draw another token (tests/test_dtypes.py; in float32
+    # the tokens are model.py's). The halves are copies, which the Sampler makes of tensor
     # weights (Variables change).
     column_halves: bool = False
     # Without XLA: each weight of every layer as one tensor, [n_layer, ...] (`stack_layers`),
@@ -377,7 +378,7 @@ def load_params(prefix, hparams, dtype=tf.float32, choices=None):
     each (bench_generate.py --alternate load_params), and casting what one read before the next:
     in half precision the whole model is never held in float32 (bench_generate.py's peak_memory).
     With `choices`, the weights come laid out as a Sampler with those choices keeps them
-    (`sampling_params`), each layer's matrices cut into column blocks as they are read, so that
+    (`sampling_params`), each layer's matrices cut by `cut_layer` as they are read, so that
     the whole matrices are never held beside the blocks (1558M's peak in float32 on oneDNN's
     choices: 18.9 GB before, 14.6-14.9 so; bench_generate.py --model_name 1558M --dtype float32
     --batch_size 4; cli.sampling_memory)."""
@@ -497,7 +498,8 @@ def conv1d(x, p, choices, gelu=False):
     With `Choices.fused_matmuls`, as the ops oneDNN fuses into one kernel: MatMul, BiasAdd and
     TensorFlow's GELU (the same tanh approximation); with `Choices.einsum_matmuls`, the matmul as
     an einsum, which oneDNN keeps no converted weights for. p may be a list of column blocks
-    (`column_halves`), each computed alone, their outputs side by side."""
+    (one head's attn c_proj in `cut_layer`), each computed alone, their outputs side by side; row
+    blocks, whose products add up, are `block`'s and `mlp`'s to add."""
     if isinstance(p, list):
         return tf.concat([conv1d(x, block, choices, gelu) for block in p], axis=-1)
     if choices.einsum_matmuls:
@@ -662,19 +664,19 @@ def cut_layer(p, n_head):
     in column halves and mlp's c_proj in the rows that each half's output meets, so that `block`
     takes each half of a sublayer through both its matrices on its own and adds the two. One head
     leaves c_attn whole, and attn's c_proj in column halves, which `conv1d` puts side by side."""
-    attn, mlp = p["attn"], p["mlp"]
+    attn, c_proj = p["attn"], p["attn"]["c_proj"]
     if head_groups(n_head):
-        head_dim = attn["c_proj"]["w"].shape[0] // n_head
-        attn = {"c_attn": blocks(attn["c_attn"], lambda t: head_halves(t, n_head)),
-                "c_proj": row_blocks(attn["c_proj"], [heads * head_dim for heads in head_groups(n_head)])}
+        head_dim = c_proj["w"].shape[0] // n_head
+        attn = dict(attn, c_attn=column_blocks(attn["c_attn"], lambda t: head_halves(t, n_head)),
+                    c_proj=row_blocks(c_proj, [heads * head_dim for heads in head_groups(n_head)]))
     else:
-        attn = dict(attn, c_proj=blocks(attn["c_proj"], halves))
-    mlp = {"c_fc": blocks(mlp["c_fc"], halves),
-           "c_proj": row_blocks(mlp["c_proj"], half_widths(mlp["c_proj"]["w"].shape[0]))}
-    return dict(p, attn=attn, mlp=mlp)
+        attn = dict(attn, c_proj=column_blocks(c_proj, halves))
+    c_fc, c_proj = p["mlp"]["c_fc"], p["mlp"]["c_proj"]
+    return dict(p, attn=attn, mlp=dict(p["mlp"], c_fc=column_blocks(c_fc, halves),
+                                       c_proj=row_blocks(c_proj, half_widths(c_proj["w"].shape[0]))))
 
 
-def blocks(p, columns):
+def column_blocks(p, columns):
     """A matrix and its bias, p {"w": [nx, nf], "b": [nf]}, as [{"w", "b"}] of the column blocks
     columns(t) cuts from each: copies."""
     return [{"w": w, "b": b} for w, b in zip(columns(p["w"]), columns(p["b"]))]
@@ -709,7 +711,7 @@ def stack_layers(layers):
 
 def sampling_params(params, n_head, choices):
     """params (tensors) as a Sampler with `choices` keeps them: with `Choices.column_halves`
-    each layer's matrices cut into column blocks (`cut_layer`), with `Choices.stacked_layers`
+    each layer's matrices cut in halves (`cut_layer`), with `Choices.stacked_layers`
     every layer's weight one stack (`stack_layers`). Copies of what they change: the Sampler
     makes them of the weights it is given whole; weights `load_params(..., choices)` read so
     come back as they are."""

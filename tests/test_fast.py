@@ -269,18 +269,19 @@ def test_a_layers_halves_compute_what_its_whole_matrices_do(tiny, dtype):
     matrices' outputs to the bit, on oneDNN's fused kernels and on plain ones. Each c_proj's row
     halves, through the matching halves of its input and added, give the whole product to
     float32's rounding; in bfloat16 each half's product is rounded before they are added, one
-    rounding more than the whole matrix takes, and no more."""
+    rounding more than the whole matrix takes: within the bound of the roundings both ways take."""
     hparams, params = tiny
     params = model.cast_params(params, dtype)
     split = fast.column_halves(params, hparams.n_head)
     layer, whole = split["h"][1], params["h"][1]
     head_dim = hparams.n_embd // hparams.n_head
     rounding = 2.0 ** -8 if dtype == tf.bfloat16 else 2.0 ** -24  # the unit roundoff of 8 or 24 significant bits
+    exact = lambda t: tf.cast(t, tf.float64).numpy()
+    assert [block["w"].shape[-1] for block in layer["mlp"]["c_fc"]] == [2 * hparams.n_embd] * 2
     for rows in (1, 3):
         x = tf.cast(np.random.RandomState(rows).randn(2, rows, hparams.n_embd), dtype)
         wide = tf.cast(np.random.RandomState(rows).randn(2, rows, 4 * hparams.n_embd), dtype)  # c_fc's output
         for choices in (fast.Choices(), ONEDNN, EINSUM):
-            assert [block["w"].shape[-1] for block in layer["mlp"]["c_fc"]] == [2 * hparams.n_embd] * 2
             np.testing.assert_array_equal(fast.conv1d(x, layer["mlp"]["c_fc"], choices, gelu=True),
                                           fast.conv1d(x, whole["mlp"]["c_fc"], choices, gelu=True))
             q_k_v = tf.split(fast.conv1d(x, whole["attn"]["c_attn"], choices), 3, axis=-1)
@@ -296,12 +297,14 @@ def test_a_layers_halves_compute_what_its_whole_matrices_do(tiny, dtype):
                 assert [block["w"].shape.as_list() for block in blocks] == [[n, hparams.n_embd] for n in widths]
                 products = [fast.conv1d(part_h, block, choices) for part_h, block in zip(tf.split(h, widths, -1), blocks)]
                 got, want = tf.add_n(products), fast.conv1d(h, whole[part]["c_proj"], choices)
-                # Both sum nx products in float32, then round: each half's product, their sum, the
-                # whole product. The bound of those errors (Higham's for a sum of n terms, n * u).
-                exact = lambda t: tf.cast(t, tf.float64).numpy()
+                # Both sum nx products in float32 (Higham's bound for a sum of n terms, n * u),
+                # then round: the plain and einsum ways each product before its bias is added
+                # (at most |h| @ |w| for the halves together, and for the whole), then each with
+                # its bias, then the halves' sum. The bound of those errors.
                 w, b = exact(whole[part]["c_proj"]["w"]), exact(whole[part]["c_proj"]["b"])
-                sums = 2 * w.shape[0] * 2.0 ** -24 * (np.abs(exact(h)) @ np.abs(w) + np.abs(b))
-                roundings = rounding * sum(np.abs(exact(t)) for t in [*products, got, want])
+                magnitude = np.abs(exact(h)) @ np.abs(w)
+                sums = 2 * w.shape[0] * 2.0 ** -24 * (magnitude + np.abs(b))
+                roundings = rounding * (2 * magnitude + sum(np.abs(exact(t)) for t in [*products, got, want]))
                 assert (np.abs(exact(got) - exact(want)) <= sums + roundings).all()
         wte_t, zeros = fast.transposed_wte(params), tf.zeros([hparams.n_vocab], dtype)
         assert [block.shape[-1] for block in fast.halves(wte_t)] == [25129, 25128]
@@ -362,7 +365,7 @@ def test_column_halves_sample_the_tokens_of_whole_matrices(tiny):
 
 def test_stacked_layers_unstack_to_the_weights_they_were_made_of(tiny):
     """`fast.stack_layers` makes each weight of every layer one stack [n_layer, ...], of whole
-    matrices or of `fast.cut_layer`'s column blocks, and empties the list it is given;
+    matrices or of `fast.cut_layer`'s halves, and empties the list it is given;
     `fast.unstack_layers` gives back the layers as `decode` reads them: the weights themselves,
     or `fast.column_halves`'."""
     hparams, params = tiny
@@ -415,8 +418,8 @@ def test_weights_laid_out_for_other_choices_are_one_clear_error(tiny):
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
 def test_stacked_layers_sample_the_tokens_of_the_layers_as_they_are(tiny, dtype):
-    """A Sampler with `Choices.stacked_layers` keeps its tensor weights stacked (in column halves
-    or whole), which the prompt's pass and each step of the decode loop unstack, and samples the
+    """A Sampler with `Choices.stacked_layers` keeps its tensor weights stacked (in halves or
+    whole), which the prompt's pass and each step of the decode loop unstack, and samples the
     tokens of the layers as they are, one row or several; weights that can change it reads as
     they are."""
     hparams, params = tiny
