@@ -686,9 +686,12 @@ def row_blocks(p, widths):
     """A matrix and its bias, p {"w": [nx, nf], "b": [nf]}, as [{"w", "b"}] of w's blocks of
     `widths` rows, whose products with the matching blocks of an input's columns add up to the
     input's product with w: the first with the bias, the others with zeros (a matmul without a
-    bias is not one that oneDNN fuses and keeps its weights converted for: `last_logits`). Copies."""
+    bias is not one that oneDNN fuses and keeps its weights converted for: `last_logits`). Copies,
+    not views: TensorFlow's split along the first axis shares the matrix's memory, which would
+    hold the whole matrix while any block lives (`stack_layers` releases them one by one)."""
     zeros = tf.zeros_like(p["b"])
-    return [{"w": w, "b": p["b"] if i == 0 else zeros} for i, w in enumerate(tf.split(p["w"], widths, axis=0))]
+    blocks = [tf.raw_ops.DeepCopy(x=w) for w in tf.split(p["w"], widths, axis=0)]
+    return [{"w": w, "b": p["b"] if i == 0 else zeros} for i, w in enumerate(blocks)]
 
 
 def stack_layers(layers):
