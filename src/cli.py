@@ -386,6 +386,7 @@ def load(model_name, models_dir, dtype="float32", sampling=None):
     path = model.model_dir(model_name, models_dir)
     enc = encoder.get_encoder(model_name, models_dir)
     hparams = model.load_hparams(path)
+    encoder.check_fits(enc, hparams.n_vocab, path)
     return enc, hparams, fast.load_params(model.find_checkpoint(path), hparams, dtype, choices)
 
 

@@ -30,6 +30,7 @@ token itself is `enc.encoder["<|endoftext|>"]` (50256), to be added to the ids b
 
 import hashlib
 import json
+import numbers
 import os
 from functools import lru_cache
 from heapq import heapify, heappop, heappush
@@ -238,6 +239,7 @@ class Encoder:
 
     def _bad_token(self, tokens):
         position, token = next((p, t) for p, t in enumerate(tokens) if not _is_key(self.decoder, t))
+        token = int(token) if isinstance(token, numbers.Integral) else token  # 7, not np.int32(7)
         return (f"token {token!r} at position {position} is not a token id: ids are integers "
                 f"from {min(self.decoder)} to {max(self.decoder)}")
 
@@ -265,6 +267,17 @@ def get_encoder(model_name, models_dir):
     merges = _parse_vocab_bpe(vocab_bpe, _text(vocab_bpe, data[vocab_bpe], fix), encoder, fix)
     gpt2 = all(hashlib.sha256(data[path]).hexdigest() == GPT2_SHA256[os.path.basename(path)] for path in data)
     return Encoder(encoder=encoder, bpe_merges=merges, tokens_are_own_bpe=gpt2)
+
+
+def check_fits(enc, n_vocab, folder):
+    """ValueError unless each of `enc`'s ids has a row among the model's n_vocab token
+    embeddings: encoder.json and hparams.json of two models would fail at the first id past
+    them, deep inside TensorFlow."""
+    largest = max(enc.decoder)
+    if largest >= n_vocab:
+        raise ValueError(f"{os.path.join(folder, 'encoder.json')} has token ids up to {largest}, but the model has "
+                         f"{n_vocab} token embeddings (n_vocab in {os.path.join(folder, 'hparams.json')}): the "
+                         "vocabulary is another model's; copy the model's own encoder.json and vocab.bpe there")
 
 
 def read_merges(path, encoder, fix):

@@ -13,6 +13,7 @@ import sys
 
 import benchmarks
 import cli
+import scoring
 from checks import is_integer
 
 
@@ -63,7 +64,6 @@ def warn_if_not_openais_lambada(data_file, n_passages):
 def run_task(task, enc, hparams, params, data_file, batch_size, stride, last_token, stop_word_filter, data=None):
     """The task's metrics and the number of items scored; `data`: read_data's, else it is read."""
     import evaluation
-    import scoring
     data = read_data(task, data_file) if data is None else data
     if task in benchmarks.LANGUAGE_MODELLING:
         text, units = data
@@ -120,7 +120,7 @@ def evaluate(model_name="124M", models_dir="models", task=None, data_file=None, 
         print(jsonlib.dumps({"task": task, "model_name": str(model_name), "data_file": str(data_file),
                              **protocol(task, stride, last_token, stop_word_filter),
                              "n_original_units" if task in benchmarks.LANGUAGE_MODELLING else "n_items": n_items,
-                             "metrics": metrics}))
+                             "metrics": scoring.json_safe(metrics)}))
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ def lambada(function, hparams, enc, passages, batch_size, *, last_token=False, s
     chosen = [np.concatenate([f[:1], g[1:]]) for f, g in zip(filtered, greedy)] if stop_word_filter else greedy
     correct = [np.array_equal(c, target) for c, (_, target) in zip(chosen, pairs)]
     nll = [-float(np.sum(lp)) for lp in logprobs]
-    return {"accuracy": float(np.mean(correct)), "perplexity": math.exp(np.mean(nll)),
+    return {"accuracy": float(np.mean(correct)), "perplexity": scoring.perplexity(float(np.mean(nll))),
             "n_passages": len(pairs), "n_target_tokens": int(sum(len(t) for _, t in pairs))}
 
 
@@ -171,9 +171,9 @@ def language_modelling(logits_fn, hparams, enc, text, units, task, stride=None):
     detokenizer, unit = benchmarks.LANGUAGE_MODELLING[task]
     tokens = enc.encode(detokenizers.detokenize(detokenizer, text))
     nll = -float(np.sum(scoring.score_tokens(logits_fn, hparams, tokens, stride, bar=True)))
-    metrics = {"nll": nll, "n_tokens": len(tokens), "token_perplexity": math.exp(nll / len(tokens))}
+    metrics = {"nll": nll, "n_tokens": len(tokens), "token_perplexity": scoring.perplexity(nll / len(tokens))}
     if unit == "word":
-        metrics["word_perplexity"] = math.exp(nll / units)
+        metrics["word_perplexity"] = scoring.perplexity(nll / units)
     else:
         metrics[f"bits_per_{unit}"] = nll / math.log(2) / units
     return metrics

@@ -952,6 +952,10 @@ def first_argmax(scores):
 
 # --- The sampler ----------------------------------------------------------------------------
 
+# What a drawn id past the vocabulary means: every score of a row was NaN, which no draw picks.
+NAN_LOGITS = ("the model's logits are NaN, so no token could be drawn: its weights hold NaN or infinity (a "
+              "fine-tuning run that diverged?), or its float16 computation overflowed (try float32 or bfloat16)")
+
 GROWTH = 32  # positions a growing cache takes at a time (`Choices.growing_cache`)
 
 
@@ -1138,12 +1142,15 @@ class Sampler:
                     tf.constant(temperature, tf.float32), wte_t)
                 position += int(k)
             new = position + 1 - longest - made  # of every row
+            drawn = np.take_along_axis(tokens.numpy(), lengths[:, None] + made + np.arange(new)[None], axis=1)
+            if (drawn >= self.hparams.n_vocab).any():
+                raise ValueError(NAN_LOGITS)
             self.tokens_generated += batch * new
             if compiles:  # this call traced or compiled
                 self.compiling_tokens += batch * new
                 self.compiling_seconds += time.perf_counter() - started
                 compiles = False
-            yield np.take_along_axis(tokens.numpy(), lengths[:, None] + made + np.arange(new)[None], axis=1)
+            yield drawn
             made += new
 
     def sample(self, context, length, **kwargs):

@@ -44,6 +44,8 @@ def check_destination(dst, fix="give a destination that does not, or remove it f
     """FileExistsError, saying `fix`, if `dst` exists; an OSError naming the reason if no folder
     can be made there (a file on the way, a folder this user cannot write): for a script to call
     before the work whose result goes there."""
+    if not str(dst):
+        raise ValueError("the destination is an empty path: give the folder to make")
     if os.path.lexists(dst):
         raise FileExistsError(f"{dst} exists: {fix}")
     above = os.path.dirname(os.path.abspath(dst))

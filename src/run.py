@@ -72,6 +72,7 @@ class Run:
         self.model_path = model.model_dir(settings["model_name"], settings["models_dir"])
         self.hparams = model.load_hparams(self.model_path)
         self.enc = encoder.get_encoder(settings["model_name"], settings["models_dir"])
+        encoder.check_fits(self.enc, self.hparams.n_vocab, self.model_path)
         self.run_dir = os.path.join(settings["checkpoint_dir"], settings["run_name"])
         self.samples_dir = os.path.join("samples", settings["run_name"])
         self.length = settings["sequence_length"] or self.hparams.n_ctx

@@ -8,7 +8,6 @@ earlier ones did not, so every token sees at least n_ctx - stride tokens of cont
 more than one window shows a progress bar on stderr, as evaluate.py does; stdout holds the results.
 """
 import json as jsonlib
-import math
 
 import cli
 import scoring
@@ -49,10 +48,11 @@ def score(model_name="124M", models_dir="models", text_file=None, json=False, st
     logprobs = scoring.score_tokens(scoring.logits_function(params, hparams), hparams, tokens, stride, bar=True)
     nll = float(-logprobs.mean())
     print(f"{text_file}: {len(tokens)} tokens, mean negative log-likelihood {nll:.4f} nats, "
-          f"perplexity {math.exp(nll):.3f} ({model_name}, {dtype})")
+          f"perplexity {scoring.perplexity(nll):.3f} ({model_name}, {dtype})")
     if json:
-        print(jsonlib.dumps({"model_name": str(model_name), "n_tokens": len(tokens), "tokens": tokens,
-                             "logprobs": logprobs.tolist(), "nll": nll, "perplexity": math.exp(nll)}))
+        print(jsonlib.dumps(scoring.json_safe({"model_name": str(model_name), "n_tokens": len(tokens), "tokens": tokens,
+                                               "logprobs": logprobs.tolist(), "nll": nll,
+                                               "perplexity": scoring.perplexity(nll)})))
 
 
 if __name__ == "__main__":

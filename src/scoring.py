@@ -5,9 +5,33 @@ command line; evaluation.py scores the paper's benchmarks with it.
 A window after the first moves `stride` tokens on (n_ctx // 2 by default) and scores only the
 tokens the earlier ones did not, so every token sees at least n_ctx - stride tokens of context.
 """
+import math
+
 from checks import bad_argument, is_integer
 
 END_OF_TEXT = 50256
+
+
+def perplexity(nll):
+    """exp(nll), a mean negative log-likelihood in nats: infinity past the largest float (a
+    model that gives the text almost no probability), not an OverflowError."""
+    try:
+        return math.exp(nll)
+    except OverflowError:
+        return math.inf
+
+
+def json_safe(value):
+    """value with every float that is not finite (an infinite perplexity, the NaN of a model
+    whose weights hold NaN) as None, so that json.dumps writes JSON's null, which strict
+    parsers read, not Infinity or NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def windows(n, n_ctx, stride):

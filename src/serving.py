@@ -125,7 +125,10 @@ def generate_tokens(params, hparams, context, lengths, length, temperature, top_
         decode_loop = tf.function(decode_loop, jit_compile=True, autograph=False)
     tokens = decode_loop(params, fast.transposed_wte(params), tokens, cache, shortest - 1, total - 1, keys, temperature,
                          top_k, top_p, lengths)
-    return tf.gather(tokens, lengths[:, None] + tf.range(length)[None], batch_dims=1)  # [batch, length]
+    new = tf.gather(tokens, lengths[:, None] + tf.range(length)[None], batch_dims=1)  # [batch, length]
+    drawn = require(tf.reduce_all(new < hparams.n_vocab), fast.NAN_LOGITS, tf.reduce_max(new))  # ids, not NaN's
+    with tf.control_dependencies([drawn]):
+        return tf.identity(new)
 
 
 def token_logprobs(params, hparams, tokens, lengths):

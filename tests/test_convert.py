@@ -358,6 +358,8 @@ def test_a_tied_output_layer_holding_nan_is_tied(hf_copy, tmp_path):
                         "beside it: the shards must lie in the folder, listed by their file names"),
     ("shard a folder", "adir, which model.safetensors.index.json lists, is not a file: download it"),
     ("no config", "has no config.json: it is not a Hugging Face model folder"),
+    ("vocab.json of a larger model", "vocab.json has token ids from 0 to 50257, but the model has 50257 token "
+                                     "embeddings (ids 0 to 50256): the vocabulary is another model's"),
 ])
 def test_other_bad_hf_folders(hf_copy, tmp_path, case, message):
     path = os.path.join(hf_copy, "model.safetensors")
@@ -386,6 +388,11 @@ def test_other_bad_hf_folders(hf_copy, tmp_path, case, message):
             f.write("{" if case == "bad vocab.json" else "[1, 2]")
     elif case == "no config":
         os.remove(os.path.join(hf_copy, "config.json"))
+    elif case == "vocab.json of a larger model":  # converted, its ids past the embedding failed in every script
+        with open(os.path.join(hf_copy, "vocab.json"), encoding="utf-8") as f:
+            vocabulary = json.load(f)
+        with open(os.path.join(hf_copy, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump({**vocabulary, "zzqx": 50257}, f)
     elif case.startswith("merges.txt"):  # copied as it was, it made a folder no script reads
         text = {"merges.txt not merges": "#version: 0.2\nĠt h e\n", "merges.txt not UTF-8": b"\xff\n".decode("latin-1"),
                 "merges.txt of another vocabulary": "#version: 0.2\nĠ zzzz\n", "merges.txt empty": ""}[case]
@@ -424,6 +431,14 @@ def test_bad_openai_folders(openai_dir, hf_dir, tmp_path):
     assert "has no encoder.json" in fails("--from", "openai", "--to", "hf", broken, dst)
     assert "use --from hf" in fails("--from", "openai", "--to", "hf", hf_dir, dst)
     assert "use --from openai" in fails("--from", "hf", "--to", "openai", openai_dir, dst)
+
+
+def test_an_empty_destination_is_refused_writing_nothing(openai_dir, tmp_path, monkeypatch):
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # "" was made beside the working folder, then failed to rename
+    with pytest.raises(ValueError, match="^the destination is an empty path: give the folder to make$"):
+        convert(openai_dir, "", "openai", "hf")
+    assert os.listdir(tmp_path) == ["cwd"] and os.listdir(tmp_path / "cwd") == []
 
 
 def test_bad_flags_and_an_existing_destination(openai_dir, hf_dir, tmp_path):

@@ -11,6 +11,7 @@ import os
 import pickle
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -463,6 +464,11 @@ def test_decode_rejects_what_is_not_an_id(enc, method, bad):
         getattr(enc, method)([31373, bad, 995])
     assert repr(bad) in str(error.value)
     assert_one_line(error)
+
+
+def test_a_numpy_id_past_the_vocabulary_is_named_as_a_number(enc):
+    with pytest.raises(ValueError, match=r"^token 50257 at position 1 is not a token id"):
+        enc.decode(np.array([31373, 50257], np.int32))
 
 
 def test_encode_rejects_lone_surrogates(enc):

@@ -370,3 +370,12 @@ def test_an_xla_export_gives_the_plain_exports_tokens(tiny, served, tmp_path):
         for got, want in zip(answers[name], served[1][name]):
             np.testing.assert_array_equal(tokens_of(got), tokens_of(want))
     check_bad_answers(answers["bad"])
+
+
+def test_generate_says_nan_logits_rather_than_return_ids_past_the_vocabulary(tiny):
+    import tensorflow as tf
+    hparams, params = tiny
+    params = dict(params, ln_f=dict(params["ln_f"], g=params["ln_f"]["g"] * np.nan))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="the model's logits are NaN"):
+        serving.generate_tokens(params, hparams, tf.zeros([2, 3], tf.int32), tf.constant([3, 3]), 2,
+                                tf.constant(1.0), tf.constant(0), tf.constant(1.0), tf.constant(0, tf.int64), xla=True)

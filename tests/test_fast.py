@@ -850,3 +850,12 @@ def test_variables_are_refused_where_onednn_is_told_weights_never_change(tiny, m
     values = {name: np.asarray(value) for name, value in model.checkpoint_values(params).items()}
     with pytest.raises(ValueError, match="TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set"):
         training.Trainer(values, hparams)
+
+
+def test_nan_logits_are_said_not_drawn_as_ids(tiny):
+    """A model whose logits are NaN (weights that hold NaN) draws no token: XLA's argmax gives
+    an id past the vocabulary, which the Sampler turns into one line saying why."""
+    hparams, params = tiny
+    params = dict(params, ln_f=dict(params["ln_f"], g=params["ln_f"]["g"] * np.nan))
+    with pytest.raises(ValueError, match="the model's logits are NaN, so no token could be drawn"):
+        fast.Sampler(params, hparams, jit=True).sample(np.zeros([2, 3], np.int32), 2)

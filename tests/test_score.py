@@ -1,5 +1,6 @@
 """score.py: windows over long texts, log-probabilities equal to the reference's, the CLI."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -153,3 +154,38 @@ def test_a_text_of_several_windows_shows_a_bar_on_stderr(models_dir, tiny_model,
     assert bar.kwargs["disable"] is (None if shown else True)  # None: shown where stderr is a terminal
     assert "file" not in bar.kwargs  # tqdm's default, stderr
     assert bar.kwargs["total"] == sum(bar.updates) == n_tokens
+
+
+def test_a_perplexity_past_the_largest_float_is_infinite_and_null_in_json():
+    assert scoring.perplexity(1.5) == math.exp(1.5)
+    assert scoring.perplexity(1e4) == math.inf  # math.exp raises OverflowError
+    assert json.dumps(scoring.json_safe({"nll": math.nan, "perplexity": math.inf, "logprobs": [-1.0, -math.inf],
+                                         "n": 2})) == '{"nll": null, "perplexity": null, "logprobs": [-1.0, null], "n": 2}'
+
+
+def test_a_text_the_model_finds_impossible_scores_infinite_perplexity(models_dir, tiny_model, tmp_path, monkeypatch,
+                                                                       capsys):
+    monkeypatch.setattr(scoring, "score_tokens", lambda *args, **kwargs: np.full(3, -1e4))
+    text_file = tmp_path / "text.txt"
+    text_file.write_text("hello there world", encoding="utf-8")
+    score.score(tiny_model, models_dir, str(text_file), json=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "perplexity inf" in lines[0]
+    out = json.loads(lines[-1])
+    assert out["nll"] == 1e4 and out["perplexity"] is None
+
+
+def test_a_vocabulary_with_ids_past_the_models_embeddings_is_one_line(models_dir, tiny_model, tmp_path):
+    import shutil
+    folder = shutil.copytree(os.path.join(models_dir, tiny_model), str(tmp_path / "models" / "other"))
+    with open(os.path.join(folder, "encoder.json"), encoding="utf-8") as f:
+        vocabulary = json.load(f)
+    with open(os.path.join(folder, "encoder.json"), "w", encoding="utf-8") as f:
+        json.dump({**vocabulary, "zzqx": 50257}, f)
+    text_file = tmp_path / "text.txt"
+    text_file.write_text("hello", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"encoder.json has token ids up to 50257, but the model has 50257 token "
+                                         r"embeddings \(n_vocab in .*hparams.json\): the vocabulary is another "
+                                         "model's") as e:
+        score.score("other", str(tmp_path / "models"), str(text_file))
+    assert "\n" not in str(e.value)
