@@ -205,8 +205,8 @@ def main(command, argv=None, *, tensorflow=True):
         if isinstance(e, OSError) and e.strerror and paths.is_disk_full(e):  # Python's own, not a line of ours
             sys.exit(disk_full_line(e))
         sys.exit(error_line(e))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        sys.exit(128 + getattr(e, "signum", signal.SIGINT))  # 130 for Ctrl-C, 143 for a SIGTERM (`Stopped`)
 
 
 def error_line(error):
@@ -478,6 +478,29 @@ def stop_signals():
     if hangup is None or signal.getsignal(hangup) is signal.SIG_IGN:
         return signal.SIGINT, signal.SIGTERM
     return signal.SIGINT, signal.SIGTERM, hangup
+
+
+class Stopped(KeyboardInterrupt):
+    """Signal `signum` (a `stop_signals` one) received where there is nothing to save: it stops
+    the process as Ctrl-C does, its cleanups run, and `main` exits with 128 + signum."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stops_as_ctrl_c(*signals):
+    """A `with` block in which each of `signals` raises `Stopped`, as Ctrl-C raises
+    KeyboardInterrupt, where the default would end the process at once, its cleanups skipped."""
+    def stop(signum, frame):
+        raise Stopped(signum)
+    previous = {number: signal.signal(number, stop) for number in signals if number != signal.SIGINT}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 class CtrlC:

@@ -297,15 +297,6 @@ def check_folder(src, source):
     tokenizer_files(src, TOKENIZER.values() if source == "hf" else TOKENIZER)
 
 
-def n_vocab(src, source):
-    """The size of the token embedding of the folder `src` in format `source`, as its config says."""
-    import model
-    if source == "openai":
-        return model.load_hparams(src).n_vocab
-    config_file = os.path.join(src, "config.json")
-    return hparams_from_config(read_json(config_file), config_file).n_vocab
-
-
 def tokenizer_files(src, names):
     """The paths of `names` in src; FileNotFoundError naming those missing."""
     missing = [name for name in names if not os.path.isfile(os.path.join(src, name))]
@@ -315,22 +306,28 @@ def tokenizer_files(src, names):
     return [os.path.join(src, name) for name in names]
 
 
-def check_tokenizer(vocabulary_path, merges_path, n_vocab):
+def check_tokenizer(vocabulary_path, merges_path):
     """ValueError unless the JSON file at `vocabulary_path` maps tokens to ids, as encoder.json
-    and vocab.json do, each id one of the model's n_vocab token embeddings, and the file at
-    `merges_path` lists BPE merges of its tokens, as vocab.bpe and merges.txt do: copied as they
-    are, broken ones would make a folder no script can read."""
+    and vocab.json do, and the file at `merges_path` lists BPE merges of its tokens, as
+    vocab.bpe and merges.txt do: copied as they are, broken ones would make a folder no script
+    can read."""
     import encoder
     vocabulary = read_json(vocabulary_path)
     if not isinstance(vocabulary, dict) or not all(isinstance(i, int) for i in vocabulary.values()):
         raise ValueError(f"{vocabulary_path} is not a vocabulary (a JSON object of token: id): copy the model's own "
                          "there")
-    ids = list(vocabulary.values())
+    encoder.read_merges(merges_path, vocabulary, fix="copy the model's own there")
+
+
+def check_ids(vocabulary_path, n_vocab):
+    """ValueError unless each id of the vocabulary at `vocabulary_path` (checked by
+    `check_tokenizer`) is one of the model's n_vocab token embeddings: converted, one past them
+    failed in every script."""
+    ids = list(read_json(vocabulary_path).values())
     if ids and not 0 <= min(ids) <= max(ids) < n_vocab:
         raise ValueError(f"{vocabulary_path} has token ids from {min(ids)} to {max(ids)}, but the model has {n_vocab} "
                          f"token embeddings (ids 0 to {n_vocab - 1}): the vocabulary is another model's; copy the "
                          "model's own there")
-    encoder.read_merges(merges_path, vocabulary, fix="copy the model's own there")
 
 
 # --- Writing ------------------------------------------------------------------------------------
@@ -388,8 +385,10 @@ def convert(src, dst, source, target):
         raise FileNotFoundError(f"{src} is not a folder: give the model's folder")
     paths.check_destination(dst)  # before the reading, which can take a while
     check_folder(src, source)
-    check_tokenizer(*tokenizer_files(src, TOKENIZER.values() if source == "hf" else TOKENIZER), n_vocab(src, source))
-    hparams, values = read_hf(src) if source == "hf" else read_openai(src)
+    vocabulary, merges = tokenizer_files(src, TOKENIZER.values() if source == "hf" else TOKENIZER)
+    check_tokenizer(vocabulary, merges)
+    hparams, values = read_hf(src) if source == "hf" else read_openai(src)  # n_vocab checked against the weights
+    check_ids(vocabulary, hparams.n_vocab)
     with paths.new_folder(dst) as folder:
         write_folder(write_openai if target == "openai" else write_hf, folder, dst, hparams, values, src)
     return hparams

@@ -17,6 +17,7 @@ before a "\\n" that comes before a character other than whitespace: no piece of 
 as in the whole, so the pieces' ids joined are the document's ids. (Cutting just after the
 "\\n" would not do: "a\\n\\nb" is 64 198 198 65, but "a\\n\\n" alone ends in 628, "\\n\\n".)
 """
+import contextlib
 import copy
 import glob
 import multiprocessing
@@ -221,7 +222,11 @@ def start_worker(enc):
     """A pool process's start: it keeps `enc` for `encode_batch`."""
     global _worker_encoder
     _worker_encoder = enc
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the pool
+    # Ctrl-C and a closing terminal reach the whole process group: they are the parent's to
+    # handle, and it ends the pool (with SIGTERM, which the workers must therefore still obey).
+    for name in ("SIGINT", "SIGHUP"):
+        if hasattr(signal, name):  # Windows has no SIGHUP
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def encode_batch(pieces, enc=None):
@@ -241,7 +246,8 @@ def encode_pieces(enc, pieces, processes):
             results = (encode_batch(batch, enc) for batch in batches)
         else:
             # spawn, not fork: the caller may have started threads (TensorFlow's), which fork would copy broken
-            pool = multiprocessing.get_context("spawn").Pool(processes, start_worker, (without_cache(enc),))
+            with signals_held():  # a stop in the middle of a worker's start left it a truncated pickle to read
+                pool = multiprocessing.get_context("spawn").Pool(processes, start_worker, (without_cache(enc),))
             results = pool.imap(encode_batch, batches)
         try:
             for batch, batch_ids in zip(batches, results):
@@ -251,6 +257,22 @@ def encode_pieces(enc, pieces, processes):
             if processes > 1:
                 pool.terminate()
     return ids
+
+
+@contextlib.contextmanager
+def signals_held(names=("SIGINT", "SIGTERM", "SIGHUP")):
+    """A block that the signals `names` do not interrupt: the first received in it is raised
+    again when it ends, to the handler there was before. For the main thread only."""
+    received = []
+    numbers = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    previous = {number: signal.signal(number, lambda signum, frame: received.append(signum)) for number in numbers}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 def without_cache(enc):

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
@@ -23,6 +24,10 @@ import paths
 import saving
 import training
 from checks import MAX_SEED
+
+# The tokens a training sample is made at a time, between which a stop asked ends it: a sample
+# of 124M's 1023 tokens on a CPU outlasts the grace a SIGTERM's sender gives (docker stop: 10 s).
+SAMPLE_CHUNK = 32
 
 
 def strategy_from_environment():
@@ -51,6 +56,13 @@ def is_chief(strategy):
 
 class NonFiniteLoss(ValueError):
     """The loss became NaN or infinite: the run stops without saving the weights it made."""
+
+
+def non_finite_fix(dtype):
+    """What to try after a NaN or infinite loss in a run of `dtype`: a wider dtype only in a new
+    run, since a run's saved optimizer state is its dtype's (`saving.read_state` refuses another)."""
+    wider = {"float16": "float32 or bfloat16", "bfloat16": "float32"}.get(dtype)
+    return "Lower --learning_rate" + (f", or train a new run (--run_name) with --dtype {wider}" if wider else "")
 
 
 class SamplesNotWritten(OSError):
@@ -95,22 +107,28 @@ class Run:
             raise
 
     def check_writable(self):
-        """Refuses, before any work, a run folder or samples folder this user cannot write;
-        returns the folders it made, innermost first."""
+        """Refuses, before any work, a run folder or samples folder this user cannot write (the
+        samples folder only where --sample_every asks for samples); returns the folders it made,
+        innermost first."""
         made = []
-        for folder in (self.run_dir, self.samples_dir) if self.chief else ():
+        folders = {self.run_dir: "choose another --checkpoint_dir or --run_name",
+                   self.samples_dir: "run train.py from a folder this user can write (samples/ goes in the working "
+                                     "folder), choose another --run_name, or sample never (--sample_every 0)"}
+        if not self.s["sample_every"]:
+            del folders[self.samples_dir]
+        for folder, fix in folders.items() if self.chief else ():
             missing = paths.folders_to_make(folder)
             try:
                 os.makedirs(folder, exist_ok=True)
             except OSError as e:
                 paths.remove_empty(made)
-                raise PermissionError(f"cannot create {folder} ({e.strerror}): choose another --checkpoint_dir "
-                                      "or --run_name, or let this user write there") from None
+                raise PermissionError(f"cannot create {folder} ({e.strerror}): {fix}, or let this user write "
+                                      "there") from None
             made += missing
             if not os.access(folder, os.W_OK | os.X_OK):
                 paths.remove_empty(made)
-                raise PermissionError(f"{folder} is not writable: choose another --checkpoint_dir or --run_name, "
-                                      f"or let this user write there (`chmod -R u+w {folder}`)")
+                raise PermissionError(f"{folder} is not writable: {fix}, or let this user write there "
+                                      f"(`chmod -R u+w {folder}`)")
         return made
 
     def load_datasets(self):
@@ -241,7 +259,7 @@ class Run:
             tf.summary.scalar("loss", loss, self.step)
             tf.summary.scalar("learning_rate", s["learning_rate"], self.step)
             if not stopping():  # the save comes at once: a SIGTERM's sender waits only so long
-                self.every(bar)
+                self.every(bar, stopping)
 
     def windows_per_step(self):
         """Windows in one step, over every replica and accumulated batch."""
@@ -257,33 +275,40 @@ class Run:
             last = saving.forget_step(self.run_dir, self.step) if self.chief else []
             kept = f"the checkpoint of step {last[-1]} is kept" if last else "no checkpoint is kept"
             raise NonFiniteLoss(f"the loss is {loss} at step {self.step + 1}: stopped; {kept} in {self.run_dir}. "
-                                "Lower --learning_rate, or use --dtype float32 or bfloat16")
+                                f"{non_finite_fix(self.s['dtype'])}")
         self.step += 1
         self.position += per_step
         return loss
 
-    def every(self, bar):
-        """Samples, validates and saves on the steps the flags ask for."""
+    def every(self, bar, stopping=lambda: False):
+        """Samples, validates and saves on the steps the flags ask for; a sample or validation
+        in progress ends, unfinished and unreported, once stopping() is true, so that the save
+        comes at once (`loop`)."""
         s = self.s
         if s["sample_every"] and self.step % s["sample_every"] == 0:
             bar.clear()
-            self.generate_samples()
-        if s["val_every"] and self.step % s["val_every"] == 0:
-            loss = self.validation_loss()
-            tf.summary.scalar("validation_loss", loss, self.step)
-            bar.write(f"[step {self.step}] validation loss {loss:.4f}", file=sys.stderr)
+            self.generate_samples(stopping)
+        if s["val_every"] and self.step % s["val_every"] == 0 and not stopping():
+            loss = self.validation_loss(stopping)
+            if loss is not None:
+                tf.summary.scalar("validation_loss", loss, self.step)
+                bar.write(f"[step {self.step}] validation loss {loss:.4f}", file=sys.stderr)
         if s["save_every"] and self.step % s["save_every"] == 0:
             self.save()
 
-    def validation_loss(self):
-        """The mean loss of the same --val_batch_count batches each time."""
-        size = self.s["val_batch_size"]
-        losses = [float(self.trainer.loss(self.val_windows.batch(i * size, size)))
-                  for i in range(self.s["val_batch_count"])]
+    def validation_loss(self, stopping=lambda: False):
+        """The mean loss of the same --val_batch_count batches each time; None if stopping()
+        comes true between two batches."""
+        size, losses = self.s["val_batch_size"], []
+        for i in range(self.s["val_batch_count"]):
+            if stopping():
+                return None
+            losses.append(float(self.trainer.loss(self.val_windows.batch(i * size, size))))
         return sum(losses) / len(losses)
 
-    def generate_samples(self):
-        """Prints --sample_num samples from <|endoftext|>, and writes them under samples/RUN_NAME."""
+    def generate_samples(self, stopping=lambda: False):
+        """Prints --sample_num samples from <|endoftext|>, and writes them under samples/RUN_NAME;
+        made SAMPLE_CHUNK tokens at a time, and dropped if stopping() comes true in between."""
         if not self.chief:
             return
         s, end = self.s, self.enc.encoder["<|endoftext|>"]
@@ -291,7 +316,12 @@ class Run:
         if not hasattr(self, "sampler"):  # reads the variables at each call: samples of the current weights
             self.sampler = fast.Sampler(self.trainer.params, self.hparams, top_k=s["top_k"], top_p=s["top_p"])
         seed = (self.seed + self.step) % (MAX_SEED + 1)
-        out = self.sampler.sample([[end]] * s["sample_num"], length, seed=seed)[:, 1:]
+        chunks = []
+        for tokens in self.sampler.generate([[end]] * s["sample_num"], length, seed=seed, chunk=SAMPLE_CHUNK):
+            if stopping():
+                return
+            chunks.append(tokens)
+        out = np.concatenate(chunks, axis=1)  # [sample_num, length]
         texts = [self.enc.decode(tokens) for tokens in out]
         text = "".join(f"{'=' * 20} SAMPLE {i + 1} {'=' * 20}\n{t}\n" for i, t in enumerate(texts))
         path = os.path.join(self.samples_dir, f"samples-{self.step}")
@@ -318,7 +348,8 @@ class Run:
         except OSError as e:
             if not paths.is_disk_full(e):
                 raise
-            raise OSError(f"{e}; free space there, lower --keep, or give another --checkpoint_dir") from None
+            # Not "lower --keep": the saves a lower one drops go after the new one is whole.
+            raise OSError(f"{e}; free space there, or give another --checkpoint_dir") from None
         self.saved_step = self.step
         print(f"saved {os.path.join(self.run_dir, f'model-{self.step}')}", file=sys.stderr)
 

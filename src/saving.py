@@ -142,10 +142,12 @@ def write_step(run_dir, step, variables, optimizer_variables, state, keep):
     # what a killed save of this step left goes too, TensorFlow's temporaries with it.
     forget_step(run_dir, step)
     remove_steps(run_dir, lambda saved: saved == step)
-    write_tensors(os.path.join(run_dir, f"model-{step}"), variables)
+    # The state first: it marks the step as this port's (`steps_of_this_port`), so that weights a
+    # kill leaves without their state are not taken for another tool's and kept for good.
     extra = {f"optimizer/{i}": v for i, v in enumerate(optimizer_variables)}
     extra.update({name: tf.constant(state[name], tf.int64) for name in STATE})
     write_tensors(os.path.join(run_dir, f"state-{step}"), extra)
+    write_tensors(os.path.join(run_dir, f"model-{step}"), variables)
     steps = ([s for s in saved_steps(run_dir) if s != step] + [step])[-keep:]
     atomic_write(os.path.join(run_dir, "checkpoint"), checkpoint_text(steps))
     return steps

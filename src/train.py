@@ -68,7 +68,9 @@ def train_model(dataset=None, model_name="124M", models_dir="models", run_name="
     """
     settings = check_flags(**locals())
     import run
-    run.Run(settings).train()
+    with cli.stops_as_ctrl_c(*cli.stop_signals()):  # while the data loads: its folders and pool go (Run)
+        started = run.Run(settings)
+    started.train()
 
 
 def check_flags(**flags):

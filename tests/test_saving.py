@@ -92,14 +92,35 @@ def test_a_save_cut_short_leaves_the_previous_one_the_latest(tmp_path, monkeypat
     assert state == {"step": 1, "position": 10, "seed": 7}
 
 
+@pytest.mark.parametrize("killed_after", ["state-", "model-"])
+def test_what_a_save_cut_short_wrote_goes_at_the_next_save(tmp_path, monkeypatch, killed_after):
+    """A second Ctrl-C between a save's two writes left model-K alone, which looked like
+    another tool's weights and stayed for good; the state, written first, marks it as ours."""
+    save(tmp_path, 1)
+    write = saving.write_tensors
+
+    def write_then_fail(prefix, tensors):
+        write(prefix, tensors)
+        if killed_after in prefix:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(saving, "write_tensors", write_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        save(tmp_path, 2)
+    monkeypatch.setattr(saving, "write_tensors", write)
+    save(tmp_path, 3)
+    assert [name for name in os.listdir(tmp_path) if "-2" in name] == []
+    assert saving.saved_steps(str(tmp_path)) == [1, 3]
+
+
 def test_a_listed_save_written_over_and_cut_short_leaves_the_others_the_latest(tmp_path, monkeypatch):
     save(tmp_path, 1)
     save(tmp_path, 2)  # a run started afresh in this folder now saves step 2 again, and is killed
     write = saving.write_tensors
 
-    def write_then_fail(prefix, tensors):
-        write(prefix, {name: value[:1] for name, value in tensors.items()})  # not the listed model-2's shapes
-        raise KeyboardInterrupt
+    def write_then_fail(prefix, tensors):  # not the listed save 2's shapes
+        write(prefix, {name: value[:1] if value.shape.rank else value for name, value in tensors.items()})
+        if "model-" in prefix:  # the second write
+            raise KeyboardInterrupt
     monkeypatch.setattr(saving, "write_tensors", write_then_fail)
     with pytest.raises(KeyboardInterrupt):
         save(tmp_path, 2)

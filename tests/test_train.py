@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import checkpoints
 import cli
+import dataset
 import encode
 import encoder
 import model
@@ -163,8 +164,8 @@ def test_a_full_disk_says_so_and_keeps_the_last_save(models_dir, tiny_model, tex
         train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=3, save_every=1)
     run = tmp_path / "checkpoint" / "run1"
     assert cli.error_line(e.value) == ("error: the disk holding checkpoint/run1 is full: step 2 is not saved, the "
-                                       "save of step 1 is the latest; free space there, lower --keep, or give "
-                                       "another --checkpoint_dir")
+                                       "save of step 1 is the latest; free space there, or give another "
+                                       "--checkpoint_dir")
     assert model.find_checkpoint(str(run)) == str(run / "model-1") and not (run / "model-2.index").exists()
     weights(str(run / "model-1"))
 
@@ -271,10 +272,18 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(models_dir, tiny_mo
                   "--save_every", "1")
     line = one_error_line(blown)
     assert "the loss is nan" in line or "the loss is inf" in line, line
-    assert "the checkpoint of step 2 is kept" in line and "--learning_rate" in line
+    assert "the checkpoint of step 2 is kept" in line and line.endswith("Lower --learning_rate")  # float32's
     run = tmp_path / "checkpoint" / "run1"
     assert model.find_checkpoint(str(run)) == str(run / "model-2")
     assert all(np.isfinite(value).all() for value in weights(str(run / "model-2")).values())
+
+
+def test_after_a_nan_loss_a_wider_dtype_is_offered_as_a_new_run():
+    import run
+    assert run.non_finite_fix("float32") == "Lower --learning_rate"
+    assert run.non_finite_fix("bfloat16") == "Lower --learning_rate, or train a new run (--run_name) with --dtype float32"
+    assert run.non_finite_fix("float16") == ("Lower --learning_rate, or train a new run (--run_name) with --dtype "
+                                             "float32 or bfloat16")
 
 
 @pytest.fixture(scope="module")
@@ -419,6 +428,104 @@ def test_samples_that_cannot_be_written_stop_the_run_after_its_save(models_dir, 
                                        "left on device): stopped at step 2, saved in checkpoint/run1; free space on "
                                        "the disk of samples/run1, or sample less (--sample_every)")
     assert saving.saved_steps("checkpoint/run1") == [2]
+
+
+def test_the_samples_folder_is_made_only_for_samples_and_its_fix_named(models_dir, tiny_model, text, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "samples").write_text("")  # samples/ cannot be made in this working folder
+    train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=1)  # --sample_every 0: none needed
+    assert saving.saved_steps("checkpoint/run1") == [1]
+    with pytest.raises(PermissionError) as e:
+        train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=2, sample_every=1, run_name="run2")
+    assert cli.error_line(e.value) == (
+        "error: cannot create samples/run2 (Not a directory): run train.py from a folder this user can write "
+        "(samples/ goes in the working folder), choose another --run_name, or sample never (--sample_every 0), or "
+        "let this user write there")
+    assert not os.path.exists("checkpoint/run2")
+
+
+def test_a_sigterm_while_the_data_loads_stops_as_ctrl_c_and_leaves_no_folders(models_dir, tiny_model, text,
+                                                                              tmp_path, monkeypatch):
+    """Killed by SIGTERM's default there, the run left its empty folders, and the encoding pool's
+    workers printed tracebacks as their parent vanished; now the stop unwinds as Ctrl-C's does."""
+    monkeypatch.chdir(tmp_path)
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler raises in here
+        raise AssertionError("the SIGTERM did not stop the loading")
+    monkeypatch.setattr(dataset, "load_dataset", terminated)
+    with pytest.raises(cli.Stopped) as e:
+        train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=1, sample_every=1)
+    assert e.value.signum == signal.SIGTERM
+    assert os.listdir(tmp_path) == []  # neither checkpoint/run1 nor samples/run1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    def stopped():
+        raise cli.Stopped(signal.SIGTERM)
+    with pytest.raises(SystemExit) as e:
+        cli.main(stopped, [], tensorflow=False)
+    assert e.value.code == 143  # as the default's death by SIGTERM
+
+
+def test_a_stop_while_the_encoding_pool_starts_comes_once_it_has_started():
+    """Raised in the middle of a worker's start, it left the worker a truncated pickle and a traceback."""
+    reached = []
+    with pytest.raises(cli.Stopped):
+        with cli.stops_as_ctrl_c(signal.SIGTERM):
+            with dataset.signals_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.1)
+                reached.append(True)
+    assert reached == [True] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_encoding_workers_leave_ctrl_c_and_hangups_to_the_parent_and_obey_sigterm(enc):
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
+    try:
+        dataset.start_worker(enc)
+        assert signal.getsignal(signal.SIGINT) is signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is handlers[signal.SIGTERM]  # the pool's terminate() sends it
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+
+@pytest.mark.parametrize("during", ["sample", "validation"])
+def test_a_stop_during_a_sample_or_validation_saves_at_once(models_dir, tiny_model, text, tmp_path, monkeypatch,
+                                                            during):
+    """A stop asked while a sample is made (124M's 1023 tokens outlast docker stop's 10 s on a
+    CPU) or the validation runs ends it between two chunks or batches, then saves."""
+    import fast
+    monkeypatch.chdir(tmp_path)
+    made = []
+    if during == "sample":
+        generate = fast.Sampler.generate
+
+        def stopped_after_a_chunk(self, *args, **kwargs):
+            for tokens in generate(self, *args, **kwargs):
+                made.append(tokens.shape[1])
+                os.kill(os.getpid(), signal.SIGINT)  # cli.CtrlC's: asks the run to stop
+                yield tokens
+        monkeypatch.setattr(fast.Sampler, "generate", stopped_after_a_chunk)
+        changes = dict(sample_every=2, sample_length=60)
+    else:
+        loss = training.Trainer.loss
+
+        def stopped_after_a_batch(self, windows):
+            made.append(len(windows))
+            os.kill(os.getpid(), signal.SIGINT)
+            return loss(self, windows)
+        monkeypatch.setattr(training.Trainer, "loss", stopped_after_a_batch)
+        changes = dict(val_every=2, val_batch_count=5, val_batch_size=1)
+    with pytest.raises(SystemExit) as e:
+        train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=5, save_every=0, **changes)
+    assert e.value.code == 130
+    import run
+    assert made == ([run.SAMPLE_CHUNK] if during == "sample" else [1])  # one chunk of tokens, or one batch: not all
+    assert saving.saved_steps("checkpoint/run1") == [2]
+    assert not os.path.exists("samples/run1/samples-2")
 
 
 @pytest.fixture(scope="module")
