@@ -77,10 +77,10 @@ def shared_context_function(params, hparams):
     return tf.function(run, input_signature=signature)
 
 
-def fit_window(context, target, n_ctx):
+def fit_window(context, target, n_ctx, start=scoring.END_OF_TEXT):
     """(context, target) with the context cut from the left to fit the window, as
-    lm-evaluation-harness does; an empty context becomes <|endoftext|>."""
-    context = list(context) or [scoring.END_OF_TEXT]
+    lm-evaluation-harness does; an empty context becomes <|endoftext|> (`start`, its id)."""
+    context = list(context) or [start]
     if len(target) >= n_ctx:
         raise ValueError(f"a target of {len(target)} tokens does not fit the model's window of {n_ctx}")
     return context[max(0, len(context) + len(target) - n_ctx):], list(target)
@@ -101,12 +101,12 @@ def batch_rows(pairs):
     return X, positions, targets
 
 
-def score_pairs(function, hparams, pairs, batch_size, banned, desc="scoring"):
+def score_pairs(function, hparams, pairs, batch_size, banned, desc="scoring", start=scoring.END_OF_TEXT):
     """[(context ids, target ids)] -> (logprobs, greedy, filtered), each a list with one array
     per pair of its target's length; see `continuation_function`. Shows a progress bar. Pairs
     are batched in order of length, so that a batch's rows are padded little."""
     from tqdm import tqdm
-    pairs = [fit_window(c, t, hparams.n_ctx) for c, t in pairs]
+    pairs = [fit_window(c, t, hparams.n_ctx, start) for c, t in pairs]
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
     results = [None] * len(pairs)
     with tqdm(total=len(pairs), desc=desc, unit="row", disable=None) as bar:
@@ -157,7 +157,8 @@ def lambada(function, hparams, enc, passages, batch_size, *, last_token=False, s
     """{"accuracy", "perplexity", "n_passages", "n_target_tokens"}."""
     pairs = lambada_pairs(enc, passages, last_token)
     logprobs, greedy, filtered = score_pairs(function, hparams, pairs, batch_size,
-                                             banned_tokens(enc, hparams.n_vocab, stop_word_filter), desc="LAMBADA")
+                                             banned_tokens(enc, hparams.n_vocab, stop_word_filter), desc="LAMBADA",
+                                             start=scoring.start_token(enc))
     chosen = [np.concatenate([f[:1], g[1:]]) for f, g in zip(filtered, greedy)] if stop_word_filter else greedy
     correct = [np.array_equal(c, target) for c, (_, target) in zip(chosen, pairs)]
     nll = [-float(np.sum(lp)) for lp in logprobs]
@@ -170,7 +171,8 @@ def language_modelling(logits_fn, hparams, enc, text, units, task, stride=None):
     text's length in the task's unit (benchmarks.LANGUAGE_MODELLING)."""
     detokenizer, unit = benchmarks.LANGUAGE_MODELLING[task]
     tokens = enc.encode(detokenizers.detokenize(detokenizer, text))
-    nll = -float(np.sum(scoring.score_tokens(logits_fn, hparams, tokens, stride, bar=True)))
+    nll = -float(np.sum(scoring.score_tokens(logits_fn, hparams, tokens, stride, bar=True,
+                                             start=scoring.start_token(enc))))
     metrics = {"nll": nll, "n_tokens": len(tokens), "token_perplexity": scoring.perplexity(nll / len(tokens))}
     if unit == "word":
         metrics["word_perplexity"] = scoring.perplexity(nll / units)
@@ -189,14 +191,14 @@ def cbt_pairs(enc, example):
     return [split_encoding(enc, text[:cut], text[cut:]) for text in texts]
 
 
-def shared_context_scores(function, hparams, pairs):
+def shared_context_scores(function, hparams, pairs, start=scoring.END_OF_TEXT):
     """[(context ids, target ids)] sharing one context -> each target's log-likelihood (a float),
     by `shared_context_function`: the context cut from the left once, to fit beside the longest
     target (fit_window)."""
     contexts, targets = zip(*pairs)
     assert all(c == contexts[0] for c in contexts), "the pairs must share one context"
     k = max(1, *map(len, targets))  # a row needs a column even when no candidate has a target
-    context, _ = fit_window(contexts[0], [0] * k, hparams.n_ctx)
+    context, _ = fit_window(contexts[0], [0] * k, hparams.n_ctx, start)
     rows = np.zeros([len(targets), k], np.int32)  # [n, k], right-padded
     for row, target in enumerate(targets):
         rows[row, :len(target)] = target
@@ -212,7 +214,7 @@ def cbt(function, hparams, enc, examples):
     correct = []
     for number, example in enumerate(tqdm(examples, desc="CBT", unit="question", disable=None), 1):
         try:
-            scores = shared_context_scores(function, hparams, cbt_pairs(enc, example))
+            scores = shared_context_scores(function, hparams, cbt_pairs(enc, example), scoring.start_token(enc))
         except ValueError as e:  # a candidate's completed query longer than the window
             raise ValueError(f"CBT question {number} (query {example.query[:40]!r}): {e}; CBT's queries are "
                              "one sentence: check the file") from None

@@ -45,7 +45,8 @@ def score(model_name="124M", models_dir="models", text_file=None, json=False, st
     text = read_text(text_file)
     enc, hparams, params = cli.load(model_name, models_dir, dtype)
     tokens = enc.encode(text)
-    logprobs = scoring.score_tokens(scoring.logits_function(params, hparams), hparams, tokens, stride, bar=True)
+    logprobs = scoring.score_tokens(scoring.logits_function(params, hparams), hparams, tokens, stride, bar=True,
+                                    start=scoring.start_token(enc))
     nll = float(-logprobs.mean())
     print(f"{text_file}: {len(tokens)} tokens, mean negative log-likelihood {nll:.4f} nats, "
           f"perplexity {scoring.perplexity(nll):.3f} ({model_name}, {dtype})")

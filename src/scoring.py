@@ -9,7 +9,15 @@ import math
 
 from checks import bad_argument, is_integer
 
-END_OF_TEXT = 50256
+END_OF_TEXT = 50256  # <|endoftext|> in GPT-2's vocabulary; a model with a vocabulary of its own has its own
+
+
+def start_token(enc):
+    """The id a text is scored after: `enc`'s <|endoftext|> (END_OF_TEXT in GPT-2's vocabulary,
+    another in a model converted with a vocabulary of its own)."""
+    if "<|endoftext|>" not in enc.encoder:
+        raise ValueError("the model's vocabulary (encoder.json) has no <|endoftext|>, the token a text is scored after")
+    return enc.encoder["<|endoftext|>"]
 
 
 def perplexity(nll):
@@ -52,9 +60,9 @@ def logits_function(params, hparams):
     return lambda X: forward(X, past)["logits"]
 
 
-def score_tokens(logits_fn, hparams, tokens, stride=None, bar=False):
-    """Natural-log probability of each of `tokens` after <|endoftext|> and the ones before it;
-    logits_fn is `logits_function`'s. `bar` shows a progress bar of the tokens on stderr when
+def score_tokens(logits_fn, hparams, tokens, stride=None, bar=False, start=END_OF_TEXT):
+    """Natural-log probability of each of `tokens` after <|endoftext|> (`start`: `start_token`'s
+    id) and the ones before it; logits_fn is `logits_function`'s. `bar` shows a progress bar of the tokens on stderr when
     there is more than one window to score (and stderr is a terminal, tqdm's default)."""
     import numpy as np
     import tensorflow as tf
@@ -62,7 +70,7 @@ def score_tokens(logits_fn, hparams, tokens, stride=None, bar=False):
     stride = hparams.n_ctx // 2 if stride is None else stride
     if not is_integer(stride) or not 1 <= stride < hparams.n_ctx:
         raise bad_argument("stride", f"must be an integer from 1 to n_ctx - 1 ({hparams.n_ctx - 1})", stride)
-    sequence = np.array([END_OF_TEXT] + list(tokens), np.int32)
+    sequence = np.array([start] + list(tokens), np.int32)
     logprobs = []
     spans = list(windows(len(sequence), hparams.n_ctx, stride))
     shown = bar and len(spans) > 1

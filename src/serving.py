@@ -22,6 +22,7 @@ import fast
 import model
 import paths
 import sample
+import scoring
 from checks import MAX_SEED
 
 WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -181,16 +182,18 @@ def checked(checks, inputs):
 
 # --- Writing the export -------------------------------------------------------------------------
 
-def warmup_requests():
-    """(signature name, inputs) of the requests TF Serving runs once before serving."""
-    generate = dict(context=np.array([[50256]], np.int32), context_length=np.array([1], np.int32),
+def warmup_requests(n_vocab):
+    """(signature name, inputs) of the requests TF Serving runs once before serving: from GPT-2's
+    <|endoftext|>, 50256, or the last id of a model with a smaller vocabulary of its own."""
+    token = min(scoring.END_OF_TEXT, n_vocab - 1)
+    generate = dict(context=np.array([[token]], np.int32), context_length=np.array([1], np.int32),
                     length=np.int32(2), temperature=np.float32(1), top_k=np.int32(40), top_p=np.float32(1),
                     seed=np.int64(0))
-    score = dict(tokens=np.array([[50256, 50256]], np.int32), lengths=np.array([2], np.int32))
+    score = dict(tokens=np.array([[token, token]], np.int32), lengths=np.array([2], np.int32))
     return [("generate", generate), ("score", score)]
 
 
-def write_warmup(export_dir, model_name="gpt2"):
+def write_warmup(export_dir, n_vocab, model_name="gpt2"):
     """Writes assets.extra/tf_serving_warmup_requests; False, writing nothing, when the
     tensorflow-serving-api package (which has the request's format) is not installed."""
     try:
@@ -199,7 +202,7 @@ def write_warmup(export_dir, model_name="gpt2"):
         return False
     os.makedirs(os.path.join(export_dir, os.path.dirname(WARMUP)), exist_ok=True)
     with tf.io.TFRecordWriter(os.path.join(export_dir, WARMUP)) as writer:
-        for name, inputs in warmup_requests():
+        for name, inputs in warmup_requests(n_vocab):
             request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name))
             for key, value in inputs.items():
                 request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
@@ -220,5 +223,5 @@ def export(params, hparams, export_dir, xla=False):
         servable = Servable(params, hparams, xla)
         signatures = {"serving_default": servable.generate, "generate": servable.generate, "score": servable.score}
         tf.saved_model.save(servable, temporary, signatures=signatures)
-        warmup = write_warmup(temporary)
+        warmup = write_warmup(temporary, hparams.n_vocab)
     return warmup

@@ -209,7 +209,7 @@ def test_a_failure_to_make_the_export_dir_names_it(tiny, tmp_path, monkeypatch):
 
 def test_a_failed_export_leaves_nothing(tiny, tmp_path, monkeypatch):
     hparams, params = tiny
-    monkeypatch.setattr(serving, "write_warmup", lambda folder: 1 / 0)
+    monkeypatch.setattr(serving, "write_warmup", lambda folder, n_vocab: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         serving.export(params, hparams, str(tmp_path / "gpt2" / "1"))
     assert os.listdir(tmp_path / "gpt2") == []
@@ -379,3 +379,12 @@ def test_generate_says_nan_logits_rather_than_return_ids_past_the_vocabulary(tin
     with pytest.raises(tf.errors.InvalidArgumentError, match="the model's logits are NaN"):
         serving.generate_tokens(params, hparams, tf.zeros([2, 3], tf.int32), tf.constant([3, 3]), 2,
                                 tf.constant(1.0), tf.constant(0), tf.constant(1.0), tf.constant(0, tf.int64), xla=True)
+
+
+@pytest.mark.parametrize("n_vocab, token", [(50257, 50256), (300, 299)])
+def test_warmup_requests_hold_ids_of_the_models_vocabulary(n_vocab, token):
+    """GPT-2's <|endoftext|>, 50256, or for a model with a smaller vocabulary of its own an id it
+    has: a request TF Serving's warmup runs must pass the signatures' checks."""
+    requests = dict(serving.warmup_requests(n_vocab))
+    assert requests["generate"]["context"].tolist() == [[token]]
+    assert requests["score"]["tokens"].tolist() == [[token, token]]

@@ -189,3 +189,26 @@ def test_a_vocabulary_with_ids_past_the_models_embeddings_is_one_line(models_dir
                                          "model's") as e:
         score.score("other", str(tmp_path / "models"), str(text_file))
     assert "\n" not in str(e.value)
+
+
+def test_a_vocabulary_of_its_own_is_scored_after_its_own_end_of_text(models_dir, tiny_model, tmp_path):
+    """A model converted with a vocabulary whose <|endoftext|> is not 50256 (scored after 50256,
+    its numbers were wrong and nothing said so)."""
+    import shutil
+    path = shutil.copytree(os.path.join(models_dir, tiny_model), str(tmp_path / "models" / "own"))
+    with open(os.path.join(path, "encoder.json"), encoding="utf-8") as f:
+        vocabulary = json.load(f)
+    vocabulary["<|endoftext|>"], vocabulary["!"] = vocabulary["!"], vocabulary["<|endoftext|>"]  # 0 and 50256
+    with open(os.path.join(path, "encoder.json"), "w", encoding="utf-8") as f:
+        json.dump(vocabulary, f)
+    text_file = tmp_path / "text.txt"
+    text_file.write_text("Hello world", encoding="utf-8")
+    result = run_score("--model_name", "own", "--models_dir", str(tmp_path / "models"), "--text_file", str(text_file),
+                       "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    rh, rw = reference.load(path)
+    want = reference.logprobs(rh, rw, np.array([0] + out["tokens"]))
+    np.testing.assert_allclose(out["logprobs"], want, atol=1e-4, rtol=0)
+    after_50256 = reference.logprobs(rh, rw, np.array([50256] + out["tokens"]))
+    assert np.abs(np.array(out["logprobs"]) - after_50256).max() > 1e-3  # the test can tell the two apart
