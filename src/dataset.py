@@ -295,7 +295,7 @@ def encode_texts(enc, texts, processes):
 
 # --- The dataset -------------------------------------------------------------------------------
 
-def load_chunks(enc, path, *, n_vocab, processes=None, combine=0):
+def load_chunks(enc, path, *, n_vocab, processes=None, combine=0, exclude=None):
     """The dataset at `path` as a list of int32 token arrays, in order: one for each text file
     (its documents, each followed by 50256), and each array of each .npz. With `combine`, the
     arrays of consecutive text files are joined into arrays of `combine` tokens or more, as
@@ -306,12 +306,14 @@ def load_chunks(enc, path, *, n_vocab, processes=None, combine=0):
     token ids (np.savez of 1-D integer arrays, as encode.py writes), any other UTF-8 text. Text
     is encoded in `processes` processes (default: one per core). ValueError or
     FileNotFoundError, one line naming the file and the fix, for what cannot be a dataset.
+    `exclude` is a file left out if `path` takes it in (encode.py's output, written there before).
     """
     if not is_integer(n_vocab) or n_vocab < 1:
         raise bad_argument("n_vocab", "must be a positive integer", n_vocab)
     if not is_integer(combine) or combine < 0:
         raise bad_argument("combine", "must be an integer >= 0 (0: an array for each text file)", combine)
-    files = dataset_files(path)
+    files = [file for file in dataset_files(path)
+             if not (exclude and os.path.exists(exclude) and os.path.samefile(file, exclude))]
     loaded = {file: read_npz(file, n_vocab) if is_npz(file) else read_text(file) for file in files}
     if not any(holds_data(data) for data in loaded.values()):
         raise ValueError(f"{path} holds no text (nothing, or only whitespace): a dataset needs text to train on")

@@ -41,11 +41,13 @@ def encode(in_text=None, out_npz=None, model_name="124M", models_dir="models", c
     if not is_integer(combine) or combine < 0:
         raise ValueError(f"--combine must be an integer >= 0 (0: an array for each text file). Received: {combine!r}")
     enc = encoder.get_encoder(str(model_name), cli.expand_dir(models_dir))
-    chunks = dataset.load_chunks(enc, in_text, n_vocab=len(enc.encoder), combine=combine)
+    chunks = dataset.load_chunks(enc, in_text, n_vocab=len(enc.encoder), combine=combine, exclude=out_npz)
     write_npz(out_npz, chunks)
     tokens = sum(map(len, chunks))
     documents = sum(int(np.sum(chunk == enc.encoder[dataset.END_OF_TEXT])) for chunk in chunks)
-    print(f"wrote {documents} documents, {tokens} tokens ({len(chunks)} array{'s' if len(chunks) != 1 else ''}) to {out_npz}")
+    plural = lambda n: "s" if n != 1 else ""  # noqa: E731
+    print(f"wrote {documents} document{plural(documents)}, {tokens} tokens ({len(chunks)} array{plural(len(chunks))}) "
+          f"to {out_npz}")
 
 
 def required(name, metavar, value):

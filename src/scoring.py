@@ -62,8 +62,9 @@ def logits_function(params, hparams):
 
 def score_tokens(logits_fn, hparams, tokens, stride=None, bar=False, start=END_OF_TEXT):
     """Natural-log probability of each of `tokens` after <|endoftext|> (`start`: `start_token`'s
-    id) and the ones before it; logits_fn is `logits_function`'s. `bar` shows a progress bar of the tokens on stderr when
-    there is more than one window to score (and stderr is a terminal, tqdm's default)."""
+    id) and the ones before it; logits_fn is `logits_function`'s. `bar` shows a progress bar of
+    the tokens on stderr when there is more than one window to score (and stderr is a terminal,
+    tqdm's default)."""
     import numpy as np
     import tensorflow as tf
     from tqdm import tqdm

@@ -48,7 +48,8 @@ def train_model(dataset=None, model_name="124M", models_dir="models", run_name="
      Ctrl-C, SIGTERM (docker stop, Slurm, Kubernetes) or SIGHUP (the terminal closing, unless under nohup)
      saves at the end of the step in progress, then exits
     :sample_every=100 : Print samples every this many steps (0: never)
-    :sample_length=None : Tokens in each sample; None (default) means the window less one
+    :sample_length=None : Tokens in each sample; None (default) means the model's window (n_ctx)
+     less one, whatever --sequence_length
     :sample_num=1 : Samples each time
     :top_k=40 : Integer, sample from the k most likely tokens (0: all)
     :top_p=1 : Float in (0, 1], nucleus sampling (1: all)

@@ -44,6 +44,16 @@ def test_round_trip_through_the_npz(run, enc, tmp_path):
     assert (dataset.load_dataset(enc, str(tmp_path / "each.npz"), n_vocab=50257) == from_text).all()
 
 
+def test_an_output_inside_the_folder_encoded_is_not_read_as_input_again(run, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("One document, twice encoded.", encoding="utf-8")
+    first = run(str(data), str(data / "out.npz"))
+    second = run(str(data), str(data / "out.npz"))  # its first output is in the folder now
+    assert first.returncode == second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout and first.stdout.startswith("wrote 1 document, ")
+
+
 def test_an_npz_is_written_again_as_it_was(run, tmp_path):
     arrays = [np.array([1, 2, 50256], np.int64), np.array([7], np.int64)]
     np.savez_compressed(tmp_path / "in.npz", *arrays)
