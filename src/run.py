@@ -135,8 +135,12 @@ class Run:
         """The tokens of --dataset and of --val_dataset (--dataset's where it is None)."""
         s, n_vocab = self.s, self.hparams.n_vocab
         tokens = dataset.load_dataset(self.enc, s["dataset"], n_vocab=n_vocab)
-        val_tokens = tokens if s["val_dataset"] is None else dataset.load_dataset(self.enc, s["val_dataset"],
-                                                                                  n_vocab=n_vocab)
+        val_tokens = tokens
+        if s["val_dataset"] is not None:
+            try:
+                val_tokens = dataset.load_dataset(self.enc, s["val_dataset"], n_vocab=n_vocab)
+            except (ValueError, OSError) as e:  # its lines name a path, not which flag gave it
+                raise type(e)(f"--val_dataset: {e}") from None
         for flag, found in (("dataset", tokens), ("val_dataset", val_tokens)):
             if len(found) < 2:  # dataset.Windows would name its own argument, `tokens`, which is no flag
                 raise ValueError(f"--{flag} {s[flag]} holds {len(found)} token: a window needs 2 or more "

@@ -541,6 +541,7 @@ def other_model(models_dir, vocab_dir):
     ({"checkpoint_dir": "{text}"}, PermissionError, "cannot create"),
     ({"dataset": "{tmp}/*.nothing"}, FileNotFoundError, "*.nothing"),
     ({"sequence_length": 65}, ValueError, "longer than the model's window (n_ctx 64)"),
+    ({"val_dataset": "{tmp}/nowhere.txt"}, FileNotFoundError, "--val_dataset: {tmp}/nowhere.txt not found"),
     ({"sample_length": 65}, ValueError, "--sample_length 65 is longer than the model's window (n_ctx 64): use at "
                                         "most 64"),
     ({"top_k": 50258, "steps": 2, "save_every": 1, "sample_every": 2}, ValueError, "--top_k must be at most the vocabulary size 50257"),
@@ -550,7 +551,7 @@ def test_bad_input_is_refused_before_any_work(models_dir, tiny_model, other_mode
     monkeypatch.chdir(tmp_path)
     changes = {name: value.format(tmp=tmp_path, models=models_dir, text=text) if isinstance(value, str) else value
                for name, value in changes.items()}
-    with pytest.raises(error, match=re.escape(message)):
+    with pytest.raises(error, match=re.escape(message.format(tmp=tmp_path))):
         train_here(models_dir, tiny_model, **{"dataset": text, "steps": 1, **changes})
     assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "samples").exists()  # nor empty folders
 
