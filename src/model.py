@@ -79,6 +79,9 @@ def model_dir(model_name, models_dir="models"):
         if os.path.exists(unreadable) and not os.access(unreadable, os.R_OK | (os.X_OK * os.path.isdir(unreadable))):
             raise PermissionError(f"{unreadable} is unreadable (permission denied); let this user read it, "
                                   f"e.g. `chmod -R u+rX {path}`")
+    if os.path.isdir(path) and not os.path.isfile(hparams):
+        raise FileNotFoundError(f"{path} has no hparams.json, which every model folder holds: "
+                                f"{how_to_get(model_name, models_dir)}")
     if not os.path.isfile(hparams):
         raise FileNotFoundError(f"model {model_name!r} not found in {models_dir}/: "
                                 f"{how_to_get(model_name, models_dir)}")
@@ -124,9 +127,13 @@ def find_checkpoint(path):
     missing, before this error says so."""
     state = checkpoint_state(path)
     prefix = state.model_checkpoint_path if state else None  # made absolute from the folder
-    if prefix is None or not tf.io.gfile.exists(prefix + ".index"):
+    if prefix is None:
         raise FileNotFoundError(f"no checkpoint in {path}: it needs the files `checkpoint`, "
                                 "`model.ckpt.index` and `model.ckpt.data-*`; download the model again")
+    if not tf.io.gfile.exists(prefix + ".index"):
+        raise FileNotFoundError(f"no checkpoint in {path}: its `checkpoint` file names {prefix}, which has no "
+                                f"{os.path.basename(prefix)}.index; download the model again, or in a train.py run "
+                                "folder make `checkpoint` name a save the folder holds")
     return prefix
 
 

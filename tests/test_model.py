@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -175,9 +176,18 @@ def test_missing_checkpoint_file_is_one_clear_error(models_dir, tiny_model, tmp_
 def test_missing_checkpoint_data_is_one_clear_error_and_nothing_else(models_dir, tiny_model, tmp_path, caplog):
     path = copy_model(models_dir, tiny_model, tmp_path)
     os.remove(os.path.join(path, "model.ckpt.index"))
-    with pytest.raises(FileNotFoundError, match="no checkpoint in .*download the model again"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*: its `checkpoint` file names .*model.ckpt, which "
+                                                "has no model.ckpt.index; download the model again"):
         model.find_checkpoint(path)
     assert [r.getMessage() for r in caplog.records] == []  # no "Couldn't match files" from TensorFlow before it
+
+
+def test_a_folder_without_hparams_json_is_named_not_called_missing(models_dir, tiny_model, tmp_path):
+    path = copy_model(models_dir, tiny_model, tmp_path)
+    os.remove(os.path.join(path, "hparams.json"))
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(path)} has no hparams.json, which every model folder "
+                                                "holds: "):
+        model.model_dir(os.path.basename(path), os.path.dirname(path))
 
 
 def test_a_checkpoint_file_with_a_relative_path_finds_the_prefix(models_dir, tiny_model, tmp_path):
