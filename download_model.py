@@ -177,12 +177,14 @@ class DownloadError(Exception):
     """An expected failure (HTTP status, network, checksum), reported as one line.
 
     `rerun_helps` says whether running the same command again can repair it (a cut transfer, a
-    deleted bad file), so that the message can end with that command.
+    deleted bad file), so that the message can end with that command. `hint`, said in brackets
+    after it, is this script's advice on where the file comes from (its flags), which another
+    caller of `fetch_file` replaces with its own; `bare` is the message without it.
     """
 
-    def __init__(self, message, *, rerun_helps=False):
-        super().__init__(message)
-        self.rerun_helps = rerun_helps
+    def __init__(self, message, *, rerun_helps=False, hint=None):
+        super().__init__(message if hint is None else f"{message} ({hint})")
+        self.bare, self.rerun_helps, self.hint = message, rerun_helps, hint
 
 
 class RetryableError(DownloadError):
@@ -380,10 +382,10 @@ def _server_file(session, url, limits):
             return _announced_size(response, 0), _announced_md5(response)
     try:
         return _retrying(head, name=url.rsplit("/", 1)[-1], limits=limits)
-    except (DownloadError, requests.RequestException) as exc:
-        raise DownloadError(f"HEAD {url}: {_describe(exc)}",
-                            rerun_helps=not isinstance(exc, DownloadError) or exc.rerun_helps
-                            ) from exc
+    except DownloadError as exc:
+        raise DownloadError(f"HEAD {url}: {exc.bare}", rerun_helps=exc.rerun_helps, hint=exc.hint) from exc
+    except requests.RequestException as exc:
+        raise DownloadError(f"HEAD {url}: {_describe(exc)}", rerun_helps=True) from exc
 
 
 def fetch_file(session: requests.Session, url: str, path: str, *,
@@ -398,7 +400,7 @@ def fetch_file(session: requests.Session, url: str, path: str, *,
         md5 = _retrying(lambda: _fetch_once(session, url, part, limits, released),
                         name=os.path.basename(path), limits=limits, progress=lambda: _size(part))
     except DownloadError as exc:
-        raise DownloadError(f"GET {url}: {exc}", rerun_helps=exc.rerun_helps) from exc
+        raise DownloadError(f"GET {url}: {exc.bare}", rerun_helps=exc.rerun_helps, hint=exc.hint) from exc
     except requests.RequestException as exc:
         raise DownloadError(f"GET {url}: {_describe(exc)}", rerun_helps=True) from exc
     os.replace(part, path)
@@ -465,7 +467,7 @@ def _refuse_other_size(size, known, part):
     if size is not None and known.size is not None and size != known.size:
         _remove(part)
         raise DownloadError(f"the server's file has {size} bytes, OpenAI's has {known.size}: it is "
-                            "not the released file (check --base_url or GPT2_BASE_URL)")
+                            "not the released file", hint="check --base_url or GPT2_BASE_URL")
 
 
 def _size_when_untold(part, size, known):
@@ -509,8 +511,7 @@ def _status_error(response):
     reason = f"HTTP {status} {response.reason or ''}".strip()
     if status == 429 or status >= 500:
         return RetryableError(reason, retry_after=_retry_after(response))
-    return DownloadError(f"{reason} (check the model name, or point --base_url or GPT2_BASE_URL "
-                         "at a mirror)")
+    return DownloadError(reason, hint="check the model name, or point --base_url or GPT2_BASE_URL at a mirror")
 
 
 def _retry_after(response):
@@ -536,8 +537,8 @@ def _refuse_html_type(response):
 
 def _html_error(kind):
     """The error for an HTML page (a login, error or index page) served instead of a file."""
-    return DownloadError(f"the server sent an HTML page ({kind}), not the file (check --base_url "
-                         "or GPT2_BASE_URL)")
+    return DownloadError(f"the server sent an HTML page ({kind}), not the file",
+                         hint="check --base_url or GPT2_BASE_URL")
 
 
 def _announced_size(response, start):

@@ -261,8 +261,10 @@ def fetch_lambada(data_dir, url=LAMBADA_URL):
     try:
         with full, requests.Session() as session:
             downloader.fetch_file(session, url, path, released=downloader.Released(LAMBADA_BYTES, LAMBADA_SHA256))
-    except downloader.DownloadError as e:
-        raise OSError(f"cannot download LAMBADA: {e}; run again to resume, or give --data_file") from None
+    except downloader.DownloadError as e:  # its hints name download_model.py's flags, not evaluate.py's
+        hint = " (check --lambada_url)" if e.hint else ""
+        rerun = "run again to resume, or " if e.rerun_helps else ""
+        raise OSError(f"cannot download LAMBADA: {e.bare}{hint}; {rerun}give --data_file") from None
     return path
 
 

@@ -442,6 +442,8 @@ def test_lambada_download_failure_is_one_line_and_leaves_nothing(store, tmp_path
     with pytest.raises(OSError, match=r"cannot download LAMBADA: GET .*/missing.jsonl: HTTP 404") as e:
         benchmarks.fetch_lambada(tmp_path / "data", store.url + "/missing.jsonl")
     assert "\n" not in str(e.value) and os.listdir(tmp_path / "data") == []
+    # evaluate.py's flag, not download_model.py's, and no "run again", which cannot mend a wrong address
+    assert str(e.value).endswith(" (check --lambada_url); give --data_file"), str(e.value)
 
 
 def test_a_data_dir_that_is_a_file_or_a_full_disk_is_one_line(store, tmp_path, monkeypatch):
@@ -475,7 +477,8 @@ def test_lambada_cut_without_a_size_is_refused_and_not_named_as_whole(store, tmp
 
 def test_lambada_of_another_size_is_refused(store, tmp_path):
     store.files["/gpt-2/data/lambada_test.jsonl"] = LAMBADA[:-1]  # a mirror's copy, one byte short
-    with pytest.raises(OSError, match=f"the server's file has {len(LAMBADA) - 1} bytes, OpenAI's has {len(LAMBADA)}"):
+    with pytest.raises(OSError, match=f"the server's file has {len(LAMBADA) - 1} bytes, OpenAI's has {len(LAMBADA)}: "
+                                      r"it is not the released file \(check --lambada_url\); give --data_file$"):
         benchmarks.fetch_lambada(tmp_path / "data", store.url + "/gpt-2/data/lambada_test.jsonl")
     assert os.listdir(tmp_path / "data") == []
 
