@@ -190,12 +190,22 @@ def test_a_bad_prompt_file_is_named(models_dir, tiny_model, tmp_path, in_process
             ("absent.txt", FileNotFoundError, "--prompt_file {} cannot be read (No such file or directory)"),
             ("empty.txt", ValueError, "--prompt_file {} is empty: give a file that holds the prompt"),
             ("latin1.txt", ValueError, "--prompt_file {} is not UTF-8 text (byte 0xe9 at 3): save it as UTF-8"),
-            ("long.txt", ValueError, "--prompt_file {}: 61 tokens and --length 20 need 80 positions, more than the "
-                                     "window of 64 (the last new token needs none); use at most 45 prompt tokens")]:
+            ("long.txt", ValueError, "--length and the prompt's 61 tokens need 80 positions, more than the model's "
+                                     "window of 64 (the last new token needs none): use at most 4 new tokens or a "
+                                     "shorter prompt. Received: 20")]:
         with pytest.raises(error) as e:
             interactive_conditional_samples.interact_model(tiny_model, length=20, models_dir=models_dir,
                                                            prompt_file=str(tmp_path / name))
         assert cli.error_line(e.value) == "error: " + line.format(tmp_path / name)
+
+
+def test_a_length_too_long_for_a_prompt_file_counts_its_tokens(models_dir, tiny_model, tmp_path, in_process):
+    """The check before the weights load took the prompt for 1 token, the shortest one typed."""
+    (tmp_path / "p.txt").write_text("The meaning of life is that")  # 6 tokens
+    with pytest.raises(ValueError) as e:
+        interactive_conditional_samples.interact_model(tiny_model, length=65, models_dir=models_dir,
+                                                       prompt_file=str(tmp_path / "p.txt"))
+    assert cli.error_line(e.value).startswith("error: --length and the prompt's 6 tokens need 70 positions")
 
 
 class Terminal:
