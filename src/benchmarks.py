@@ -249,6 +249,7 @@ def fetch_lambada(data_dir, url=LAMBADA_URL):
     import requests
     import paths
     downloader = download_module()
+    made = paths.folders_to_make(str(data_dir))  # removed again if the download fails and leaves them empty
     try:
         os.makedirs(str(data_dir), exist_ok=True)
     except OSError as e:
@@ -265,6 +266,9 @@ def fetch_lambada(data_dir, url=LAMBADA_URL):
         hint = " (check --lambada_url)" if e.hint else ""
         rerun = "run again to resume, or " if e.rerun_helps else ""
         raise OSError(f"cannot download LAMBADA: {e.bare}{hint}; {rerun}give --data_file") from None
+    finally:
+        if not os.path.exists(path):  # failed: a .part to resume from keeps its folder
+            paths.remove_empty(made)
     return path
 
 

@@ -61,15 +61,17 @@ def check_destination(dst, fix="give a destination that does not, or remove it f
 @contextlib.contextmanager
 def new_folder(dst, fix="give a destination that does not, or remove it first"):
     """A temporary folder beside `dst`, renamed to `dst` when the block ends and removed if it
-    fails (Ctrl-C too): `dst` is a whole folder, or absent. FileExistsError, saying `fix`, if
-    `dst` exists; see `check_destination`."""
+    fails (Ctrl-C too), with the folders above it that were made for it: `dst` is a whole
+    folder, or absent. FileExistsError, saying `fix`, if `dst` exists; see `check_destination`."""
     check_destination(dst, fix)
     parent = os.path.dirname(os.path.abspath(dst))
+    made = folders_to_make(parent)
     try:
         os.makedirs(parent, exist_ok=True)
         remove_abandoned(parent, temporary_prefix(dst))
         temporary = tempfile.mkdtemp(prefix=f"{temporary_prefix(dst)}{os.getpid()}-", dir=parent)
     except OSError as e:  # what access() does not foresee: /proc, a full disk
+        remove_empty(made)
         raise type(e)(f"cannot make {dst} ({e.strerror}): choose another destination") from None
     try:
         yield temporary
@@ -79,6 +81,7 @@ def new_folder(dst, fix="give a destination that does not, or remove it first"):
         os.rename(temporary, dst)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
+        remove_empty(made)
         raise
 
 

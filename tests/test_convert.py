@@ -472,6 +472,9 @@ def test_a_failure_while_writing_leaves_no_destination(openai_dir, hf_dir, tmp_p
     assert "No space left on device" in fails("--from", "hf", "--to", "openai", hf_dir, str(tmp_path / "a"))
     assert "No space left on device" in fails("--from", "openai", "--to", "hf", openai_dir, str(tmp_path / "b"))
     assert os.listdir(tmp_path) == []
+    with pytest.raises(OSError):  # into folders it makes: they go too, as the export's (paths.new_folder)
+        convert(openai_dir, str(tmp_path / "new" / "deeper" / "c"), "openai", "hf")
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_full_disk_is_named_whatever_the_writer_raises(openai_dir, hf_dir, tmp_path, monkeypatch):
