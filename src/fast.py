@@ -390,6 +390,7 @@ def load_params(prefix, hparams, dtype=tf.float32, choices=None):
             values = saving.read_tensors(prefix, {name: stored[name] for name in names})  # float32, or as saved
         except tf.errors.OpError as e:
             raise model.checkpoint_error(prefix, e) from None
+        check_finite(prefix, values)
         nested = model.nest_params(values, hparams, dtype)  # whole layers: a layer's dict is full or empty
         del values
         if cut:
@@ -403,6 +404,16 @@ def load_params(prefix, hparams, dtype=tf.float32, choices=None):
     if choices is not None and choices.stacked_layers:
         params["h"] = stack_layers(params.pop("h"))  # ours alone: released as they are stacked
     return params
+
+
+def check_finite(prefix, values):
+    """ValueError naming the first of `values` {name: tensor} that holds NaN or infinity, which
+    make every logit NaN: sampled, those drew no token (or token 0 without a word), and scores
+    were NaN. One pass over the weights as they are read: ~15% of 124M's and 355M's load."""
+    for name, value in values.items():
+        if not bool(tf.reduce_all(tf.math.is_finite(value))):
+            raise ValueError(f"{prefix}: {name} holds NaN or infinity: the checkpoint is damaged, or was saved by a "
+                             "fine-tuning run that diverged; download or convert it again, or use an earlier save")
 
 
 def read_groups(shapes, n_layer, limit):

@@ -212,3 +212,21 @@ def test_a_vocabulary_of_its_own_is_scored_after_its_own_end_of_text(models_dir,
     np.testing.assert_allclose(out["logprobs"], want, atol=1e-4, rtol=0)
     after_50256 = reference.logprobs(rh, rw, np.array([50256] + out["tokens"]))
     assert np.abs(np.array(out["logprobs"]) - after_50256).max() > 1e-3  # the test can tell the two apart
+
+
+def test_weights_that_hold_nan_are_refused_as_they_load(models_dir, tiny_model, tmp_path):
+    """Loaded, they made every logit NaN: scores of NaN, and samples of no token or of token 0."""
+    import shutil
+    import saving
+    import tensorflow as tf
+    path = shutil.copytree(os.path.join(models_dir, tiny_model), str(tmp_path / "models" / "nan"))
+    reader = tf.train.load_checkpoint(os.path.join(path, "model.ckpt"))
+    values = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    values["model/h1/mlp/c_fc/w"][0, 3, 5] = np.nan
+    saving.write_tensors(os.path.join(path, "model.ckpt"), {name: tf.constant(v) for name, v in values.items()})
+    text_file = tmp_path / "text.txt"
+    text_file.write_text("hello", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"model.ckpt: model/h1/mlp/c_fc/w holds NaN or infinity: the checkpoint is "
+                                         "damaged") as e:
+        score.score("nan", str(tmp_path / "models"), str(text_file))
+    assert "\n" not in str(e.value)
