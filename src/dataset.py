@@ -69,11 +69,13 @@ def dataset_files(path):
 
 
 def once(files):
-    """`files` without those that are another's file again (through a symbolic link), in order."""
+    """`files` without those that are another's file again (through a symbolic link), and
+    without folders among them: `**` going round a link to a folder above reaches a depth the
+    system cannot open (ELOOP), where os.walk takes the link for a file. In order."""
     seen, kept = set(), []
     for file in files:
         real = os.path.realpath(file)
-        if real not in seen:
+        if real not in seen and not os.path.isdir(real):
             seen.add(real)
             kept.append(file)
     return kept

@@ -38,7 +38,7 @@ from math import inf
 
 import regex
 
-from paths import download_command, how_to_get
+from paths import RELEASED, download_command, how_to_get
 
 # The original's pattern. Case-sensitive, as there: "'S" is not a contraction but "'" and "S".
 PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -260,7 +260,8 @@ def get_encoder(model_name, models_dir):
     >>> enc = get_encoder("124M", "models")
     """
     folder = os.path.join(models_dir, model_name)
-    fix = f"download it again with `{download_command(model_name, models_dir)}`"
+    fix = (f"download it again with `{download_command(model_name, models_dir)}`" if str(model_name) in RELEASED
+           else "copy the model's own encoder.json and vocab.bpe there")  # download_model.py fetches none other
     encoder_json, vocab_bpe = os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")
     data = {path: _read(path, how_to_get(model_name, models_dir), fix) for path in (encoder_json, vocab_bpe)}
     encoder = _parse_encoder_json(encoder_json, _text(encoder_json, data[encoder_json], fix), fix)

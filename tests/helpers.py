@@ -68,7 +68,7 @@ class RecordingBar:
     bars = []
 
     def __init__(self, **kwargs):
-        self.kwargs, self.updates = kwargs, []
+        self.kwargs, self.updates, self.postfixes = kwargs, [], []
         RecordingBar.bars.append(self)
 
     def __enter__(self):
@@ -79,5 +79,8 @@ class RecordingBar:
 
     def update(self, n):
         self.updates.append(n)
+
+    def set_postfix_str(self, text):
+        self.postfixes.append(text)
 
     write = staticmethod(lambda *args, **kwargs: None)

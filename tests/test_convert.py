@@ -23,7 +23,7 @@ import convert_checkpoint
 import model
 import reference
 from convert_checkpoint import config_from_hparams, convert, hf_name, hf_shapes, hparams_from_config
-from helpers import REPO
+from helpers import REPO, RecordingBar
 
 SCRIPT = os.path.join(REPO, "src", "convert_checkpoint.py")
 DISTILGPT2 = dict(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=6)
@@ -431,6 +431,16 @@ def test_bad_openai_folders(openai_dir, hf_dir, tmp_path):
     assert "has no encoder.json" in fails("--from", "openai", "--to", "hf", broken, dst)
     assert "use --from hf" in fails("--from", "openai", "--to", "hf", hf_dir, dst)
     assert "use --from openai" in fails("--from", "hf", "--to", "openai", openai_dir, dst)
+
+
+def test_a_conversion_shows_its_stages_in_a_bar(openai_dir, tmp_path, monkeypatch):
+    """1558M takes ~5 s to read and ~30 s to write, which a terminal should not sit through silent."""
+    monkeypatch.setattr(RecordingBar, "bars", [])
+    monkeypatch.setattr(convert_checkpoint, "tqdm", RecordingBar)
+    convert(openai_dir, str(tmp_path / "hf"), "openai", "hf")
+    [bar] = RecordingBar.bars
+    assert (bar.kwargs["desc"], bar.kwargs["total"], bar.kwargs["disable"], bar.updates) == ("converting", 2, None, [1, 1])
+    assert bar.postfixes == [f"reading {openai_dir}", f"writing {tmp_path / 'hf'}"]
 
 
 def test_an_empty_destination_is_refused_writing_nothing(openai_dir, tmp_path, monkeypatch):

@@ -409,8 +409,17 @@ def test_corrupt_vocabulary_file_names_it_and_the_fix(tmp_path, vocab_dir, file,
     with pytest.raises(ValueError, match=message) as error:
         encoder.get_encoder("m", str(tmp_path))
     assert str(folder / file) in str(error.value)
-    assert f"; download it again with `python3 download_model.py m --models_dir {tmp_path}`" in str(error.value)
+    assert str(error.value).endswith("; copy the model's own encoder.json and vocab.bpe there")  # m: none released
     assert_one_line(error)
+
+
+def test_a_released_models_corrupt_vocabulary_is_downloaded_again(tmp_path, vocab_dir):
+    folder = copy_vocabulary(vocab_dir, tmp_path / "124M")
+    (folder / "vocab.bpe").write_text("#version: 0.2\n", encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        encoder.get_encoder("124M", str(tmp_path))
+    assert str(error.value).endswith(f"; download it again with `python3 download_model.py 124M --models_dir "
+                                     f"{tmp_path}`")
 
 
 def test_mismatched_vocabulary_files_name_the_merge(tmp_path, vocab_dir):

@@ -17,7 +17,7 @@ import reference
 import sample
 import scoring
 import serving
-from helpers import REPO, random_tokens
+from helpers import REPO, RecordingBar, random_tokens
 
 EXPORT = os.path.join(REPO, "src", "export_model.py")
 
@@ -388,3 +388,14 @@ def test_warmup_requests_hold_ids_of_the_models_vocabulary(n_vocab, token):
     requests = dict(serving.warmup_requests(n_vocab))
     assert requests["generate"]["context"].tolist() == [[token]]
     assert requests["score"]["tokens"].tolist() == [[token, token]]
+
+
+def test_an_export_shows_its_stages_in_a_bar(models_dir, tiny_model, tmp_path, monkeypatch):
+    """355M takes ~13 s, most of it writing the SavedModel: a terminal sees which stage it is in."""
+    monkeypatch.setattr(RecordingBar, "bars", [])
+    monkeypatch.setattr(export_model, "tqdm", RecordingBar)
+    export_model.export_model(tiny_model, models_dir, str(tmp_path / "gpt2" / "1"))
+    [bar] = RecordingBar.bars
+    assert (bar.kwargs["desc"], bar.kwargs["total"], bar.kwargs["disable"], bar.updates) == ("exporting", 2, None, [1, 1])
+    assert bar.postfixes == [f"reading {os.path.join(models_dir, tiny_model)}",
+                             f"tracing and writing {tmp_path / 'gpt2' / '1'}"]
