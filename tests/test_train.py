@@ -535,6 +535,20 @@ def other_model(models_dir, vocab_dir):
     return "other"
 
 
+def test_a_model_whose_embedding_is_smaller_than_its_vocabulary_is_named(models_dir, vocab_dir, text, tmp_path,
+                                                                         monkeypatch):
+    """It was refused as "--n_vocab must cover the encoder's 50257 tokens", a flag train.py has not."""
+    monkeypatch.chdir(tmp_path)
+    checkpoints.write_checkpoint(str(tmp_path / "models" / "small"), {**checkpoints.TINY, "n_vocab": 1000}, vocab_dir)
+    with pytest.raises(ValueError) as e:
+        train_here(str(tmp_path / "models"), "small", dataset=text, steps=1)
+    assert cli.error_line(e.value) == (
+        f"error: {tmp_path / 'models' / 'small' / 'encoder.json'} has token ids up to 50256, but the model has 1000 "
+        f"token embeddings (n_vocab in {tmp_path / 'models' / 'small' / 'hparams.json'}): the vocabulary is another "
+        "model's; copy the model's own encoder.json and vocab.bpe there")
+    assert os.listdir(tmp_path) == ["models"]
+
+
 @pytest.mark.parametrize("changes, error, message", [
     ({"restore_from": "{tmp}/nowhere"}, FileNotFoundError, "no checkpoint there"),
     ({"restore_from": "{models}/other"}, ValueError, "is not a checkpoint of tiny"),
