@@ -23,6 +23,7 @@ import glob
 import multiprocessing
 import os
 import signal
+import threading
 import zipfile
 import zlib
 
@@ -264,7 +265,11 @@ def encode_pieces(enc, pieces, processes):
 @contextlib.contextmanager
 def signals_held(names=("SIGINT", "SIGTERM", "SIGHUP")):
     """A block that the signals `names` do not interrupt: the first received in it is raised
-    again when it ends, to the handler there was before. For the main thread only."""
+    again when it ends, to the handler there was before. Python's handlers run in the main
+    thread alone, and elsewhere this holds nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     received = []
     numbers = [getattr(signal, name) for name in names if hasattr(signal, name)]
     previous = {number: signal.signal(number, lambda signum, frame: received.append(signum)) for number in numbers}

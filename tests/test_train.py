@@ -481,6 +481,23 @@ def test_a_stop_while_the_encoding_pool_starts_comes_once_it_has_started():
     assert reached == [True] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_holding_signals_outside_the_main_thread_holds_nothing():
+    """signal.signal raises ValueError there: the encoding of another thread's dataset would fail."""
+    import threading
+    errors = []
+
+    def encode_elsewhere():
+        try:
+            with dataset.signals_held():
+                pass
+        except ValueError as e:
+            errors.append(e)
+    thread = threading.Thread(target=encode_elsewhere)
+    thread.start()
+    thread.join()
+    assert errors == []
+
+
 def test_encoding_workers_leave_ctrl_c_and_hangups_to_the_parent_and_obey_sigterm(enc):
     handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
     try:
