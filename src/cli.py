@@ -520,7 +520,7 @@ class CtrlC:
 
     def press(self, signum, frame):
         if self.pressed:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)  # exits 130, or 143 or 129
         self.pressed, self.signal = True, signum
 
     def __exit__(self, *exc_info):

@@ -245,28 +245,30 @@ def encode_pieces(enc, pieces, processes):
     processes = min(processes, len(batches))
     ids = []
     with tqdm(total=sum(map(len, pieces)), unit="char", unit_scale=True, desc="encoding", disable=None) as bar:
-        if processes <= 1:
-            results = (encode_batch(batch, enc) for batch in batches)
-        else:
-            # spawn, not fork: the caller may have started threads (TensorFlow's), which fork would copy broken
-            with signals_held():  # a stop in the middle of a worker's start left it a truncated pickle to read
-                pool = multiprocessing.get_context("spawn").Pool(processes, start_worker, (without_cache(enc),))
-            results = pool.imap(encode_batch, batches)
+        pool = None
         try:
+            if processes <= 1:
+                results = (encode_batch(batch, enc) for batch in batches)
+            else:
+                # spawn, not fork: the caller may have started threads (TensorFlow's), which fork would copy broken
+                with signals_held():  # a stop in the middle of a worker's start left it a truncated pickle to read
+                    pool = multiprocessing.get_context("spawn").Pool(processes, start_worker, (without_cache(enc),))
+                results = pool.imap(encode_batch, batches)
             for batch, batch_ids in zip(batches, results):
                 ids += batch_ids
                 bar.update(sum(map(len, batch)))
-        finally:
-            if processes > 1:
+        finally:  # a stop held while the pool started is raised as the `with` ends: the pool goes too
+            if pool is not None:
                 pool.terminate()
     return ids
 
 
 @contextlib.contextmanager
 def signals_held(names=("SIGINT", "SIGTERM", "SIGHUP")):
-    """A block that the signals `names` do not interrupt: the first received in it is raised
-    again when it ends, to the handler there was before. Python's handlers run in the main
-    thread alone, and elsewhere this holds nothing."""
+    """A block that the signals `names` do not interrupt: each received in it is raised again
+    when it ends, in turn, to the handler there was before (a SIGHUP that nohup ignores does not
+    hide a SIGTERM after it). Python's handlers run in the main thread alone, and elsewhere this
+    holds nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -278,8 +280,8 @@ def signals_held(names=("SIGINT", "SIGTERM", "SIGHUP")):
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        if received:
-            signal.raise_signal(received[0])
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
 
 
 def without_cache(enc):
@@ -313,14 +315,15 @@ def load_chunks(enc, path, *, n_vocab, processes=None, combine=0, exclude=None):
     token ids (np.savez of 1-D integer arrays, as encode.py writes), any other UTF-8 text. Text
     is encoded in `processes` processes (default: one per core). ValueError or
     FileNotFoundError, one line naming the file and the fix, for what cannot be a dataset.
-    `exclude` is a file left out if `path` takes it in (encode.py's output, written there before).
+    `exclude` is a file left out if `path`, a folder or a pattern, takes it in (encode.py's output,
+    written there before); a file `path` names is read, whatever `exclude`.
     """
     if not is_integer(n_vocab) or n_vocab < 1:
         raise bad_argument("n_vocab", "must be a positive integer", n_vocab)
     if not is_integer(combine) or combine < 0:
         raise bad_argument("combine", "must be an integer >= 0 (0: an array for each text file)", combine)
-    files = [file for file in dataset_files(path)
-             if not (exclude and os.path.exists(exclude) and os.path.samefile(file, exclude))]
+    takes_in = exclude and os.path.exists(exclude) and not os.path.isfile(str(path))  # a file named is meant
+    files = [file for file in dataset_files(path) if not (takes_in and os.path.samefile(file, exclude))]
     loaded = {file: read_npz(file, n_vocab) if is_npz(file) else read_text(file) for file in files}
     if not any(holds_data(data) for data in loaded.values()):
         raise ValueError(f"{path} holds no text (nothing, or only whitespace): a dataset needs text to train on")

@@ -963,7 +963,10 @@ def first_argmax(scores):
 
 # --- The sampler ----------------------------------------------------------------------------
 
-# What a drawn id past the vocabulary means: every score of a row was NaN, which no draw picks.
+# What a drawn id past the vocabulary means: every score of a row was NaN, where XLA's argmax
+# (`first_argmax`) and the filtered draws (`draw_among`) give n. TensorFlow's argmax, the draw
+# of top-k 0 without XLA, gives an id inside it: weights that hold NaN are refused as they load
+# (`check_finite`), but NaN that a computation makes there is not caught.
 NAN_LOGITS = ("the model's logits are NaN, so no token could be drawn: its weights hold NaN or infinity (a "
               "fine-tuning run that diverged?), or its float16 computation overflowed (try float32 or bfloat16)")
 

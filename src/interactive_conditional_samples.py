@@ -163,35 +163,39 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
     seed = cli.make_seed(seed)
     hparams = cli.load_hparams(model_name, models_dir)
     length = hparams.n_ctx // 2 if length is None else length
-    sample.check_sampling(hparams, prompt_length(model_name, models_dir, prompt), length, temperature, top_k, top_p)
+    tokens = prompt_tokens(model_name, models_dir, prompt)
+    shortest = 1 if tokens is None else len(tokens)  # 1: the shortest prompt one can type
+    if shortest > hparams.n_ctx:  # no room for one new token, whatever --length
+        raise ValueError(f"--prompt_file {prompt_file} has {shortest} tokens, more than the model's window of "
+                         f"{hparams.n_ctx}: shorten it")
+    sample.check_sampling(hparams, shortest, length, temperature, top_k, top_p)
     rows = batch_size if nsamples == 0 else min(batch_size, nsamples)  # sampled at a time
-    choices = cli.sampling_choices(hparams, rows, 1 + length, dtype)
+    choices = cli.sampling_choices(hparams, rows, shortest + length, dtype)
     enc, hparams, params = cli.load(model_name, models_dir, dtype, sampling=(rows, choices))
     sampler = fast.Sampler(params, hparams, top_k=top_k, top_p=top_p, choices=choices,
                              end_token=enc.encoder["<|endoftext|>"] if stop_at_endoftext else None)
     del params  # the Sampler holds what it reads, laid out for it as it was read (cli.load)
     speed = cli.Speed(sampler)
-    for context_tokens in prompts(enc, prompt, length, hparams.n_ctx):
+    for context_tokens in prompts(enc, tokens, length, hparams.n_ctx):
         with speed.timed():
             sample_prompt(enc, sampler, context_tokens, nsamples, batch_size, length, temperature, seed, stop)
     speed.report()
 
 
-def prompt_length(model_name, models_dir, prompt):
-    """The tokens of --prompt_file's text (its encoder read before the weights, so that a
-    --length too long for it is refused first), or 1, the shortest prompt one can type."""
+def prompt_tokens(model_name, models_dir, prompt):
+    """--prompt_file's text as tokens, None without one: its encoder read before the weights,
+    so that a --length too long for it is refused first."""
     if prompt is None:
-        return 1
+        return None
     import encoder
-    return len(encoder.get_encoder(str(model_name), cli.expand_dir(models_dir)).encode(prompt))
+    return encoder.get_encoder(str(model_name), cli.expand_dir(models_dir)).encode(prompt)
 
 
-def prompts(enc, prompt, length, n_ctx):
-    """The prompts' tokens: --prompt_file's text once (whose length `interact_model` checked with
-    `prompt_length`), or each prompt typed until Ctrl-D or Ctrl-C at the prompt (too long: said,
-    and asked again)."""
-    if prompt is not None:
-        yield enc.encode(prompt)
+def prompts(enc, tokens, length, n_ctx):
+    """The prompts' tokens: --prompt_file's `tokens` once (checked by `interact_model`), or each
+    prompt typed until Ctrl-D or Ctrl-C at the prompt (too long: said, and asked again)."""
+    if tokens is not None:
+        yield tokens
         return
     while True:
         try:

@@ -111,12 +111,11 @@ class Run:
         samples folder only where --sample_every asks for samples); returns the folders it made,
         innermost first."""
         made = []
-        folders = {self.run_dir: "choose another --checkpoint_dir or --run_name",
-                   self.samples_dir: "run train.py from a folder this user can write (samples/ goes in the working "
-                                     "folder), choose another --run_name, or sample never (--sample_every 0)"}
-        if not self.s["sample_every"]:
-            del folders[self.samples_dir]
-        for folder, fix in folders.items() if self.chief else ():
+        folders = [(self.run_dir, "choose another --checkpoint_dir or --run_name")]
+        if self.s["sample_every"]:
+            folders.append((self.samples_dir, "run train.py from a folder this user can write (samples/ goes in the "
+                                              "working folder), or sample never (--sample_every 0)"))
+        for folder, fix in folders if self.chief else ():
             missing = paths.folders_to_make(folder)
             try:
                 os.makedirs(folder, exist_ok=True)
@@ -320,11 +319,12 @@ class Run:
         if not hasattr(self, "sampler"):  # reads the variables at each call: samples of the current weights
             self.sampler = fast.Sampler(self.trainer.params, self.hparams, top_k=s["top_k"], top_p=s["top_p"])
         seed = (self.seed + self.step) % (MAX_SEED + 1)
-        chunks = []
+        chunks, made = [], 0
         for tokens in self.sampler.generate([[end]] * s["sample_num"], length, seed=seed, chunk=SAMPLE_CHUNK):
-            if stopping():
-                return
             chunks.append(tokens)
+            made += tokens.shape[1]
+            if made < length and stopping():  # an unfinished sample is dropped; a finished one is kept
+                return
         out = np.concatenate(chunks, axis=1)  # [sample_num, length]
         texts = [self.enc.decode(tokens) for tokens in out]
         text = "".join(f"{'=' * 20} SAMPLE {i + 1} {'=' * 20}\n{t}\n" for i, t in enumerate(texts))

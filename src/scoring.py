@@ -14,9 +14,8 @@ END_OF_TEXT = 50256  # <|endoftext|> in GPT-2's vocabulary; a model with a vocab
 
 def start_token(enc):
     """The id a text is scored after: `enc`'s <|endoftext|> (END_OF_TEXT in GPT-2's vocabulary,
-    another in a model converted with a vocabulary of its own)."""
-    if "<|endoftext|>" not in enc.encoder:
-        raise ValueError("the model's vocabulary (encoder.json) has no <|endoftext|>, the token a text is scored after")
+    another in a model converted with a vocabulary of its own; `encoder.get_encoder` refuses a
+    vocabulary without it)."""
     return enc.encoder["<|endoftext|>"]
 
 

@@ -54,6 +54,15 @@ def test_an_output_inside_the_folder_encoded_is_not_read_as_input_again(run, tmp
     assert second.stdout == first.stdout and first.stdout.startswith("wrote 1 document, ")
 
 
+def test_a_file_named_as_input_is_read_though_it_is_the_output_too(run, tmp_path):
+    """Written whole or not at all, an .npz can be rewritten onto itself (as int32, compressed)."""
+    np.savez(tmp_path / "in.npz", np.array([1, 2], np.int64), np.array([3], np.int64))
+    result = run(str(tmp_path / "in.npz"), str(tmp_path / "in.npz"))
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "in.npz") as npz:
+        assert [(npz[name].tolist(), npz[name].dtype) for name in npz.files] == [([1, 2], np.int32), ([3], np.int32)]
+
+
 def test_an_npz_is_written_again_as_it_was(run, tmp_path):
     arrays = [np.array([1, 2, 50256], np.int64), np.array([7], np.int64)]
     np.savez_compressed(tmp_path / "in.npz", *arrays)

@@ -186,7 +186,9 @@ def test_a_bad_prompt_file_is_named(models_dir, tiny_model, tmp_path, in_process
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "latin1.txt").write_bytes("caf\u00e9".encode("latin-1"))
     (tmp_path / "long.txt").write_text("word " * 60)
+    (tmp_path / "huge.txt").write_text("word " * 100)
     for name, error, line in [
+            ("huge.txt", ValueError, "--prompt_file {} has 101 tokens, more than the model's window of 64: shorten it"),
             ("absent.txt", FileNotFoundError, "--prompt_file {} cannot be read (No such file or directory)"),
             ("empty.txt", ValueError, "--prompt_file {} is empty: give a file that holds the prompt"),
             ("latin1.txt", ValueError, "--prompt_file {} is not UTF-8 text (byte 0xe9 at 3): save it as UTF-8"),

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -440,8 +441,7 @@ def test_the_samples_folder_is_made_only_for_samples_and_its_fix_named(models_di
         train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=2, sample_every=1, run_name="run2")
     assert cli.error_line(e.value) == (
         "error: cannot create samples/run2 (Not a directory): run train.py from a folder this user can write "
-        "(samples/ goes in the working folder), choose another --run_name, or sample never (--sample_every 0), or "
-        "let this user write there")
+        "(samples/ goes in the working folder), or sample never (--sample_every 0), or let this user write there")
     assert not os.path.exists("checkpoint/run2")
 
 
@@ -479,6 +479,44 @@ def test_a_stop_while_the_encoding_pool_starts_comes_once_it_has_started():
                 time.sleep(0.1)
                 reached.append(True)
     assert reached == [True] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_stop_held_while_the_encoding_pool_starts_ends_the_pool(enc, monkeypatch):
+    class Pool:
+        terminated = False
+
+        def __init__(self, *args):
+            os.kill(os.getpid(), signal.SIGTERM)  # held: raised once the pool is made
+
+        def terminate(self):
+            Pool.terminated = True
+    monkeypatch.setattr(dataset.multiprocessing, "get_context", lambda method: types.SimpleNamespace(Pool=Pool))
+    with pytest.raises(cli.Stopped), cli.stops_as_ctrl_c(signal.SIGTERM):
+        dataset.encode_pieces(enc, ["x" * dataset.PIECE_CHARS] * 2, processes=2)  # two batches: a pool of two
+    assert Pool.terminated
+
+
+def test_a_held_sighup_that_nohup_ignores_hides_no_sigterm_after_it():
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with pytest.raises(cli.Stopped) as e, cli.stops_as_ctrl_c(signal.SIGTERM), dataset.signals_held():
+            os.kill(os.getpid(), signal.SIGHUP)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+        assert e.value.signum == signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_second_stop_signal_keeps_its_own_exit_status():
+    with cli.CtrlC(signal.SIGINT, signal.SIGTERM) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert stop.pressed and stop.signal == signal.SIGTERM
+        with pytest.raises(cli.Stopped) as e:  # exits 143, not Ctrl-C's 130
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+    assert e.value.signum == signal.SIGTERM
 
 
 def test_holding_signals_outside_the_main_thread_holds_nothing():
@@ -526,7 +564,7 @@ def test_a_stop_during_a_sample_or_validation_saves_at_once(models_dir, tiny_mod
                 os.kill(os.getpid(), signal.SIGINT)  # cli.CtrlC's: asks the run to stop
                 yield tokens
         monkeypatch.setattr(fast.Sampler, "generate", stopped_after_a_chunk)
-        changes = dict(sample_every=2, sample_length=60)
+        changes = dict(sample_every=2, sample_length=60)  # two chunks: the stop comes after the first
     else:
         loss = training.Trainer.loss
 
@@ -543,6 +581,22 @@ def test_a_stop_during_a_sample_or_validation_saves_at_once(models_dir, tiny_mod
     assert made == ([run.SAMPLE_CHUNK] if during == "sample" else [1])  # one chunk of tokens, or one batch: not all
     assert saving.saved_steps("checkpoint/run1") == [2]
     assert not os.path.exists("samples/run1/samples-2")
+
+
+def test_a_sample_finished_when_the_stop_comes_is_kept(models_dir, tiny_model, text, tmp_path, monkeypatch):
+    import fast
+    monkeypatch.chdir(tmp_path)
+    generate = fast.Sampler.generate
+
+    def stopped_after_each_chunk(self, *args, **kwargs):
+        for tokens in generate(self, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            yield tokens
+    monkeypatch.setattr(fast.Sampler, "generate", stopped_after_each_chunk)
+    with pytest.raises(SystemExit):
+        train_here(models_dir, tiny_model, dataset=text, sequence_length=16, steps=5, save_every=0, sample_every=2,
+                   sample_length=20)  # one chunk, done when the stop comes
+    assert os.path.exists("samples/run1/samples-2") and saving.saved_steps("checkpoint/run1") == [2]
 
 
 @pytest.fixture(scope="module")
