@@ -638,7 +638,8 @@ def _verify(part, size, digests, md5, known):
     if known.sha256 is not None and sha256 != known.sha256:
         os.remove(part)
         raise DownloadError(f"corrupt download: SHA-256 {sha256}, OpenAI's file has "
-                            f"{known.sha256}; deleted it", rerun_helps=True)
+                            f"{known.sha256}; deleted it", rerun_helps=True,
+                            hint="a mirror's other file? check --base_url or GPT2_BASE_URL")
     return received
 
 

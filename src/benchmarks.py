@@ -264,7 +264,7 @@ def fetch_lambada(data_dir, url=LAMBADA_URL):
             downloader.fetch_file(session, url, path, released=downloader.Released(LAMBADA_BYTES, LAMBADA_SHA256))
     except downloader.DownloadError as e:  # its hints name download_model.py's flags, not evaluate.py's
         hint = " (check --lambada_url)" if e.hint else ""
-        rerun = "run again to resume, or " if e.rerun_helps else ""
+        rerun = "run again, or " if e.rerun_helps else ""  # to resume a cut transfer, or fetch a deleted file anew
         raise OSError(f"cannot download LAMBADA: {e.bare}{hint}; {rerun}give --data_file") from None
     finally:
         if not os.path.exists(path):  # failed: a .part to resume from keeps its folder

@@ -192,6 +192,7 @@ class Run:
                                  f"({e.reason}): {self.other_save(step)}") from None
             raise ValueError(f"--restore_from {self.s['restore_from']}: {prefix} is not a checkpoint of "
                              f"{self.s['model_name']} ({e})") from None
+        fast.check_finite(prefix, values)  # else the first step's loss is NaN, and its advice of no use
         s = self.s
         self.trainer = training.Trainer(
             values, self.hparams, optimizer=s["optimizer"], learning_rate=s["learning_rate"], dtype=s["dtype"],

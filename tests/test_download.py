@@ -953,7 +953,8 @@ def test_other_bytes_of_the_same_size_fail_the_sha256(store, tmp_path, released)
     store.content[BIG] = flipped(CONTENT[BIG], 1000)
     with pytest.raises(download_model.DownloadError, match=(
             f"corrupt download: SHA-256 {hashlib.sha256(store.content[BIG]).hexdigest()}, OpenAI's "
-            f"file has {hashlib.sha256(CONTENT[BIG]).hexdigest()}; deleted it")):
+            f"file has {hashlib.sha256(CONTENT[BIG]).hexdigest()}; deleted it \\(a mirror's other file\\? check "
+            "--base_url or GPT2_BASE_URL\\); run `")):
         download(store, tmp_path)
     assert BIG not in final_files(tmp_path) and f"{BIG}.part" not in final_files(tmp_path)
 

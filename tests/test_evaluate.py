@@ -483,6 +483,14 @@ def test_lambada_of_another_size_is_refused(store, tmp_path):
     assert not (tmp_path / "data").exists()  # nothing of it, nor the folder made for it
 
 
+def test_lambada_of_the_same_size_but_other_bytes_names_the_url(store, tmp_path):
+    """A mirror's other file: downloaded anew it fails again, so the address is the first suspect."""
+    store.files["/gpt-2/data/lambada_test.jsonl"] = LAMBADA.replace(b"one", b"two")
+    with pytest.raises(OSError, match=r"SHA-256 .*; deleted it \(check --lambada_url\); run again, or give "
+                                      "--data_file$"):
+        benchmarks.fetch_lambada(tmp_path / "data", store.url + "/gpt-2/data/lambada_test.jsonl")
+
+
 def test_lambada_already_there_must_be_openais(store, tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "lambada_test.jsonl").write_bytes(LAMBADA[:7])  # cut by an older version

@@ -620,6 +620,18 @@ def test_a_model_whose_embedding_is_smaller_than_its_vocabulary_is_named(models_
     assert os.listdir(tmp_path) == ["models"]
 
 
+def test_weights_that_hold_nan_are_refused_before_training(models_dir, tiny_model, text, tmp_path, monkeypatch):
+    """They stopped the first step with a NaN loss and the advice to lower --learning_rate."""
+    monkeypatch.chdir(tmp_path)
+    path = shutil.copytree(os.path.join(models_dir, tiny_model), str(tmp_path / "models" / "nan"))
+    values = weights(os.path.join(path, "model.ckpt"))
+    values["model/wpe"][3, 1] = np.inf
+    saving.write_tensors(os.path.join(path, "model.ckpt"), {name: tf.constant(v) for name, v in values.items()})
+    with pytest.raises(ValueError, match="model.ckpt: model/wpe holds NaN or infinity: the checkpoint is damaged"):
+        train_here(str(tmp_path / "models"), "nan", dataset=text, steps=1)
+    assert os.listdir(tmp_path) == ["models"]  # no run folder left
+
+
 @pytest.mark.parametrize("changes, error, message", [
     ({"restore_from": "{tmp}/nowhere"}, FileNotFoundError, "no checkpoint there"),
     ({"restore_from": "{models}/other"}, ValueError, "is not a checkpoint of tiny"),
