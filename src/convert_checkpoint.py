@@ -309,23 +309,24 @@ def tokenizer_files(src, names):
 
 
 def check_tokenizer(vocabulary_path, merges_path):
-    """ValueError unless the JSON file at `vocabulary_path` maps tokens to ids, as encoder.json
-    and vocab.json do, and the file at `merges_path` lists BPE merges of its tokens, as
-    vocab.bpe and merges.txt do: copied as they are, broken ones would make a folder no script
-    can read."""
+    """The vocabulary {token: id} of the JSON file at `vocabulary_path`; ValueError unless it maps
+    tokens to ids, as encoder.json and vocab.json do, and the file at `merges_path` lists BPE
+    merges of its tokens, as vocab.bpe and merges.txt do: copied as they are, broken ones would
+    make a folder no script can read."""
     import encoder
     vocabulary = read_json(vocabulary_path)
     if not isinstance(vocabulary, dict) or not all(isinstance(i, int) for i in vocabulary.values()):
         raise ValueError(f"{vocabulary_path} is not a vocabulary (a JSON object of token: id): copy the model's own "
                          "there")
     encoder.read_merges(merges_path, vocabulary, fix="copy the model's own there")
+    return vocabulary
 
 
-def check_ids(vocabulary_path, n_vocab):
-    """ValueError unless each id of the vocabulary at `vocabulary_path` (checked by
-    `check_tokenizer`) is one of the model's n_vocab token embeddings: converted, one past them
-    failed in every script."""
-    ids = list(read_json(vocabulary_path).values())
+def check_ids(vocabulary_path, vocabulary, n_vocab):
+    """ValueError unless each id of `vocabulary`, the file at `vocabulary_path` as
+    `check_tokenizer` read it, is one of the model's n_vocab token embeddings: converted, one
+    past them failed in every script."""
+    ids = list(vocabulary.values())
     if ids and not 0 <= min(ids) <= max(ids) < n_vocab:
         raise ValueError(f"{vocabulary_path} has token ids from {min(ids)} to {max(ids)}, but the model has {n_vocab} "
                          f"token embeddings (ids 0 to {n_vocab - 1}): the vocabulary is another model's; copy the "
@@ -387,12 +388,12 @@ def convert(src, dst, source, target):
         raise FileNotFoundError(f"{src} is not a folder: give the model's folder")
     paths.check_destination(dst)  # before the reading, which can take a while
     check_folder(src, source)
-    vocabulary, merges = tokenizer_files(src, TOKENIZER.values() if source == "hf" else TOKENIZER)
-    check_tokenizer(vocabulary, merges)
+    vocabulary_path, merges_path = tokenizer_files(src, TOKENIZER.values() if source == "hf" else TOKENIZER)
+    vocabulary = check_tokenizer(vocabulary_path, merges_path)
     with tqdm(total=2, desc="converting", unit="stage", disable=None) as bar:  # 1558M: ~5 s, then ~30 s
         bar.set_postfix_str(f"reading {src}")
         hparams, values = read_hf(src) if source == "hf" else read_openai(src)  # n_vocab checked against the weights
-        check_ids(vocabulary, hparams.n_vocab)
+        check_ids(vocabulary_path, vocabulary, hparams.n_vocab)
         bar.update(1)
         bar.set_postfix_str(f"writing {dst}")
         with paths.new_folder(dst) as folder:
